@@ -1,0 +1,66 @@
+"""The interface between tevo-hold and a POS (the system of record for tickets)."""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+
+__all__ = ["PosAdapter"]
+
+
+class PosAdapter(abc.ABC):
+    """What tevo-hold needs from a POS: hold, release and sell tickets of a listing.
+
+    tevo-hold calls these methods after it has validated the request and recorded it in its
+    ledger, so an adapter sees only well-formed calls: ids are non-empty strings, quantities
+    positive integers. The ledger does the bookkeeping TEvo's contract needs (idempotent retries,
+    conflicts, lifetimes); the adapter only moves tickets.
+
+    **Every method is idempotent per ``global_id``.** tevo-hold may call a method more than once
+    for one ``global_id`` with the same arguments: when TEvo retries after a timeout, when a
+    request died half-way, or when the outcome of an earlier call is unknown. A second ``hold``
+    for a ``global_id`` that is already held must succeed without taking more tickets (and should
+    move its deadline to the one given), a second ``release`` must succeed without giving back
+    more, a second ``invoice`` must succeed without selling twice. Use the ``global_id`` as your
+    POS's idempotency key.
+
+    Signal failures only with these exceptions from :mod:`tevo_hold.errors`; anything else
+    becomes ``500 internal_error``:
+
+    - :class:`~tevo_hold.errors.ListingNotFound` (404) - no listing has this ``remote_id``;
+    - :class:`~tevo_hold.errors.InsufficientQuantity` (409) - fewer tickets than asked for;
+    - :class:`~tevo_hold.errors.PosError` (502) - the POS refused or failed;
+    - :class:`~tevo_hold.errors.Unavailable` (503) - the POS could not be reached, nothing changed;
+    - :class:`~tevo_hold.errors.PosTimeout` (504) - no answer in time, the outcome is unknown.
+
+    Answer quickly: TEvo wants every endpoint to answer well within 5 seconds, and the adapter's
+    call is most of that budget.
+    """
+
+    @abc.abstractmethod
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        """Put ``quantity`` tickets of listing ``remote_id`` on hold for ``global_id``.
+
+        ``expires_at`` (UTC) is when tevo-hold considers the hold lapsed; a POS with holds of
+        its own should let this one lapse then too, or later. On success the tickets are no longer
+        available to anyone else. Raises ListingNotFound or InsufficientQuantity when it cannot.
+        """
+
+    @abc.abstractmethod
+    def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
+        """Give back the tickets held for ``global_id``. Succeeds too when there is nothing to
+        give back (released before, lapsed, or never held)."""
+
+    @abc.abstractmethod
+    def invoice(
+        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+    ) -> None:
+        """Sell the tickets held for ``global_id`` to TEvo as the buyer, order ``tevo_order_id``.
+
+        If the hold lapsed in the POS, try once to take ``quantity`` tickets of the listing
+        again and sell those; raise InsufficientQuantity only when they are gone. The buyer
+        has already paid: anything but success here needs the seller's attention.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
+        """Release the adapter's resources (connections, sessions). Optional."""

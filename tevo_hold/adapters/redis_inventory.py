@@ -1,0 +1,81 @@
+"""The reference adapter: the inventory itself, kept in Redis by ``inventory.lua``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import redis
+
+from .. import errors
+from .._redis import Script
+from ..keys import KeySpace
+from ..models import Stock
+from .base import PosAdapter
+
+__all__ = ["RedisInventoryAdapter"]
+
+
+class RedisInventoryAdapter(PosAdapter):
+    """A POS of its own for a seller who has none: listings and their stock in Redis.
+
+    Each listing keeps its unsold tickets (``on_hand``), the holds on it (quantity and deadline
+    per ``global_id``) and its sold count, under one hash tag. Each call is one atomic script that
+    checks and changes the stock in the same step, so concurrent holds never oversell, whatever
+    the number of processes. A hold lapses exactly at its deadline: every call first drops the
+    holds whose deadline has passed, with no background process.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: KeySpace | None = None,
+        retention: float = 7 * 24 * 3600,
+    ) -> None:
+        self.keys = keys or KeySpace()
+        self.retention_ms = int(retention * 1000)
+        self._script = Script(client, "inventory.lua")
+
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        deadline = int(expires_at.timestamp() * 1000)
+        self._call(remote_id, global_id, "take", global_id, quantity, deadline)
+
+    def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
+        self._call(remote_id, None, "release", global_id)
+
+    def invoice(
+        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+    ) -> None:
+        self._call(remote_id, global_id, "sell", global_id, quantity, self.retention_ms)
+
+    # -- stock management (the CLI's and the tests') ------------------------------------
+    def set_quantity(self, remote_id: str, on_hand: int) -> Stock:
+        """Set the number of unsold tickets of a listing (created if new). Held ones count."""
+        if on_hand < 0:
+            raise errors.InvalidRequest("on_hand must be zero or more", {"quantity": ["< 0"]})
+        return self._call(remote_id, None, "set", on_hand)
+
+    def stock(self, remote_id: str) -> Stock:
+        """The listing's stock now. Raises ListingNotFound."""
+        return self._call(remote_id, None, "show")
+
+    def _call(self, remote_id: str, global_id: str | None, *args: str | int) -> Stock:
+        keys = list(self.keys.listing(remote_id))
+        if global_id is not None:
+            keys.append(self.keys.sale(remote_id, global_id))
+        outcome, on_hand, held, sold = self._script(keys, args)
+        stock = Stock(remote_id, int(on_hand), int(held), int(sold))
+        if outcome == "ok":
+            return stock
+        if outcome == "listing_not_found":
+            raise errors.ListingNotFound(f"No listing has remote_id {remote_id!r}.")
+        if outcome == "insufficient_quantity":
+            raise errors.InsufficientQuantity(
+                f"Listing {remote_id!r} has {stock.available} tickets available.",
+                available=stock.available,
+            )
+        if outcome == "global_id_conflict":
+            raise errors.GlobalIdConflict(
+                f"global_id {global_id!r} holds another quantity of listing {remote_id!r}."
+            )
+        raise errors.InternalError(f"inventory.lua answered an unknown outcome {outcome!r}")

@@ -1,0 +1,70 @@
+"""The app factory that the thin server, the tests and a vendor's ``flask run`` all use."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from .adapters.redis_inventory import RedisInventoryAdapter
+from .errors import ConfigurationError
+from .service import HoldService
+from .settings import DEMO_API_KEY, PREFIX
+from .web import EXTENSION_KEY, TevoHold
+
+__all__ = ["create_app", "load_inventory"]
+
+log = logging.getLogger("tevo_hold")
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None, *, service: HoldService | None = None
+) -> Flask:
+    """A Flask app serving the API at its root.
+
+    Settings come from ``TEVO_HOLD_*`` environment variables, overridden by ``config``; they are
+    read once, here. In the embedded mode (no Redis URL) the listings of
+    ``TEVO_HOLD_INVENTORY_FILE`` are stocked at start-up.
+    """
+    app = Flask("tevo_hold")
+    app.config.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX)})
+    app.config.update(config or {})
+    TevoHold(app, service=service)
+    state = app.extensions[EXTENSION_KEY]
+    settings = state.settings
+    if settings.embedded:
+        log.warning(
+            "tevo-hold runs on its embedded default: state lives in this process's memory, is "
+            "not shared with other processes and is lost at exit. Set TEVO_HOLD_REDIS_URL to "
+            "use Redis.%s",
+            f" Demo API key: {DEMO_API_KEY}" if not settings.api_keys else "",
+        )
+        if settings.inventory_file and isinstance(state.service.adapter, RedisInventoryAdapter):
+            load_inventory(state.service.adapter, settings.inventory_file)
+    return app
+
+
+def load_inventory(adapter: RedisInventoryAdapter, path: str | Path) -> int:
+    """Stock the listings of a JSON file ``{"listings": [{"remote_id": ..., "quantity": ...}]}``.
+
+    Returns how many listings were set. Raises ConfigurationError naming the file if it is
+    unreadable or not of that shape.
+    """
+    try:
+        listings = json.loads(Path(path).read_text("utf-8"))["listings"]
+        pairs = [(str(item["remote_id"]), int(item["quantity"])) for item in listings]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(
+            f"inventory file {str(path)!r}: expected "
+            '{"listings": [{"remote_id": "...", "quantity": 10}]} ('
+            f"{type(exc).__name__}: {exc})"
+        ) from exc
+    for remote_id, quantity in pairs:
+        adapter.set_quantity(remote_id, quantity)
+    log.warning("tevo-hold stocked %d listings from %s", len(pairs), path)
+    return len(pairs)

@@ -1,0 +1,274 @@
+"""Every exception tevo-hold raises, in one place.
+
+All of them derive from :class:`TevoHoldError`. Each class carries the stable machine ``code`` and
+the HTTP ``status`` that the API answers with, so the HTTP contract's table of errors *is* this
+module: the Flask layer turns any :class:`TevoHoldError` into an RFC 9457 problem document without a
+table of its own.
+
+Tree::
+
+    TevoHoldError
+    ├── ConfigurationError          bad settings or wiring (at start-up, never per request)
+    ├── InvalidRequest              400 invalid_request
+    │   └── MalformedJSON           400 malformed_json
+    ├── Unauthorized                401 unauthorized
+    ├── NotFound                    404 not_found
+    │   ├── ListingNotFound         404 listing_not_found
+    │   └── HoldNotFound            404 hold_not_found
+    ├── MethodNotAllowed            405 method_not_allowed
+    ├── Conflict                    409 (abstract)
+    │   ├── InsufficientQuantity    409 insufficient_quantity
+    │   ├── GlobalIdConflict        409 global_id_conflict
+    │   ├── HoldReleased            409 hold_released
+    │   ├── HoldAlreadyInvoiced     409 hold_already_invoiced
+    │   ├── OrderIdConflict         409 order_id_conflict
+    │   └── RequestInProgress       409 request_in_progress
+    ├── HoldExpired                 410 hold_expired
+    ├── PayloadTooLarge             413 payload_too_large
+    ├── UnsupportedMediaType        415 unsupported_media_type
+    ├── InternalError               500 internal_error
+    ├── PosError                    502 pos_error
+    ├── Unavailable                 503 unavailable
+    └── PosTimeout                  504 pos_timeout
+
+Driver errors (redis-py's connection and timeout errors) are translated into :class:`Unavailable`
+once, where the Redis call is made, with ``raise ... from`` so the cause stays in the traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "ConfigurationError",
+    "Conflict",
+    "GlobalIdConflict",
+    "HoldAlreadyInvoiced",
+    "HoldExpired",
+    "HoldNotFound",
+    "HoldReleased",
+    "InsufficientQuantity",
+    "InternalError",
+    "InvalidRequest",
+    "ListingNotFound",
+    "MalformedJSON",
+    "MethodNotAllowed",
+    "NotFound",
+    "OrderIdConflict",
+    "PayloadTooLarge",
+    "PosError",
+    "PosTimeout",
+    "RequestInProgress",
+    "TevoHoldError",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+]
+
+
+class TevoHoldError(Exception):
+    """Root of every tevo-hold error.
+
+    ``code`` is the stable machine code of the problem document, ``status`` the HTTP status,
+    ``title`` a short human summary that does not change between occurrences; the message given
+    to the constructor is the ``detail`` of this occurrence.
+    """
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.title
+        super().__init__(self.detail)
+
+    def extra(self) -> dict[str, Any]:
+        """Members added to the problem document besides type/title/status/detail/code."""
+        return {}
+
+
+class ConfigurationError(TevoHoldError):
+    """Raised at start-up when a setting or the wiring is wrong; the message names the setting."""
+
+    code = "configuration_error"
+    title = "Configuration error"
+
+
+class InvalidRequest(TevoHoldError):
+    """A field is missing, of the wrong type or out of bounds. ``errors`` maps field → messages."""
+
+    code = "invalid_request"
+    status = 400
+    title = "Invalid request"
+
+    def __init__(self, detail: str | None = None, errors: Mapping[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.errors = dict(errors or {})
+
+    def extra(self) -> dict[str, Any]:
+        return {"errors": self.errors} if self.errors else {}
+
+
+class MalformedJSON(InvalidRequest):
+    """The body is not a well-formed JSON document (or not UTF-8, or uses NaN/Infinity)."""
+
+    code = "malformed_json"
+    title = "Malformed JSON"
+
+
+class Unauthorized(TevoHoldError):
+    """No API key was sent, or it is not one of the configured keys."""
+
+    code = "unauthorized"
+    status = 401
+    title = "Unauthorized"
+
+
+class NotFound(TevoHoldError):
+    """No resource at this URL."""
+
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class ListingNotFound(NotFound):
+    """The POS knows no listing with this ``remote_id``."""
+
+    code = "listing_not_found"
+    title = "Listing not found"
+
+
+class HoldNotFound(NotFound):
+    """No hold was ever made (or is still remembered) under this ``global_id``."""
+
+    code = "hold_not_found"
+    title = "Hold not found"
+
+
+class MethodNotAllowed(TevoHoldError):
+    """The URL exists but not for this HTTP method; ``allowed`` lists the methods it takes."""
+
+    code = "method_not_allowed"
+    status = 405
+    title = "Method not allowed"
+
+    def __init__(self, detail: str | None = None, allowed: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.allowed = sorted(allowed or [])
+
+
+class Conflict(TevoHoldError):
+    """Base of the 409 answers: the request is well formed but conflicts with the state."""
+
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class InsufficientQuantity(Conflict):
+    """The listing has fewer tickets available than asked for. ``available`` says how many."""
+
+    code = "insufficient_quantity"
+    title = "Insufficient quantity"
+
+    def __init__(self, detail: str | None = None, available: int | None = None) -> None:
+        super().__init__(detail)
+        self.available = available
+
+    def extra(self) -> dict[str, Any]:
+        return {} if self.available is None else {"available": self.available}
+
+
+class GlobalIdConflict(Conflict):
+    """This ``global_id`` already names a hold of another ``remote_id`` or ``quantity``."""
+
+    code = "global_id_conflict"
+    title = "Global id conflict"
+
+
+class HoldReleased(Conflict):
+    """Invoice of a hold that was released: its tickets went back to the listing."""
+
+    code = "hold_released"
+    title = "Hold released"
+
+
+class HoldAlreadyInvoiced(Conflict):
+    """Release of a hold that was already invoiced (sold): a sale is never undone by a release."""
+
+    code = "hold_already_invoiced"
+    title = "Hold already invoiced"
+
+
+class OrderIdConflict(Conflict):
+    """The hold was invoiced (or is being invoiced) under another ``tevo_order_id``."""
+
+    code = "order_id_conflict"
+    title = "Order id conflict"
+
+
+class RequestInProgress(Conflict):
+    """Another request for this ``global_id`` is running; retry after ``retry_after`` seconds."""
+
+    code = "request_in_progress"
+    title = "Request in progress"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class HoldExpired(TevoHoldError):
+    """The hold lapsed before the invoice and its tickets are no longer available."""
+
+    code = "hold_expired"
+    status = 410
+    title = "Hold expired"
+
+
+class PayloadTooLarge(TevoHoldError):
+    """The request body is larger than the documented limit."""
+
+    code = "payload_too_large"
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(TevoHoldError):
+    """The request body is not declared as ``application/json``."""
+
+    code = "unsupported_media_type"
+    status = 415
+    title = "Unsupported media type"
+
+
+class InternalError(TevoHoldError):
+    """An unexpected failure. The answer never carries a trace; the server log does."""
+
+
+class PosError(TevoHoldError):
+    """The POS refused the call or failed (for example answered 5xx)."""
+
+    code = "pos_error"
+    status = 502
+    title = "POS error"
+
+
+class Unavailable(TevoHoldError):
+    """Redis or the POS could not be reached; nothing was changed. Safe to retry."""
+
+    code = "unavailable"
+    status = 503
+    title = "Service unavailable"
+
+    retry_after: int = 1
+
+
+class PosTimeout(TevoHoldError):
+    """The POS did not answer in time: the outcome of the call there is unknown."""
+
+    code = "pos_timeout"
+    status = 504
+    title = "POS timeout"

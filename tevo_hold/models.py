@@ -1,0 +1,80 @@
+"""The values the core hands out: :class:`Hold`, its :class:`HoldStatus`, and :class:`Outcome`."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+__all__ = ["Hold", "HoldStatus", "Outcome", "Stock"]
+
+
+class HoldStatus(enum.StrEnum):
+    """Where a hold stands.
+
+    ``pending`` (its POS call is running) → ``held`` → one of ``released``, ``invoicing`` →
+    ``invoiced``, or ``expired`` (lapsed: its TTL passed while ``held``). ``expired`` is also what a
+    release of a lapsed hold leaves.
+    """
+
+    PENDING = "pending"
+    HELD = "held"
+    EXPIRED = "expired"
+    RELEASED = "released"
+    INVOICING = "invoicing"
+    INVOICED = "invoiced"
+
+
+def _from_ms(value: str | bytes | None) -> datetime | None:
+    if value is None or value == b"" or value == "":
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One checkout's hold, identified by TEvo's ``global_id``. Times are UTC."""
+
+    global_id: str
+    remote_id: str
+    quantity: int
+    status: HoldStatus
+    created_at: datetime
+    expires_at: datetime
+    tevo_order_id: int | str | None = None
+    invoiced_at: datetime | None = None
+    released_at: datetime | None = None
+
+    def as_held(self) -> Hold:
+        """The hold as its first successful hold call answered it (what a retry replays)."""
+        return dataclasses.replace(
+            self,
+            status=HoldStatus.HELD,
+            tevo_order_id=None,
+            invoiced_at=None,
+            released_at=None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a call of the service did: the ``hold`` now, and whether it was a ``replayed`` retry."""
+
+    hold: Hold
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stock:
+    """A listing in the reference inventory: unsold tickets (``on_hand``), of them ``held``."""
+
+    remote_id: str
+    on_hand: int
+    held: int
+    sold: int
+
+    @property
+    def available(self) -> int:
+        """Tickets a new hold can take now."""
+        return max(0, self.on_hand - self.held)

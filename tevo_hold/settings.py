@@ -1,0 +1,150 @@
+"""Settings, read once from ``TEVO_HOLD_*`` keys (environment variables or Flask config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import ConfigurationError
+
+__all__ = ["DEMO_API_KEY", "EMBEDDED_URL", "PREFIX", "Settings"]
+
+PREFIX = "TEVO_HOLD_"
+#: The URL of the embedded default: state in this process's memory (fakeredis running our Lua).
+EMBEDDED_URL = "memory://"
+#: The API key the embedded default accepts when TEVO_HOLD_API_KEYS is unset. Demo use only.
+DEMO_API_KEY = "demo-key"
+
+T = TypeVar("T")
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if not value > 0:  # type: ignore[operator]
+            raise ValueError("must be positive")
+        return value
+
+    return parse
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of tevo-hold. Build with :meth:`from_env` or :meth:`from_mapping`.
+
+    Each field's metadata names its key (``TEVO_HOLD_`` + the upper-cased field name) and says
+    what it means; the README's table of settings is this class.
+    """
+
+    redis_url: str = field(
+        default=EMBEDDED_URL,
+        metadata={"help": "Redis URL (redis://, rediss://, unix://); unset: memory:// (embedded)"},
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "comma-separated API keys; any one is accepted (rotate keys freely)"},
+    )
+    hold_ttl: float = field(default=900.0, metadata={"help": "seconds a hold lives"})
+    lease: float = field(
+        default=10.0,
+        metadata={"help": "seconds a request owns its global_id before a retry may take over"},
+    )
+    retention: float = field(
+        default=7 * 24 * 3600.0,
+        metadata={"help": "seconds a finished hold is remembered (retries replay within it)"},
+    )
+    key_prefix: str = field(default="tevo_hold", metadata={"help": "prefix of every Redis key"})
+    redis_timeout: float = field(
+        default=1.0, metadata={"help": "seconds to connect to or wait on Redis, per attempt"}
+    )
+    max_body: int = field(default=65536, metadata={"help": "largest request body, in bytes"})
+    inventory_file: str | None = field(
+        default=None,
+        metadata={"help": "embedded mode: JSON file of listings to stock at start-up"},
+    )
+
+    @property
+    def embedded(self) -> bool:
+        """True when state lives in this process (no Redis)."""
+        return self.redis_url == EMBEDDED_URL
+
+    @property
+    def accepted_keys(self) -> tuple[str, ...]:
+        """The API keys requests may send (the demo key in embedded mode with none set)."""
+        if not self.api_keys and self.embedded:
+            return (DEMO_API_KEY,)
+        return self.api_keys
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``TEVO_HOLD_*`` environment variables."""
+        return cls.from_mapping(os.environ if environ is None else environ)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> Settings:
+        """Settings from the ``TEVO_HOLD_*`` keys of ``mapping``; other keys are ignored.
+
+        Values may be strings (as in the environment) or already typed (as in Flask config).
+        Raises ConfigurationError naming the key of a value that does not parse.
+        """
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = PREFIX + f.name.upper()
+            raw = mapping.get(key)
+            if raw is None or raw == "":
+                continue
+            parse = _PARSERS[f.name]
+            try:
+                values[f.name] = parse(raw) if isinstance(raw, str) else _typed(f.name, raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"{key}={raw!r}: {f.metadata['help']} ({exc})") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ConfigurationError for settings that cannot work together."""
+        if not self.accepted_keys:
+            raise ConfigurationError(
+                f"{PREFIX}API_KEYS is empty: set it to the API key(s) TEvo sends "
+                "(comma-separated). Only the embedded demo (no Redis URL) has a default key."
+            )
+        scheme = self.redis_url.split("://", 1)[0]
+        if "://" not in self.redis_url or scheme not in ("memory", "redis", "rediss", "unix"):
+            raise ConfigurationError(
+                f"{PREFIX}REDIS_URL={self.redis_url!r}: expected redis://host:port/db, rediss://, "
+                "unix:///path.sock, or memory:// for the embedded default"
+            )
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A value given already typed (Flask config): check its type, parse lists of keys."""
+    if name == "api_keys":
+        if isinstance(value, list | tuple):
+            return tuple(str(v) for v in value)
+        raise TypeError("must be a list of strings or a comma-separated string")
+    return _PARSERS[name](str(value))
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "redis_url": str,
+    "api_keys": _keys,
+    "hold_ttl": _positive(float),
+    "lease": _positive(float),
+    "retention": _positive(float),
+    "key_prefix": str,
+    "redis_timeout": _positive(float),
+    "max_body": _positive(int),
+    "inventory_file": _optional_str,
+}

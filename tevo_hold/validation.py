@@ -1,0 +1,67 @@
+"""The bounds of every input, checked the same way by the core and by the HTTP schemas."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .errors import InvalidRequest
+
+__all__ = ["MAX_ID_LENGTH", "MAX_QUANTITY", "check_id", "check_order_id", "check_quantity"]
+
+#: Longest id (remote_id, global_id, a string tevo_order_id), in characters.
+MAX_ID_LENGTH = 255
+#: Most tickets one hold may take.
+MAX_QUANTITY = 10_000
+
+
+def _fail(field: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"{field}: {message}", {field: [message]})
+
+
+def check_id(field: str, value: Any) -> str:
+    """A non-empty string of at most MAX_ID_LENGTH characters that UTF-8 can encode."""
+    if not isinstance(value, str):
+        raise _fail(field, "must be a string")
+    if not value:
+        raise _fail(field, "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise _fail(field, f"must be at most {MAX_ID_LENGTH} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(field, "must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int if it is a JSON integer (``2.0`` counts, booleans do not), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def check_quantity(value: Any, field: str = "quantity") -> int:
+    """An integer from 1 to MAX_QUANTITY."""
+    number = _integer(value)
+    if number is None:
+        raise _fail(field, "must be an integer")
+    if not 1 <= number <= MAX_QUANTITY:
+        raise _fail(field, f"must be between 1 and {MAX_QUANTITY}")
+    return number
+
+
+def check_order_id(value: Any, field: str = "tevo_order_id") -> int | str:
+    """A positive integer, or an id string (see check_id)."""
+    if isinstance(value, str):
+        return check_id(field, value)
+    number = _integer(value)
+    if number is None:
+        raise _fail(field, "must be a positive integer or a non-empty string")
+    if not 1 <= number < 2**63:
+        raise _fail(field, "must be a positive integer below 2**63")
+    return number

@@ -1,0 +1,268 @@
+"""The HTTP API as a Flask extension: :class:`TevoHold` and the blueprint it mounts.
+
+Usage in an app of your own::
+
+    app = Flask(__name__)
+    app.config["TEVO_HOLD_REDIS_URL"] = "redis://localhost:6379/0"
+    app.config["TEVO_HOLD_API_KEYS"] = "key-for-tevo"
+    TevoHold(app, url_prefix="/tevo")          # or: ext = TevoHold(); ext.init_app(app, ...)
+
+Views validate with the schemas of :mod:`tevo_hold.schemas`, call the :class:`HoldService` and
+never touch Redis. Every error, whatever raised it, leaves as one JSON shape: an RFC 9457 problem
+document (``application/problem+json``) with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from marshmallow import Schema
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import errors
+from .models import Outcome
+from .schemas import HoldRequestSchema, HoldSchema, InvoiceRequestSchema, ReleaseRequestSchema
+from .service import HoldService, build_service
+from .settings import Settings
+
+__all__ = ["EXTENSION_KEY", "TevoHold", "create_blueprint", "problem_response"]
+
+EXTENSION_KEY = "tevo_hold"
+PROBLEM_TYPE = "urn:tevo-hold:problem:"
+#: Views answered without an API key.
+PUBLIC_VIEWS = frozenset({"healthz"})
+log = logging.getLogger("tevo_hold")
+
+_HOLD_SCHEMA = HoldSchema()
+_HOLD_REQUEST = HoldRequestSchema()
+_RELEASE_REQUEST = ReleaseRequestSchema()
+_INVOICE_REQUEST = InvoiceRequestSchema()
+
+
+class _State:
+    """What the extension keeps per app, in ``app.extensions["tevo_hold"]``."""
+
+    def __init__(self, settings: Settings, service: HoldService) -> None:
+        self.settings = settings
+        self.service = service
+        self.keys = tuple(k.encode("utf-8") for k in settings.accepted_keys)
+
+
+class TevoHold:
+    """The Flask extension: reads ``TEVO_HOLD_*`` config once, builds the service, mounts the API.
+
+    ``service`` replaces the one the settings describe (tests pass one built on fakeredis);
+    ``settings`` replaces reading them from ``app.config``. ``url_prefix`` is where the API is
+    mounted (``""`` for the whole app). Unknown paths and wrong methods under that prefix answer
+    JSON problems too.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        service: HoldService | None = None,
+        settings: Settings | None = None,
+        url_prefix: str = "",
+    ) -> None:
+        self._service = service
+        self._settings = settings
+        self._url_prefix = url_prefix
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise errors.ConfigurationError(
+                "TevoHold is already initialised on this app: call init_app once per app."
+            )
+        settings = self._settings or Settings.from_mapping(app.config)
+        service = self._service or build_service(settings)
+        app.extensions[EXTENSION_KEY] = _State(settings, service)
+        app.register_blueprint(create_blueprint(), url_prefix=self._url_prefix or None)
+        prefix = self._url_prefix.rstrip("/")
+
+        def routing_error(exc: HTTPException) -> Response | HTTPException:
+            # Blueprint handlers never see routing errors: these answer for the whole app,
+            # and leave paths outside our prefix to Flask's default.
+            if not request.path.startswith(prefix + "/") and request.path != prefix:
+                return exc
+            return _http_problem(exc)
+
+        for code in (404, 405):
+            app.register_error_handler(code, routing_error)
+
+
+def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
+    """The API's routes; mount it under any prefix of an app where :class:`TevoHold` is set up."""
+    bp = Blueprint(name, __name__)
+    bp.before_request(_authenticate)
+    bp.register_error_handler(errors.TevoHoldError, problem_response)
+    bp.register_error_handler(HTTPException, _http_problem)
+    bp.register_error_handler(Exception, _internal_error)
+
+    @bp.post("/v1/holds")
+    def create_hold() -> Response:
+        data = _load(_HOLD_REQUEST)
+        return _hold_response(_service().hold(**data), 201)
+
+    @bp.post("/v1/releases")
+    def create_release() -> Response:
+        data = _load(_RELEASE_REQUEST)
+        return _hold_response(_service().release(**data), 200)
+
+    @bp.post("/v1/invoices")
+    def create_invoice() -> Response:
+        data = _load(_INVOICE_REQUEST)
+        return _hold_response(_service().invoice(**data), 201)
+
+    @bp.get("/v1/holds/<path:global_id>")
+    def get_hold(global_id: str) -> Response:
+        return _hold_response(Outcome(_service().get(global_id=global_id)), 200)
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok"}, 200)
+
+    return bp
+
+
+# -- request handling ------------------------------------------------------------------------
+
+
+def _state() -> _State:
+    state: _State = current_app.extensions[EXTENSION_KEY]
+    return state
+
+
+def _service() -> HoldService:
+    return _state().service
+
+
+def _authenticate() -> None:
+    if (request.endpoint or "").rpartition(".")[2] in PUBLIC_VIEWS:
+        return
+    given = request.headers.get("X-API-Key")
+    if given is None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            given = token.strip()
+    if not given:
+        raise errors.Unauthorized("Send your API key in the X-API-Key header.")
+    # WSGI hands headers over as latin-1 text: recover the bytes that were sent.
+    sent = given.encode("latin-1", "replace")
+    matched = False
+    for key in _state().keys:  # every key is compared, in constant time
+        matched |= hmac.compare_digest(sent, key)
+    if not matched:
+        raise errors.Unauthorized("The API key is not valid.")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load(schema: Schema) -> dict[str, Any]:
+    """The request's JSON body, checked by ``schema``: 413, 415 and 400 problems otherwise."""
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    ):
+        raise errors.UnsupportedMediaType(
+            "Send the body as JSON with the header Content-Type: application/json."
+        )
+    limit = _state().settings.max_body
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    request.max_content_length = limit
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.") from None
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise errors.MalformedJSON(f"The body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("The body must be a JSON object.")
+    data: dict[str, Any] = schema.load(body)
+    return data
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def _json(body: Any, status: int, *, mimetype: str = "application/json") -> Response:
+    return current_app.response_class(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")), status, mimetype=mimetype
+    )
+
+
+def _hold_response(outcome: Outcome, status: int) -> Response:
+    response = _json(_HOLD_SCHEMA.dump(outcome.hold), status)
+    if outcome.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def problem_response(exc: errors.TevoHoldError) -> Response:
+    """``exc`` as an RFC 9457 problem document, with the headers its status calls for."""
+    body = {
+        "type": PROBLEM_TYPE + exc.code,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "code": exc.code,
+        **exc.extra(),
+    }
+    response = _json(body, exc.status, mimetype="application/problem+json")
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, errors.MethodNotAllowed):
+        response.headers["Allow"] = ", ".join(exc.allowed)
+    if isinstance(exc, errors.Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tevo-hold"'
+    return response
+
+
+_HTTP_ERRORS: Mapping[int, Callable[[HTTPException], errors.TevoHoldError]] = {
+    400: lambda e: errors.InvalidRequest(e.description),
+    404: lambda e: errors.NotFound(f"No endpoint at {request.method} {request.path}."),
+    405: lambda e: errors.MethodNotAllowed(
+        f"{request.path} does not take {request.method}.",
+        allowed=list(getattr(e, "valid_methods", None) or []),
+    ),
+    413: lambda e: errors.PayloadTooLarge(e.description),
+    415: lambda e: errors.UnsupportedMediaType(e.description),
+}
+
+
+def _http_problem(exc: HTTPException) -> Response:
+    """A werkzeug HTTP error (routing, body size, ...) as a problem document."""
+    make = _HTTP_ERRORS.get(exc.code or 500)
+    if make is not None:
+        return problem_response(make(exc))
+    response = _json(
+        {
+            "type": PROBLEM_TYPE + "http_error",
+            "title": exc.name,
+            "status": exc.code,
+            "detail": exc.description,
+            "code": "http_error",
+        },
+        exc.code or 500,
+        mimetype="application/problem+json",
+    )
+    return response
+
+
+def _internal_error(exc: Exception) -> Response:
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return problem_response(errors.InternalError("An unexpected error occurred; it was logged."))
