@@ -1,0 +1,340 @@
+"""The core's behaviour suite: runs on fakeredis and on a real redis-server (see conftest)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tevo_hold import HoldService, HoldStatus, RedisInventoryAdapter, Settings, build_service
+from tevo_hold import errors as e
+
+
+def hold(service: HoldService, gid: str = "g1", rid: str = "L1", qty: int = 2):  # type: ignore[no-untyped-def]
+    return service.hold(remote_id=rid, quantity=qty, global_id=gid)
+
+
+@pytest.fixture
+def stocked(inventory: RedisInventoryAdapter) -> RedisInventoryAdapter:
+    inventory.set_quantity("L1", 5)
+    return inventory
+
+
+def short_lived(client: redis.Redis, ttl: float = 0.3) -> HoldService:
+    return build_service(
+        Settings(redis_url="redis://unused", api_keys=("k",), hold_ttl=ttl), client=client
+    )
+
+
+# -- hold --------------------------------------------------------------------------------------
+
+
+def test_hold_takes_tickets_and_records_the_hold(service, stocked):
+    outcome = hold(service)
+    assert not outcome.replayed
+    h = outcome.hold
+    assert (h.global_id, h.remote_id, h.quantity, h.status) == ("g1", "L1", 2, HoldStatus.HELD)
+    assert 899 <= (h.expires_at - h.created_at).total_seconds() <= 900
+    assert stocked.stock("L1").available == 3
+    assert service.get(global_id="g1") == h
+
+
+def test_hold_retry_replays_the_first_answer_and_takes_nothing_more(service, stocked):
+    first = hold(service).hold
+    again = hold(service)
+    assert again.replayed and again.hold == first
+    assert stocked.stock("L1").held == 2
+
+
+def test_hold_retry_after_invoice_still_replays_the_hold_answer(service, stocked):
+    first = hold(service).hold
+    service.invoice(global_id="g1", tevo_order_id=7)
+    again = hold(service)
+    assert again.replayed and again.hold == first and again.hold.status is HoldStatus.HELD
+
+
+def test_hold_of_same_global_id_with_other_quantity_or_listing_conflicts(service, stocked):
+    stocked.set_quantity("L2", 5)
+    hold(service)
+    with pytest.raises(e.GlobalIdConflict):
+        hold(service, qty=3)
+    with pytest.raises(e.GlobalIdConflict):
+        hold(service, rid="L2")
+    assert stocked.stock("L1").held == 2 and stocked.stock("L2").held == 0
+
+
+def test_no_oversell_and_a_refused_hold_leaves_no_record(service, stocked):
+    hold(service, "a", qty=4)
+    with pytest.raises(e.InsufficientQuantity) as info:
+        hold(service, "b", qty=2)
+    assert info.value.available == 1
+    with pytest.raises(e.HoldNotFound):
+        service.get(global_id="b")
+    # a refused hold is not stored: its retry tries again, and succeeds once tickets are back
+    service.release(global_id="a")
+    assert hold(service, "b", qty=2).replayed is False
+
+
+def test_hold_on_unknown_listing(service, stocked):
+    with pytest.raises(e.ListingNotFound):
+        hold(service, rid="nope")
+    with pytest.raises(e.HoldNotFound):
+        service.get(global_id="g1")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("quantity", 0),
+        ("quantity", -1),
+        ("quantity", True),
+        ("quantity", 2.5),
+        ("quantity", "2"),
+        ("quantity", None),
+        ("quantity", 10_001),
+        ("remote_id", ""),
+        ("remote_id", 5),
+        ("global_id", "x" * 256),
+        ("global_id", "\ud800"),
+    ],
+)
+def test_bad_arguments_raise_invalid_request_and_change_nothing(service, stocked, field, value):
+    args = {"remote_id": "L1", "quantity": 1, "global_id": "g1", field: value}
+    with pytest.raises(e.InvalidRequest) as info:
+        service.hold(**args)
+    assert field in info.value.errors
+    assert stocked.stock("L1").held == 0
+
+
+def test_integral_float_quantity_is_an_integer(service, stocked):
+    assert service.hold(remote_id="L1", quantity=2.0, global_id="g").hold.quantity == 2  # type: ignore[arg-type]
+
+
+# -- release -----------------------------------------------------------------------------------
+
+
+def test_release_gives_tickets_back_and_repeats_harmlessly(service, stocked):
+    hold(service)
+    first = service.release(global_id="g1")
+    assert first.hold.status is HoldStatus.RELEASED and not first.replayed
+    assert first.hold.released_at is not None
+    again = service.release(global_id="g1")
+    assert again.replayed and again.hold == first.hold
+    assert stocked.stock("L1").available == 5
+
+
+def test_release_of_unknown_hold(service, stocked):
+    with pytest.raises(e.HoldNotFound):
+        service.release(global_id="never")
+
+
+def test_release_after_invoice_is_refused(service, stocked):
+    hold(service)
+    service.invoice(global_id="g1", tevo_order_id="A-1")
+    with pytest.raises(e.HoldAlreadyInvoiced):
+        service.release(global_id="g1")
+    assert stocked.stock("L1").sold == 2
+
+
+# -- invoice -----------------------------------------------------------------------------------
+
+
+def test_invoice_sells_the_held_tickets(service, stocked):
+    hold(service)
+    outcome = service.invoice(global_id="g1", tevo_order_id=1234)
+    h = outcome.hold
+    assert h.status is HoldStatus.INVOICED and h.tevo_order_id == 1234 and h.invoiced_at
+    stock = stocked.stock("L1")
+    assert (stock.on_hand, stock.held, stock.sold, stock.available) == (3, 0, 2, 3)
+
+
+def test_invoice_retry_replays_and_sells_once(service, stocked):
+    hold(service)
+    first = service.invoice(global_id="g1", tevo_order_id="T-9").hold
+    again = service.invoice(global_id="g1", tevo_order_id="T-9")
+    assert again.replayed and again.hold == first
+    assert stocked.stock("L1").sold == 2
+
+
+def test_invoice_under_another_order_id_conflicts(service, stocked):
+    hold(service)
+    service.invoice(global_id="g1", tevo_order_id=1)
+    with pytest.raises(e.OrderIdConflict):
+        service.invoice(global_id="g1", tevo_order_id=2)
+
+
+def test_invoice_after_release_is_refused(service, stocked):
+    hold(service)
+    service.release(global_id="g1")
+    with pytest.raises(e.HoldReleased):
+        service.invoice(global_id="g1", tevo_order_id=1)
+    assert stocked.stock("L1").sold == 0
+
+
+def test_invoice_of_unknown_hold(service, stocked):
+    with pytest.raises(e.HoldNotFound):
+        service.invoice(global_id="never", tevo_order_id=1)
+
+
+# -- expiry (short TTL, no long sleeps) -----------------------------------------------------------
+
+
+def test_hold_lapses_at_its_ttl_and_tickets_come_back(client, stocked):
+    service = short_lived(client)
+    h = hold(service, qty=5).hold
+    assert stocked.stock("L1").available == 0
+    time.sleep(0.35)
+    assert service.get(global_id="g1").status is HoldStatus.EXPIRED
+    assert stocked.stock("L1").available == 5
+    assert h.expires_at > h.created_at
+
+
+def test_release_of_lapsed_hold_answers_expired(client, stocked):
+    service = short_lived(client)
+    hold(service)
+    time.sleep(0.35)
+    outcome = service.release(global_id="g1")
+    assert outcome.hold.status is HoldStatus.EXPIRED
+    assert service.release(global_id="g1").hold.status is HoldStatus.EXPIRED
+    assert stocked.stock("L1").available == 5
+
+
+def test_invoice_of_lapsed_hold_retakes_the_tickets_when_there(client, stocked):
+    service = short_lived(client)
+    hold(service)
+    time.sleep(0.35)
+    outcome = service.invoice(global_id="g1", tevo_order_id=5)
+    assert outcome.hold.status is HoldStatus.INVOICED
+    assert stocked.stock("L1").sold == 2 and stocked.stock("L1").on_hand == 3
+
+
+def test_invoice_of_lapsed_hold_whose_tickets_are_gone_is_hold_expired(client, stocked):
+    service = short_lived(client)
+    hold(service, qty=5)
+    time.sleep(0.35)
+    long_lived = short_lived(client, ttl=900)
+    hold(long_lived, "other", qty=4)
+    with pytest.raises(e.HoldExpired):
+        service.invoice(global_id="g1", tevo_order_id=5)
+    assert service.get(global_id="g1").status is HoldStatus.EXPIRED
+    assert stocked.stock("L1").sold == 0
+    # the hold is as it was: a retry tries again and now succeeds once tickets came back
+    long_lived.release(global_id="other")
+    assert service.invoice(global_id="g1", tevo_order_id=5).hold.status is HoldStatus.INVOICED
+
+
+def test_invoice_in_progress_never_lapses(client, stocked):
+    service = short_lived(client)
+    hold(service)
+    service.ledger.claim_invoice("g1", 9, lease=10, token="t")
+    time.sleep(0.35)
+    assert service.get(global_id="g1").status is HoldStatus.INVOICING
+    with pytest.raises(e.RequestInProgress):
+        service.release(global_id="g1")
+
+
+# -- leases: concurrent and dead requests ------------------------------------------------------
+
+
+def test_identical_hold_while_the_first_runs_is_in_progress(service, stocked):
+    service.ledger.claim_hold("g1", "L1", 2, ttl=900, lease=10, token="first")
+    with pytest.raises(e.RequestInProgress) as info:
+        hold(service)
+    assert 1 <= info.value.retry_after <= 10
+    with pytest.raises(e.RequestInProgress):
+        service.release(global_id="g1")
+    with pytest.raises(e.RequestInProgress):
+        service.invoice(global_id="g1", tevo_order_id=1)
+
+
+def test_a_dead_request_lease_lapses_and_a_retry_completes_the_hold(client, stocked):
+    service = build_service(
+        Settings(redis_url="redis://unused", api_keys=("k",), lease=0.2), client=client
+    )
+    # a request that claimed and took the tickets, then died before recording the hold
+    claim = service.ledger.claim_hold("g1", "L1", 2, ttl=900, lease=0.2, token="dead")
+    stocked.hold(global_id="g1", remote_id="L1", quantity=2, expires_at=claim.hold.expires_at)
+    time.sleep(0.25)
+    outcome = hold(service)
+    assert outcome.hold.status is HoldStatus.HELD and not outcome.replayed
+    assert stocked.stock("L1").held == 2  # the adapter's hold is idempotent per global_id
+
+
+def test_a_dead_invoice_is_taken_over_by_its_retry_and_sells_once(client, stocked):
+    service = build_service(
+        Settings(redis_url="redis://unused", api_keys=("k",), lease=0.2), client=client
+    )
+    hold(service)
+    service.ledger.claim_invoice("g1", 77, lease=0.2, token="dead")
+    stocked.invoice(global_id="g1", remote_id="L1", quantity=2, tevo_order_id=77)
+    time.sleep(0.25)
+    assert service.invoice(global_id="g1", tevo_order_id=77).hold.status is HoldStatus.INVOICED
+    assert stocked.stock("L1").sold == 2
+
+
+# -- scripts are safe to run twice (redis-py resends a script whose reply it lost) ---------------
+
+
+def test_every_ledger_command_is_safe_to_repeat(service, stocked):
+    ledger = service.ledger
+    c1 = ledger.claim_hold("g1", "L1", 2, ttl=900, lease=10, token="t")
+    assert ledger.claim_hold("g1", "L1", 2, ttl=900, lease=10, token="t").changed
+    assert ledger.finish_hold("g1", "t").changed
+    assert not ledger.finish_hold("g1", "t").changed
+    assert ledger.get("g1").status is HoldStatus.HELD
+    assert ledger.claim_invoice("g1", 5, lease=10, token="u").changed
+    assert ledger.claim_invoice("g1", 5, lease=10, token="u").changed
+    assert ledger.finish_invoice("g1", "u").changed
+    again = ledger.finish_invoice("g1", "u")
+    assert not again.changed and again.hold.status is HoldStatus.INVOICED
+    assert again.hold.created_at >= c1.hold.created_at
+
+
+def test_every_inventory_command_is_safe_to_repeat(service, stocked):
+    claim = service.ledger.claim_hold("g1", "L1", 2, ttl=900, lease=10, token="t")
+    for _ in range(2):
+        stocked.hold(global_id="g1", remote_id="L1", quantity=2, expires_at=claim.hold.expires_at)
+    assert stocked.stock("L1").held == 2
+    for _ in range(2):
+        stocked.invoice(global_id="g1", remote_id="L1", quantity=2, tevo_order_id=1)
+    assert (stocked.stock("L1").sold, stocked.stock("L1").on_hand) == (2, 3)
+    for _ in range(2):
+        stocked.release(global_id="g1", remote_id="L1", quantity=2)
+    assert stocked.stock("L1").held == 0 and stocked.stock("L1").on_hand == 3
+
+
+def test_release_runs_twice_without_giving_back_twice(service, stocked):
+    hold(service, "a", qty=2)
+    hold(service, "b", qty=3)
+    for _ in range(2):
+        stocked.release(global_id="a", remote_id="L1", quantity=2)
+    assert stocked.stock("L1").held == 3
+
+
+# -- ids are data ------------------------------------------------------------------------------
+
+
+WEIRD = ["a", "a}b", "a%7Db", "{a}", "a:b", "a*", "a b", "Ünïcødé", "票", "%", "{", "}"]
+
+
+def test_ids_with_any_characters_are_distinct_holds_and_listings(service, inventory):
+    for i, rid in enumerate(WEIRD):
+        inventory.set_quantity(rid, 10 + i)
+    for i, gid in enumerate(WEIRD):
+        hold(service, gid, rid=WEIRD[-1 - i], qty=1 + i % 3)
+    for i, gid in enumerate(WEIRD):
+        h = service.get(global_id=gid)
+        assert (h.global_id, h.remote_id, h.quantity) == (gid, WEIRD[-1 - i], 1 + i % 3)
+    for i, rid in enumerate(WEIRD):
+        assert inventory.stock(rid).on_hand == 10 + i
+
+
+def test_keys_of_one_hold_and_one_listing_share_a_hash_slot(service):
+    from redis.crc import key_slot
+
+    keys = service.ledger.keys
+    for ident in WEIRD:
+        listing = [*keys.listing(ident), keys.sale(ident, "g}x")]
+        assert len({key_slot(k.encode()) for k in listing}) == 1
+        assert "{" not in keys.hold(ident)[len(keys.prefix) + 2 :]

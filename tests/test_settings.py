@@ -1,0 +1,55 @@
+"""Settings: read once from TEVO_HOLD_* keys, with errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tevo_hold import Settings
+from tevo_hold.errors import ConfigurationError
+from tevo_hold.settings import DEMO_API_KEY
+
+
+def test_defaults_are_the_embedded_demo():
+    s = Settings.from_env({})
+    assert s.embedded and s.redis_url == "memory://"
+    assert s.accepted_keys == (DEMO_API_KEY,)
+    assert (s.hold_ttl, s.lease, s.max_body) == (900, 10, 65536)
+
+
+def test_environment_values_are_parsed():
+    s = Settings.from_env(
+        {
+            "TEVO_HOLD_REDIS_URL": "redis://h:1/2",
+            "TEVO_HOLD_API_KEYS": " a, b ,,c ",
+            "TEVO_HOLD_HOLD_TTL": "60",
+            "TEVO_HOLD_REDIS_TIMEOUT": "0.25",
+            "OTHER": "ignored",
+        }
+    )
+    assert not s.embedded
+    assert s.api_keys == ("a", "b", "c") and s.accepted_keys == ("a", "b", "c")
+    assert (s.hold_ttl, s.redis_timeout) == (60.0, 0.25)
+
+
+def test_typed_values_from_flask_config():
+    s = Settings.from_mapping({"TEVO_HOLD_API_KEYS": ["k1", "k2"], "TEVO_HOLD_HOLD_TTL": 30})
+    assert s.api_keys == ("k1", "k2") and s.hold_ttl == 30
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("TEVO_HOLD_HOLD_TTL", "soon"), ("TEVO_HOLD_HOLD_TTL", "-5"), ("TEVO_HOLD_MAX_BODY", "0")],
+)
+def test_bad_values_name_their_key(key, value):
+    with pytest.raises(ConfigurationError, match=key):
+        Settings.from_env({key: value})
+
+
+def test_a_real_redis_needs_api_keys():
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_API_KEYS"):
+        Settings.from_env({"TEVO_HOLD_REDIS_URL": "redis://localhost:6379/0"})
+
+
+def test_unknown_url_scheme_is_named():
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_REDIS_URL"):
+        Settings.from_env({"TEVO_HOLD_REDIS_URL": "mysql://x", "TEVO_HOLD_API_KEYS": "k"})
