@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def wait_for(check, timeout: float = 15.0, what: str = "server") -> None:  # typ
         try:
             if check():
                 return
-        except Exception as exc:  # noqa: BLE001 - anything means "not yet"
+        except Exception as exc:  # anything means "not yet"
             last = exc
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not come up in {timeout}s (last error: {last!r})")
@@ -81,7 +82,7 @@ def redis_server() -> Iterator[str]:
 
 @contextmanager
 def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 4) -> Iterator[str]:
-    """``gunicorn server.wsgi:app`` with the project's config on a free port; yields its base URL."""
+    """``gunicorn server.wsgi:app`` with the project's config on a free port; yields its URL."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
     full_env.update(env)
@@ -100,23 +101,20 @@ def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 
         "/dev/null",
         "server.wsgi:app",
     ]
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        import requests
-
-        wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what="gunicorn")
-        yield base
-    except BaseException:
-        log.seek(0)
-        sys.stderr.write(log.read().decode("utf-8", "replace")[-5000:])
-        raise
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what="gunicorn")
+            yield base
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read().decode("utf-8", "replace")[-5000:])
+            raise
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
