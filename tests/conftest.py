@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -42,9 +43,25 @@ def settings() -> Settings:
     return Settings(redis_url="redis://unused", api_keys=(API_KEY,), hold_ttl=900, lease=10)
 
 
+@pytest.fixture(params=["fused", "stepwise"])
+def make_service(request: pytest.FixtureRequest, client: redis.Redis) -> Callable[..., HoldService]:
+    """Build a service on ``client`` with settings overridden by keyword.
+
+    Parametrized: the reference adapter's one-script path ("fused") and the step-by-step path
+    that every other adapter (and a Redis Cluster) takes.
+    """
+    fuse = request.param == "fused"
+
+    def make(**overrides: Any) -> HoldService:
+        settings = Settings(redis_url="redis://unused", api_keys=(API_KEY,), **overrides)
+        return build_service(settings, client=client, fuse=fuse)
+
+    return make
+
+
 @pytest.fixture
-def service(client: redis.Redis, settings: Settings) -> HoldService:
-    return build_service(settings, client=client)
+def service(make_service: Callable[..., HoldService]) -> HoldService:
+    return make_service()
 
 
 @pytest.fixture

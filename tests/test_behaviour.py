@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
-from tevo_hold import HoldService, HoldStatus, RedisInventoryAdapter, Settings, build_service
+from tevo_hold import HoldService, HoldStatus, RedisInventoryAdapter
 from tevo_hold import errors as e
 
 
@@ -19,12 +18,6 @@ def hold(service: HoldService, gid: str = "g1", rid: str = "L1", qty: int = 2): 
 def stocked(inventory: RedisInventoryAdapter) -> RedisInventoryAdapter:
     inventory.set_quantity("L1", 5)
     return inventory
-
-
-def short_lived(client: redis.Redis, ttl: float = 0.3) -> HoldService:
-    return build_service(
-        Settings(redis_url="redis://unused", api_keys=("k",), hold_ttl=ttl), client=client
-    )
 
 
 # -- hold --------------------------------------------------------------------------------------
@@ -180,8 +173,8 @@ def test_invoice_of_unknown_hold(service, stocked):
 # -- expiry (short TTL, no long sleeps) -----------------------------------------------------------
 
 
-def test_hold_lapses_at_its_ttl_and_tickets_come_back(client, stocked):
-    service = short_lived(client)
+def test_hold_lapses_at_its_ttl_and_tickets_come_back(make_service, stocked):
+    service = make_service(hold_ttl=0.3)
     h = hold(service, qty=5).hold
     assert stocked.stock("L1").available == 0
     time.sleep(0.35)
@@ -190,8 +183,8 @@ def test_hold_lapses_at_its_ttl_and_tickets_come_back(client, stocked):
     assert h.expires_at > h.created_at
 
 
-def test_release_of_lapsed_hold_answers_expired(client, stocked):
-    service = short_lived(client)
+def test_release_of_lapsed_hold_answers_expired(make_service, stocked):
+    service = make_service(hold_ttl=0.3)
     hold(service)
     time.sleep(0.35)
     outcome = service.release(global_id="g1")
@@ -200,8 +193,8 @@ def test_release_of_lapsed_hold_answers_expired(client, stocked):
     assert stocked.stock("L1").available == 5
 
 
-def test_invoice_of_lapsed_hold_retakes_the_tickets_when_there(client, stocked):
-    service = short_lived(client)
+def test_invoice_of_lapsed_hold_retakes_the_tickets_when_there(make_service, stocked):
+    service = make_service(hold_ttl=0.3)
     hold(service)
     time.sleep(0.35)
     outcome = service.invoice(global_id="g1", tevo_order_id=5)
@@ -209,11 +202,11 @@ def test_invoice_of_lapsed_hold_retakes_the_tickets_when_there(client, stocked):
     assert stocked.stock("L1").sold == 2 and stocked.stock("L1").on_hand == 3
 
 
-def test_invoice_of_lapsed_hold_whose_tickets_are_gone_is_hold_expired(client, stocked):
-    service = short_lived(client)
+def test_invoice_of_lapsed_hold_whose_tickets_are_gone_is_hold_expired(make_service, stocked):
+    service = make_service(hold_ttl=0.3)
     hold(service, qty=5)
     time.sleep(0.35)
-    long_lived = short_lived(client, ttl=900)
+    long_lived = make_service()
     hold(long_lived, "other", qty=4)
     with pytest.raises(e.HoldExpired):
         service.invoice(global_id="g1", tevo_order_id=5)
@@ -224,8 +217,8 @@ def test_invoice_of_lapsed_hold_whose_tickets_are_gone_is_hold_expired(client, s
     assert service.invoice(global_id="g1", tevo_order_id=5).hold.status is HoldStatus.INVOICED
 
 
-def test_invoice_in_progress_never_lapses(client, stocked):
-    service = short_lived(client)
+def test_invoice_in_progress_never_lapses(make_service, stocked):
+    service = make_service(hold_ttl=0.3)
     hold(service)
     service.ledger.claim_invoice("g1", 9, lease=10, token="t")
     time.sleep(0.35)
@@ -248,10 +241,8 @@ def test_identical_hold_while_the_first_runs_is_in_progress(service, stocked):
         service.invoice(global_id="g1", tevo_order_id=1)
 
 
-def test_a_dead_request_lease_lapses_and_a_retry_completes_the_hold(client, stocked):
-    service = build_service(
-        Settings(redis_url="redis://unused", api_keys=("k",), lease=0.2), client=client
-    )
+def test_a_dead_request_lease_lapses_and_a_retry_completes_the_hold(make_service, stocked):
+    service = make_service(lease=0.2)
     # a request that claimed and took the tickets, then died before recording the hold
     claim = service.ledger.claim_hold("g1", "L1", 2, ttl=900, lease=0.2, token="dead")
     stocked.hold(global_id="g1", remote_id="L1", quantity=2, expires_at=claim.hold.expires_at)
@@ -261,10 +252,8 @@ def test_a_dead_request_lease_lapses_and_a_retry_completes_the_hold(client, stoc
     assert stocked.stock("L1").held == 2  # the adapter's hold is idempotent per global_id
 
 
-def test_a_dead_invoice_is_taken_over_by_its_retry_and_sells_once(client, stocked):
-    service = build_service(
-        Settings(redis_url="redis://unused", api_keys=("k",), lease=0.2), client=client
-    )
+def test_a_dead_invoice_is_taken_over_by_its_retry_and_sells_once(make_service, stocked):
+    service = make_service(lease=0.2)
     hold(service)
     service.ledger.claim_invoice("g1", 77, lease=0.2, token="dead")
     stocked.invoice(global_id="g1", remote_id="L1", quantity=2, tevo_order_id=77)

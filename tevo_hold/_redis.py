@@ -13,7 +13,7 @@ import redis.exceptions
 
 from . import errors
 
-__all__ = ["Script", "translate_errors"]
+__all__ = ["SCRIPTS", "Script", "source", "translate_errors"]
 
 #: Error codes a script may answer with, and the exception each one raises.
 SCRIPT_ERRORS: dict[str, type[errors.TevoHoldError]] = {
@@ -51,16 +51,26 @@ def translate_errors() -> Iterator[None]:
         raise errors.Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
 
 
+#: Each script: the files of ``tevo_hold/lua/`` it is assembled from, libraries first.
+SCRIPTS: dict[str, tuple[str, ...]] = {
+    "ledger": ("_prelude.lua", "_ledger.lua", "ledger.lua"),
+    "inventory": ("_prelude.lua", "_inventory.lua", "inventory.lua"),
+    "fused": ("_prelude.lua", "_ledger.lua", "_inventory.lua", "fused.lua"),
+}
+
+
 @cache
-def _source(name: str) -> str:
-    return importlib.resources.files("tevo_hold").joinpath("lua", name).read_text("utf-8")
+def source(name: str) -> str:
+    """The text of script ``name``: its files of ``tevo_hold/lua/`` joined in order."""
+    lua = importlib.resources.files("tevo_hold").joinpath("lua")
+    return "\n".join(lua.joinpath(part).read_text("utf-8") for part in SCRIPTS[name])
 
 
 class Script:
-    """One ``.lua`` file of the package, registered once per client (EVALSHA; loads on NOSCRIPT)."""
+    """One script of :data:`SCRIPTS`, registered once per client (EVALSHA; loads on NOSCRIPT)."""
 
     def __init__(self, client: redis.Redis, name: str) -> None:
-        self._script = client.register_script(_source(name))
+        self._script = client.register_script(source(name))
 
     def __call__(self, keys: Sequence[str], args: Sequence[str | int | float]) -> list[Any]:
         with translate_errors():

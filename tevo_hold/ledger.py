@@ -46,9 +46,10 @@ class Ledger:
         keys: KeySpace | None = None,
         retention: float = 7 * 24 * 3600,
     ) -> None:
+        self.client = client
         self.keys = keys or KeySpace()
         self.retention_ms = int(retention * 1000)
-        self._script = Script(client, "ledger.lua")
+        self._script = Script(client, "ledger")
 
     # -- hold ------------------------------------------------------------------------------
     def claim_hold(
@@ -134,20 +135,25 @@ class Ledger:
 
     # -- plumbing --------------------------------------------------------------------------
     def _call(self, global_id: str, command: str, *args: str | int) -> Claim:
-        changed, now, fields = self._run(global_id, command, *args)
+        return self.claim_from_reply(self._run(global_id, command, *args), global_id)
+
+    def _run(self, global_id: str, command: str, *args: str | int) -> list[Any]:
+        return self._script([self.keys.hold(global_id)], [command, *args])
+
+    def claim_from_reply(
+        self, reply: list[Any], global_id: str, remote_id: str | None = None
+    ) -> Claim:
+        """Decode a reply of a script built on ``_ledger.lua``: a Claim, or its typed error.
+
+        ``remote_id`` names the listing in the messages of listing errors.
+        """
+        outcome, now, extra = reply[0], int(reply[1]), int(reply[2])
+        if outcome not in ("ok", "replay"):
+            raise _script_error(outcome, global_id, remote_id, extra)
+        fields = dict(zip(reply[3::2], reply[4::2], strict=True))
         if not fields:
             raise errors.HoldNotFound(f"No hold has global_id {global_id!r}.")
-        return Claim(_to_hold(global_id, fields, now), changed=changed)
-
-    def _run(
-        self, global_id: str, command: str, *args: str | int
-    ) -> tuple[bool, int, dict[str, str]]:
-        """One script call: (changed, the server's now in ms, the record's fields)."""
-        reply = self._script([self.keys.hold(global_id)], [command, *args])
-        outcome, now, wait = reply[0], int(reply[1]), int(reply[2])
-        if outcome not in ("ok", "replay"):
-            raise _script_error(outcome, global_id, wait)
-        return outcome == "ok", now, dict(zip(reply[3::2], reply[4::2], strict=True))
+        return Claim(_to_hold(global_id, fields, now), changed=outcome == "ok")
 
 
 def _to_hold(global_id: str, f: dict[str, str], now: int) -> Hold:
@@ -177,14 +183,22 @@ _DETAILS = {
     "hold_already_invoiced": "The hold {gid!r} was invoiced; a sale is not undone by a release.",
     "order_id_conflict": "The hold {gid!r} is invoiced under another tevo_order_id.",
     "request_in_progress": "Another request for global_id {gid!r} is running; retry shortly.",
+    "listing_not_found": "No listing has remote_id {rid!r}.",
+    "insufficient_quantity": "Listing {rid!r} has {extra} tickets available.",
+    "hold_expired": "The hold {gid!r} lapsed and its tickets are no longer available.",
 }
 
 
-def _script_error(code: str, global_id: str, wait_ms: int) -> errors.TevoHoldError:
+def _script_error(
+    code: str, global_id: str, remote_id: str | None, extra: int
+) -> errors.TevoHoldError:
+    """The exception for a script's error ``code``; ``extra`` is its third reply item."""
     cls = SCRIPT_ERRORS.get(code)
     if cls is None:  # pragma: no cover - a script answering an unknown code is a bug
-        return errors.InternalError(f"ledger.lua answered an unknown outcome {code!r}")
-    detail = _DETAILS.get(code, cls.title).format(gid=global_id)
+        return errors.InternalError(f"a ledger script answered an unknown outcome {code!r}")
+    detail = _DETAILS.get(code, cls.title).format(gid=global_id, rid=remote_id, extra=extra)
     if cls is errors.RequestInProgress:
-        return errors.RequestInProgress(detail, retry_after=math.ceil(wait_ms / 1000))
+        return errors.RequestInProgress(detail, retry_after=math.ceil(extra / 1000))
+    if cls is errors.InsufficientQuantity:
+        return errors.InsufficientQuantity(detail, available=extra)
     return cls(detail)

@@ -33,6 +33,11 @@ class HoldService:
     answer :class:`~tevo_hold.errors.RequestInProgress` or replay its result. A lease whose holder
     died lapses after ``lease`` seconds and a retry takes over; adapters are idempotent per
     ``global_id``, so taking over never moves tickets twice.
+
+    Round trips: with the reference :class:`RedisInventoryAdapter` on the ledger's own Redis
+    (not a cluster), a hold is one script that checks and writes both the record and the stock,
+    an invoice two, a release two. Otherwise (``fuse=False``, a cluster, another adapter) each
+    step is its own call: three for a hold or an invoice.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class HoldService:
         *,
         hold_ttl: float = 900,
         lease: float = 10,
+        fuse: bool = True,
     ) -> None:
         if hold_ttl <= 0 or lease <= 0:
             raise errors.ConfigurationError("hold_ttl and lease must be positive (seconds)")
@@ -49,6 +55,12 @@ class HoldService:
         self.adapter = adapter
         self.hold_ttl = hold_ttl
         self.lease = lease
+        # The reference inventory in the ledger's own Redis checks and writes both in one script.
+        self._fused = (
+            adapter
+            if fuse and isinstance(adapter, RedisInventoryAdapter) and adapter.fuses_with(ledger)
+            else None
+        )
 
     def hold(self, *, remote_id: str, quantity: int, global_id: str) -> Outcome:
         """Hold ``quantity`` tickets of listing ``remote_id`` for ``global_id``, for ``hold_ttl``.
@@ -60,6 +72,15 @@ class HoldService:
         remote_id = check_id("remote_id", remote_id)
         quantity = check_quantity(quantity)
         global_id = check_id("global_id", global_id)
+        if self._fused is not None:
+            done = self._fused.hold_recorded(
+                self.ledger,
+                global_id=global_id,
+                remote_id=remote_id,
+                quantity=quantity,
+                ttl=self.hold_ttl,
+            )
+            return Outcome(done.hold.as_held(), replayed=not done.changed)
         token = uuid.uuid4().hex
         claim = self.ledger.claim_hold(
             global_id, remote_id, quantity, ttl=self.hold_ttl, lease=self.lease, token=token
@@ -107,6 +128,16 @@ class HoldService:
         if not claim.changed:
             return Outcome(claim.hold, replayed=True)
         hold = claim.hold
+        if self._fused is not None:
+            try:
+                return Outcome(
+                    self._fused.settle_recorded(self.ledger, hold=hold, token=token).hold
+                )
+            except errors.Unavailable:
+                # Whether the settle ran is unknown; the abort is a no-op if it did.
+                with contextlib.suppress(errors.Unavailable):
+                    self.ledger.abort_invoice(global_id, token, lapsed=False)
+                raise
         try:
             self.adapter.invoice(
                 global_id=global_id,
@@ -134,10 +165,13 @@ class HoldService:
         self.adapter.close()
 
 
-def build_service(settings: Settings, *, client: redis.Redis | None = None) -> HoldService:
+def build_service(
+    settings: Settings, *, client: redis.Redis | None = None, fuse: bool = True
+) -> HoldService:
     """The service ``settings`` describe, on the reference adapter, sharing one Redis client.
 
-    Pass ``client`` to use a client of your own (a fakeredis one in tests, say).
+    Pass ``client`` to use a client of your own (a fakeredis one in tests, say); ``fuse`` as for
+    :class:`HoldService`.
     """
     client = client if client is not None else connect(settings)
     keys = KeySpace(settings.key_prefix)
@@ -146,4 +180,5 @@ def build_service(settings: Settings, *, client: redis.Redis | None = None) -> H
         RedisInventoryAdapter(client, keys=keys, retention=settings.retention),
         hold_ttl=settings.hold_ttl,
         lease=settings.lease,
+        fuse=fuse,
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 
 import redis
+from redis.cluster import RedisCluster
 
 from .. import errors
 from .._redis import Script
 from ..keys import KeySpace
-from ..models import Stock
+from ..ledger import Claim, Ledger
+from ..models import Hold, Stock
 from .base import PosAdapter
 
 __all__ = ["RedisInventoryAdapter"]
@@ -32,9 +34,11 @@ class RedisInventoryAdapter(PosAdapter):
         keys: KeySpace | None = None,
         retention: float = 7 * 24 * 3600,
     ) -> None:
+        self.client = client
         self.keys = keys or KeySpace()
         self.retention_ms = int(retention * 1000)
-        self._script = Script(client, "inventory.lua")
+        self._script = Script(client, "inventory")
+        self._fused = Script(client, "fused")
 
     def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
         deadline = int(expires_at.timestamp() * 1000)
@@ -48,6 +52,44 @@ class RedisInventoryAdapter(PosAdapter):
     ) -> None:
         self._call(remote_id, global_id, "sell", global_id, quantity, self.retention_ms)
 
+    # -- one round trip with the ledger ---------------------------------------------------
+    def fuses_with(self, ledger: Ledger) -> bool:
+        """True when ``ledger`` lives in this adapter's Redis, so one script can change both.
+
+        (Not on a Redis Cluster: a hold's record and its listing lie in different hash slots.)
+        """
+        return ledger.client is self.client and not isinstance(self.client, RedisCluster)
+
+    def hold_recorded(
+        self, ledger: Ledger, *, global_id: str, remote_id: str, quantity: int, ttl: float
+    ) -> Claim:
+        """Check the ledger and the stock, take the tickets and record the hold, atomically.
+
+        ``changed`` is False for a retry of a hold already made. Raises what
+        :meth:`Ledger.claim_hold` and :meth:`hold` raise.
+        """
+        keys = [ledger.keys.hold(global_id), *self._keys(remote_id, global_id)]
+        args: list[str | int] = [
+            "hold",
+            global_id,
+            remote_id,
+            quantity,
+            int(ttl * 1000),
+            ledger.retention_ms,
+        ]
+        return ledger.claim_from_reply(self._fused(keys, args), global_id, remote_id)
+
+    def settle_recorded(self, ledger: Ledger, *, hold: Hold, token: str) -> Claim:
+        """Sell the tickets of the invoice ``token`` claimed, and record it invoiced, atomically.
+
+        If the hold lapsed and its tickets are gone, the claim is given back (the hold reads
+        expired) and HoldExpired is raised.
+        """
+        gid = hold.global_id
+        keys = [ledger.keys.hold(gid), *self._keys(hold.remote_id, gid)]
+        args: list[str | int] = ["settle", gid, token, hold.quantity, self.retention_ms]
+        return ledger.claim_from_reply(self._fused(keys, args), gid, hold.remote_id)
+
     # -- stock management (the CLI's and the tests') ------------------------------------
     def set_quantity(self, remote_id: str, on_hand: int) -> Stock:
         """Set the number of unsold tickets of a listing (created if new). Held ones count."""
@@ -59,11 +101,14 @@ class RedisInventoryAdapter(PosAdapter):
         """The listing's stock now. Raises ListingNotFound."""
         return self._call(remote_id, None, "show")
 
-    def _call(self, remote_id: str, global_id: str | None, *args: str | int) -> Stock:
+    def _keys(self, remote_id: str, global_id: str | None) -> list[str]:
         keys = list(self.keys.listing(remote_id))
         if global_id is not None:
             keys.append(self.keys.sale(remote_id, global_id))
-        outcome, on_hand, held, sold = self._script(keys, args)
+        return keys
+
+    def _call(self, remote_id: str, global_id: str | None, *args: str | int) -> Stock:
+        outcome, on_hand, held, sold = self._script(self._keys(remote_id, global_id), args)
         stock = Stock(remote_id, int(on_hand), int(held), int(sold))
         if outcome == "ok":
             return stock
