@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import Schema
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from . import errors
 from .models import Outcome
@@ -168,6 +168,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _read_body(limit: int) -> bytes:
+    """The body, or PayloadTooLarge past ``limit`` bytes, whether or not a length was sent."""
+    too_large = errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    # A chunked body has no length up front: read one byte past the limit to see if it is over.
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = request.stream.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise too_large
+    return b"".join(chunks)
+
+
 def _load(schema: Schema) -> dict[str, Any]:
     """The request's JSON body, checked by ``schema``: 413, 415 and 400 problems otherwise."""
     mimetype = request.mimetype
@@ -177,14 +196,7 @@ def _load(schema: Schema) -> dict[str, Any]:
         raise errors.UnsupportedMediaType(
             "Send the body as JSON with the header Content-Type: application/json."
         )
-    limit = _state().settings.max_body
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    request.max_content_length = limit
-    try:
-        raw = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.") from None
+    raw = _read_body(_state().settings.max_body)
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
