@@ -1,0 +1,233 @@
+"""The demo path of ``make run``: gunicorn on the embedded in-memory default, and its config."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from .servers import ROOT, gunicorn_server
+
+pytestmark = pytest.mark.slow
+
+DEMO_KEY = "demo-key"
+DEMO = {"X-API-Key": DEMO_KEY}
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[str]:
+    """``gunicorn server.wsgi:app`` with no TEVO_HOLD_* set: what ``make run`` starts."""
+    with gunicorn_server({}, workers=1, threads=8) as url:
+        yield url
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session
+
+
+def hold(http: requests.Session, base: str, gid: str, qty: int = 1, rid: str = "demo-1"):  # type: ignore[no-untyped-def]
+    body = {"remote_id": rid, "quantity": qty, "global_id": gid}
+    return http.post(f"{base}/v1/holds", json=body, headers=DEMO, timeout=10)
+
+
+def test_healthz(http: requests.Session, base: str) -> None:
+    response = http.get(f"{base}/healthz", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == {"status": "ok"}
+
+
+def test_hold_then_release_on_the_sample_listing(http: requests.Session, base: str) -> None:
+    response = hold(http, base, "srv-release", qty=2)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["global_id"], body["remote_id"], body["quantity"], body["status"]) == (
+        "srv-release",
+        "demo-1",
+        2,
+        "held",
+    )
+    assert "Idempotent-Replayed" not in response.headers
+
+    retry = hold(http, base, "srv-release", qty=2)
+    assert retry.status_code == 201, retry.text
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert retry.json() == body
+
+    got = http.get(f"{base}/v1/holds/srv-release", headers=DEMO, timeout=10)
+    assert got.status_code == 200, got.text
+    assert got.json()["status"] == "held"
+
+    released = http.post(
+        f"{base}/v1/releases", json={"global_id": "srv-release"}, headers=DEMO, timeout=10
+    )
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "released"
+    assert released.json()["released_at"] is not None
+
+
+def test_hold_then_invoice_on_the_sample_listing(http: requests.Session, base: str) -> None:
+    response = hold(http, base, "srv-invoice")
+    assert response.status_code == 201, response.text
+
+    invoice = {"global_id": "srv-invoice", "tevo_order_id": 4242}
+    invoiced = http.post(f"{base}/v1/invoices", json=invoice, headers=DEMO, timeout=10)
+    assert invoiced.status_code == 201, invoiced.text
+    body = invoiced.json()
+    assert (body["status"], body["tevo_order_id"]) == ("invoiced", 4242)
+    assert body["invoiced_at"] is not None
+
+    again = http.post(f"{base}/v1/invoices", json=invoice, headers=DEMO, timeout=10)
+    assert again.status_code == 201, again.text
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == body
+
+    release = http.post(
+        f"{base}/v1/releases", json={"global_id": "srv-invoice"}, headers=DEMO, timeout=10
+    )
+    assert release.status_code == 409, release.text
+    assert release.json()["code"] == "hold_already_invoiced"
+
+
+def test_sample_listings_sold_out_and_unknown(http: requests.Session, base: str) -> None:
+    sold_out = hold(http, base, "srv-sold-out", rid="demo-sold-out")
+    assert sold_out.status_code == 409, sold_out.text
+    assert sold_out.headers["Content-Type"] == PROBLEM
+    assert sold_out.json()["code"] == "insufficient_quantity"
+    assert sold_out.json()["available"] == 0
+
+    unknown = hold(http, base, "srv-unknown", rid="no-such-listing")
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["code"] == "listing_not_found"
+
+
+@pytest.mark.parametrize("headers", [{"X-API-Key": "wrong-key"}, {}], ids=["wrong", "missing"])
+def test_wrong_or_missing_key_is_a_json_401(
+    http: requests.Session, base: str, headers: dict[str, str]
+) -> None:
+    body = {"remote_id": "demo-1", "quantity": 1, "global_id": "srv-401"}
+    response = http.post(f"{base}/v1/holds", json=body, headers=headers, timeout=10)
+    assert response.status_code == 401, response.text
+    assert response.headers["Content-Type"] == PROBLEM
+    assert "WWW-Authenticate" in response.headers
+    problem = response.json()
+    assert (problem["status"], problem["code"]) == (401, "unauthorized")
+    # Nothing was held.
+    got = http.get(f"{base}/v1/holds/srv-401", headers=DEMO, timeout=10)
+    assert got.status_code == 404, got.text
+    assert got.json()["code"] == "hold_not_found"
+
+
+def test_unknown_path_and_wrong_method_are_json(http: requests.Session, base: str) -> None:
+    missing = http.get(f"{base}/no/such/path", headers=DEMO, timeout=10)
+    assert missing.status_code == 404, missing.text
+    assert missing.headers["Content-Type"] == PROBLEM
+    assert (missing.json()["status"], missing.json()["code"]) == (404, "not_found")
+
+    wrong = http.get(f"{base}/v1/holds", headers=DEMO, timeout=10)
+    assert wrong.status_code == 405, wrong.text
+    assert wrong.headers["Content-Type"] == PROBLEM
+    assert wrong.json()["code"] == "method_not_allowed"
+    assert "POST" in wrong.headers["Allow"]
+
+
+def test_embedded_server_does_not_oversell_under_threads(base: str) -> None:
+    """One worker, eight threads, one in-memory store: concurrent holds of "demo-2" (4 tickets)."""
+    local = threading.local()
+    sessions: list[requests.Session] = []
+    lock = threading.Lock()
+
+    def one(gid: str) -> requests.Response:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+            with lock:
+                sessions.append(session)
+        body = {"remote_id": "demo-2", "quantity": 1, "global_id": gid}
+        with session.post(f"{base}/v1/holds", json=body, headers=DEMO, timeout=30) as response:
+            response.content  # noqa: B018 - read the body before the connection goes back
+            return response
+
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(one, [f"srv-burst-{i}" for i in range(60)]))
+    finally:
+        for session in sessions:
+            session.close()
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(201) == 4, statuses
+    refused = [a for a in answers if a.status_code != 201]
+    assert all(a.status_code == 409 for a in refused), [a.text for a in refused][:5]
+    assert {a.json()["code"] for a in refused} == {"insufficient_quantity"}
+
+
+# -- gunicorn.conf.py --------------------------------------------------------------------------
+
+
+def gunicorn(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``gunicorn <args> -c server/gunicorn.conf.py server.wsgi:app`` in the project root."""
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TEVO_HOLD_") and k not in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
+    }
+    full_env.update(env)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        *args,
+        "-c",
+        str(ROOT / "server" / "gunicorn.conf.py"),
+        "server.wsgi:app",
+    ]
+    return subprocess.run(
+        cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def printed(setting: str, output: str) -> str:
+    match = re.search(rf"^{setting}\s*=\s*(.*)$", output, re.MULTILINE)
+    assert match, output
+    return match.group(1).strip()
+
+
+def test_gunicorn_conf_passes_check_config() -> None:
+    result = gunicorn(["--check-config"], {})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("redis_url", ["", "memory://"], ids=["unset", "memory"])
+def test_gunicorn_conf_embedded_runs_one_worker(redis_url: str) -> None:
+    env = {"TEVO_HOLD_REDIS_URL": redis_url} if redis_url else {}
+    result = gunicorn(["--print-config"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert printed("workers", result.stdout) == "1"
+    assert printed("worker_class", result.stdout) == "gthread"
+
+
+def test_gunicorn_conf_with_redis_runs_several_workers(redis_url: str) -> None:
+    env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": "k"}
+    result = gunicorn(["--check-config"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    result = gunicorn(["--print-config"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    workers = int(printed("workers", result.stdout))
+    assert workers == multiprocessing.cpu_count() * 2 + 1
+    assert workers > 1
+
+    result = gunicorn(["--print-config"], {**env, "WEB_CONCURRENCY": "3"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert printed("workers", result.stdout) == "3"
