@@ -63,6 +63,17 @@ class Timestamp(fields.Field):  # type: ignore[type-arg]
 
 _TIME = {"type": "string", "format": "date-time"}
 _ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
+#: The largest integer tevo_order_id that check_order_id accepts (it must fit a signed 64-bit int).
+MAX_ORDER_NUMBER = 2**63 - 1
+_ORDER_NUMBER = {"type": "integer", "minimum": 1, "maximum": MAX_ORDER_NUMBER}
+
+#: The values the documented examples use. The demo server stocks this listing
+#: (server/sample_inventory.json), so the examples work as they are: the first checkout is held
+#: then invoiced, the second held then released.
+EXAMPLE_REMOTE_ID = "demo-1"
+EXAMPLE_GLOBAL_ID = "tevo-checkout-1001"
+EXAMPLE_RELEASED_GLOBAL_ID = "tevo-checkout-1002"
+EXAMPLE_ORDER_ID = 734912
 
 
 class _Request(Schema):
@@ -80,7 +91,11 @@ class HoldRequestSchema(_Request):
 
     remote_id = Id(
         required=True,
-        metadata={**_ID, "description": "The listing's id, as the seller gave it to TEvo."},
+        metadata={
+            **_ID,
+            "description": "The listing's id, as the seller gave it to TEvo (the POS's own id).",
+            "examples": [EXAMPLE_REMOTE_ID],
+        },
     )
     quantity = Quantity(
         required=True,
@@ -89,13 +104,15 @@ class HoldRequestSchema(_Request):
             "minimum": 1,
             "maximum": MAX_QUANTITY,
             "description": "Tickets to hold.",
+            "examples": [2],
         },
     )
     global_id = Id(
         required=True,
         metadata={
             **_ID,
-            "description": "TEvo's id of this checkout: links hold, release and invoice.",
+            "description": "TEvo's id of this checkout: links hold, release and invoice. A retry "
+            "sends the same one.",
         },
     )
 
@@ -103,18 +120,24 @@ class HoldRequestSchema(_Request):
 class ReleaseRequestSchema(_Request):
     """Body of ``POST /v1/releases``."""
 
-    global_id = Id(required=True, metadata={**_ID, "description": "The hold's global_id."})
+    global_id = Id(
+        required=True, metadata={**_ID, "description": "The global_id the hold was made with."}
+    )
 
 
 class InvoiceRequestSchema(_Request):
     """Body of ``POST /v1/invoices``."""
 
-    global_id = Id(required=True, metadata={**_ID, "description": "The hold's global_id."})
+    global_id = Id(
+        required=True, metadata={**_ID, "description": "The global_id the hold was made with."}
+    )
     tevo_order_id = OrderId(
         required=True,
         metadata={
-            "oneOf": [{"type": "integer", "minimum": 1}, _ID],
-            "description": "TEvo's order id (integer or string).",
+            "oneOf": [_ORDER_NUMBER, _ID],
+            "description": "TEvo's order id: a positive integer or a string. A retry sends the "
+            "same one.",
+            "examples": [EXAMPLE_ORDER_ID],
         },
     )
 
@@ -122,20 +145,57 @@ class InvoiceRequestSchema(_Request):
 class HoldSchema(Schema):
     """A hold, as every successful answer gives it."""
 
-    global_id = fields.String(required=True)
-    remote_id = fields.String(required=True)
-    quantity = fields.Integer(required=True)
+    global_id = fields.String(
+        required=True,
+        metadata={"description": "TEvo's id of the checkout.", "examples": [EXAMPLE_GLOBAL_ID]},
+    )
+    remote_id = fields.String(
+        required=True,
+        metadata={"description": "The listing held.", "examples": [EXAMPLE_REMOTE_ID]},
+    )
+    quantity = fields.Integer(
+        required=True, metadata={"description": "Tickets held.", "minimum": 1, "examples": [2]}
+    )
     status = fields.String(
         required=True,
         metadata={
             "enum": ["pending", "held", "expired", "released", "invoicing", "invoiced"],
-            "description": "pending: its hold call is running; held; expired: lapsed "
-            "(or released after it lapsed); released; invoicing: its invoice call is "
-            "running; invoiced.",
+            "description": "pending: its hold call is running; held: the tickets are held until "
+            "expires_at; expired: it lapsed (or was released after it lapsed); released: its "
+            "tickets went back to the listing; invoicing: its invoice call is running; "
+            "invoiced: sold to TEvo.",
+            "examples": ["held"],
         },
     )
-    created_at = Timestamp(required=True, metadata=_TIME)
-    expires_at = Timestamp(required=True, metadata=_TIME)
-    tevo_order_id = fields.Raw(allow_none=True)
-    invoiced_at = Timestamp(allow_none=True, metadata=_TIME)
-    released_at = Timestamp(allow_none=True, metadata=_TIME)
+    created_at = Timestamp(
+        required=True,
+        metadata={
+            **_TIME,
+            "description": "When the hold was made (UTC).",
+            "examples": ["2026-11-23T12:00:00.123Z"],
+        },
+    )
+    expires_at = Timestamp(
+        required=True,
+        metadata={
+            **_TIME,
+            "description": "When the hold lapses unless it is invoiced first (UTC): created_at "
+            "plus the hold lifetime, 15 minutes by default.",
+            "examples": ["2026-11-23T12:15:00.123Z"],
+        },
+    )
+    tevo_order_id = fields.Raw(
+        allow_none=True,
+        metadata={
+            "oneOf": [_ORDER_NUMBER, _ID, {"type": "null"}],
+            "description": "The order the hold was invoiced under; null until it is invoiced.",
+        },
+    )
+    invoiced_at = Timestamp(
+        allow_none=True,
+        metadata={**_TIME, "description": "When it was invoiced (UTC); null until then."},
+    )
+    released_at = Timestamp(
+        allow_none=True,
+        metadata={**_TIME, "description": "When it was released (UTC); null unless released."},
+    )

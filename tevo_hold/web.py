@@ -35,7 +35,7 @@ __all__ = ["EXTENSION_KEY", "TevoHold", "create_blueprint", "problem_response"]
 EXTENSION_KEY = "tevo_hold"
 PROBLEM_TYPE = "urn:tevo-hold:problem:"
 #: Views answered without an API key.
-PUBLIC_VIEWS = frozenset({"healthz"})
+PUBLIC_VIEWS = frozenset({"healthz", "openapi_json", "docs"})
 log = logging.getLogger("tevo_hold")
 
 _HOLD_SCHEMA = HoldSchema()
@@ -128,6 +128,19 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     @bp.get("/healthz")
     def healthz() -> Response:
         return _json({"status": "ok"}, 200)
+
+    @bp.get("/v1/openapi.json")
+    def openapi_json() -> Response:
+        from . import openapi  # imported here: tevo_hold.openapi imports this module
+
+        return openapi.document_response()
+
+    @bp.get("/docs")
+    @bp.get("/docs/<path:asset>")
+    def docs(asset: str | None = None) -> Response:
+        from . import openapi
+
+        return openapi.docs_response(asset)
 
     return bp
 

@@ -1,0 +1,106 @@
+"""MkDocs hook: fills the guides' generated parts from the code, so they cannot drift from it.
+
+A page asks for a part with an HTML comment on a line of its own:
+
+- ``<!-- tevo-hold:responses OPERATION_ID -->``: every status an operation answers, each problem
+  code with what it means and what to do (from :data:`tevo_hold.openapi.OPERATIONS`, the table
+  the OpenAPI document is generated from);
+- ``<!-- tevo-hold:codes -->``: every problem code of the API, with its status and title
+  (from :mod:`tevo_hold.errors`);
+- ``<!-- tevo-hold:settings -->``: every ``TEVO_HOLD_*`` setting with its default and meaning
+  (from :class:`tevo_hold.settings.Settings`).
+
+An unknown part fails the build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from mkdocs.exceptions import PluginError
+
+from tevo_hold import errors
+from tevo_hold.openapi import OPERATIONS, Operation
+from tevo_hold.settings import PREFIX, Settings
+
+_MARKER = re.compile(r"^<!-- tevo-hold:(?P<part>[a-z]+)(?: (?P<arg>\S+))? -->$", re.MULTILINE)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _operation(operation_id: str) -> Operation:
+    for op in OPERATIONS:
+        if op.operation_id == operation_id:
+            return op
+    raise PluginError(f"no operation {operation_id!r} in tevo_hold.openapi.OPERATIONS")
+
+
+def responses(operation_id: str) -> str:
+    """The response-code table of one operation."""
+    op = _operation(operation_id)
+    rows = [
+        f"| **{op.success}** | (success) | {_cell(op.success_description)} | |",
+        *(
+            f"| {a.status} | `{a.code}` | {_cell(a.explain())} | {_cell(a.advice)} |"
+            for a in sorted(op.answers, key=lambda a: a.status)
+        ),
+    ]
+    head = "| Status | `code` | What it means | What to do |\n| --- | --- | --- | --- |"
+    return "\n".join([head, *rows])
+
+
+def _subclasses(cls: type[errors.TevoHoldError]) -> list[type[errors.TevoHoldError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found
+
+
+def codes() -> str:
+    """Every problem code the HTTP API can answer."""
+    answered = [
+        cls
+        for cls in [errors.InternalError, *_subclasses(errors.TevoHoldError)]
+        if cls not in (errors.ConfigurationError, errors.Conflict)
+    ]
+    answered = list({cls.code: cls for cls in answered}.values())
+    answered.sort(key=lambda cls: (cls.status, cls.code))
+    head = "| Status | `code` | Title |\n| --- | --- | --- |"
+    return "\n".join([head, *(f"| {c.status} | `{c.code}` | {c.title} |" for c in answered)])
+
+
+def _default(value: Any) -> str:
+    if value is None or value == ():
+        return "(none)"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def settings() -> str:
+    """Every setting, as the environment (or Flask config) names it."""
+    head = "| Setting | Default | Meaning |\n| --- | --- | --- |"
+    rows = [
+        f"| `{PREFIX}{f.name.upper()}` | {_default(f.default)} | {_cell(f.metadata['help'])} |"
+        for f in dataclasses.fields(Settings)
+    ]
+    return "\n".join([head, *rows])
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    def fill(match: re.Match[str]) -> str:
+        part, arg = match["part"], match["arg"]
+        if part == "responses" and arg:
+            return responses(arg)
+        if part == "codes" and not arg:
+            return codes()
+        if part == "settings" and not arg:
+            return settings()
+        raise PluginError(f"{page.file.src_path}: unknown generated part {match[0]!r}")
+
+    return _MARKER.sub(fill, markdown)

@@ -1,0 +1,237 @@
+"""The docs: the MkDocs build (strict), the guides' examples run for real, the reference page in a
+real browser.
+
+- The build runs here, strict, so a broken link, anchor or generated table fails the tests.
+- Every ``curl`` example of the TEvo integration guide runs, in order, against a fresh demo server
+  (gunicorn, the sample inventory, the demo key), and must answer the status, headers and body the
+  guide prints right after it (times apart).
+- The Python examples of the POS vendor guide run, in order, on a real redis-server; the app they
+  build then serves a hold and an invoice through the guide's own adapter.
+- ``GET /docs`` is opened in headless Chromium with every host but this machine unresolvable, so a
+  page that needed a CDN would come up empty: it must list the operations.
+
+Chromium: the test runs the ``chromium`` found on PATH (Debian's package, which ``make test``
+installs where missing), or the browser that the ``CHROMIUM`` environment variable names.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tevo_hold import errors
+from tevo_hold.openapi import OPERATIONS
+from tevo_hold.settings import PREFIX, Settings
+
+from .servers import ROOT, gunicorn_server, redis_server
+
+DOCS = ROOT / "docs"
+DEMO_KEY = "demo-key"
+TIMES = {"created_at", "expires_at", "invoiced_at", "released_at"}
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def _blocks(page: Path) -> list[tuple[str, str]]:
+    """The fenced code blocks of a page: (language, text)."""
+    return [(m[1], m[2]) for m in FENCE.finditer(page.read_text("utf-8"))]
+
+
+# -- the build ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="tevo-hold-site-") as out:
+        build = subprocess.run(
+            [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", out],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert build.returncode == 0, build.stdout + build.stderr
+        yield Path(out)
+
+
+def test_the_site_builds_strictly_with_every_guide(site: Path) -> None:
+    for page in ("index.html", "tevo-integration/index.html", "pos-vendors/index.html"):
+        assert (site / page).is_file(), page
+    assert (site / "operations" / "index.html").is_file()
+    assert (site / "openapi.json").read_bytes() == (DOCS / "openapi.json").read_bytes()
+
+
+def test_the_integration_guide_has_every_code_of_every_endpoint(site: Path) -> None:
+    html = (site / "tevo-integration" / "index.html").read_text("utf-8")
+    assert "<!-- tevo-hold:" not in html
+    for op in OPERATIONS:
+        heading = re.escape(f"<code>{op.method.upper()} {op.path}</code>")
+        section = re.search(rf"<h3 [^>]*>{heading}.*?</h3>(.*?)<h[23] ", html, re.DOTALL)
+        assert section, op.path
+        for answer in op.answers:
+            row = f"<td>{answer.status}</td>\n<td><code>{answer.code}</code></td>"
+            assert row in section[1], (op.operation_id, answer.code)
+    for cls in (errors.HoldExpired, errors.MethodNotAllowed, errors.PosTimeout):
+        assert f"<code>{cls.code}</code>" in html
+
+
+def test_the_operations_guide_lists_every_setting(site: Path) -> None:
+    html = (site / "operations" / "index.html").read_text("utf-8")
+    for name in Settings.__dataclass_fields__:
+        assert f"<code>{PREFIX}{name.upper()}</code>" in html
+    assert "maxmemory-policy noeviction" in html
+
+
+# -- the TEvo guide's curl examples -------------------------------------------------------------
+
+
+def _curl_examples() -> list[tuple[str, str]]:
+    """Each ``curl`` command of the integration guide, with the answer printed after it."""
+    blocks = _blocks(DOCS / "tevo-integration.md")
+    examples = []
+    for (lang, text), (next_lang, answer) in itertools.pairwise(blocks):
+        if lang == "sh" and text.startswith("curl "):
+            assert next_lang == "http", f"no answer printed after: {text}"
+            examples.append((text, answer))
+    return examples
+
+
+def _parse_http(text: str) -> tuple[int, dict[str, str], Any]:
+    head, _, body = text.replace("\r\n", "\n").partition("\n\n")
+    status_line, *header_lines = head.splitlines()
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, json.loads(body) if body.strip() else None
+
+
+def _same_body(documented: Any, actual: Any) -> bool:
+    if not isinstance(documented, dict) or not isinstance(actual, dict):
+        return bool(documented == actual)
+    if documented.keys() != actual.keys():
+        return False
+    for key, value in documented.items():
+        if key in TIMES:
+            if (value is None) != (actual[key] is None):
+                return False
+        elif value != actual[key]:
+            return False
+    return True
+
+
+@pytest.mark.slow
+def test_the_curl_examples_answer_as_the_guide_says() -> None:
+    examples = _curl_examples()
+    assert len(examples) >= 8
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed: `make test` installs it (apt-get install curl)")
+    with gunicorn_server({}, workers=1, threads=4) as base:  # the demo: memory, sample inventory
+        env = {**os.environ, "BASE": base, "KEY": DEMO_KEY}
+        for command, printed in examples:
+            run = subprocess.run(
+                ["bash", "-c", command], capture_output=True, text=True, env=env, timeout=30
+            )
+            assert run.returncode == 0, (command, run.stderr)
+            status, headers, body = _parse_http(run.stdout)
+            want_status, want_headers, want_body = _parse_http(printed)
+            assert status == want_status, (command, run.stdout)
+            for name, value in want_headers.items():
+                assert headers.get(name) == value, (command, name, run.stdout)
+            assert _same_body(want_body, body), (command, run.stdout)
+
+
+# -- the vendor guide's Python examples ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_vendor_guide_examples_run_and_serve_through_their_adapter() -> None:
+    code = [text for lang, text in _blocks(DOCS / "pos-vendors.md") if lang == "python"]
+    assert len(code) >= 4
+    with redis_server() as url:
+        namespace: dict[str, Any] = {"__name__": "pos_vendors_guide"}
+        for block in code:
+            exec(compile(block.replace("redis://localhost:6379/0", url), "pos-vendors.md", "exec"),
+                 namespace)  # fmt: skip
+        app, adapter = namespace["app"], namespace["adapter"]
+        assert type(adapter).__name__ == "DictPos"
+        http = app.test_client()
+        key = {"X-API-Key": "key-for-tevo"}
+        body = {"remote_id": "demo-1", "quantity": 3, "global_id": "guide-1"}
+        assert http.post("/tevo/v1/holds", json=body, headers=key).status_code == 201
+        assert adapter.holds == {"guide-1": ("demo-1", 3)}
+        assert http.post("/tevo/v1/holds", json=body, headers=key).status_code == 201  # replay
+        sale = {"global_id": "guide-1", "tevo_order_id": 99}
+        assert http.post("/tevo/v1/invoices", json=sale, headers=key).status_code == 201
+        assert adapter.stock == {"demo-1": 7}
+        assert adapter.sales == {"guide-1": 99}
+        too_many = {"remote_id": "demo-1", "quantity": 8, "global_id": "guide-2"}
+        refused = http.post("/tevo/v1/holds", json=too_many, headers=key)
+        assert refused.get_json()["code"] == "insufficient_quantity"
+        assert refused.get_json()["available"] == 7
+        assert http.get("/tevo/healthz").status_code == 200
+        assert http.get("/tevo/v1/openapi.json").get_json()["servers"][0]["url"] == "/tevo"
+
+
+# -- the reference page, in a real browser ------------------------------------------------------
+
+
+def _chromium() -> str:
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and (found := shutil.which(name)):
+            return found
+    pytest.fail(
+        "No Chromium found: `make test` installs Debian's chromium where missing "
+        "(apt-get install chromium); or set CHROMIUM to a Chrome/Chromium binary."
+    )
+
+
+def _dump_dom(url: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="tevo-hold-chromium-") as profile:
+        run = subprocess.run(
+            [
+                _chromium(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                # No host but this machine resolves: a page that needed a CDN would stay empty.
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+@pytest.mark.slow
+def test_the_reference_page_lists_the_operations_in_a_real_browser() -> None:
+    with gunicorn_server({}, workers=1, threads=4) as base:
+        dom = _dump_dom(base + "/docs")
+    assert "Failed to load API definition" not in dom
+    rendered = set(re.findall(r'id="operations-(?!tag-)[^"]*-(\w+)"', dom))
+    assert {"holdInventory", "releaseHold", "invoiceHold"} <= rendered, dom[-3000:]
+    assert rendered == {op.operation_id for op in OPERATIONS}
+    for op in OPERATIONS:
+        assert f'data-path="{op.path}"' in dom
+        assert op.summary in dom

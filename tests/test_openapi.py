@@ -1,0 +1,387 @@
+"""The OpenAPI document: generated, valid OpenAPI 3.1, complete, checked in, served without a key.
+
+The document is checked three ways: by openapi-spec-validator (a tool nobody here wrote), against
+the contract's list of codes per operation (written out again here, independently of the
+generator), and against the app's own routes, schemas and errors. The live conformance run is
+tests/test_schemathesis.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import jsonschema
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from openapi_spec_validator import validate as validate_openapi
+
+from tevo_hold import TevoHold, build_service, create_app, errors
+from tevo_hold import openapi as oa
+from tevo_hold.schemas import (
+    MAX_ORDER_NUMBER,
+    HoldRequestSchema,
+    InvoiceRequestSchema,
+    ReleaseRequestSchema,
+)
+from tevo_hold.settings import Settings
+from tevo_hold.validation import check_order_id
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKED_IN = ROOT / "docs" / "openapi.json"
+KEY = "openapi-test-key"
+
+#: The contract, as the issue states it: every status each operation answers, with its codes.
+#: Written out by hand on purpose: the generated document must say exactly this.
+CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
+    ("post", "/v1/holds"): {
+        201: set(),
+        400: {"invalid_request", "malformed_json"},
+        401: {"unauthorized"},
+        404: {"listing_not_found"},
+        409: {"insufficient_quantity", "global_id_conflict", "request_in_progress"},
+        413: {"payload_too_large"},
+        415: {"unsupported_media_type"},
+        500: {"internal_error"},
+        502: {"pos_error"},
+        503: {"unavailable"},
+        504: {"pos_timeout"},
+    },
+    ("post", "/v1/releases"): {
+        200: set(),
+        400: {"invalid_request", "malformed_json"},
+        401: {"unauthorized"},
+        404: {"hold_not_found"},
+        409: {"hold_already_invoiced", "request_in_progress"},
+        413: {"payload_too_large"},
+        415: {"unsupported_media_type"},
+        500: {"internal_error"},
+        502: {"pos_error"},
+        503: {"unavailable"},
+        504: {"pos_timeout"},
+    },
+    ("post", "/v1/invoices"): {
+        201: set(),
+        400: {"invalid_request", "malformed_json"},
+        401: {"unauthorized"},
+        404: {"hold_not_found", "listing_not_found"},
+        409: {"hold_released", "order_id_conflict", "request_in_progress"},
+        410: {"hold_expired"},
+        413: {"payload_too_large"},
+        415: {"unsupported_media_type"},
+        500: {"internal_error"},
+        502: {"pos_error"},
+        503: {"unavailable"},
+        504: {"pos_timeout"},
+    },
+    ("get", "/v1/holds/{global_id}"): {
+        200: set(),
+        # a global_id longer than 255 characters; an empty one does not reach the view
+        400: {"invalid_request"},
+        401: {"unauthorized"},
+        404: {"hold_not_found", "not_found"},
+        500: {"internal_error"},
+        503: {"unavailable"},
+    },
+    ("get", "/healthz"): {200: set()},
+}
+#: Views that serve the contract itself rather than being part of it.
+META_VIEWS = {"openapi_json", "docs"}
+
+
+def _app(**config: Any) -> Flask:
+    settings = Settings(redis_url="redis://unused", api_keys=(KEY,))
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    return create_app(
+        {"TEVO_HOLD_API_KEYS": KEY, "TESTING": True, **config},
+        service=build_service(settings, client=client),
+    )
+
+
+@pytest.fixture(scope="module")
+def http() -> FlaskClient:
+    return _app().test_client()
+
+
+@pytest.fixture(scope="module")
+def spec(http: FlaskClient) -> dict[str, Any]:
+    response = http.get("/v1/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.get_json()
+    return document
+
+
+def _operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def _validator(schema: dict[str, Any], spec: dict[str, Any]) -> jsonschema.Draft202012Validator:
+    """A JSON Schema 2020-12 validator of ``schema``, whose ``#/components/...`` refs resolve."""
+    return jsonschema.Draft202012Validator({**schema, "components": spec["components"]})
+
+
+# -- served, checked in -------------------------------------------------------------------------
+
+
+def test_the_checked_in_document_is_what_the_app_serves(http: FlaskClient) -> None:
+    response = http.get("/v1/openapi.json")  # no API key
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.get_data(as_text=True) == CHECKED_IN.read_text("utf-8"), (
+        "docs/openapi.json differs from what the app generates: run `make docs` and commit it"
+    )
+
+
+def test_python_m_tevo_hold_openapi_writes_the_same(tmp_path: Path) -> None:
+    target = tmp_path / "openapi.json"
+    assert oa.main([str(target)]) == 0
+    assert target.read_text("utf-8") == CHECKED_IN.read_text("utf-8")
+
+
+def test_it_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
+    assert spec["openapi"] == "3.1.0"
+    validate_openapi(spec)  # raises on any violation of the OpenAPI 3.1 schema
+
+
+def test_under_a_prefix_the_server_url_is_the_prefix() -> None:
+    app = Flask("vendor")
+    settings = Settings(redis_url="redis://unused", api_keys=(KEY,))
+    service = build_service(settings, client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    TevoHold(app, service=service, settings=settings, url_prefix="/tevo")
+    http = app.test_client()
+    document = http.get("/tevo/v1/openapi.json").get_json()
+    assert document["servers"][0]["url"] == "/tevo"
+    assert document["paths"] == json.loads(CHECKED_IN.read_text("utf-8"))["paths"]
+    page = http.get("/tevo/docs").get_data(as_text=True)
+    assert 'data-spec-url="/tevo/v1/openapi.json"' in page
+    assert 'src="/tevo/docs/swagger-ui-bundle.js"' in page
+
+
+# -- complete: every route, every code ----------------------------------------------------------
+
+
+def test_every_route_is_documented_and_every_documented_operation_is_routed(
+    spec: dict[str, Any],
+) -> None:
+    routed = set()
+    for rule in _app().url_map.iter_rules():
+        blueprint, _, view = rule.endpoint.rpartition(".")
+        if blueprint != "tevo_hold" or view in META_VIEWS:
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        routed |= {(m.lower(), path) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
+    assert routed == set(_operations(spec))
+    assert {op.view for op in oa.OPERATIONS} == {
+        rule.endpoint.rpartition(".")[2]
+        for rule in _app().url_map.iter_rules()
+        if rule.endpoint.startswith("tevo_hold.")
+    } - META_VIEWS
+
+
+def test_each_operation_answers_exactly_the_contracts_statuses_and_codes(
+    spec: dict[str, Any],
+) -> None:
+    documented = {
+        key: {
+            int(status): set(response.get("x-problem-codes", []))
+            for status, response in operation["responses"].items()
+        }
+        for key, operation in _operations(spec).items()
+    }
+    assert documented == CONTRACT
+
+
+def test_every_code_the_api_can_answer_is_documented(spec: dict[str, Any]) -> None:
+    def subclasses(cls: type[errors.TevoHoldError]) -> list[type[errors.TevoHoldError]]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    answered = {c.code for c in subclasses(errors.TevoHoldError)} - {"configuration_error"}
+    answered -= {"conflict"}  # the abstract base of the 409s
+    in_operations = {
+        code
+        for operation in _operations(spec).values()
+        for response in operation["responses"].values()
+        for code in response.get("x-problem-codes", [])
+    }
+    # The two routing answers belong to no operation: the description states them.
+    description = spec["info"]["description"]
+    assert "`404 not_found`" in description
+    assert "`405 method_not_allowed`" in description
+    assert answered - in_operations == {"method_not_allowed"}
+
+
+# -- every answer explained, typed and exemplified ----------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(CONTRACT))
+def test_every_error_answer_is_a_typed_explained_problem(
+    spec: dict[str, Any], key: tuple[str, str]
+) -> None:
+    operation = _operations(spec)[key]
+    for status, response in operation["responses"].items():
+        if int(status) < 400:
+            continue
+        codes = response["x-problem-codes"]
+        content = response["content"]
+        assert list(content) == ["application/problem+json"]
+        schema = content["application/problem+json"]["schema"]
+        assert schema["properties"]["code"]["enum"] == codes
+        assert schema["properties"]["status"]["const"] == int(status)
+        for code in codes:
+            # a sentence on what it means, and what to do
+            assert re.search(rf"- `{code}`: .+\. \*\*What to do:\*\* .+", response["description"])
+            example = content["application/problem+json"]["examples"][code]["value"]
+            _validator(schema, spec).validate(example)
+            assert example["code"] == code
+            assert example["type"] == "urn:tevo-hold:problem:" + code
+        headers = response.get("headers", {})
+        assert ("Retry-After" in headers) == bool({"request_in_progress", "unavailable"} & {*codes})
+        assert ("WWW-Authenticate" in headers) == (status == "401")
+
+
+def test_errors_explanations_come_from_errors_py() -> None:
+    answers = {a.error: a for op in oa.OPERATIONS for a in op.answers if a.meaning is None}
+    for cls, answer in answers.items():
+        first_line = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "`")
+        assert answer.explain().startswith(first_line.rstrip()), cls
+
+
+@pytest.mark.parametrize("key", sorted(CONTRACT))
+def test_success_answers_have_schema_example_and_replay_header(
+    spec: dict[str, Any], key: tuple[str, str]
+) -> None:
+    operation = _operations(spec)[key]
+    (status,) = [s for s in operation["responses"] if int(s) < 300]
+    response = operation["responses"][status]
+    media = response["content"]["application/json"]
+    _validator(media["schema"], spec).validate(media["example"])
+    replays = key[1] in ("/v1/holds", "/v1/releases", "/v1/invoices")
+    assert ("Idempotent-Replayed" in response.get("headers", {})) == replays
+
+
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [
+        ("/v1/holds", HoldRequestSchema),
+        ("/v1/releases", ReleaseRequestSchema),
+        ("/v1/invoices", InvoiceRequestSchema),
+    ],
+)
+def test_request_examples_fit_the_schema_and_the_code_accepts_them(
+    spec: dict[str, Any], path: str, schema: type[Any]
+) -> None:
+    body = spec["paths"][path]["post"]["requestBody"]
+    assert body["required"] is True
+    media = body["content"]["application/json"]
+    assert media["examples"]
+    for example in media["examples"].values():
+        _validator(media["schema"], spec).validate(example["value"])
+        schema().load(example["value"])  # the view's own schema: raises if it refuses
+
+
+def test_the_documented_examples_work_against_the_app() -> None:
+    """The examples name the demo listing and tell a story: two holds, one invoiced, one
+    released."""
+    app = _app()
+    app.extensions["tevo_hold"].service.adapter.set_quantity("demo-1", 10)
+    http = app.test_client()
+    document = http.get("/v1/openapi.json").get_json()
+    headers = {"X-API-Key": KEY}
+
+    def examples(path: str) -> list[Any]:
+        media = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        return [example["value"] for example in media["examples"].values()]
+
+    for body in examples("/v1/holds"):
+        assert http.post("/v1/holds", json=body, headers=headers).status_code == 201
+    (invoice,) = examples("/v1/invoices")
+    assert http.post("/v1/invoices", json=invoice, headers=headers).status_code == 201
+    (release,) = examples("/v1/releases")
+    assert http.post("/v1/releases", json=release, headers=headers).status_code == 200
+    # ... and crossed over, they are the documented conflicts
+    refused = http.post("/v1/releases", json={"global_id": invoice["global_id"]}, headers=headers)
+    assert refused.get_json()["code"] == "hold_already_invoiced"
+    refused = http.post("/v1/invoices", json={**invoice, **release}, headers=headers)
+    assert refused.get_json()["code"] == "hold_released"
+    parameter = document["paths"]["/v1/holds/{global_id}"]["get"]["parameters"][0]
+    read = http.get("/v1/holds/" + parameter["example"], headers=headers)
+    assert read.get_json()["status"] == "invoiced"
+
+
+def test_the_order_id_bound_is_the_validators(spec: dict[str, Any]) -> None:
+    assert check_order_id(MAX_ORDER_NUMBER) == MAX_ORDER_NUMBER
+    with pytest.raises(errors.InvalidRequest):
+        check_order_id(MAX_ORDER_NUMBER + 1)
+    order = spec["components"]["schemas"]["InvoiceRequest"]["properties"]["tevo_order_id"]
+    assert order["oneOf"][0]["maximum"] == MAX_ORDER_NUMBER
+
+
+# -- security and links -------------------------------------------------------------------------
+
+
+def test_api_key_security_is_declared_and_only_healthz_is_public(spec: dict[str, Any]) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {**schemes["ApiKey"], "type": "apiKey", "in": "header"}
+    assert schemes["ApiKey"]["name"] == "X-API-Key"
+    assert schemes["Bearer"]["scheme"] == "bearer"
+    assert spec["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    for (method, path), operation in _operations(spec).items():
+        public = path == "/healthz"
+        assert ("security" in operation) == public, (method, path)
+        assert ("401" in operation["responses"]) != public
+
+
+def test_links_describe_the_hold_release_invoice_sequences(spec: dict[str, Any]) -> None:
+    ids = {op["operationId"] for op in _operations(spec).values()}
+    links = {
+        (operation["operationId"], name): link
+        for operation in _operations(spec).values()
+        for response in operation["responses"].values()
+        for name, link in response.get("links", {}).items()
+    }
+    assert {(source, link["operationId"]) for (source, _), link in links.items()} >= {
+        ("holdInventory", "releaseHold"),
+        ("holdInventory", "invoiceHold"),
+        ("holdInventory", "getHold"),
+        ("releaseHold", "getHold"),
+        ("invoiceHold", "getHold"),
+    }
+    for link in links.values():
+        assert link["operationId"] in ids
+        values = {**link.get("parameters", {}), **link.get("requestBody", {})}
+        assert values["global_id"] == "$response.body#/global_id"
+
+
+# -- the reference page -------------------------------------------------------------------------
+
+
+def test_the_reference_page_is_served_without_a_key_and_loads_only_local_files(
+    http: FlaskClient,
+) -> None:
+    page = http.get("/docs")
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    urls = re.findall(r'(?:src|href|data-spec-url)="([^"]*)"', html)
+    assert urls
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url  # this server, no CDN
+        with http.get(url) as response:  # closes the file it streams
+            assert response.status_code == 200, url
+    assert "validatorUrl: null" in html
+
+
+def test_only_the_swagger_ui_files_are_served_under_docs(http: FlaskClient) -> None:
+    for path in ("/docs/index.html", "/docs/..%2Fsetup.py", "/docs/swagger-ui.js.map"):
+        response = http.get(path)
+        assert response.status_code == 404
+        assert response.mimetype == "application/problem+json"
+        assert response.get_json()["code"] == "not_found"
