@@ -14,6 +14,7 @@ import click
 from . import errors
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .app import load_inventory
+from .checker import Listing, Report, Result, prepare_listings, run_checks
 from .models import Hold, Stock
 from .schemas import HoldSchema
 from .service import HoldService, build_service
@@ -122,3 +123,108 @@ def _run(call: Any) -> Any:
     except errors.TevoHoldError as exc:
         click.echo(f"error: {exc.code}: {exc.detail}", err=True)
         sys.exit(1)
+
+
+# -- check: the conformance checker (tevo_hold.checker) -------------------------------------
+
+
+def _listing(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Listing]:
+    try:
+        return [Listing.parse(value) for value in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("check")
+@click.argument("url")
+@click.option(
+    "--api-key",
+    envvar="TEVO_HOLD_CHECK_API_KEY",
+    required=True,
+    help="The API key the server accepts (env TEVO_HOLD_CHECK_API_KEY).",
+)
+@click.option(
+    "--listing",
+    "listings",
+    multiple=True,
+    metavar="REMOTE_ID:QUANTITY",
+    callback=_listing,
+    help="A listing and its available tickets; give it twice. The first is the flow listing "
+    "(at least 4 tickets; each run sells 1), the second the small listing for the concurrency "
+    "check (its whole stock, fewer tickets than --concurrency; left as found). Without a "
+    "second, the concurrency check is not run.",
+)
+@click.option(
+    "--prepare",
+    is_flag=True,
+    help="Instead of --listing: stock two fresh listings (10 tickets for the flows, "
+    "--concurrency/4 for the race) in the reference inventory of the server's Redis "
+    "(--redis-url; other TEVO_HOLD_* settings, such as the key prefix, as the server's).",
+)
+@click.option(
+    "--redis-url",
+    envvar="TEVO_HOLD_REDIS_URL",
+    help="With --prepare: the Redis the server uses (env TEVO_HOLD_REDIS_URL).",
+)
+@click.option(
+    "--max-expiry-wait",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds the expiry check may wait for a hold to lapse; with a longer server TTL it "
+    "is not run (SKIP: neither a pass nor a failure).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=2),
+    default=20,
+    show_default=True,
+    help="One-ticket holds fired at once at the small listing.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for each answer.",
+)
+def check(
+    url: str,
+    api_key: str,
+    listings: list[Listing],
+    prepare: bool,
+    redis_url: str | None,
+    max_expiry_wait: float,
+    concurrency: int,
+    timeout: float,
+) -> None:
+    """Check the server at URL against the HTTP contract, playing TEvo's side.
+
+    Runs the flows (hold, invoice, release, their retries), the documented conflicts, not-founds
+    and bad input, the API-key checks, concurrent holds on a small listing and, when holds live
+    at most --max-expiry-wait seconds, a hold lapsing. Prints a table (PASS, FAIL or SKIP per
+    check, with the latency of its calls) and exits 0 only when no check failed; 1 when one did,
+    2 on bad usage. Every run uses fresh global_ids, so runs never collide.
+    """
+    if prepare == bool(listings):
+        raise click.UsageError("give either --prepare or --listing REMOTE_ID:QUANTITY (up to two)")
+    if len(listings) > 2:
+        raise click.UsageError("--listing is given at most twice: the flow listing, the small one")
+    if prepare:
+        if not redis_url:
+            raise click.UsageError("--prepare needs --redis-url (or TEVO_HOLD_REDIS_URL)")
+        listings = list(_run(lambda: prepare_listings(redis_url, concurrency=concurrency)))
+    try:
+        report: Report = run_checks(
+            url,
+            api_key,
+            listings=listings,
+            concurrency=concurrency,
+            max_expiry_wait=max_expiry_wait,
+            timeout=timeout,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    colours = {Result.PASS: "green", Result.FAIL: "red", Result.SKIP: "yellow"}
+    click.echo(report.format(lambda result, text: click.style(text, fg=colours[result])))
+    sys.exit(0 if report.ok else 1)

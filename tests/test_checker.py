@@ -1,0 +1,481 @@
+"""``tevo-hold check``: the conformance checker, against our server and deliberately broken ones.
+
+Servers run in this process: a Flask app served by werkzeug's threaded server on a free loopback
+port, in a thread. Ours is the real app on a private redis-server; the others are a small, naive
+implementation of the same contract written here (a dict inventory), clean or with one flaw:
+it oversells (no atomicity: read the stock, sleep, write it), answers Flask's HTML error pages,
+or ignores the API key. The clean one must pass every check (the checker judges the contract, not
+our implementation); each flawed one must fail exactly the checks its flaw breaks, with the line
+that says why, and make the command exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner, Result
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from tevo_hold import RedisInventoryAdapter, Settings, build_service, create_app
+from tevo_hold.checker import Listing
+from tevo_hold.cli import main
+
+from .servers import free_port
+
+API_KEY = "checker-key"
+ROW = re.compile(r"^(?P<name>\S.*?)\s{2,}(?P<result>PASS|FAIL|SKIP)\b(?P<rest>.*)$")
+EVERY_CHECK = 23
+PROBLEM = "application/problem+json"
+
+
+# -- serving a WSGI app in a thread -------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+@contextmanager
+def serve(app: Flask) -> Iterator[str]:
+    """``app`` on werkzeug's threaded server on a free loopback port; yields its base URL."""
+    server = make_server(
+        "127.0.0.1", free_port(), app, threaded=True, request_handler=_QuietHandler
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="checker-test-server"
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def check(url: str, *args: str, env: dict[str, str] | None = None) -> Result:
+    """``tevo-hold check URL ARGS...`` in process (the key from the environment)."""
+    full_env = {"TEVO_HOLD_CHECK_API_KEY": API_KEY, **(env or {})}
+    return CliRunner().invoke(main, ["check", url, *args], env=full_env)
+
+
+def rows(output: str) -> dict[str, tuple[str, str]]:
+    """The table's rows: check name → (PASS/FAIL/SKIP, the rest of the line)."""
+    found = {}
+    for line in output.splitlines():
+        match = ROW.match(line)
+        if match and match["name"] != "CHECK":
+            found[match["name"]] = (match["result"], match["rest"])
+    return found
+
+
+def failed(output: str) -> set[str]:
+    return {name for name, (result, _) in rows(output).items() if result == "FAIL"}
+
+
+# -- our server, on a real Redis ------------------------------------------------------------------
+
+
+@pytest.fixture
+def our_server(redis_url: str) -> Callable[[float], Any]:
+    """A factory: our app with holds living ``ttl`` seconds, on the session's redis-server."""
+
+    @contextmanager
+    def start(ttl: float) -> Iterator[str]:
+        client = redis.Redis.from_url(redis_url)
+        settings = Settings(redis_url=redis_url, api_keys=(API_KEY,), hold_ttl=ttl)
+        service = build_service(settings, client=client)
+        app = create_app(
+            {"TEVO_HOLD_API_KEYS": API_KEY, "TEVO_HOLD_HOLD_TTL": str(ttl)}, service=service
+        )
+        try:
+            with serve(app) as url:
+                yield url
+        finally:
+            client.close()
+
+    return start
+
+
+@pytest.mark.slow
+def test_our_server_passes_with_prepared_listings(
+    our_server: Callable[[float], Any], redis_url: str
+) -> None:
+    with our_server(900) as url:
+        result = check(url, "--prepare", "--redis-url", redis_url)
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    table = rows(result.output)
+    assert len(table) == EVERY_CHECK, result.output
+    expiry = table.pop("expiry: lapsed hold -> expired")
+    assert expiry[0] == "SKIP" and "not run: TTL too long (holds live 900 s" in expiry[1]
+    assert {r for r, _ in table.values()} == {"PASS"}, result.output
+    assert "PASS: 22 of 23 checks passed, 1 not run" in result.output
+
+
+@pytest.mark.slow
+def test_our_server_passes_the_expiry_check_with_a_short_ttl(
+    our_server: Callable[[float], Any], redis_url: str
+) -> None:
+    with our_server(1) as url:
+        started = time.monotonic()
+        result = check(url, "--prepare", env={"TEVO_HOLD_REDIS_URL": redis_url})
+        elapsed = time.monotonic() - started
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    assert {r for r, _ in rows(result.output).values()} == {"PASS"}, result.output
+    assert f"PASS: {EVERY_CHECK} of {EVERY_CHECK} checks passed" in result.output
+    assert elapsed >= 1.0  # it did wait for the hold to lapse
+
+
+@pytest.mark.slow
+def test_prepared_listings_are_fresh_and_the_small_one_is_left_as_found(
+    our_server: Callable[[float], Any], redis_url: str
+) -> None:
+    """Through the library: two runs on their own fresh listings; the race's winners released."""
+    from tevo_hold.checker import prepare_listings, run_checks
+
+    client = redis.Redis.from_url(redis_url)
+    adapter = build_service(Settings(redis_url=redis_url, api_keys=("x",)), client=client).adapter
+    assert isinstance(adapter, RedisInventoryAdapter)
+    try:
+        with our_server(900) as url:
+            first = prepare_listings(redis_url, concurrency=8)
+            second = prepare_listings(redis_url, concurrency=8)
+            assert {x.remote_id for x in first}.isdisjoint(x.remote_id for x in second)
+            report = run_checks(url, API_KEY, listings=first, concurrency=8)
+        assert report.ok, report.format()
+        race = report["concurrent holds: no oversell"]
+        assert race.passed and len(race.calls) >= 8 + 2  # the holds, then the winners released
+        assert all(c.latency_ms > 0 and c.status is not None for c in race.calls)
+        flow, small = first
+        assert small.quantity == 2
+        assert adapter.stock(small.remote_id).available == small.quantity
+        assert adapter.stock(flow.remote_id).sold == 1  # the hold -> invoice flow
+    finally:
+        client.close()
+
+
+# -- a naive implementation of the contract, clean or with one flaw --------------------------------
+
+
+@dataclass(frozen=True)
+class Flaws:
+    oversell: bool = False
+    html_errors: bool = False
+    ignore_key: bool = False
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(ts, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, code: str, **extra: Any) -> None:
+        super().__init__(code)
+        self.status, self.code, self.extra = status, code, extra
+
+
+def naive_app(stock: dict[str, int], *, ttl: float = 900.0, flaws: Flaws = Flaws()) -> Flask:
+    """Another implementation of the README's contract, in memory: right unless ``flaws`` say."""
+    app = Flask("naive")
+    lock = threading.RLock()
+    holds: dict[str, dict[str, Any]] = {}
+
+    def answer(body: Any, status: int, replayed: bool = False) -> Response:
+        response = Response(json.dumps(body), status, mimetype="application/json")
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    @app.errorhandler(_Problem)
+    def problem(exc: _Problem) -> Response:
+        body = {"type": "about:blank", "title": exc.code, "status": exc.status, "code": exc.code}
+        return Response(json.dumps({**body, **exc.extra}), exc.status, mimetype=PROBLEM)
+
+    if not flaws.html_errors:
+
+        @app.errorhandler(HTTPException)
+        def http_error(exc: HTTPException) -> Response:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.code or 0)
+            if exc.code == 400:
+                code = "malformed_json"
+            return problem(_Problem(exc.code or 500, code or "http_error"))
+
+    @app.before_request
+    def authenticate() -> None:
+        if request.path == "/healthz" or flaws.ignore_key:
+            return
+        key = request.headers.get("X-API-Key")
+        if key is None and request.headers.get("Authorization", "").startswith("Bearer "):
+            key = request.headers["Authorization"][len("Bearer ") :]
+        if key != API_KEY:
+            raise _Problem(401, "unauthorized")
+
+    def body_of(*fields: str) -> dict[str, Any]:
+        data = request.get_json()  # a bad body raises werkzeug's 400 (HTML unless handled)
+        if not isinstance(data, dict) or any(f not in data for f in fields):
+            raise _Problem(400, "invalid_request")
+        for name in fields:
+            value = data[name]
+            if name == "quantity":
+                ok = type(value) is int and 1 <= value <= 10_000
+            elif name == "tevo_order_id":
+                ok = (type(value) is int and value > 0) or (isinstance(value, str) and value != "")
+            else:
+                ok = isinstance(value, str) and value != ""
+            if not ok:
+                raise _Problem(400, "invalid_request", errors={name: ["invalid"]})
+        return data
+
+    def settle(rec: dict[str, Any]) -> dict[str, Any]:
+        """Lapse a held hold whose deadline passed: its tickets go back (under ``lock``)."""
+        if rec["status"] == "held" and _now() >= rec["expires"]:
+            rec["status"] = "expired"
+            stock[rec["remote_id"]] += rec["quantity"]
+        return rec
+
+    def view(rec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "global_id": rec["global_id"],
+            "remote_id": rec["remote_id"],
+            "quantity": rec["quantity"],
+            "status": rec["status"],
+            "created_at": _rfc3339(rec["created"]),
+            "expires_at": _rfc3339(rec["expires"]),
+            "tevo_order_id": rec.get("order"),
+            "invoiced_at": _rfc3339(rec.get("invoiced")),
+            "released_at": _rfc3339(rec.get("released")),
+        }
+
+    def take(remote_id: str, quantity: int) -> None:
+        if flaws.oversell:  # check, then act: two requests both see the last ticket
+            available = stock[remote_id]
+            time.sleep(0.02)
+            if available < quantity:
+                raise _Problem(409, "insufficient_quantity", available=available)
+            stock[remote_id] = available - quantity
+            return
+        with lock:
+            if stock[remote_id] < quantity:
+                raise _Problem(409, "insufficient_quantity", available=stock[remote_id])
+            stock[remote_id] -= quantity
+
+    def existing(gid: str) -> dict[str, Any]:
+        if gid not in holds:
+            raise _Problem(404, "hold_not_found")
+        return settle(holds[gid])
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return answer({"status": "ok"}, 200)
+
+    @app.post("/v1/holds")
+    def hold() -> Response:
+        data = body_of("remote_id", "quantity", "global_id")
+        gid, rid, qty = data["global_id"], data["remote_id"], data["quantity"]
+        with lock:
+            if gid in holds:
+                rec = holds[gid]
+                if (rec["remote_id"], rec["quantity"]) != (rid, qty):
+                    raise _Problem(409, "global_id_conflict")
+                return answer(rec["first"], 201, replayed=True)
+            if rid not in stock:
+                raise _Problem(404, "listing_not_found")
+        take(rid, qty)
+        created = _now()
+        rec = {"global_id": gid, "remote_id": rid, "quantity": qty, "status": "held"}
+        rec.update(created=created, expires=created + ttl)
+        rec["first"] = view(rec)
+        with lock:
+            holds[gid] = rec
+        return answer(rec["first"], 201)
+
+    @app.get("/v1/holds/<path:gid>")
+    def get_hold(gid: str) -> Response:
+        with lock:
+            return answer(view(existing(gid)), 200)
+
+    @app.post("/v1/releases")
+    def release() -> Response:
+        gid = body_of("global_id")["global_id"]
+        with lock:
+            rec = existing(gid)
+            if rec["status"] == "invoiced":
+                raise _Problem(409, "hold_already_invoiced")
+            if rec["status"] == "held":
+                rec["status"] = "released"
+                stock[rec["remote_id"]] += rec["quantity"]
+            rec.setdefault("released", _now())
+            return answer(view(rec), 200)
+
+    @app.post("/v1/invoices")
+    def invoice() -> Response:
+        data = body_of("global_id", "tevo_order_id")
+        gid, order = data["global_id"], data["tevo_order_id"]
+        with lock:
+            rec = existing(gid)
+            if rec["status"] == "invoiced":
+                if rec["order"] != order:
+                    raise _Problem(409, "order_id_conflict")
+                return answer(view(rec), 201, replayed=True)
+            if "released" in rec:
+                raise _Problem(409, "hold_released")
+            if rec["status"] == "expired":
+                if stock[rec["remote_id"]] < rec["quantity"]:
+                    raise _Problem(410, "hold_expired")
+                stock[rec["remote_id"]] -= rec["quantity"]
+            rec.update(status="invoiced", order=order, invoiced=_now())
+            return answer(view(rec), 201)
+
+    return app
+
+
+NAIVE_LISTINGS = ("--listing", "naive:flows:10", "--listing", "naive:small:3")
+
+
+def naive_stock() -> dict[str, int]:
+    return {"naive:flows": 10, "naive:small": 3}
+
+
+@pytest.mark.slow
+def test_another_clean_implementation_passes_every_check() -> None:
+    """The checker judges the contract: a wholly different implementation passes too."""
+    with serve(naive_app(naive_stock(), ttl=1.0)) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    assert f"PASS: {EVERY_CHECK} of {EVERY_CHECK} checks passed" in result.output
+    assert "listing 'naive:small' (3 tickets), 12 holds at once" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flaws", "failing", "lines"),
+    [
+        pytest.param(
+            Flaws(oversell=True),
+            {"concurrent holds: no oversell"},
+            [
+                r"oversold: (\d+) of 12 concurrent one-ticket holds won on listing "
+                r"'naive:small' of 3 tickets"
+            ],
+            id="oversells",
+        ),
+        pytest.param(
+            Flaws(html_errors=True),
+            {"errors: unknown path -> 404 JSON", "errors: bad JSON -> 400 malformed_json"},
+            [
+                r"GET /v1/nope answered 404 text/html, not JSON",
+                r"POST /v1/holds with a broken JSON body answered 400 text/html, not JSON",
+            ],
+            id="html-errors",
+        ),
+        pytest.param(
+            Flaws(ignore_key=True),
+            {"auth: no key -> 401", "auth: wrong key -> 401"},
+            [
+                r"GET /v1/holds/tevo-hold-check-\S+ without a key answered 404 hold_not_found, "
+                r"expected 401 unauthorized",
+                r"GET /v1/holds/tevo-hold-check-\S+ with a wrong key answered 404 "
+                r"hold_not_found, expected 401 unauthorized",
+            ],
+            id="ignores-the-key",
+        ),
+    ],
+)
+def test_a_broken_server_fails_with_a_clear_line(
+    flaws: Flaws, failing: set[str], lines: Sequence[str]
+) -> None:
+    with serve(naive_app(naive_stock(), flaws=flaws)) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    assert failed(result.output) == failing, result.output
+    for line in lines:
+        assert re.search(line, result.output), f"{line!r} not in:\n{result.output}"
+    assert re.search(rf"^FAIL: {len(failing)} of {EVERY_CHECK} checks failed", result.output, re.M)
+
+
+@pytest.mark.slow
+def test_oversell_is_caught_whatever_the_number_of_winners() -> None:
+    with serve(naive_app(naive_stock(), flaws=Flaws(oversell=True))) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    match = re.search(r"oversold: (\d+) of 12", result.output)
+    assert match and 3 < int(match[1]) <= 12, result.output
+
+
+@pytest.mark.slow
+def test_nothing_listening_fails_every_check_it_can_run() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = check(url, *NAIVE_LISTINGS, "--timeout", "2")
+    assert result.exit_code == 1, result.output
+    assert "GET /healthz without a key: no answer: ConnectionRefusedError" in result.output
+    results = {r for r, _ in rows(result.output).values()}
+    assert results == {"FAIL", "SKIP"}, result.output
+    assert "not run: needs 'hold -> 201 held'" in result.output
+
+
+# -- the command line, no server needed ------------------------------------------------------------
+
+
+def test_listing_parses_remote_ids_with_colons() -> None:
+    assert Listing.parse("a:b:7") == Listing("a:b", 7)
+    for bad in ("nocolon", ":3", "x:y", "x:0"):
+        with pytest.raises(ValueError, match=r"QUANTITY|REMOTE_ID"):
+            Listing.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give either --prepare or --listing"),
+        (("--prepare", "--listing", "a:9"), "give either --prepare or --listing"),
+        (("--listing", "a:3"), "the flow listing needs at least 4 tickets"),
+        (("--listing", "a:9", "--listing", "b:20"), "it needs fewer than the 20 concurrent"),
+        (("--listing", "a:9", "--listing", "a:2"), "must be different listings"),
+        (("--listing", "a", "--listing", "b:2"), "'a' is not REMOTE_ID:QUANTITY"),
+        (("--listing", "a:9", "--listing", "b:2", "--listing", "c:2"), "at most twice"),
+    ],
+)
+def test_usage_errors_exit_2_before_any_call(args: tuple[str, ...], message: str) -> None:
+    # Port 9 (discard) on loopback: nothing answers; none of these may get as far as calling.
+    result = check("http://127.0.0.1:9", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_the_api_key_is_required() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["check", "http://127.0.0.1:9", "--listing", "a:9"],
+        env={"TEVO_HOLD_CHECK_API_KEY": None},
+    )
+    assert result.exit_code == 2
+    assert "--api-key" in result.output
+
+
+def test_prepare_refuses_the_embedded_default() -> None:
+    result = check("http://127.0.0.1:9", "--prepare", "--redis-url", "memory://")
+    assert result.exit_code == 1
+    assert "needs the server's Redis" in result.output

@@ -1,0 +1,1064 @@
+"""Conformance checker: plays TEvo's side of the HTTP contract against any deployment.
+
+:func:`run_checks` (or :class:`Checker`) calls a running server the way TEvo does and judges each
+answer against the README's contract: the full flows (hold → invoice, hold → release, retries of
+each), the documented conflicts and not-founds, bad input, API-key checks, concurrent holds on a
+small listing, and, when the server's hold TTL is short enough, a hold lapsing. It returns a
+:class:`Report`: one :class:`CheckResult` per check, each PASS, FAIL (with a one-line reason) or
+SKIP (not run, with the reason), and the latency of every call it made.
+
+It needs nothing from the server but HTTP: it works against this project's server or any other
+implementation of the same contract. It does need listings to hold tickets of:
+
+- the *flow listing* (at least :data:`FLOW_TICKETS` tickets available): every flow holds one ticket
+  of it; each run sells one ticket of it for good (the hold → invoice flow), the others are
+  released or lapse;
+- the *small listing* (its whole stock available, fewer tickets than ``concurrency``): the
+  concurrency check fires ``concurrency`` one-ticket holds at it at once, expects exactly its stock
+  to win, then releases the winners, so the run leaves it as it found it.
+
+:func:`prepare_listings` stocks two fresh listings of the reference inventory in the server's
+Redis, for deployments of this project. Every run uses fresh ``global_id`` values (a uuid per run),
+so runs never collide, with each other or with real traffic.
+
+The checker is a client only: one ``requests.Session`` (its pool sized for the concurrency
+check), a timeout on every call, no retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_EXPIRY_WAIT",
+    "DEFAULT_TIMEOUT",
+    "FLOW_TICKETS",
+    "Call",
+    "CheckResult",
+    "Checker",
+    "Listing",
+    "Report",
+    "Result",
+    "prepare_listings",
+    "run_checks",
+]
+
+#: Tickets of the flow listing a run may hold at one time (its flows hold one ticket each).
+FLOW_TICKETS = 4
+#: Seconds the checker waits for any one answer.
+DEFAULT_TIMEOUT = 10.0
+#: The expiry check runs only when holds live at most this many seconds.
+DEFAULT_MAX_EXPIRY_WAIT = 5.0
+#: One-ticket holds fired at once at the small listing.
+DEFAULT_CONCURRENCY = 20
+#: Seconds of slack for deciding whether a hold had lapsed at the time of a call (TTLs are in ms,
+#: and the server's clock starts a hold somewhere between our send and our receive).
+_SLACK = 0.1
+#: Seconds waited past a hold's deadline before the expiry check reads it.
+_EXPIRY_MARGIN = 0.25
+
+PROBLEM_TYPE = "application/problem+json"
+#: The fields of a hold in every successful answer (README, "The HTTP API").
+HOLD_FIELDS = (
+    "global_id",
+    "remote_id",
+    "quantity",
+    "status",
+    "created_at",
+    "expires_at",
+    "tevo_order_id",
+    "invoiced_at",
+    "released_at",
+)
+
+
+class Result(enum.StrEnum):
+    """The outcome of one check. SKIP (not run) is neither a pass nor a failure."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A listing the checker may hold tickets of: its ``remote_id`` and available ``quantity``."""
+
+    remote_id: str
+    quantity: int
+
+    @classmethod
+    def parse(cls, text: str) -> Listing:
+        """``REMOTE_ID:QUANTITY`` (split at the last colon, so ids may hold colons).
+
+        Raises ValueError with a message fit for the user.
+        """
+        remote_id, sep, count = text.rpartition(":")
+        if not sep or not remote_id:
+            raise ValueError(f"{text!r} is not REMOTE_ID:QUANTITY")
+        try:
+            quantity = int(count)
+        except ValueError:
+            raise ValueError(f"{text!r}: QUANTITY {count!r} is not an integer") from None
+        if quantity < 1:
+            raise ValueError(f"{text!r}: QUANTITY must be at least 1")
+        return cls(remote_id, quantity)
+
+    def __str__(self) -> str:
+        return f"{self.remote_id!r} ({self.quantity} tickets)"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One HTTP call a check made: what, the status answered (None: no answer), how long."""
+
+    method: str
+    path: str
+    status: int | None
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One row of the report. ``reason`` is empty on PASS, one line otherwise."""
+
+    name: str
+    result: Result
+    reason: str
+    calls: tuple[Call, ...]
+
+    @property
+    def passed(self) -> bool:
+        return self.result is Result.PASS
+
+    @property
+    def latency_p50_ms(self) -> float | None:
+        """The median latency of the check's calls (None if it made none)."""
+        return statistics.median(c.latency_ms for c in self.calls) if self.calls else None
+
+    @property
+    def latency_max_ms(self) -> float | None:
+        """The slowest of the check's calls (None if it made none)."""
+        return max(c.latency_ms for c in self.calls) if self.calls else None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Every check of one run against ``base_url``. ``ok`` is True when no check failed."""
+
+    base_url: str
+    checks: tuple[CheckResult, ...]
+    flow_listing: Listing
+    small_listing: Listing | None
+    concurrency: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.result is Result.FAIL]
+
+    @property
+    def skipped(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.result is Result.SKIP]
+
+    def __getitem__(self, name: str) -> CheckResult:
+        """The check called ``name``; KeyError if there is none."""
+        for check in self.checks:
+            if check.name == name:
+                return check
+        raise KeyError(name)
+
+    def format(self, style: Callable[[Result, str], str] | None = None) -> str:
+        """The report as text: a heading, one row per check, and the :meth:`summary` line.
+
+        ``style(result, text)`` may decorate the result column (the CLI colours it); it must not
+        change the text's width as printed.
+        """
+        heading = [
+            f"tevo-hold check of {self.base_url}",
+            f"  flows on listing {self.flow_listing}; concurrency on "
+            + (
+                f"listing {self.small_listing}, {self.concurrency} holds at once"
+                if self.small_listing
+                else "no listing (not run)"
+            ),
+            "",
+        ]
+        rows = [("CHECK", "RESULT", "MS P50/MAX", "REASON")]
+        for check in self.checks:
+            p50, top = check.latency_p50_ms, check.latency_max_ms
+            latency = "" if p50 is None or top is None else f"{_ms(p50)}/{_ms(top)}"
+            rows.append((check.name, check.result.value, latency, check.reason))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = []
+        for i, (name, result, latency, reason) in enumerate(rows):
+            cell = result.ljust(widths[1])
+            if style is not None and i > 0:
+                cell = style(Result(result), cell)
+            line = f"{name.ljust(widths[0])}  {cell}  {latency.rjust(widths[2])}  {reason}"
+            lines.append(line.rstrip())
+        return "\n".join([*heading, *lines, "", self.summary()])
+
+    def summary(self) -> str:
+        """One line: PASS or FAIL, and the counts (with the failed checks' names)."""
+        total, failed, skipped = len(self.checks), self.failed, self.skipped
+        passed = total - len(failed) - len(skipped)
+        not_run = f", {len(skipped)} not run" if skipped else ""
+        if failed:
+            names = ", ".join(c.name for c in failed[:3])
+            if len(failed) > 3:
+                names += f" and {len(failed) - 3} more"
+            return (
+                f"FAIL: {len(failed)} of {total} checks failed ({names}); {passed} passed{not_run}"
+            )
+        return f"PASS: {passed} of {total} checks passed{not_run}"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+# -- answers and expectations ------------------------------------------------------------------
+
+
+class CheckFailed(Exception):
+    """Raised inside a check: the check fails with this one-line reason."""
+
+
+class _NotRun(Exception):
+    """Raised inside a check: the check is reported SKIP with this one-line reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A server's answer, as a check sees it. ``body`` is the parsed JSON (None if not JSON)."""
+
+    method: str
+    path: str
+    note: str  # " without a key", ... : how the call differed from a plain one, for messages
+    status: int
+    content_type: str
+    headers: Mapping[str, str]
+    body: Any
+    not_json: str | None  # why the body is not JSON, or None when it is
+    sent: float  # time.monotonic() when sent / received
+    received: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.path}{self.note}"
+
+    @property
+    def code(self) -> str | None:
+        code = self.body.get("code") if isinstance(self.body, dict) else None
+        return code if isinstance(code, str) else None
+
+    @property
+    def replayed(self) -> bool:
+        return self.headers.get("Idempotent-Replayed", "").strip().lower() == "true"
+
+    def describe(self) -> str:
+        """``409 insufficient_quantity``, ``200 (status released)``, ``500``: the gist."""
+        if self.code:
+            return f"{self.status} {self.code}"
+        if isinstance(self.body, dict) and isinstance(self.body.get("status"), str):
+            return f"{self.status} (status {self.body['status']})"
+        return str(self.status)
+
+
+def _json_body(answer: _Answer) -> Any:
+    """The answer's JSON body; fails the check when the answer is not JSON."""
+    if answer.not_json is not None:
+        raise CheckFailed(f"{answer.label} answered {answer.status} {answer.not_json}")
+    return answer.body
+
+
+def _expect_problem(answer: _Answer, status: int, code: str) -> dict[str, Any]:
+    """A ``status`` problem document with ``code``, as ``application/problem+json``."""
+    body = _json_body(answer)
+    if answer.status != status or answer.code != code:
+        raise CheckFailed(f"{answer.label} answered {answer.describe()}, expected {status} {code}")
+    if answer.content_type != PROBLEM_TYPE:
+        raise CheckFailed(
+            f"{answer.label} answered {status} {code} as {answer.content_type or 'no type'}, "
+            f"not {PROBLEM_TYPE}"
+        )
+    assert isinstance(body, dict)  # it has a code
+    return body
+
+
+def _expect_status(answer: _Answer, status: int) -> Any:
+    body = _json_body(answer)
+    if answer.status != status:
+        raise CheckFailed(f"{answer.label} answered {answer.describe()}, expected {status}")
+    return body
+
+
+def _time(answer: _Answer, body: Mapping[str, Any], name: str, *, null: bool) -> datetime | None:
+    value = body.get(name)
+    if value is None:
+        if null:
+            return None
+        raise CheckFailed(f"{answer.label} answered a hold whose {name} is null")
+    if not isinstance(value, str):
+        raise CheckFailed(f"{answer.label} answered {name}={value!r}, not an RFC 3339 string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or "T" not in value.upper():
+        raise CheckFailed(f"{answer.label} answered {name}={value!r}, not an RFC 3339 UTC time")
+    return parsed
+
+
+def _expect_hold(
+    answer: _Answer,
+    status: int,
+    *,
+    global_id: str,
+    remote_id: str,
+    quantity: int,
+    states: Sequence[str],
+) -> dict[str, Any]:
+    """A hold of the given identity, answered with ``status``, whose status is one of ``states``."""
+    body = _expect_status(answer, status)
+    if not isinstance(body, dict):
+        raise CheckFailed(f"{answer.label} answered a JSON {type(body).__name__}, not a hold")
+    missing = [f for f in HOLD_FIELDS if f not in body]
+    if missing:
+        raise CheckFailed(f"{answer.label} answered a hold without {', '.join(missing)}")
+    got = (body["global_id"], body["remote_id"], body["quantity"])
+    if got != (global_id, remote_id, quantity) or isinstance(body["quantity"], bool):
+        raise CheckFailed(
+            f"{answer.label} answered the hold (global_id, remote_id, quantity) = {got!r}, "
+            f"expected {(global_id, remote_id, quantity)!r}"
+        )
+    if body["status"] not in states:
+        raise CheckFailed(
+            f"{answer.label} answered status {body['status']!r}, expected {' or '.join(states)}"
+        )
+    created = _time(answer, body, "created_at", null=False)
+    expires = _time(answer, body, "expires_at", null=False)
+    assert created is not None and expires is not None
+    if expires <= created:
+        raise CheckFailed(f"{answer.label} answered expires_at not after created_at")
+    for name in ("invoiced_at", "released_at"):
+        _time(answer, body, name, null=True)
+    return body
+
+
+def _expect_fresh(answer: _Answer) -> None:
+    if answer.replayed:
+        raise CheckFailed(f"{answer.label} answered Idempotent-Replayed: true to a first call")
+
+
+def _expect_replay(answer: _Answer, first: _Answer) -> None:
+    """The same status and body as ``first``, with ``Idempotent-Replayed: true``."""
+    body = _json_body(answer)
+    if answer.status != first.status:
+        raise CheckFailed(
+            f"{answer.label} retry answered {answer.describe()}, the first call {first.describe()}"
+        )
+    if body != first.body:
+        if isinstance(body, dict) and isinstance(first.body, dict):
+            keys = sorted(set(body) | set(first.body))
+            diff = ", ".join(k for k in keys if body.get(k) != first.body.get(k))
+            raise CheckFailed(f"{answer.label} retry answered a body that differs in: {diff}")
+        raise CheckFailed(f"{answer.label} retry answered another body than the first call")
+    if not answer.replayed:
+        got = answer.headers.get("Idempotent-Replayed")
+        raise CheckFailed(
+            f"{answer.label} retry answered without Idempotent-Replayed: true"
+            + (f" (got {got!r})" if got is not None else "")
+        )
+
+
+# -- the checker -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Row:
+    """A check being run: its calls so far (appended from any thread)."""
+
+    name: str
+    calls: list[Call] = dataclasses.field(default_factory=list)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def done(self, result: Result, reason: str = "") -> CheckResult:
+        with self.lock:
+            return CheckResult(self.name, result, reason, tuple(self.calls))
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A hold a flow made: its identity and the answer that made it (with its times)."""
+
+    global_id: str
+    remote_id: str
+    quantity: int
+    answer: _Answer
+
+
+_Step = Callable[[_Row], None]
+
+
+class Checker:
+    """One conformance run against ``base_url``; see the module docstring for the listings.
+
+    ``api_key`` is sent as ``X-API-Key`` (the Bearer form is checked too). ``flow_listing`` needs
+    at least :data:`FLOW_TICKETS` tickets available; ``small_listing`` (optional: without it the
+    concurrency check is not run) needs its whole stock available and fewer tickets than
+    ``concurrency``. The expiry check waits for a hold to lapse only when the server's holds live
+    at most ``max_expiry_wait`` seconds. ``timeout`` bounds every call. Raises ValueError for
+    listings that cannot work. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        flow_listing: Listing,
+        small_listing: Listing | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_expiry_wait: float = DEFAULT_MAX_EXPIRY_WAIT,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if flow_listing.quantity < FLOW_TICKETS:
+            raise ValueError(
+                f"the flow listing needs at least {FLOW_TICKETS} tickets, "
+                f"{flow_listing.remote_id!r} has {flow_listing.quantity}"
+            )
+        if concurrency < 2:
+            raise ValueError("concurrency must be at least 2")
+        if small_listing is not None and small_listing.quantity >= concurrency:
+            raise ValueError(
+                f"the small listing {small_listing.remote_id!r} has {small_listing.quantity} "
+                f"tickets: it needs fewer than the {concurrency} concurrent holds, or nothing "
+                "competes (use a smaller listing or a higher concurrency)"
+            )
+        if small_listing is not None and small_listing.remote_id == flow_listing.remote_id:
+            raise ValueError("the flow listing and the small listing must be different listings")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.flow = flow_listing
+        self.small = small_listing
+        self.concurrency = concurrency
+        self.max_expiry_wait = max_expiry_wait
+        self.timeout = timeout
+        self.run_id = uuid.uuid4().hex[:12]
+        self.session = requests.Session()
+        pool = HTTPAdapter(pool_connections=1, pool_maxsize=max(10, concurrency), max_retries=0)
+        self.session.mount("http://", pool)
+        self.session.mount("https://", pool)
+        self._ids = 0
+        self._ttl: float | None = None  # seconds holds live, learnt from the first hold
+        self._flow: dict[str, Any] = {}  # what a flow's first checks made, for the next ones
+
+    def __enter__(self) -> Checker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self.session.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _gid(self, what: str) -> str:
+        """A global_id no other run, and no other call of this run, uses."""
+        self._ids += 1
+        return f"tevo-hold-check-{self.run_id}-{self._ids}-{what}"
+
+    def _call(
+        self,
+        row: _Row,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        raw: bytes | None = None,
+        key: str | None = "",
+        headers: Mapping[str, str] | None = None,
+        note: str = "",
+    ) -> _Answer:
+        """One call, recorded in ``row``. ``key`` "" sends our key, None no key, else that key.
+
+        Transport failures (no connection, no answer in time) fail the check.
+        """
+        sent_headers: dict[str, str] = {"Accept": "application/json"}
+        if key is not None:
+            sent_headers["X-API-Key"] = key or self.api_key
+        if body is not None or raw is not None:
+            sent_headers["Content-Type"] = "application/json"
+        sent_headers.update(headers or {})
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        label = f"{method} {path}{note}"
+        sent = time.monotonic()
+        try:
+            response = self.session.request(
+                method,
+                self.base_url + path,
+                data=data,
+                headers=sent_headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.Timeout:
+            self._record(row, method, path, None, sent)
+            raise CheckFailed(f"{label}: no answer within {self.timeout:g} s") from None
+        except requests.RequestException as exc:
+            self._record(row, method, path, None, sent)
+            raise CheckFailed(f"{label}: no answer: {_root_cause(exc)}") from None
+        with response:
+            content = response.content
+        received = time.monotonic()
+        self._record(row, method, path, response.status_code, sent, received)
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        parsed, not_json = _parse(content_type, content)
+        return _Answer(
+            method,
+            path,
+            note,
+            response.status_code,
+            content_type,
+            response.headers,
+            parsed,
+            not_json,
+            sent,
+            received,
+        )
+
+    @staticmethod
+    def _record(
+        row: _Row,
+        method: str,
+        path: str,
+        status: int | None,
+        sent: float,
+        received: float | None = None,
+    ) -> None:
+        elapsed = (received if received is not None else time.monotonic()) - sent
+        with row.lock:
+            row.calls.append(Call(method, path, status, elapsed * 1000))
+
+    def _hold(self, row: _Row, remote_id: str, quantity: int, global_id: str) -> _Answer:
+        body = {"remote_id": remote_id, "quantity": quantity, "global_id": global_id}
+        return self._call(row, "POST", "/v1/holds", body=body)
+
+    def _release(self, row: _Row, global_id: str) -> _Answer:
+        return self._call(row, "POST", "/v1/releases", body={"global_id": global_id})
+
+    def _invoice(self, row: _Row, global_id: str, order: int | str) -> _Answer:
+        body = {"global_id": global_id, "tevo_order_id": order}
+        return self._call(row, "POST", "/v1/invoices", body=body)
+
+    def _get(self, row: _Row, global_id: str, **kwargs: Any) -> _Answer:
+        return self._call(row, "GET", "/v1/holds/" + quote(global_id, safe=""), **kwargs)
+
+    def _new_hold(self, row: _Row, what: str) -> _Held:
+        """Hold one ticket of the flow listing under a fresh global_id; fail unless held."""
+        listing = self.flow
+        gid = self._gid(what)
+        answer = self._hold(row, listing.remote_id, 1, gid)
+        _expect_hold(
+            answer, 201, global_id=gid, remote_id=listing.remote_id, quantity=1, states=["held"]
+        )
+        _expect_fresh(answer)
+        for name in ("tevo_order_id", "invoiced_at", "released_at"):
+            if answer.body[name] is not None:
+                raise CheckFailed(f"{answer.label} answered a new hold whose {name} is not null")
+        if self._ttl is None:
+            self._ttl = _lifetime(answer.body)
+        return _Held(gid, listing.remote_id, 1, answer)
+
+    def _states(self, held: _Held, answer: _Answer, live: str, lapsed: str) -> list[str]:
+        """The statuses the contract allows for ``held`` at the time of ``answer``.
+
+        ``live`` while the hold surely had not lapsed, ``lapsed`` once it surely had, either
+        in between (the server started the hold somewhere between our send and our receive).
+        """
+        if self._ttl is None or answer.received < held.answer.sent + self._ttl - _SLACK:
+            return [live]
+        if answer.sent > held.answer.received + self._ttl + _SLACK:
+            return [lapsed]
+        return [live, lapsed]
+
+    def _expect_same_hold(
+        self, answer: _Answer, held: _Held, status: int, states: Sequence[str]
+    ) -> dict[str, Any]:
+        return _expect_hold(
+            answer,
+            status,
+            global_id=held.global_id,
+            remote_id=held.remote_id,
+            quantity=held.quantity,
+            states=states,
+        )
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> Report:
+        """Run every check, in a fixed order, and report. Never raises for a server's faults."""
+        results: list[CheckResult] = []
+        expiry = _Row("expiry: lapsed hold -> expired")
+        expiry_result, expiry_hold = self._start_expiry(expiry)
+
+        # name, step, the checks that must have passed for it to run
+        plan: list[tuple[str, _Step, tuple[str, ...]]] = [
+            ("healthz -> 200 without a key", self._healthz, ()),
+            ("auth: no key -> 401", self._no_key, ()),
+            ("auth: wrong key -> 401", self._wrong_key, ()),
+            ("auth: X-API-Key accepted", self._key_accepted, ()),
+            ("auth: Bearer key accepted", self._bearer_accepted, ()),
+            ("errors: unknown path -> 404 JSON", self._unknown_path, ()),
+            ("errors: bad JSON -> 400 malformed_json", self._malformed_json, ()),
+            ("errors: bad field -> 400 invalid_request", self._bad_field, ()),
+            ("hold -> 201 held", self._flow_hold, ()),
+            ("hold retry -> replay", self._flow_hold_retry, ("hold -> 201 held",)),
+            ("GET hold -> 200", self._flow_get, ("hold -> 201 held",)),
+            ("invoice -> 201 invoiced", self._flow_invoice, ("hold -> 201 held",)),
+            ("invoice retry -> replay", self._flow_invoice_retry, ("invoice -> 201 invoiced",)),
+            (
+                "invoice, other order id -> 409 order_id_conflict",
+                self._flow_order_conflict,
+                ("invoice -> 201 invoiced",),
+            ),
+            (
+                "release after invoice -> 409 hold_already_invoiced",
+                self._flow_release_invoiced,
+                ("invoice -> 201 invoiced",),
+            ),
+            ("hold, release -> 200 released", self._flow_release, ()),
+            ("release retry -> 200", self._flow_release_retry, ("hold, release -> 200 released",)),
+            (
+                "invoice after release -> 409 hold_released",
+                self._flow_invoice_released,
+                ("hold, release -> 200 released",),
+            ),
+            ("global_id reused -> 409 global_id_conflict", self._global_id_conflict, ()),
+            ("unknown listing -> 404 listing_not_found", self._unknown_listing, ()),
+            ("unknown hold -> 404 hold_not_found", self._unknown_hold, ()),
+            ("concurrent holds: no oversell", self._concurrent_holds, ()),
+        ]
+        for name, step, needs in plan:
+            row = _Row(name)
+            failed_needs = [n for n in needs if not any(r.name == n and r.passed for r in results)]
+            if failed_needs:
+                results.append(row.done(Result.SKIP, f"not run: needs {failed_needs[0]!r}"))
+                continue
+            results.append(self._run_step(row, step))
+        if expiry_result is None and expiry_hold is not None:
+            held = expiry_hold
+            results.append(self._run_step(expiry, lambda row: self._finish_expiry(row, held)))
+        else:
+            results.append(expiry_result or expiry.done(Result.FAIL, "no hold to watch"))
+        return Report(
+            self.base_url,
+            tuple(results),
+            self.flow,
+            self.small,
+            self.concurrency,
+        )
+
+    @staticmethod
+    def _run_step(row: _Row, step: _Step) -> CheckResult:
+        try:
+            step(row)
+        except CheckFailed as exc:
+            return row.done(Result.FAIL, str(exc))
+        except _NotRun as exc:
+            return row.done(Result.SKIP, str(exc))
+        except Exception as exc:  # a checker bug or a body of an unexpected shape
+            return row.done(Result.FAIL, f"checker error: {type(exc).__name__}: {exc}")
+        return row.done(Result.PASS)
+
+    # -- checks --------------------------------------------------------------------------------
+    def _healthz(self, row: _Row) -> None:
+        answer = self._call(row, "GET", "/healthz", key=None, note=" without a key")
+        _expect_status(answer, 200)
+
+    def _no_key(self, row: _Row) -> None:
+        # Calls that change nothing whether or not the key is checked.
+        gid = self._gid("no-key")
+        _expect_problem(self._get(row, gid, key=None, note=" without a key"), 401, "unauthorized")
+        body = {"remote_id": self._missing_listing(), "quantity": 1, "global_id": gid}
+        answer = self._call(row, "POST", "/v1/holds", body=body, key=None, note=" without a key")
+        _expect_problem(answer, 401, "unauthorized")
+
+    def _wrong_key(self, row: _Row) -> None:
+        wrong = f"not-{self.api_key}-{self.run_id}"
+        gid = self._gid("wrong-key")
+        note = " with a wrong key"
+        _expect_problem(self._get(row, gid, key=wrong, note=note), 401, "unauthorized")
+        body = {"global_id": gid}
+        answer = self._call(row, "POST", "/v1/releases", body=body, key=wrong, note=note)
+        _expect_problem(answer, 401, "unauthorized")
+        bearer = {"Authorization": f"Bearer {wrong}"}
+        note = " with a wrong Bearer key"
+        answer = self._get(row, gid, key=None, headers=bearer, note=note)
+        _expect_problem(answer, 401, "unauthorized")
+
+    def _accepted(self, answer: _Answer) -> None:
+        _json_body(answer)
+        if answer.status == 401:
+            raise CheckFailed(f"{answer.label} answered 401: the key was refused")
+
+    def _key_accepted(self, row: _Row) -> None:
+        self._accepted(self._get(row, self._gid("key"), note=" with the key"))
+
+    def _bearer_accepted(self, row: _Row) -> None:
+        bearer = {"Authorization": f"Bearer {self.api_key}"}
+        note = " with the key as Bearer"
+        self._accepted(self._get(row, self._gid("bearer"), key=None, headers=bearer, note=note))
+
+    def _unknown_path(self, row: _Row) -> None:
+        _expect_problem(self._call(row, "GET", "/v1/nope"), 404, "not_found")
+
+    def _malformed_json(self, row: _Row) -> None:
+        raw = b'{"remote_id": "x", "quantity": 1, "global_id": '
+        answer = self._call(row, "POST", "/v1/holds", raw=raw, note=" with a broken JSON body")
+        _expect_problem(answer, 400, "malformed_json")
+
+    def _bad_field(self, row: _Row) -> None:
+        gid = self._gid("bad-field")
+        body = {"remote_id": self.flow.remote_id, "quantity": "two", "global_id": gid}
+        note = ' with quantity "two"'
+        answer = self._call(row, "POST", "/v1/holds", body=body, note=note)
+        _expect_problem(answer, 400, "invalid_request")
+        after = self._get(row, gid, note=" after the bad hold")
+        _expect_problem(after, 404, "hold_not_found")
+
+    def _flow_hold(self, row: _Row) -> None:
+        self._flow["sold"] = self._new_hold(row, "sold")
+
+    def _flow_hold_retry(self, row: _Row) -> None:
+        held: _Held = self._flow["sold"]
+        retry = self._hold(row, held.remote_id, held.quantity, held.global_id)
+        _expect_replay(retry, held.answer)
+
+    def _flow_get(self, row: _Row) -> None:
+        held: _Held = self._flow["sold"]
+        answer = self._get(row, held.global_id)
+        body = self._expect_same_hold(
+            answer, held, 200, self._states(held, answer, "held", "expired")
+        )
+        for name in ("created_at", "expires_at"):
+            if body[name] != held.answer.body[name]:
+                raise CheckFailed(
+                    f"{answer.label} answered {name}={body[name]!r}, the hold call "
+                    f"{held.answer.body[name]!r}"
+                )
+
+    def _flow_invoice(self, row: _Row) -> None:
+        held: _Held = self._flow["sold"]
+        order = self._order_id()
+        answer = self._invoice(row, held.global_id, order)
+        body = self._expect_same_hold(answer, held, 201, ["invoiced"])
+        _expect_fresh(answer)
+        if body["tevo_order_id"] != order:
+            raise CheckFailed(
+                f"{answer.label} answered tevo_order_id={body['tevo_order_id']!r}, sent {order!r}"
+            )
+        if body["invoiced_at"] is None:
+            raise CheckFailed(f"{answer.label} answered an invoiced hold whose invoiced_at is null")
+        self._flow["invoice"] = (answer, order)
+
+    def _flow_invoice_retry(self, row: _Row) -> None:
+        held: _Held = self._flow["sold"]
+        first, order = self._flow["invoice"]
+        _expect_replay(self._invoice(row, held.global_id, order), first)
+
+    def _flow_order_conflict(self, row: _Row) -> None:
+        held: _Held = self._flow["sold"]
+        _, order = self._flow["invoice"]
+        answer = self._invoice(row, held.global_id, order + 1)
+        _expect_problem(answer, 409, "order_id_conflict")
+
+    def _flow_release_invoiced(self, row: _Row) -> None:
+        held: _Held = self._flow["sold"]
+        _expect_problem(self._release(row, held.global_id), 409, "hold_already_invoiced")
+
+    def _flow_release(self, row: _Row) -> None:
+        held = self._new_hold(row, "released")
+        self._flow["released"] = held
+        answer = self._release(row, held.global_id)
+        body = self._expect_same_hold(
+            answer, held, 200, self._states(held, answer, "released", "expired")
+        )
+        if body["released_at"] is None:
+            raise CheckFailed(f"{answer.label} answered a released hold whose released_at is null")
+        self._flow["release"] = answer
+
+    def _flow_release_retry(self, row: _Row) -> None:
+        held: _Held = self._flow["released"]
+        first: _Answer = self._flow["release"]
+        answer = self._release(row, held.global_id)
+        self._expect_same_hold(answer, held, 200, [first.body["status"]])
+
+    def _flow_invoice_released(self, row: _Row) -> None:
+        held: _Held = self._flow["released"]
+        answer = self._invoice(row, held.global_id, self._order_id())
+        _expect_problem(answer, 409, "hold_released")
+
+    def _global_id_conflict(self, row: _Row) -> None:
+        held = self._new_hold(row, "reused")
+        try:
+            answer = self._hold(row, held.remote_id, held.quantity + 1, held.global_id)
+            _expect_problem(answer, 409, "global_id_conflict")
+        finally:
+            self._release(row, held.global_id)
+
+    def _unknown_listing(self, row: _Row) -> None:
+        answer = self._hold(row, self._missing_listing(), 1, self._gid("no-listing"))
+        _expect_problem(answer, 404, "listing_not_found")
+
+    def _unknown_hold(self, row: _Row) -> None:
+        gid = self._gid("no-hold")
+        _expect_problem(self._get(row, gid), 404, "hold_not_found")
+        _expect_problem(self._release(row, gid), 404, "hold_not_found")
+        _expect_problem(self._invoice(row, gid, self._order_id()), 404, "hold_not_found")
+
+    def _concurrent_holds(self, row: _Row) -> None:
+        if self.small is None:
+            raise _NotRun("not run: no small listing (give a second listing)")
+        small, count = self.small, self.concurrency
+        gids = [self._gid(f"race-{i}") for i in range(count)]
+        barrier = threading.Barrier(count)
+
+        def fire(gid: str) -> _Answer:
+            with contextlib.suppress(threading.BrokenBarrierError):  # fire anyway
+                barrier.wait(timeout=self.timeout)
+            return self._hold(row, small.remote_id, 1, gid)
+
+        answers: dict[str, _Answer] = {}
+        transport: list[str] = []
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="tevo-check") as pool:
+            futures = {gid: pool.submit(fire, gid) for gid in gids}
+            for gid, future in futures.items():
+                try:
+                    answers[gid] = future.result()
+                except CheckFailed as exc:
+                    transport.append(str(exc))
+        won = [g for g, a in answers.items() if a.status == 201]
+        try:
+            return self._judge_race(answers, transport, won, small)
+        finally:
+            # Give the tickets back: every hold that may have been made, in parallel.
+            undecided = [g for g in gids if g not in answers]
+            with ThreadPoolExecutor(max_workers=min(count, 16)) as pool:
+                list(pool.map(lambda g: self._quiet_release(row, g), won + undecided))
+
+    def _judge_race(
+        self,
+        answers: Mapping[str, _Answer],
+        transport: Sequence[str],
+        won: list[str],
+        small: Listing,
+    ) -> None:
+        count = self.concurrency
+        if transport:
+            raise CheckFailed(
+                f"{len(transport)} of {count} concurrent holds failed: {transport[0]}"
+            )
+        for answer in answers.values():
+            _json_body(answer)
+        if len(won) > small.quantity:
+            raise CheckFailed(
+                f"oversold: {len(won)} of {count} concurrent one-ticket holds won on listing "
+                f"{small.remote_id!r} of {small.quantity} tickets"
+            )
+        for gid, answer in answers.items():
+            if answer.status == 201:
+                _expect_hold(
+                    answer,
+                    201,
+                    global_id=gid,
+                    remote_id=small.remote_id,
+                    quantity=1,
+                    states=["held"],
+                )
+            else:
+                _expect_problem(answer, 409, "insufficient_quantity")
+        if len(won) < small.quantity:
+            raise CheckFailed(
+                f"only {len(won)} of {count} concurrent one-ticket holds won on listing "
+                f"{small.remote_id!r} of {small.quantity} tickets (were they all available?)"
+            )
+
+    def _quiet_release(self, row: _Row, gid: str) -> None:
+        with contextlib.suppress(CheckFailed):  # cleanup: the check has its verdict already
+            self._release(row, gid)
+
+    def _start_expiry(self, row: _Row) -> tuple[CheckResult | None, _Held | None]:
+        """Make the hold the expiry check watches, first, so the run's other checks overlap the
+        wait. Returns a final result when the check cannot run (or failed), else the hold."""
+        try:
+            held = self._new_hold(row, "lapses")
+        except CheckFailed as exc:
+            return row.done(Result.FAIL, str(exc)), None
+        except Exception as exc:
+            return row.done(Result.FAIL, f"checker error: {type(exc).__name__}: {exc}"), None
+        ttl = _lifetime(held.answer.body)
+        if ttl > self.max_expiry_wait:
+            self._quiet_release(row, held.global_id)
+            reason = (
+                f"not run: TTL too long (holds live {ttl:g} s, the wait limit is "
+                f"{self.max_expiry_wait:g} s: --max-expiry-wait)"
+            )
+            return row.done(Result.SKIP, reason), None
+        return None, held
+
+    def _finish_expiry(self, row: _Row, held: _Held) -> None:
+        ttl = _lifetime(held.answer.body)
+        wait = held.answer.received + ttl + _EXPIRY_MARGIN - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        answer = self._get(row, held.global_id, note=" after its deadline")
+        self._expect_same_hold(answer, held, 200, ["expired"])
+        answer = self._release(row, held.global_id)
+        self._expect_same_hold(answer, held, 200, ["expired"])
+
+    # -- ids -----------------------------------------------------------------------------------
+    def _missing_listing(self) -> str:
+        return f"tevo-hold-check-{self.run_id}-no-such-listing"
+
+    def _order_id(self) -> int:
+        """A fresh integer order id (TEvo's are integers)."""
+        self._ids += 1
+        return int(self.run_id[:8], 16) * 1000 + self._ids
+
+
+def _lifetime(body: Mapping[str, Any]) -> float:
+    """Seconds between a hold's created_at and expires_at (both already checked)."""
+    created = datetime.fromisoformat(body["created_at"])
+    expires = datetime.fromisoformat(body["expires_at"])
+    return (expires - created).total_seconds()
+
+
+def _parse(content_type: str, content: bytes) -> tuple[Any, str | None]:
+    """(the JSON body, None), or (None, why it is not a JSON answer)."""
+    is_json = content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+    if not is_json:
+        return None, f"{content_type or 'with no Content-Type'}, not JSON"
+    try:
+        return json.loads(content.decode("utf-8")), None
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"{content_type} that does not parse: {exc}"
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of a requests exception, in one line (``ConnectionRefusedError: ...``).
+
+    requests wraps urllib3's errors in ``args[0]``, urllib3 its causes in ``reason``.
+    """
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        inner = inner or exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    lines = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def run_checks(
+    base_url: str,
+    api_key: str,
+    *,
+    listings: Sequence[Listing],
+    concurrency: int = DEFAULT_CONCURRENCY,
+    max_expiry_wait: float = DEFAULT_MAX_EXPIRY_WAIT,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Report:
+    """Run every check against ``base_url`` and return the report.
+
+    ``listings`` are the flow listing and, optionally, the small listing for the concurrency
+    check, in that order (see the module docstring). Raises ValueError for listings that cannot
+    work; the server's faults are in the report, never raised.
+    """
+    if not 1 <= len(listings) <= 2:
+        raise ValueError("give one or two listings: the flow listing, then the small listing")
+    with Checker(
+        base_url,
+        api_key,
+        flow_listing=listings[0],
+        small_listing=listings[1] if len(listings) > 1 else None,
+        concurrency=concurrency,
+        max_expiry_wait=max_expiry_wait,
+        timeout=timeout,
+    ) as checker:
+        return checker.run()
+
+
+def prepare_listings(
+    redis_url: str,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    flow_tickets: int = 10,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Listing, Listing]:
+    """Stock two fresh listings in the reference inventory of the Redis at ``redis_url``.
+
+    Returns (flow listing of ``flow_tickets``, small listing of ``max(1, concurrency // 4)``).
+    Other ``TEVO_HOLD_*`` settings (the key prefix above all) come from ``environ`` (default
+    the process environment), so they must match the server's. Raises ConfigurationError for the
+    embedded ``memory://`` URL (its state is inside the server process) or bad settings, and
+    Unavailable when Redis cannot be reached.
+    """
+    from . import errors
+    from .adapters.redis_inventory import RedisInventoryAdapter
+    from .connection import connect
+    from .service import build_service
+    from .settings import PREFIX, Settings
+
+    env = dict(os.environ if environ is None else environ)
+    env[PREFIX + "REDIS_URL"] = redis_url
+    env.setdefault(PREFIX + "API_KEYS", "unused-by-the-checker")
+    settings = Settings.from_env(env)
+    if settings.embedded:
+        raise errors.ConfigurationError(
+            "preparing listings needs the server's Redis: the embedded memory:// state lives "
+            "inside the server's process (give listings instead)"
+        )
+    client = connect(settings)
+    try:
+        adapter = build_service(settings, client=client).adapter
+        if not isinstance(adapter, RedisInventoryAdapter):  # pragma: no cover - build_service's
+            raise errors.ConfigurationError("preparing listings needs the reference inventory")
+        run_id = uuid.uuid4().hex[:12]
+        flow = Listing(f"tevo-hold-check-{run_id}-flows", flow_tickets)
+        small = Listing(f"tevo-hold-check-{run_id}-small", max(1, concurrency // 4))
+        for listing in (flow, small):
+            adapter.set_quantity(listing.remote_id, listing.quantity)
+        return flow, small
+    finally:
+        client.close()
