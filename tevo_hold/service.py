@@ -300,5 +300,11 @@ def build_adapter(settings: Settings, *, client: redis.Redis, keys: KeySpace) ->
             f"TEVO_HOLD_ADAPTER={name!r} is not a subclass of tevo_hold.PosAdapter"
         )
     factory = getattr(cls, "from_settings", None)
-    adapter: PosAdapter = factory(settings) if callable(factory) else cls()
+    try:
+        adapter: PosAdapter = factory(settings) if callable(factory) else cls()
+    except TypeError as exc:
+        raise errors.ConfigurationError(
+            f"TEVO_HOLD_ADAPTER={name!r}: the class needs arguments; give it a classmethod "
+            f"from_settings(settings) that builds it ({exc})"
+        ) from exc
     return adapter

@@ -173,6 +173,12 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}ADAPTER=http needs {PREFIX}POS_URL, the base URL of the POS's API"
             )
+        if self.adapter != "reference" and self.lease <= self.pos_budget:
+            raise ConfigurationError(
+                f"{PREFIX}LEASE={self.lease:g} must exceed {PREFIX}POS_BUDGET={self.pos_budget:g}: "
+                "a request's lease must outlast its POS call, or the worker may compensate a hold "
+                "whose call is still running"
+            )
         scheme = self.redis_url.split("://", 1)[0]
         if "://" not in self.redis_url or scheme not in ("memory", "redis", "rediss", "unix"):
             raise ConfigurationError(

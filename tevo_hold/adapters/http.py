@@ -118,24 +118,35 @@ class HttpPosAdapter(PosAdapter):
         url = self.base_url + self.paths[operation]
         deadline = time.monotonic() + self.budget
         retrying = tenacity.Retrying(
+            # stop_before_delay also counts the coming wait, so no attempt starts past the budget
             stop=tenacity.stop_after_attempt(self.retries + 1)
-            | tenacity.stop_after_delay(self.budget),
-            wait=tenacity.wait_exponential_jitter(initial=0.05, max=0.5),
+            | tenacity.stop_before_delay(self.budget),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=0.5)
+            + tenacity.wait_random(0, 0.05),
             retry=tenacity.retry_if_exception_type(_Retryable),
             reraise=True,
         )
+        outcome_unknown = False
         try:
             for attempt in retrying:
                 with attempt:
-                    self._attempt(operation, url, body, deadline)
+                    try:
+                        self._attempt(operation, url, body, deadline)
+                    except _Retryable as exc:
+                        outcome_unknown |= isinstance(exc.final, errors.PosTimeout)
+                        raise
         except _Retryable as exc:
-            raise exc.final from exc.__cause__
+            final = exc.final
+            if outcome_unknown and not isinstance(final, errors.PosTimeout):
+                # An earlier attempt may have reached the POS: its outcome decides, and is unknown.
+                final = errors.PosTimeout(
+                    f"An attempt at the {operation} timed out and the retries failed "
+                    f"({final.code}): the outcome is unknown."
+                )
+            raise final from exc.__cause__
 
     def _attempt(self, operation: str, url: str, body: dict[str, Any], deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0.01:
-            raise errors.PosTimeout(f"The POS did not answer {operation} within the budget.")
-        per_attempt = min(self.timeout, remaining)
+        per_attempt = max(min(self.timeout, deadline - time.monotonic()), 0.05)
         try:
             response = self.session.post(url, json=body, timeout=per_attempt)
         except requests.ConnectionError as exc:
