@@ -326,4 +326,15 @@ def test_keys_of_one_hold_and_one_listing_share_a_hash_slot(service):
     for ident in WEIRD:
         listing = [*keys.listing(ident), keys.sale(ident, "g}x")]
         assert len({key_slot(k.encode()) for k in listing}) == 1
-        assert "{" not in keys.hold(ident)[len(keys.prefix) + 2 :]
+        hold = keys.hold(ident)
+        assert len({key_slot(k.encode()) for k in hold}) == 1
+        # the id cannot reach into the hash tag: only our own braces are in the key
+        assert hold[0].count("{") == 1 and hold[0].count("}") == 1
+
+
+def test_holds_spread_over_many_slots(service):
+    from redis.crc import key_slot
+
+    keys = service.ledger.keys
+    slots = {key_slot(keys.hold(f"order-{i}")[0].encode()) for i in range(2000)}
+    assert len(slots) > 200  # of the 256 shards: a cluster's masters all get holds

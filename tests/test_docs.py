@@ -38,7 +38,7 @@ from .servers import ROOT, gunicorn_server, redis_server
 
 DOCS = ROOT / "docs"
 DEMO_KEY = "demo-key"
-TIMES = {"created_at", "expires_at", "invoiced_at", "released_at"}
+TIMES = {"created_at", "expires_at", "invoiced_at", "released_at", "at"}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -117,6 +117,10 @@ def _parse_http(text: str) -> tuple[int, dict[str, str], Any]:
 
 
 def _same_body(documented: Any, actual: Any) -> bool:
+    if isinstance(documented, list) and isinstance(actual, list):
+        return len(documented) == len(actual) and all(
+            _same_body(d, a) for d, a in zip(documented, actual, strict=True)
+        )
     if not isinstance(documented, dict) or not isinstance(actual, dict):
         return bool(documented == actual)
     if documented.keys() != actual.keys():
@@ -125,7 +129,7 @@ def _same_body(documented: Any, actual: Any) -> bool:
         if key in TIMES:
             if (value is None) != (actual[key] is None):
                 return False
-        elif value != actual[key]:
+        elif not _same_body(value, actual[key]):
             return False
     return True
 

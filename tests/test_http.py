@@ -104,6 +104,17 @@ def assert_problem(resp: TestResponse, status: int, code: str) -> dict[str, Any]
     return body
 
 
+#: What GET /v1/holds/<global_id> adds to the hold that the other calls answer.
+DETAIL_FIELDS = {"events", "last_error", "invoice_attempts"}
+
+
+def hold_now(http: FlaskClient, gid: str = "g1") -> dict[str, Any]:
+    """The hold as GET answers it, without the fields only GET has."""
+    body = assert_ok(get_hold(http, gid), 200)
+    assert body.keys() >= DETAIL_FIELDS
+    return {k: v for k, v in body.items() if k not in DETAIL_FIELDS}
+
+
 def assert_no_hold(http: FlaskClient, gid: str = "g1") -> None:
     assert_problem(get_hold(http, gid), 404, "hold_not_found")
 
@@ -136,9 +147,12 @@ def test_hold_answers_201_with_the_hold(http, stocked):
     assert stocked.stock("L1").available == 3
 
 
-def test_get_hold_answers_200_with_the_hold(http, stocked):
+def test_get_hold_answers_200_with_the_hold_and_its_audit_trail(http, stocked):
     made = assert_ok(hold(http), 201)
-    assert assert_ok(get_hold(http), 200) == made
+    assert hold_now(http) == made
+    got = assert_ok(get_hold(http), 200)
+    assert got["events"][-1]["event"] == "held" and got["events"][-1]["by"] == "api"
+    assert got["last_error"] is None and got["invoice_attempts"] == 0
 
 
 def test_release_answers_200_with_status_released_and_gives_tickets_back(http, stocked):
@@ -570,7 +584,7 @@ def test_hold_reusing_a_global_id_differently_is_global_id_conflict(http, stocke
     before = (stocked.stock("L1"), stocked.stock("L2"))
     assert_problem(hold(http, rid=rid, qty=qty), 409, "global_id_conflict")
     assert (stocked.stock("L1"), stocked.stock("L2")) == before
-    assert assert_ok(get_hold(http), 200) == first
+    assert hold_now(http) == first
 
 
 def test_invoice_after_release_is_hold_released(http, stocked):
@@ -598,7 +612,7 @@ def test_invoice_under_another_order_id_is_order_id_conflict(http, stocked):
     assert_problem(invoice(http, order=8), 409, "order_id_conflict")
     assert_problem(invoice(http, order="7x"), 409, "order_id_conflict")
     assert stocked.stock("L1") == before
-    assert assert_ok(get_hold(http), 200) == first
+    assert hold_now(http) == first
 
 
 def test_hold_while_another_request_holds_the_global_id_is_request_in_progress(
@@ -799,16 +813,19 @@ def test_unexpected_adapter_error_is_internal_error_without_trace(client):
     assert "Traceback" not in text
     assert "RuntimeError" not in text
     assert 'File "' not in text
-    assert_no_hold(http)
+    # the POS call's outcome is unknown: the hold stays pending until compensated
+    got = assert_ok(get_hold(http), 200)
+    assert got["status"] == "pending"
+    assert got["events"][-1]["event"] == "hold_outcome_unknown"
 
 
-def test_unexpected_adapter_error_on_invoice_leaves_the_hold_held(client):
+def test_unexpected_adapter_error_on_invoice_is_kept_as_a_failed_invoice(client):
     http = stub_http(client, RuntimeError(SECRET), "invoice")
     assert_ok(hold(http), 201)
     resp = invoice(http)
     assert_problem(resp, 500, "internal_error")
     assert SECRET not in resp.get_data(as_text=True)
-    assert assert_ok(get_hold(http), 200)["status"] == "held"
+    assert assert_ok(get_hold(http), 200)["status"] == "invoice_failed"
 
 
 POS_FAILURES = pytest.mark.parametrize(
@@ -823,24 +840,34 @@ POS_FAILURES = pytest.mark.parametrize(
 
 
 @POS_FAILURES
-def test_pos_failure_on_hold_answers_its_status_and_leaves_no_hold(client, exc, status, code):
+def test_pos_failure_on_hold_answers_its_status(client, exc, status, code):
     http = stub_http(client, exc)
     resp = hold(http)
     assert_problem(resp, status, code)
     if status == 503:
         assert int(resp.headers["Retry-After"]) >= 1
-    assert_no_hold(http)
+    if code == "pos_timeout":  # unknown outcome: pending until compensated or retried
+        assert assert_ok(get_hold(http), 200)["status"] == "pending"
+    else:  # refused: nothing is held, a retry starts afresh
+        assert_no_hold(http)
 
 
 @POS_FAILURES
-def test_pos_failure_on_invoice_answers_its_status_and_leaves_the_hold_held(
+def test_pos_failure_on_invoice_answers_its_status_and_keeps_a_failed_invoice(
     client, exc, status, code
 ):
     http = stub_http(client, exc, "invoice")
     assert_ok(hold(http), 201)
     resp = invoice(http)
     assert_problem(resp, status, code)
-    assert assert_ok(get_hold(http), 200)["status"] == "held"
+    got = assert_ok(get_hold(http), 200)
+    assert got["status"] == "invoice_failed" and got["tevo_order_id"] == 7
+    assert got["last_error"].startswith(code) and got["invoice_attempts"] == 1
+    assert got["events"][-1]["event"] == "invoice_failed"
+    # it can no longer be released; a retry of the same invoice tries the POS again
+    assert_problem(release(http), 409, "hold_already_invoiced")
+    assert_problem(invoice(http), status, code)
+    assert assert_ok(get_hold(http), 200)["invoice_attempts"] == 2
 
 
 @POS_FAILURES

@@ -53,3 +53,10 @@ def test_a_real_redis_needs_api_keys():
 def test_unknown_url_scheme_is_named():
     with pytest.raises(ConfigurationError, match="TEVO_HOLD_REDIS_URL"):
         Settings.from_env({"TEVO_HOLD_REDIS_URL": "mysql://x", "TEVO_HOLD_API_KEYS": "k"})
+
+
+def test_the_lease_must_outlast_a_pos_call():
+    env = {"TEVO_HOLD_ADAPTER": "http", "TEVO_HOLD_POS_URL": "http://pos", "TEVO_HOLD_LEASE": "2"}
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_LEASE"):
+        Settings.from_env(env)
+    assert Settings.from_env({**env, "TEVO_HOLD_POS_BUDGET": "1.5"}).lease == 2

@@ -1,4 +1,4 @@
-"""The ``tevo-hold`` command: manage the reference inventory and read holds, from the shell.
+"""The ``tevo-hold`` command: inventory, holds, failed invoices, the worker, the checker.
 
 It reads the same ``TEVO_HOLD_*`` settings as the server, so it works on the same Redis.
 """
@@ -15,8 +15,8 @@ from . import errors
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .app import load_inventory
 from .checker import Listing, Report, Result, prepare_listings, run_checks
-from .models import Hold, Stock
-from .schemas import HoldSchema
+from .models import Hold, HoldStatus, Stock
+from .schemas import HoldDetailSchema
 from .service import HoldService, build_service
 from .settings import Settings
 
@@ -112,9 +112,110 @@ def holds() -> None:
 @click.argument("global_id")
 @pass_ctx
 def holds_show(ctx: _Context, global_id: str) -> None:
-    """Print the hold GLOBAL_ID as JSON."""
-    hold: Hold = _run(lambda: ctx.service.get(global_id=global_id))
-    click.echo(json.dumps(HoldSchema().dump(hold), indent=2))
+    """Print the hold GLOBAL_ID as JSON, with its audit trail."""
+    hold: Hold = _run(lambda: ctx.service.get(global_id=global_id, history=True))
+    click.echo(json.dumps(HoldDetailSchema().dump(hold), indent=2, ensure_ascii=False))
+
+
+@holds.command("list")
+@click.option("--status", type=click.Choice([s.value for s in HoldStatus]), help="Only these.")
+@click.option("--listing", "remote_id", help="Only holds of this remote_id.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_ctx
+def holds_list(ctx: _Context, status: str | None, remote_id: str | None, as_json: bool) -> None:
+    """List holds (a scan of every record: for operators, not for hot paths)."""
+    found = 0
+    for hold in _run(lambda: list(ctx.service.ledger.scan())):
+        if (status and hold.status != status) or (remote_id and hold.remote_id != remote_id):
+            continue
+        found += 1
+        _print_hold(hold, as_json)
+    if not as_json:
+        click.echo(f"{found} holds", err=True)
+
+
+@main.group()
+def invoices() -> None:
+    """Invoices the POS failed (TEvo's buyer has paid: they are retried until they succeed)."""
+
+
+@invoices.command("failed")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_ctx
+def invoices_failed(ctx: _Context, as_json: bool) -> None:
+    """List the holds whose invoice failed, with the POS's last answer."""
+    ledger = ctx.service.ledger
+    found = 0
+    for global_id in _run(lambda: list(ledger.scheduled("i"))):
+        try:
+            hold = ledger.get(global_id)
+        except errors.HoldNotFound:
+            continue
+        if hold.status is HoldStatus.INVOICE_FAILED:
+            found += 1
+            _print_hold(hold, as_json)
+    if not as_json:
+        click.echo(f"{found} failed invoices", err=True)
+
+
+@invoices.command("retry")
+@click.argument("global_id")
+@pass_ctx
+def invoices_retry(ctx: _Context, global_id: str) -> None:
+    """Retry the failed invoice of GLOBAL_ID now."""
+    service = ctx.service
+    hold: Hold = _run(lambda: service.get(global_id=global_id))
+    if hold.status is not HoldStatus.INVOICE_FAILED or hold.tevo_order_id is None:
+        click.echo(f"error: the hold {global_id!r} is {hold.status}, not invoice_failed", err=True)
+        sys.exit(1)
+    order = hold.tevo_order_id
+    done = _run(lambda: service.invoice(global_id=global_id, tevo_order_id=order, actor="cli"))
+    click.echo(f"{global_id}: {done.hold.status}")
+
+
+@main.command("worker")
+@click.option("--name", default=None, help="Its name in the audit trail (default: worker-PID).")
+@click.option("--lease", type=float, default=30.0, show_default=True, help="Seconds per item.")
+@pass_ctx
+def worker(ctx: _Context, name: str | None, lease: float) -> None:
+    """Keep the POS in step: release lapsed holds, compensate, retry failed invoices.
+
+    Runs until SIGTERM or SIGINT; run one or more beside the server, on any host.
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    from .worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    settings = Settings.from_env()
+    runner = Worker(
+        ctx.service,
+        lease=lease,
+        interval=settings.worker_interval,
+        name=name or f"worker-{os.getpid()}",
+    )
+    runner.run(stop)
+
+
+def _print_hold(hold: Hold, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(HoldDetailSchema().dump(hold), ensure_ascii=False))
+        return
+    line = (
+        f"{hold.global_id}  {hold.status}  remote_id={hold.remote_id}  quantity={hold.quantity}"
+        f"  expires_at={hold.expires_at.isoformat()}"
+    )
+    if hold.tevo_order_id is not None:
+        line += f"  tevo_order_id={hold.tevo_order_id}"
+    if hold.last_error:
+        line += f"  attempts={hold.invoice_attempts}  last_error={hold.last_error!r}"
+    click.echo(line)
 
 
 def _run(call: Any) -> Any:

@@ -1,20 +1,30 @@
 """Redis key layout.
 
-Every key a Lua script touches is named here and passed in through ``KEYS``. Keys of one hold share
-the hash tag ``{g:<global_id>}``; keys of one listing share ``{l:<remote_id>}``. On a Redis Cluster
-each script therefore touches one slot, and the state spreads over the masters by hold and by
-listing.
+Every key a Lua script touches is named here and passed in through ``KEYS``, and the keys of one
+script call always share a hash slot, so the same scripts run on a Redis Cluster unchanged.
 
-Ids are data, never structure: before an id goes into a key, ``%``, ``{`` and ``}`` are
-percent-encoded. The encoding is injective, so two ids never share a key, and an encoded id holds
-no brace, so it can neither end the hash tag early nor open another one.
+- A hold's record, its audit stream, and the due set (the worker's outbox) of its shard share the
+  hash tag ``{h<n>}``, where ``n`` is one of :data:`SHARDS` shards picked by a CRC32 of the
+  ``global_id``: holds spread over the cluster's masters, and each record can be written in the
+  same atomic step as the work it schedules.
+- A listing's keys (the reference inventory) share the tag ``{l:<remote_id>}``: listings spread
+  over the masters too.
+
+Ids are data, never structure: ``%``, ``{`` and ``}`` are percent-encoded before an id goes into
+a key. The encoding is injective and leaves no brace, so two ids never share a key and an id can
+neither end a hash tag early nor open one; an id is always the last part of its key, after a
+prefix that says what the key is, so no id's key can be another key's.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-__all__ = ["KeySpace", "encode_id"]
+__all__ = ["SHARDS", "KeySpace", "encode_id", "shard_of"]
+
+#: How many shards holds are spread over. Part of the key layout: never change it on a live store.
+SHARDS = 256
 
 _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
@@ -24,15 +34,26 @@ def encode_id(value: str) -> str:
     return value.translate(_ESCAPES)
 
 
+def shard_of(global_id: str) -> int:
+    """The shard of a hold: stable across processes, hosts and Python versions."""
+    return zlib.crc32(global_id.encode("utf-8")) % SHARDS
+
+
 @dataclass(frozen=True, slots=True)
 class KeySpace:
     """Names the keys of one deployment; ``prefix`` separates deployments sharing a Redis."""
 
     prefix: str = "tevo_hold"
 
-    def hold(self, global_id: str) -> str:
-        """The hash holding one hold's record."""
-        return f"{self.prefix}:{{g:{encode_id(global_id)}}}"
+    def hold(self, global_id: str) -> tuple[str, str, str]:
+        """A hold's keys: its record hash, its audit stream, its shard's due set."""
+        base = f"{self.prefix}:{{h{shard_of(global_id)}}}"
+        gid = encode_id(global_id)
+        return f"{base}:g:{gid}", f"{base}:e:{gid}", f"{base}:due"
+
+    def due(self, shard: int) -> str:
+        """The due set (the worker's outbox) of one shard."""
+        return f"{self.prefix}:{{h{shard}}}:due"
 
     def listing(self, remote_id: str) -> tuple[str, str, str]:
         """The reference inventory's keys of one listing: stock hash, holds hash, deadlines zset."""
@@ -42,3 +63,7 @@ class KeySpace:
     def sale(self, remote_id: str, global_id: str) -> str:
         """The marker of one sale in the reference inventory (makes a sale idempotent)."""
         return f"{self.prefix}:{{l:{encode_id(remote_id)}}}:sold:{encode_id(global_id)}"
+
+    def hold_pattern(self) -> str:
+        """A SCAN pattern matching every hold record."""
+        return f"{self.prefix}:{{h*}}:g:*"

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
 from . import errors
-from ._redis import SCRIPT_ERRORS, Script
-from .keys import KeySpace
-from .models import Hold, HoldStatus
+from ._redis import SCRIPT_ERRORS, Script, translate_errors
+from .keys import SHARDS, KeySpace
+from .models import Event, Hold, HoldStatus
 
-__all__ = ["Claim", "Ledger"]
+__all__ = ["Claim", "DueItem", "Ledger"]
+
+#: Kinds of due work: release a lapsed hold, compensate an unknown outcome, retry an invoice.
+DueKind = Literal["l", "c", "i"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,15 +30,24 @@ class Claim:
     changed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class DueItem:
+    """A piece of work in a shard's due set: ``kind`` for the hold ``global_id``."""
+
+    kind: DueKind
+    global_id: str
+
+
 def _ms(value: str) -> datetime:
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
 class Ledger:
-    """Hold records in Redis, each in its own hash, keyed (and hash-tagged) by ``global_id``.
+    """Hold records in Redis, each in its own hash, with its audit stream and its shard's outbox.
 
     Every method is one script call: one round trip, atomic, and safe to repeat with the same
     arguments. Times come from the Redis server's clock, so every process agrees on them.
+    ``actor`` (who acts: ``"api"``, ``"worker"``, ``"cli"``) goes into the audit trail.
     Methods raise the typed errors of :mod:`tevo_hold.errors` that the script answers with, and
     :class:`~tevo_hold.errors.Unavailable` when Redis cannot be reached.
     """
@@ -61,84 +74,205 @@ class Ledger:
         ttl: float,
         lease: float,
         token: str,
+        actor: str = "api",
     ) -> Claim:
         """Start a hold: create its ``pending`` record leased to ``token`` for ``lease`` seconds.
 
-        ``changed`` is False when a hold with this ``global_id`` already finished (a retry to
-        replay). Raises GlobalIdConflict (other remote_id or quantity) and RequestInProgress
-        (another request holds the lease).
+        A compensation (a release in the POS) is scheduled for the lease's end, and cancelled by
+        :meth:`finish_hold` or :meth:`abort_hold`: if the request dies half-way, the worker gives
+        back whatever the POS may have held. ``changed`` is False when a hold with this
+        ``global_id`` already finished (a retry to replay). Raises GlobalIdConflict (other
+        remote_id or quantity) and RequestInProgress (another request holds the lease).
         """
         return self._call(
             global_id,
+            actor,
             "claim_hold",
             remote_id,
             quantity,
-            int(ttl * 1000),
-            int(lease * 1000),
+            _ms_of(ttl),
+            _ms_of(lease),
             token,
             self.retention_ms,
         )
 
-    def finish_hold(self, global_id: str, token: str) -> Claim:
-        """Mark the pending hold of ``token`` as ``held``."""
-        return self._call(global_id, "finish_hold", token, self.retention_ms)
+    def finish_hold(
+        self, global_id: str, token: str, *, track_lapse: bool = False, actor: str = "api"
+    ) -> Claim:
+        """Mark the pending hold of ``token`` as ``held``.
 
-    def abort_hold(self, global_id: str, token: str) -> None:
-        """Forget the pending hold of ``token`` (its POS call failed): a retry starts afresh."""
-        self._run(global_id, "abort_hold", token)
+        With ``track_lapse`` the worker is to release the hold in the POS when it lapses.
+        """
+        return self._call(
+            global_id, actor, "finish_hold", token, self.retention_ms, "1" if track_lapse else "0"
+        )
+
+    def abort_hold(self, global_id: str, token: str, *, actor: str = "api") -> None:
+        """Forget the pending hold of ``token``: the POS refused it, a retry starts afresh."""
+        self._run(global_id, actor, "abort_hold", token)
+
+    def unknown_hold(self, global_id: str, token: str, detail: str, *, actor: str = "api") -> None:
+        """The POS call of ``token``'s hold has no known outcome: compensate it now.
+
+        The lease ends at once, so a retry of the hold may take it over (the POS is idempotent per
+        global_id); unless one does, the worker releases the hold in the POS.
+        """
+        self._run(global_id, actor, "unknown_hold", token, detail)
 
     # -- release ---------------------------------------------------------------------------
-    def release(self, global_id: str) -> Claim:
+    def release(
+        self,
+        global_id: str,
+        *,
+        lease: float = 10,
+        track_release: bool = False,
+        actor: str = "api",
+    ) -> Claim:
         """Mark a held hold ``released`` (``expired`` if it had lapsed).
 
-        ``changed`` is False when it was already released. Raises HoldNotFound,
-        HoldAlreadyInvoiced, RequestInProgress (its hold or invoice call is running).
+        With ``track_release`` a POS release is due at the lease's end, unless
+        :meth:`released_in_pos` confirms first that it happened. ``changed`` is False when it
+        was already released. Raises HoldNotFound, HoldAlreadyInvoiced (invoiced, or its invoice
+        failed and is being retried), RequestInProgress (its hold or invoice call is running).
         """
-        return self._call(global_id, "release", self.retention_ms)
+        track = "1" if track_release else "0"
+        return self._call(global_id, actor, "release", self.retention_ms, _ms_of(lease), track)
+
+    def released_in_pos(self, global_id: str, *, actor: str = "api") -> None:
+        """The hold was released in the POS: no POS release is due any more."""
+        self._run(global_id, actor, "released_in_pos")
 
     # -- invoice ---------------------------------------------------------------------------
     def claim_invoice(
-        self, global_id: str, tevo_order_id: int | str, *, lease: float, token: str
+        self,
+        global_id: str,
+        tevo_order_id: int | str,
+        *,
+        lease: float,
+        token: str,
+        actor: str = "api",
     ) -> Claim:
-        """Start an invoice: ``held`` (lapsed or not) becomes ``invoicing``, leased to ``token``.
+        """Start an invoice: ``held`` (lapsed or not) or ``invoice_failed`` becomes ``invoicing``.
 
-        From then on the hold can neither lapse nor be released. ``changed`` is False when it was
+        From then on the hold can neither lapse nor be released, and the invoice is due at the
+        lease's end: if the request dies, the worker retries it. ``changed`` is False when it was
         already invoiced under this order id. Raises HoldNotFound, HoldReleased,
         OrderIdConflict, RequestInProgress.
         """
         return self._call(
             global_id,
+            actor,
             "claim_invoice",
             str(tevo_order_id),
             json.dumps(tevo_order_id),
-            int(lease * 1000),
+            _ms_of(lease),
             token,
             self.retention_ms,
         )
 
-    def finish_invoice(self, global_id: str, token: str) -> Claim:
+    def finish_invoice(self, global_id: str, token: str, *, actor: str = "api") -> Claim:
         """Mark the invoice of ``token`` done: the hold is ``invoiced``."""
-        return self._call(global_id, "finish_invoice", token, self.retention_ms)
+        return self._call(global_id, actor, "finish_invoice", token, self.retention_ms)
 
-    def abort_invoice(self, global_id: str, token: str, *, lapsed: bool) -> Claim:
+    def abort_invoice(
+        self, global_id: str, token: str, *, lapsed: bool, detail: str = "", actor: str = "api"
+    ) -> Claim:
         """Give the hold back the state it had before the invoice of ``token``.
 
-        With ``lapsed`` the hold's deadline is brought forward to now: the POS no longer holds
-        its tickets, so the hold must read as ``expired``.
+        With ``lapsed`` (the POS said its tickets are gone) the hold's deadline is brought
+        forward to now, so it reads ``expired``.
         """
-        return self._call(global_id, "abort_invoice", token, "lapsed" if lapsed else "held")
+        becomes = "lapsed" if lapsed else "held"
+        return self._call(global_id, actor, "abort_invoice", token, becomes, detail)
+
+    def fail_invoice(
+        self, global_id: str, token: str, detail: str, *, retry_in: float, actor: str = "api"
+    ) -> Claim:
+        """The POS failed the invoice of ``token``: it is retried after ``retry_in`` seconds."""
+        return self._call(global_id, actor, "fail_invoice", token, detail, _ms_of(retry_in))
+
+    # -- the worker's outbox ---------------------------------------------------------------
+    def due_items(self, *, limit: int = 100) -> list[DueItem]:
+        """Due work across every shard, oldest first within a shard (two round trips)."""
+        with translate_errors():
+            seconds, micros = self.client.time()
+            now = seconds * 1000 + micros // 1000  # the Redis clock, as the scripts use
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(SHARDS):
+                pipe.zrangebyscore(self.keys.due(shard), "-inf", now, 0, limit)
+            replies = pipe.execute()
+        items = []
+        for members in replies:
+            for member in members:
+                text = member.decode("utf-8") if isinstance(member, bytes) else member
+                items.append(DueItem(text[0], text[1:]))  # type: ignore[arg-type]
+        return items
+
+    def scheduled(self, kind: DueKind) -> Iterator[str]:
+        """The global_ids with work of ``kind`` scheduled, due or not (e.g. failed invoices)."""
+        with translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(SHARDS):
+                pipe.zrange(self.keys.due(shard), 0, -1)
+            replies = pipe.execute()
+        for members in replies:
+            for member in members:
+                text = member.decode("utf-8") if isinstance(member, bytes) else member
+                if text[0] == kind:
+                    yield text[1:]
+
+    def claim_due(
+        self, item: DueItem, token: str, *, lease: float, actor: str = "worker"
+    ) -> Claim | None:
+        """Take ``item`` for ``lease`` seconds, or None if it is not due or needs no work.
+
+        Taking it hides it from other workers until the lease ends (then it is due again, so a
+        worker that dies loses nothing). For a compensation or an invoice retry the record is
+        leased to ``token`` too, so TEvo's own retries wait (``request_in_progress``).
+        """
+        reply = self._run(item.global_id, actor, "claim_due", item.kind, token, _ms_of(lease))
+        if reply[0] == "skip":
+            return None
+        return self.claim_from_reply(reply, item.global_id)
+
+    def compensated(self, global_id: str, token: str, *, actor: str = "worker") -> None:
+        """The worker released the hold of unknown outcome in the POS: forget the hold."""
+        self._run(global_id, actor, "compensated", token)
+
+    def retry_due(
+        self,
+        item: DueItem,
+        token: str,
+        detail: str,
+        *,
+        retry_in: float,
+        actor: str = "worker",
+    ) -> None:
+        """The POS call for ``item`` failed (``detail``): it is due again in ``retry_in`` s."""
+        self._run(item.global_id, actor, "retry_due", item.kind, token, detail, _ms_of(retry_in))
 
     # -- read ------------------------------------------------------------------------------
-    def get(self, global_id: str) -> Hold:
-        """The hold as it stands now. Raises HoldNotFound."""
-        return self._call(global_id, "get").hold
+    def get(self, global_id: str, *, history: bool = False) -> Hold:
+        """The hold as it stands now, with its audit trail if ``history``. Raises HoldNotFound."""
+        return self._call(global_id, "api", "get", "1" if history else "0").hold
+
+    def scan(self, *, count: int = 500) -> Iterator[Hold]:
+        """Every hold record, in no order (a SCAN: for operators, not for the hot path)."""
+        with translate_errors():
+            for key in self.client.scan_iter(match=self.keys.hold_pattern(), count=count):
+                text = key.decode("utf-8") if isinstance(key, bytes) else key
+                global_id = _decode_id(text.rpartition(":g:")[2])
+                try:
+                    yield self.get(global_id)
+                except errors.HoldNotFound:
+                    continue  # expired between the scan and the read
 
     # -- plumbing --------------------------------------------------------------------------
-    def _call(self, global_id: str, command: str, *args: str | int) -> Claim:
-        return self.claim_from_reply(self._run(global_id, command, *args), global_id)
+    def _call(self, global_id: str, actor: str, command: str, *args: str | int) -> Claim:
+        return self.claim_from_reply(self._run(global_id, actor, command, *args), global_id)
 
-    def _run(self, global_id: str, command: str, *args: str | int) -> list[Any]:
-        return self._script([self.keys.hold(global_id)], [command, *args])
+    def _run(self, global_id: str, actor: str, command: str, *args: str | int) -> list[Any]:
+        return self._script(list(self.keys.hold(global_id)), [command, global_id, actor, *args])
 
     def claim_from_reply(
         self, reply: list[Any], global_id: str, remote_id: str | None = None
@@ -150,17 +284,37 @@ class Ledger:
         outcome, now, extra = reply[0], int(reply[1]), int(reply[2])
         if outcome not in ("ok", "replay"):
             raise _script_error(outcome, global_id, remote_id, extra)
-        fields = dict(zip(reply[3::2], reply[4::2], strict=True))
+        flat = [_text(v) for v in reply[3]]
+        fields = dict(zip(flat[0::2], flat[1::2], strict=True))
         if not fields:
             raise errors.HoldNotFound(f"No hold has global_id {global_id!r}.")
-        return Claim(_to_hold(global_id, fields, now), changed=outcome == "ok")
+        events = tuple(_event(entry) for entry in reply[4]) if len(reply) > 4 else ()
+        return Claim(_to_hold(global_id, fields, now, events), changed=outcome == "ok")
 
 
-def _to_hold(global_id: str, f: dict[str, str], now: int) -> Hold:
+def _ms_of(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _decode_id(encoded: str) -> str:
+    return encoded.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
+
+
+def _event(entry: list[Any]) -> Event:
+    flat = [_text(v) for v in entry[1]]
+    f = dict(zip(flat[0::2], flat[1::2], strict=True))
+    return Event(_ms(f["at"]), f["event"], f["status"], f["by"], f.get("detail", ""))
+
+
+def _to_hold(global_id: str, f: dict[str, str], now: int, events: tuple[Event, ...]) -> Hold:
     status = HoldStatus(f["st"])
     if status is HoldStatus.HELD and now >= int(f["ea"]):
         status = HoldStatus.EXPIRED
-    order: Any = json.loads(f["oj"]) if "oj" in f else None
+    invoicing = status in (HoldStatus.INVOICING, HoldStatus.INVOICED, HoldStatus.INVOICE_FAILED)
     return Hold(
         global_id=global_id,
         remote_id=f["rid"],
@@ -168,9 +322,12 @@ def _to_hold(global_id: str, f: dict[str, str], now: int) -> Hold:
         status=status,
         created_at=_ms(f["ca"]),
         expires_at=_ms(f["ea"]),
-        tevo_order_id=order if status in (HoldStatus.INVOICING, HoldStatus.INVOICED) else None,
+        tevo_order_id=json.loads(f["oj"]) if invoicing and "oj" in f else None,
         invoiced_at=_ms(f["ia"]) if "ia" in f else None,
         released_at=_ms(f["ra"]) if "ra" in f else None,
+        last_error=f.get("le") if status is HoldStatus.INVOICE_FAILED else None,
+        invoice_attempts=int(f.get("na", 0)),
+        events=events,
     )
 
 
@@ -180,7 +337,10 @@ _DETAILS = {
         "global_id {gid!r} already names a hold of another remote_id or quantity."
     ),
     "hold_released": "The hold {gid!r} was released; its tickets went back to the listing.",
-    "hold_already_invoiced": "The hold {gid!r} was invoiced; a sale is not undone by a release.",
+    "hold_already_invoiced": (
+        "The hold {gid!r} was invoiced (or its invoice is being retried); a sale is not undone "
+        "by a release."
+    ),
     "order_id_conflict": "The hold {gid!r} is invoiced under another tevo_order_id.",
     "request_in_progress": "Another request for global_id {gid!r} is running; retry shortly.",
     "listing_not_found": "No listing has remote_id {rid!r}.",

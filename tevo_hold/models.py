@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-__all__ = ["Hold", "HoldStatus", "Outcome", "Stock"]
+__all__ = ["Event", "Hold", "HoldStatus", "Outcome", "Stock"]
 
 
 class HoldStatus(enum.StrEnum):
@@ -15,7 +15,8 @@ class HoldStatus(enum.StrEnum):
 
     ``pending`` (its POS call is running) → ``held`` → one of ``released``, ``invoicing`` →
     ``invoiced``, or ``expired`` (lapsed: its TTL passed while ``held``). ``expired`` is also what a
-    release of a lapsed hold leaves.
+    release of a lapsed hold leaves. ``invoice_failed``: the POS failed the invoice; the hold can
+    neither lapse nor be released, and the worker (or TEvo's retry) tries the POS again.
     """
 
     PENDING = "pending"
@@ -24,12 +25,18 @@ class HoldStatus(enum.StrEnum):
     RELEASED = "released"
     INVOICING = "invoicing"
     INVOICED = "invoiced"
+    INVOICE_FAILED = "invoice_failed"
 
 
-def _from_ms(value: str | bytes | None) -> datetime | None:
-    if value is None or value == b"" or value == "":
-        return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a hold's audit trail: what happened, when, by whom, and the POS's answer."""
+
+    at: datetime
+    event: str
+    status: str
+    by: str
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,12 @@ class Hold:
     tevo_order_id: int | str | None = None
     invoiced_at: datetime | None = None
     released_at: datetime | None = None
+    #: The last error of a failed invoice (the POS's answer), while the hold is invoice_failed.
+    last_error: str | None = None
+    #: How many times the POS failed this hold's invoice.
+    invoice_attempts: int = 0
+    #: The audit trail, oldest first; filled only by reads that ask for it.
+    events: tuple[Event, ...] = dataclasses.field(default=(), compare=False)
 
     def as_held(self) -> Hold:
         """The hold as its first successful hold call answered it (what a retry replays)."""
@@ -54,6 +67,9 @@ class Hold:
             tevo_order_id=None,
             invoiced_at=None,
             released_at=None,
+            last_error=None,
+            invoice_attempts=0,
+            events=(),
         )
 
 

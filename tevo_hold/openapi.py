@@ -36,6 +36,8 @@ from .schemas import (
     EXAMPLE_ORDER_ID,
     EXAMPLE_RELEASED_GLOBAL_ID,
     EXAMPLE_REMOTE_ID,
+    EventSchema,
+    HoldDetailSchema,
     HoldRequestSchema,
     HoldSchema,
     InvoiceRequestSchema,
@@ -285,7 +287,9 @@ OPERATIONS: tuple[Operation, ...] = (
                 errors.PosTimeout,
                 f"Retry with the same body: you get the hold or a definite error. {_SAME_BODY} "
                 "If you give up instead, release the global_id so that no tickets stay held.",
-                "The POS did not answer in time: whether the tickets were held is unknown.",
+                "The POS did not answer in time: whether the tickets were held is unknown. "
+                "Unless your retry completes the hold, the seller's worker releases it in the "
+                "POS, so no tickets stay stranded.",
             ),
         ),
         links={
@@ -357,7 +361,8 @@ OPERATIONS: tuple[Operation, ...] = (
             ),
             Answer(
                 errors.HoldAlreadyInvoiced,
-                "Do not retry: the tickets are sold to TEvo. To undo the sale, call the seller.",
+                "Do not retry: the tickets are sold to TEvo (or their sale failed in the POS and "
+                "is being retried). To undo the sale, call the seller.",
             ),
             _IN_PROGRESS,
             _TOO_LARGE,
@@ -403,8 +408,10 @@ OPERATIONS: tuple[Operation, ...] = (
             "\n"
             "Idempotent: repeating the call with the same body answers `201` again with "
             "`Idempotent-Replayed: true` and never sells twice; another `tevo_order_id` for the "
-            "same hold is a `409 order_id_conflict`. After a failure the hold is as it was and "
-            "a retry tries again.\n\n"
+            "same hold is a `409 order_id_conflict`. If the POS fails the sale (`502`, `503`, "
+            "`504`), the invoice is never dropped: the hold becomes `invoice_failed` (it can "
+            "no longer lapse or be released), the seller's worker retries it with backoff, and "
+            "your retry with the same body tries the POS again.\n\n"
             "The buyer has already paid: an error here that retrying does not clear is for "
             "the seller to resolve, so call them."
         ),
@@ -461,13 +468,15 @@ OPERATIONS: tuple[Operation, ...] = (
                 errors.PosError,
                 "Retry with the same body after a short back-off; if it fails again, call the "
                 "seller: the buyer has paid.",
-                "The POS refused the sale or failed; nothing was sold and the hold is as it was.",
+                "The POS refused the sale or failed. The hold is now `invoice_failed`: the "
+                "seller's worker retries it until the POS takes it.",
             ),
-            _unavailable("nothing was sold"),
+            _unavailable("the invoice is kept and retried (status `invoice_failed`)"),
             Answer(
                 errors.PosTimeout,
                 f"Retry with the same body: you get the sale or a definite error. {_SAME_BODY}",
-                "The POS did not answer in time: whether the sale went through is unknown.",
+                "The POS did not answer in time: whether the sale went through is unknown. The "
+                "hold is `invoice_failed` and the seller's worker retries it.",
             ),
         ),
         links={
@@ -514,9 +523,26 @@ OPERATIONS: tuple[Operation, ...] = (
             },
         ),
         success=200,
-        success_description="The hold; see `status` for where it stands.",
-        success_schema={"$ref": "#/components/schemas/Hold"},
-        success_example=_HELD,
+        success_description=(
+            "The hold; see `status` for where it stands. `events` is its audit trail (who did "
+            "what, when, and the POS's answer); `last_error` and `invoice_attempts` tell how a "
+            "failed invoice is faring."
+        ),
+        success_schema={"$ref": "#/components/schemas/HoldDetail"},
+        success_example={
+            **_HELD,
+            "last_error": None,
+            "invoice_attempts": 0,
+            "events": [
+                {
+                    "at": "2026-11-23T12:00:00.123Z",
+                    "event": "held",
+                    "status": "held",
+                    "by": "api",
+                    "detail": "",
+                }
+            ],
+        },
         answers=(
             *_invalid(body=False),
             _UNAUTHORIZED,
@@ -762,6 +788,8 @@ _SCHEMA_NAMES: dict[type[Schema], str] = {
     ReleaseRequestSchema: "ReleaseRequest",
     InvoiceRequestSchema: "InvoiceRequest",
     HoldSchema: "Hold",
+    EventSchema: "Event",
+    HoldDetailSchema: "HoldDetail",
 }
 
 

@@ -10,6 +10,8 @@ from .errors import InvalidRequest
 from .validation import MAX_ID_LENGTH, MAX_QUANTITY, check_id, check_order_id, check_quantity
 
 __all__ = [
+    "EventSchema",
+    "HoldDetailSchema",
     "HoldRequestSchema",
     "HoldSchema",
     "InvoiceRequestSchema",
@@ -159,11 +161,20 @@ class HoldSchema(Schema):
     status = fields.String(
         required=True,
         metadata={
-            "enum": ["pending", "held", "expired", "released", "invoicing", "invoiced"],
+            "enum": [
+                "pending",
+                "held",
+                "expired",
+                "released",
+                "invoicing",
+                "invoiced",
+                "invoice_failed",
+            ],
             "description": "pending: its hold call is running; held: the tickets are held until "
             "expires_at; expired: it lapsed (or was released after it lapsed); released: its "
             "tickets went back to the listing; invoicing: its invoice call is running; "
-            "invoiced: sold to TEvo.",
+            "invoiced: sold to TEvo; invoice_failed: the POS failed the invoice, which is being "
+            "retried (it can neither lapse nor be released).",
             "examples": ["held"],
         },
     )
@@ -199,3 +210,37 @@ class HoldSchema(Schema):
         allow_none=True,
         metadata={**_TIME, "description": "When it was released (UTC); null unless released."},
     )
+
+
+class EventSchema(Schema):
+    """One entry of a hold's audit trail."""
+
+    at = Timestamp(required=True, metadata=_TIME)
+    event = fields.String(
+        required=True,
+        metadata={
+            "description": "what happened: hold_requested, held, hold_outcome_unknown, "
+            "compensated, released, expired, lapsed, pos_released, pos_release_failed, "
+            "invoice_requested, invoice_retry, invoiced, invoice_failed, invoice_refused, ..."
+        },
+    )
+    status = fields.String(required=True, metadata={"description": "the hold's status after it"})
+    by = fields.String(
+        required=True, metadata={"description": "who acted: api, worker (its name), cli"}
+    )
+    detail = fields.String(
+        required=True, metadata={"description": "the POS's answer or the error, if any"}
+    )
+
+
+class HoldDetailSchema(HoldSchema):
+    """A hold as ``GET /v1/holds/{global_id}`` gives it: with its audit trail."""
+
+    last_error = fields.String(
+        allow_none=True,
+        metadata={"description": "invoice_failed: the POS's last answer to the invoice"},
+    )
+    invoice_attempts = fields.Integer(
+        required=True, metadata={"description": "how many times the POS failed the invoice"}
+    )
+    events = fields.List(fields.Nested(EventSchema), required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import uuid
 
 import redis
@@ -17,7 +18,7 @@ from .models import Hold, Outcome
 from .settings import Settings
 from .validation import check_id, check_order_id, check_quantity
 
-__all__ = ["HoldService", "build_service"]
+__all__ = ["HoldService", "build_adapter", "build_service", "describe_error"]
 
 
 class HoldService:
@@ -48,13 +49,21 @@ class HoldService:
         hold_ttl: float = 900,
         lease: float = 10,
         fuse: bool = True,
+        retry_base: float = 1.0,
+        retry_cap: float = 300.0,
     ) -> None:
-        if hold_ttl <= 0 or lease <= 0:
-            raise errors.ConfigurationError("hold_ttl and lease must be positive (seconds)")
+        if min(hold_ttl, lease, retry_base, retry_cap) <= 0:
+            raise errors.ConfigurationError(
+                "hold_ttl, lease, retry_base and retry_cap must be positive (seconds)"
+            )
         self.ledger = ledger
         self.adapter = adapter
         self.hold_ttl = hold_ttl
         self.lease = lease
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        #: Redis clients to close with the service (those build_service made).
+        self.owned_clients: list[redis.Redis] = []
         # The reference inventory in the ledger's own Redis checks and writes both in one script.
         self._fused = (
             adapter
@@ -62,12 +71,14 @@ class HoldService:
             else None
         )
 
-    def hold(self, *, remote_id: str, quantity: int, global_id: str) -> Outcome:
+    def hold(self, *, remote_id: str, quantity: int, global_id: str, actor: str = "api") -> Outcome:
         """Hold ``quantity`` tickets of listing ``remote_id`` for ``global_id``, for ``hold_ttl``.
 
         Raises InvalidRequest, ListingNotFound, InsufficientQuantity, GlobalIdConflict,
         RequestInProgress, and what the adapter raises (PosError, Unavailable, PosTimeout).
-        A failed hold leaves no record: a retry tries again.
+        A refused hold leaves no record: a retry tries again. A hold whose POS call has no known
+        outcome (PosTimeout, or an unexpected error) is released in the POS by the worker, unless
+        a retry completes it first.
         """
         remote_id = check_id("remote_id", remote_id)
         quantity = check_quantity(quantity)
@@ -79,11 +90,18 @@ class HoldService:
                 remote_id=remote_id,
                 quantity=quantity,
                 ttl=self.hold_ttl,
+                actor=actor,
             )
             return Outcome(done.hold.as_held(), replayed=not done.changed)
         token = uuid.uuid4().hex
         claim = self.ledger.claim_hold(
-            global_id, remote_id, quantity, ttl=self.hold_ttl, lease=self.lease, token=token
+            global_id,
+            remote_id,
+            quantity,
+            ttl=self.hold_ttl,
+            lease=self.lease,
+            token=token,
+            actor=actor,
         )
         if not claim.changed:
             return Outcome(claim.hold.as_held(), replayed=True)
@@ -94,91 +112,199 @@ class HoldService:
                 quantity=quantity,
                 expires_at=claim.hold.expires_at,
             )
-        except BaseException:
-            # If even this fails, the lease lapses and a retry takes the claim over.
+        except _REFUSED as exc:
+            # Nothing is held in the POS. If even this fails, the compensation scheduled with
+            # the claim releases nothing, harmlessly.
             with contextlib.suppress(errors.Unavailable):
-                self.ledger.abort_hold(global_id, token)
+                self.ledger.abort_hold(global_id, token, actor=actor)
+            raise exc from None
+        except Exception as exc:
+            with contextlib.suppress(errors.Unavailable):
+                self.ledger.unknown_hold(global_id, token, describe_error(exc), actor=actor)
             raise
-        return Outcome(self.ledger.finish_hold(global_id, token).hold.as_held())
+        track = not self.adapter.lapses_on_its_own
+        done = self.ledger.finish_hold(global_id, token, track_lapse=track, actor=actor)
+        return Outcome(done.hold.as_held())
 
-    def release(self, *, global_id: str) -> Outcome:
+    def release(self, *, global_id: str, actor: str = "api") -> Outcome:
         """Give back the tickets of ``global_id``'s hold.
 
         The hold becomes ``released``, or ``expired`` if it had lapsed. Repeating a release is
-        harmless (the POS is asked again, and adapters are idempotent). Raises InvalidRequest,
-        HoldNotFound, HoldAlreadyInvoiced, RequestInProgress, and what the adapter raises.
+        harmless (the POS is asked again, and adapters are idempotent); should the POS call fail,
+        the worker makes it later. Raises InvalidRequest, HoldNotFound, HoldAlreadyInvoiced,
+        RequestInProgress, and what the adapter raises.
         """
         global_id = check_id("global_id", global_id)
-        claim = self.ledger.release(global_id)
+        track = not self.adapter.lapses_on_its_own
+        claim = self.ledger.release(global_id, lease=self.lease, track_release=track, actor=actor)
         hold = claim.hold
         self.adapter.release(global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity)
+        if track:
+            self.ledger.released_in_pos(global_id, actor=actor)
         return Outcome(hold, replayed=not claim.changed)
 
-    def invoice(self, *, global_id: str, tevo_order_id: int | str) -> Outcome:
+    def invoice(self, *, global_id: str, tevo_order_id: int | str, actor: str = "api") -> Outcome:
         """Sell ``global_id``'s held tickets to TEvo under order ``tevo_order_id``.
 
-        A lapsed hold is sold if the POS still has the tickets; otherwise HoldExpired. Raises
-        InvalidRequest, HoldNotFound, HoldReleased, OrderIdConflict, RequestInProgress, HoldExpired,
-        and what the adapter raises; after a failure the hold is as it was and a retry tries again.
+        ``tevo_order_id`` 4711 and "4711" name the same order. A lapsed hold is sold if the POS
+        still has the tickets; otherwise HoldExpired, and the hold is as it was. Any other failure
+        of the POS is never dropped: the hold becomes ``invoice_failed``, the worker retries it
+        with backoff, and a retry of this call tries the POS again; the error is raised.
+        Raises InvalidRequest, HoldNotFound, HoldReleased, OrderIdConflict, RequestInProgress,
+        HoldExpired, and what the adapter raises.
         """
         global_id = check_id("global_id", global_id)
         tevo_order_id = check_order_id(tevo_order_id)
         token = uuid.uuid4().hex
-        claim = self.ledger.claim_invoice(global_id, tevo_order_id, lease=self.lease, token=token)
+        claim = self.ledger.claim_invoice(
+            global_id, tevo_order_id, lease=self.lease, token=token, actor=actor
+        )
         if not claim.changed:
             return Outcome(claim.hold, replayed=True)
-        hold = claim.hold
+        return Outcome(self._settle(claim.hold, token, actor))
+
+    def _settle(self, hold: Hold, token: str, actor: str) -> Hold:
+        """Sell ``hold``'s tickets in the POS for the invoice ``token`` claimed; record it."""
+        gid = hold.global_id
+        retry_in = self.retry_delay(hold.invoice_attempts + 1)
         if self._fused is not None:
-            try:
-                return Outcome(
-                    self._fused.settle_recorded(self.ledger, hold=hold, token=token).hold
-                )
-            except errors.Unavailable:
-                # Whether the settle ran is unknown; the abort is a no-op if it did.
-                with contextlib.suppress(errors.Unavailable):
-                    self.ledger.abort_invoice(global_id, token, lapsed=False)
-                raise
+            # Should this call fail (Redis unreachable), the claim's lease ends and the invoice
+            # is due for the worker then; a no-op if the settle did run.
+            return self._fused.settle_recorded(
+                self.ledger, hold=hold, token=token, retry_in=retry_in, actor=actor
+            ).hold
+        assert hold.tevo_order_id is not None
         try:
             self.adapter.invoice(
-                global_id=global_id,
+                global_id=gid,
                 remote_id=hold.remote_id,
                 quantity=hold.quantity,
-                tevo_order_id=tevo_order_id,
+                tevo_order_id=hold.tevo_order_id,
             )
         except errors.InsufficientQuantity as exc:
-            self.ledger.abort_invoice(global_id, token, lapsed=True)
+            self.ledger.abort_invoice(
+                gid, token, lapsed=True, detail=describe_error(exc), actor=actor
+            )
             raise errors.HoldExpired(
-                f"The hold {global_id!r} lapsed and its tickets are no longer available."
+                f"The hold {gid!r} lapsed and its tickets are no longer available."
             ) from exc
-        except BaseException:
+        except Exception as exc:
+            # The buyer has paid: the invoice is retried until the POS takes it. If even this
+            # write fails, the claim's lease ends and the invoice is due for the worker then.
             with contextlib.suppress(errors.Unavailable):
-                self.ledger.abort_invoice(global_id, token, lapsed=False)
+                self.ledger.fail_invoice(
+                    gid, token, describe_error(exc), retry_in=retry_in, actor=actor
+                )
             raise
-        return Outcome(self.ledger.finish_invoice(global_id, token).hold)
+        return self.ledger.finish_invoice(gid, token, actor=actor).hold
 
-    def get(self, *, global_id: str) -> Hold:
-        """The hold of ``global_id`` as it stands now. Raises InvalidRequest, HoldNotFound."""
-        return self.ledger.get(check_id("global_id", global_id))
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1, 2, ...) of a failed POS call."""
+        return float(min(self.retry_cap, self.retry_base * 2 ** max(attempt - 1, 0)))
+
+    def get(self, *, global_id: str, history: bool = False) -> Hold:
+        """The hold of ``global_id`` as it stands now, with its audit trail if ``history``.
+
+        Raises InvalidRequest, HoldNotFound.
+        """
+        return self.ledger.get(check_id("global_id", global_id), history=history)
 
     def close(self) -> None:
-        """Close the adapter."""
+        """Close the adapter, and the Redis clients this service made (see build_service)."""
         self.adapter.close()
+        for client in self.owned_clients:
+            client.close()
+
+
+#: The adapter's answers that mean nothing was held in the POS.
+_REFUSED = (
+    errors.ListingNotFound,
+    errors.InsufficientQuantity,
+    errors.GlobalIdConflict,
+    errors.PosError,
+    errors.Unavailable,
+)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error as the audit trail records it: its code and its message."""
+    if isinstance(exc, errors.TevoHoldError):
+        return f"{exc.code}: {exc.detail}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def build_service(
     settings: Settings, *, client: redis.Redis | None = None, fuse: bool = True
 ) -> HoldService:
-    """The service ``settings`` describe, on the reference adapter, sharing one Redis client.
+    """The service ``settings`` describe (the adapter of ``TEVO_HOLD_ADAPTER``), on one client.
 
-    Pass ``client`` to use a client of your own (a fakeredis one in tests, say); ``fuse`` as for
-    :class:`HoldService`.
+    Pass ``client`` to use a Redis client of your own (a fakeredis one in tests, say); the
+    service closes only a client it made. ``fuse`` as for :class:`HoldService`.
     """
+    owned = client is None
     client = client if client is not None else connect(settings)
     keys = KeySpace(settings.key_prefix)
-    return HoldService(
+    service = HoldService(
         Ledger(client, keys=keys, retention=settings.retention),
-        RedisInventoryAdapter(client, keys=keys, retention=settings.retention),
+        build_adapter(settings, client=client, keys=keys),
         hold_ttl=settings.hold_ttl,
         lease=settings.lease,
         fuse=fuse,
+        retry_base=settings.retry_base,
+        retry_cap=settings.retry_cap,
     )
+    if owned:
+        service.owned_clients.append(client)
+    return service
+
+
+def build_adapter(settings: Settings, *, client: redis.Redis, keys: KeySpace) -> PosAdapter:
+    """The POS adapter ``TEVO_HOLD_ADAPTER`` names.
+
+    ``reference``: :class:`RedisInventoryAdapter` on ``client``. ``http``: :class:`HttpPosAdapter`
+    from the ``TEVO_HOLD_POS_*`` settings. ``package.module:Class``: that class, built with
+    ``Class.from_settings(settings)`` if it has that classmethod, else ``Class()``.
+    """
+    name = settings.adapter
+    if name == "reference":
+        return RedisInventoryAdapter(client, keys=keys, retention=settings.retention)
+    if name == "http":
+        from .adapters.http import HttpPosAdapter
+
+        assert settings.pos_url is not None  # Settings.check() makes sure
+        return HttpPosAdapter(
+            settings.pos_url,
+            api_key=settings.pos_api_key,
+            auth_header=settings.pos_auth_header,
+            paths={
+                "hold": settings.pos_hold_path,
+                "release": settings.pos_release_path,
+                "invoice": settings.pos_invoice_path,
+            },
+            timeout=settings.pos_timeout,
+            budget=settings.pos_budget,
+            retries=settings.pos_retries,
+        )
+    module_name, sep, class_name = name.partition(":")
+    if not sep:
+        module_name, _, class_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise errors.ConfigurationError(
+            f"TEVO_HOLD_ADAPTER={name!r}: expected reference, http, or an importable "
+            f"package.module:Class ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, PosAdapter)):
+        raise errors.ConfigurationError(
+            f"TEVO_HOLD_ADAPTER={name!r} is not a subclass of tevo_hold.PosAdapter"
+        )
+    factory = getattr(cls, "from_settings", None)
+    try:
+        adapter: PosAdapter = factory(settings) if callable(factory) else cls()
+    except TypeError as exc:
+        raise errors.ConfigurationError(
+            f"TEVO_HOLD_ADAPTER={name!r}: the class needs arguments; give it a classmethod "
+            f"from_settings(settings) that builds it ({exc})"
+        ) from exc
+    return adapter

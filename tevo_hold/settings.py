@@ -31,6 +31,13 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
     return parse
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
 def _keys(raw: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
 
@@ -72,6 +79,48 @@ class Settings:
     inventory_file: str | None = field(
         default=None,
         metadata={"help": "embedded mode: JSON file of listings to stock at start-up"},
+    )
+    adapter: str = field(
+        default="reference",
+        metadata={
+            "help": "the POS adapter: reference (stock in Redis), http (a POS behind an HTTP "
+            "API: see TEVO_HOLD_POS_*), or a class as package.module:Class"
+        },
+    )
+    pos_url: str | None = field(
+        default=None, metadata={"help": "http adapter: the POS API's base URL"}
+    )
+    pos_api_key: str | None = field(
+        default=None, metadata={"help": "http adapter: the key sent to the POS"}
+    )
+    pos_auth_header: str = field(
+        default="X-API-Key", metadata={"help": "http adapter: the header that carries the key"}
+    )
+    pos_hold_path: str = field(default="/holds", metadata={"help": "http adapter: hold path"})
+    pos_release_path: str = field(
+        default="/releases", metadata={"help": "http adapter: release path"}
+    )
+    pos_invoice_path: str = field(
+        default="/invoices", metadata={"help": "http adapter: invoice path"}
+    )
+    pos_timeout: float = field(
+        default=2.0, metadata={"help": "http adapter: seconds per attempt (connect, read)"}
+    )
+    pos_budget: float = field(
+        default=3.0,
+        metadata={"help": "http adapter: seconds for a whole POS call, retries included"},
+    )
+    pos_retries: int = field(
+        default=2, metadata={"help": "http adapter: retries of a failed or timed-out call"}
+    )
+    retry_base: float = field(
+        default=1.0, metadata={"help": "worker: first delay (s) before retrying a failed call"}
+    )
+    retry_cap: float = field(
+        default=300.0, metadata={"help": "worker: longest delay (s) between retries"}
+    )
+    worker_interval: float = field(
+        default=0.25, metadata={"help": "worker: seconds between polls when nothing is due"}
     )
 
     @property
@@ -120,6 +169,16 @@ class Settings:
                 f"{PREFIX}API_KEYS is empty: set it to the API key(s) TEvo sends "
                 "(comma-separated). Only the embedded demo (no Redis URL) has a default key."
             )
+        if self.adapter == "http" and not self.pos_url:
+            raise ConfigurationError(
+                f"{PREFIX}ADAPTER=http needs {PREFIX}POS_URL, the base URL of the POS's API"
+            )
+        if self.adapter != "reference" and self.lease <= self.pos_budget:
+            raise ConfigurationError(
+                f"{PREFIX}LEASE={self.lease:g} must exceed {PREFIX}POS_BUDGET={self.pos_budget:g}: "
+                "a request's lease must outlast its POS call, or the worker may compensate a hold "
+                "whose call is still running"
+            )
         scheme = self.redis_url.split("://", 1)[0]
         if "://" not in self.redis_url or scheme not in ("memory", "redis", "rediss", "unix"):
             raise ConfigurationError(
@@ -147,4 +206,17 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_timeout": _positive(float),
     "max_body": _positive(int),
     "inventory_file": _optional_str,
+    "adapter": str,
+    "pos_url": _optional_str,
+    "pos_api_key": _optional_str,
+    "pos_auth_header": str,
+    "pos_hold_path": str,
+    "pos_release_path": str,
+    "pos_invoice_path": str,
+    "pos_timeout": _positive(float),
+    "pos_budget": _positive(float),
+    "pos_retries": _non_negative_int,
+    "retry_base": _positive(float),
+    "retry_cap": _positive(float),
+    "worker_interval": _positive(float),
 }

@@ -26,7 +26,13 @@ from werkzeug.exceptions import HTTPException
 
 from . import errors
 from .models import Outcome
-from .schemas import HoldRequestSchema, HoldSchema, InvoiceRequestSchema, ReleaseRequestSchema
+from .schemas import (
+    HoldDetailSchema,
+    HoldRequestSchema,
+    HoldSchema,
+    InvoiceRequestSchema,
+    ReleaseRequestSchema,
+)
 from .service import HoldService, build_service
 from .settings import Settings
 
@@ -39,6 +45,7 @@ PUBLIC_VIEWS = frozenset({"healthz", "openapi_json", "docs"})
 log = logging.getLogger("tevo_hold")
 
 _HOLD_SCHEMA = HoldSchema()
+_HOLD_DETAIL_SCHEMA = HoldDetailSchema()
 _HOLD_REQUEST = HoldRequestSchema()
 _RELEASE_REQUEST = ReleaseRequestSchema()
 _INVOICE_REQUEST = InvoiceRequestSchema()
@@ -123,7 +130,8 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
 
     @bp.get("/v1/holds/<path:global_id>")
     def get_hold(global_id: str) -> Response:
-        return _hold_response(Outcome(_service().get(global_id=global_id)), 200)
+        hold = _service().get(global_id=global_id, history=True)
+        return _json(_HOLD_DETAIL_SCHEMA.dump(hold), 200)
 
     @bp.get("/healthz")
     def healthz() -> Response:

@@ -35,7 +35,16 @@ class PosAdapter(abc.ABC):
 
     Answer quickly: TEvo wants every endpoint to answer well within 5 seconds, and the adapter's
     call is most of that budget.
+
+    What tevo-hold does around these calls, so the adapter need not: a hold whose ``hold`` call
+    timed out (PosTimeout) is released later by the worker unless TEvo's retry completes it; a
+    hold that lapses is released by the worker at its deadline (unless ``lapses_on_its_own``);
+    an ``invoice`` that fails is retried by the worker with backoff until it succeeds.
     """
+
+    #: True when the POS lets holds lapse at ``expires_at`` by itself, so the worker need not
+    #: release lapsed holds there. False by default: the worker calls ``release`` at the deadline.
+    lapses_on_its_own: bool = False
 
     @abc.abstractmethod
     def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
@@ -49,7 +58,8 @@ class PosAdapter(abc.ABC):
     @abc.abstractmethod
     def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
         """Give back the tickets held for ``global_id``. Succeeds too when there is nothing to
-        give back (released before, lapsed, or never held)."""
+        give back (released before, lapsed, or never held). Never undoes a sale: a release of a
+        ``global_id`` that was invoiced does nothing."""
 
     @abc.abstractmethod
     def invoice(

@@ -27,6 +27,9 @@ class RedisInventoryAdapter(PosAdapter):
     holds whose deadline has passed, with no background process.
     """
 
+    #: Holds here lapse by themselves at their deadline: the worker need not release them.
+    lapses_on_its_own = True
+
     def __init__(
         self,
         client: redis.Redis,
@@ -61,33 +64,54 @@ class RedisInventoryAdapter(PosAdapter):
         return ledger.client is self.client and not isinstance(self.client, RedisCluster)
 
     def hold_recorded(
-        self, ledger: Ledger, *, global_id: str, remote_id: str, quantity: int, ttl: float
+        self,
+        ledger: Ledger,
+        *,
+        global_id: str,
+        remote_id: str,
+        quantity: int,
+        ttl: float,
+        actor: str = "api",
     ) -> Claim:
         """Check the ledger and the stock, take the tickets and record the hold, atomically.
 
         ``changed`` is False for a retry of a hold already made. Raises what
         :meth:`Ledger.claim_hold` and :meth:`hold` raise.
         """
-        keys = [ledger.keys.hold(global_id), *self._keys(remote_id, global_id)]
+        keys = [*ledger.keys.hold(global_id), *self._keys(remote_id, global_id)]
+        ttl_ms = int(ttl * 1000)
         args: list[str | int] = [
             "hold",
             global_id,
+            actor,
             remote_id,
             quantity,
-            int(ttl * 1000),
+            ttl_ms,
             ledger.retention_ms,
         ]
         return ledger.claim_from_reply(self._fused(keys, args), global_id, remote_id)
 
-    def settle_recorded(self, ledger: Ledger, *, hold: Hold, token: str) -> Claim:
+    def settle_recorded(
+        self, ledger: Ledger, *, hold: Hold, token: str, retry_in: float, actor: str = "api"
+    ) -> Claim:
         """Sell the tickets of the invoice ``token`` claimed, and record it invoiced, atomically.
 
         If the hold lapsed and its tickets are gone, the claim is given back (the hold reads
-        expired) and HoldExpired is raised.
+        expired) and HoldExpired is raised. If the listing is gone, the invoice fails (retried
+        in ``retry_in`` seconds) and ListingNotFound is raised.
         """
         gid = hold.global_id
-        keys = [ledger.keys.hold(gid), *self._keys(hold.remote_id, gid)]
-        args: list[str | int] = ["settle", gid, token, hold.quantity, self.retention_ms]
+        keys = [*ledger.keys.hold(gid), *self._keys(hold.remote_id, gid)]
+        retry_ms = int(retry_in * 1000)
+        args: list[str | int] = [
+            "settle",
+            gid,
+            actor,
+            token,
+            hold.quantity,
+            self.retention_ms,
+            retry_ms,
+        ]
         return ledger.claim_from_reply(self._fused(keys, args), gid, hold.remote_id)
 
     # -- stock management (the CLI's and the tests') ------------------------------------

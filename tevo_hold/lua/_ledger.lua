@@ -1,142 +1,286 @@
--- _ledger.lua: the hold records, one hash per global_id: {prefix}:{g:<global_id>}.
+-- _ledger.lua: the hold records. Three keys per call, all in one hash slot (the global_id's
+-- shard, {h<n>}), bound by ledger.bind(first): K.rec, K.events, K.due =
+--   KEYS[first]      the record hash     {prefix}:{h<n>}:g:<global_id>
+--   KEYS[first + 1]  its audit stream    {prefix}:{h<n>}:e:<global_id>
+--   KEYS[first + 2]  the shard's due set {prefix}:{h<n>}:due
 --
 -- Record fields: rid remote_id, qty quantity, st status (pending|held|released|expired|invoicing|
--- invoiced), ca created_at, ea expires_at, ra released_at, ia invoiced_at (ms since the epoch, by
--- this Redis's clock), ok/oj the order id (canonical string / JSON), lu lease until (ms) and tok the
--- token of the request holding the lease while st is pending or invoicing.
+-- invoiced|invoice_failed), ca created_at, ea expires_at, ra released_at, ia invoiced_at,
+-- pr released in the POS after lapsing (ms since the epoch, by this Redis's clock), ok/oj the order
+-- id (canonical / JSON), lu lease until and tok the token of the request holding the lease while
+-- st is pending or invoicing, na failed invoice attempts, le last error.
 --
--- Every function takes the record's key first and answers a reply
--- {outcome, now_ms, extra, field, value, ...}: outcome 'ok' (this call changed the record),
--- 'replay' (it already was so: a retry), or an error code the Python side maps to an exception;
--- extra is the ms a running request still holds its lease (request_in_progress). A function
--- validates before its first write, and is safe to run twice with the same arguments.
+-- The due set is an outbox of work a worker must do, each member scored by when it is due:
+--   'l' .. global_id  release the hold in the POS: at its deadline if it lapses, or at the lease's
+--                     end after a release whose own POS call may not have happened (adapters
+--                     whose holds do not lapse on their own)
+--   'c' .. global_id  compensate a hold whose POS call had no known outcome: release it in the
+--                     POS. Scheduled with every claim at the lease's end, so a request that dies
+--                     mid-way is compensated too; finishing or aborting the hold removes it.
+--   'i' .. global_id  retry a failed invoice
+-- A member is written in the same script as the state that needs it, so no work is ever lost.
+--
+-- Every function answers a reply {outcome, now_ms, extra, {field, value, ...}}: outcome 'ok' (this
+-- call changed the record), 'replay' (it already was so), 'skip' (a worker's due item that needs
+-- no work), or an error code the Python side maps to an exception; extra is the ms a running
+-- request still holds its lease (request_in_progress). A function validates before its first
+-- write and is safe to run twice with the same arguments. Every change appends an event to the
+-- audit stream: at, event, status, by (the actor), detail.
 local ledger = {}
+local K = {}
 
-function ledger.reply(key, outcome, extra)
-  local r = {outcome, now, extra or 0}
-  local all = redis.call('HGETALL', key)
-  for i = 1, #all do r[#r + 1] = all[i] end
-  return r
+function ledger.bind(first, gid, actor)
+  K.rec, K.events, K.due, K.actor = KEYS[first], KEYS[first + 1], KEYS[first + 2], actor
+  ledger.gid = gid
 end
 
-local function fail(code, extra) return {code, now, extra or 0} end
+function ledger.reply(outcome, extra)
+  return {outcome, now, extra or 0, redis.call('HGETALL', K.rec)}
+end
 
-local function keep(key, expires_at, retention)
-  -- a record lives until its hold's end plus the retention period
-  redis.call('PEXPIRE', key, math.max(expires_at - now, 0) + retention)
+local function fail(code, extra) return {code, now, extra or 0, {}} end
+
+local function event(name, detail)
+  redis.call('XADD', K.events, 'MAXLEN', '~', 1000, '*', 'at', now, 'event', name,
+    'status', redis.call('HGET', K.rec, 'st') or '', 'by', K.actor, 'detail', detail or '')
+end
+
+local function keep(expires_at, retention)
+  -- a record (and its history) lives until its hold's end plus the retention period
+  local ttl = math.max(expires_at - now, 0) + retention
+  redis.call('PEXPIRE', K.rec, ttl)
+  redis.call('PEXPIRE', K.events, ttl)
 end
 
 local function wait(lease_until) return math.max(tonumber(lease_until) - now, 0) end
 
+local function due(kind, at) redis.call('ZADD', K.due, at, kind .. ledger.gid) end
+local function done(kind) redis.call('ZREM', K.due, kind .. ledger.gid) end
+
 -- A hold's verdict before any write: nil to go ahead, else the final reply.
-function ledger.check_hold(key, rid, qty, tok)
-  local rec = redis.call('HMGET', key, 'rid', 'qty', 'st', 'lu', 'tok')
+function ledger.check_hold(rid, qty, tok)
+  local rec = redis.call('HMGET', K.rec, 'rid', 'qty', 'st', 'lu', 'tok')
   if not rec[3] then return nil end
   if rec[1] ~= rid or rec[2] ~= qty then return fail('global_id_conflict') end
-  if rec[3] ~= 'pending' then return ledger.reply(key, 'replay') end
+  if rec[3] ~= 'pending' then return ledger.reply('replay') end
   if rec[5] ~= tok and tonumber(rec[4]) > now then return fail('request_in_progress', wait(rec[4])) end
   return nil -- our own claim sent twice, or the claim of a request that died: take it over
 end
 
--- Write a new hold: 'pending' leased to tok (lease_ms > 0), or straight 'held' (lease_ms = 0).
-function ledger.write_hold(key, rid, qty, ttl, lease, tok, retention)
-  redis.call('DEL', key)
-  redis.call('HSET', key, 'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl)
+-- Write a new hold: 'pending' leased to tok (lease > 0, its compensation scheduled at the
+-- lease's end), or straight 'held' (lease = 0: the POS step already happened atomically).
+function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse)
+  redis.call('DEL', K.rec)
+  redis.call('HSET', K.rec, 'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl)
   if lease > 0 then
-    redis.call('HSET', key, 'st', 'pending', 'lu', now + lease, 'tok', tok)
+    redis.call('HSET', K.rec, 'st', 'pending', 'lu', now + lease, 'tok', tok)
+    due('c', now + lease)
+    event('hold_requested', '')
   else
-    redis.call('HSET', key, 'st', 'held')
+    redis.call('HSET', K.rec, 'st', 'held')
+    if track_lapse == '1' then due('l', now + ttl) end
+    event('held', '')
   end
-  keep(key, now + ttl, retention)
+  keep(now + ttl, retention)
 end
 
-function ledger.claim_hold(key, rid, qty, ttl, lease, tok, retention)
-  local verdict = ledger.check_hold(key, rid, qty, tok)
+function ledger.claim_hold(rid, qty, ttl, lease, tok, retention)
+  local verdict = ledger.check_hold(rid, qty, tok)
   if verdict then return verdict end
-  ledger.write_hold(key, rid, qty, ttl, lease, tok, retention)
-  return ledger.reply(key, 'ok')
+  ledger.write_hold(rid, qty, ttl, lease, tok, retention, '0')
+  return ledger.reply('ok')
 end
 
-function ledger.finish_hold(key, tok, retention)
-  local rec = redis.call('HMGET', key, 'st', 'tok', 'lu', 'ea')
+function ledger.finish_hold(tok, retention, track_lapse)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu', 'ea')
   if not rec[1] then return fail('hold_not_found') end
-  if rec[1] ~= 'pending' then return ledger.reply(key, 'replay') end
+  if rec[1] ~= 'pending' then return ledger.reply('replay') end
   if rec[2] ~= tok then return fail('request_in_progress', wait(rec[3])) end
-  redis.call('HSET', key, 'st', 'held')
-  redis.call('HDEL', key, 'lu', 'tok')
-  keep(key, tonumber(rec[4]), retention)
-  return ledger.reply(key, 'ok')
+  redis.call('HSET', K.rec, 'st', 'held')
+  redis.call('HDEL', K.rec, 'lu', 'tok')
+  done('c')
+  if track_lapse == '1' then due('l', tonumber(rec[4])) end
+  event('held', '')
+  keep(tonumber(rec[4]), retention)
+  return ledger.reply('ok')
 end
 
-function ledger.abort_hold(key, tok)
-  local rec = redis.call('HMGET', key, 'st', 'tok')
-  if rec[1] == 'pending' and rec[2] == tok then redis.call('DEL', key) end
-  return {'ok', now, 0}
+-- The POS refused the hold (nothing to give back): forget it, so a retry starts afresh.
+function ledger.abort_hold(tok)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+  if rec[1] == 'pending' and rec[2] == tok then
+    redis.call('DEL', K.rec, K.events)
+    done('c')
+  end
+  return {'ok', now, 0, {}}
 end
 
-function ledger.release(key, retention)
-  local rec = redis.call('HMGET', key, 'st', 'ea', 'lu')
+-- The POS call's outcome is unknown (timeout): end the lease now, so that the compensation (a
+-- release in the POS) is due at once, and a retry of the hold may take over before it runs.
+function ledger.unknown_hold(tok, detail)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+  if rec[1] == 'pending' and rec[2] == tok then
+    redis.call('HSET', K.rec, 'lu', now)
+    due('c', now)
+    event('hold_outcome_unknown', detail)
+  end
+  return ledger.reply('ok')
+end
+
+function ledger.release(retention, lease, track)
+  local rec = redis.call('HMGET', K.rec, 'st', 'ea', 'lu')
   local st = rec[1]
   if not st then return fail('hold_not_found') end
   if st == 'pending' or st == 'invoicing' then return fail('request_in_progress', wait(rec[3])) end
-  if st == 'invoiced' then return fail('hold_already_invoiced') end
-  if st == 'released' or st == 'expired' then return ledger.reply(key, 'replay') end
+  if st == 'invoiced' or st == 'invoice_failed' then return fail('hold_already_invoiced') end
+  if st == 'released' or st == 'expired' then return ledger.reply('replay') end
   -- held: a release after the deadline finds the hold lapsed
   local ea = tonumber(rec[2])
-  redis.call('HSET', key, 'st', (now >= ea) and 'expired' or 'released', 'ra', now)
-  keep(key, ea, retention)
-  return ledger.reply(key, 'ok')
+  local became = (now >= ea) and 'expired' or 'released'
+  redis.call('HSET', K.rec, 'st', became, 'ra', now)
+  -- the POS release follows this call; should it not happen, the worker makes it
+  if track == '1' then due('l', now + lease) else done('l') end
+  event(became, '')
+  keep(ea, retention)
+  return ledger.reply('ok')
 end
 
-function ledger.claim_invoice(key, order_key, order_json, lease, tok, retention)
-  local rec = redis.call('HMGET', key, 'st', 'ok', 'lu', 'tok', 'ea')
+function ledger.claim_invoice(order_key, order_json, lease, tok, retention)
+  local rec = redis.call('HMGET', K.rec, 'st', 'ok', 'lu', 'tok', 'ea')
   local st = rec[1]
   if not st then return fail('hold_not_found') end
   if st == 'pending' then return fail('request_in_progress', wait(rec[3])) end
   if st == 'released' or st == 'expired' then return fail('hold_released') end
   if st == 'invoiced' then
-    if rec[2] == order_key then return ledger.reply(key, 'replay') end
+    if rec[2] == order_key then return ledger.reply('replay') end
     return fail('order_id_conflict')
   end
-  if st == 'invoicing' then
+  if st == 'invoicing' or st == 'invoice_failed' then
     if rec[2] ~= order_key then return fail('order_id_conflict') end
-    if rec[4] ~= tok and tonumber(rec[3]) > now then
+    if st == 'invoicing' and rec[4] ~= tok and tonumber(rec[3]) > now then
       return fail('request_in_progress', wait(rec[3]))
     end
   end
-  -- held (live or lapsed), or an invoice claim sent twice or left by a request that died
-  redis.call('HSET', key, 'st', 'invoicing', 'ok', order_key, 'oj', order_json,
+  -- held (live or lapsed), failed before, or a claim sent twice or left by a request that died
+  redis.call('HSET', K.rec, 'st', 'invoicing', 'ok', order_key, 'oj', order_json,
     'lu', now + lease, 'tok', tok)
-  keep(key, tonumber(rec[5]), retention)
-  return ledger.reply(key, 'ok')
+  done('l')
+  -- the invoice is due again at the lease's end: if this request dies, a worker retries it
+  due('i', now + lease)
+  event('invoice_requested', order_json)
+  keep(tonumber(rec[5]), retention)
+  return ledger.reply('ok')
 end
 
 -- The invoice's verdict before any write: nil to go ahead, else the final reply.
-function ledger.check_invoice_owner(key, tok)
-  local rec = redis.call('HMGET', key, 'st', 'tok', 'lu')
-  if rec[1] == 'invoiced' then return ledger.reply(key, 'replay') end
+function ledger.check_invoice_owner(tok)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu')
+  if rec[1] == 'invoiced' then return ledger.reply('replay') end
   if rec[1] ~= 'invoicing' then return fail('hold_not_found') end
   if rec[2] ~= tok then return fail('request_in_progress', wait(rec[3])) end
   return nil
 end
 
-function ledger.finish_invoice(key, tok, retention)
-  local verdict = ledger.check_invoice_owner(key, tok)
+function ledger.finish_invoice(tok, retention)
+  local verdict = ledger.check_invoice_owner(tok)
   if verdict then return verdict end
-  redis.call('HSET', key, 'st', 'invoiced', 'ia', now)
-  redis.call('HDEL', key, 'lu', 'tok')
-  redis.call('PEXPIRE', key, retention)
-  return ledger.reply(key, 'ok')
+  redis.call('HSET', K.rec, 'st', 'invoiced', 'ia', now)
+  redis.call('HDEL', K.rec, 'lu', 'tok', 'le')
+  done('i')
+  event('invoiced', '')
+  redis.call('PEXPIRE', K.rec, retention)
+  redis.call('PEXPIRE', K.events, retention)
+  return ledger.reply('ok')
 end
 
--- Give the hold back the state it had before the invoice of tok; 'lapsed' brings its deadline
--- forward to now (the POS no longer holds its tickets).
-function ledger.abort_invoice(key, tok, becomes)
-  local rec = redis.call('HMGET', key, 'st', 'tok', 'ea')
+-- Give the hold back the state it had before the invoice of tok: the POS said its tickets are
+-- gone ('lapsed': the deadline moves to now, the hold reads expired) or the invoice never
+-- reached the POS ('held').
+function ledger.abort_invoice(tok, becomes, detail)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'ea')
   if rec[1] == 'invoicing' and rec[2] == tok then
-    redis.call('HSET', key, 'st', 'held')
-    if becomes == 'lapsed' and tonumber(rec[3]) > now then redis.call('HSET', key, 'ea', now) end
-    redis.call('HDEL', key, 'ok', 'oj', 'lu', 'tok')
+    redis.call('HSET', K.rec, 'st', 'held')
+    if becomes == 'lapsed' and tonumber(rec[3]) > now then redis.call('HSET', K.rec, 'ea', now) end
+    redis.call('HDEL', K.rec, 'ok', 'oj', 'lu', 'tok')
+    done('i')
+    event('invoice_refused', detail)
   end
-  return ledger.reply(key, 'ok')
+  return ledger.reply('ok')
+end
+
+-- The POS failed the invoice of tok: the buyer has paid, so it is never dropped. The hold becomes
+-- invoice_failed (it can neither lapse nor be released) and a retry is due after retry_ms.
+function ledger.fail_invoice(tok, detail, retry_ms)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+  if rec[1] == 'invoicing' and rec[2] == tok then
+    redis.call('HSET', K.rec, 'st', 'invoice_failed', 'le', detail)
+    redis.call('HDEL', K.rec, 'lu', 'tok')
+    redis.call('HINCRBY', K.rec, 'na', 1)
+    due('i', now + retry_ms)
+    event('invoice_failed', detail)
+  end
+  return ledger.reply('ok')
+end
+
+-- A worker takes the due item kind .. gid for lease ms (the item is hidden until then: if the
+-- worker dies, another takes it after). 'skip' when nothing is to be done (the item is removed).
+function ledger.claim_due(kind, tok, lease)
+  local score = redis.call('ZSCORE', K.due, kind .. ledger.gid)
+  if not score or tonumber(score) > now then return fail('skip') end
+  local rec = redis.call('HMGET', K.rec, 'st', 'ea', 'lu', 'pr')
+  local st = rec[1]
+  if kind == 'l' then
+    local lapsed = st == 'held' and now >= tonumber(rec[2])
+    if rec[4] or not (lapsed or st == 'released' or st == 'expired') then
+      done('l'); return fail('skip')
+    end
+  elseif kind == 'c' then
+    if st ~= 'pending' then done('c'); return fail('skip') end
+    if tonumber(rec[3]) > now then due('c', tonumber(rec[3])); return fail('skip') end
+    redis.call('HSET', K.rec, 'lu', now + lease, 'tok', tok)
+  elseif kind == 'i' then
+    if st == 'invoicing' and tonumber(rec[3]) > now then
+      due('i', tonumber(rec[3])); return fail('skip')
+    end
+    if st ~= 'invoice_failed' and st ~= 'invoicing' then done('i'); return fail('skip') end
+    redis.call('HSET', K.rec, 'st', 'invoicing', 'lu', now + lease, 'tok', tok)
+    event('invoice_retry', '')
+  else
+    return redis.error_reply('unknown due kind ' .. tostring(kind))
+  end
+  due(kind, now + lease)
+  return ledger.reply('ok')
+end
+
+-- The hold was released in the POS (by the worker after a lapse, or after a release call).
+function ledger.released_in_pos()
+  local rec = redis.call('HMGET', K.rec, 'st', 'pr')
+  done('l')
+  if rec[1] and not rec[2] then
+    redis.call('HSET', K.rec, 'pr', now)
+    event(rec[1] == 'held' and 'lapsed' or 'pos_released', 'released in the POS')
+  end
+  return {'ok', now, 0, {}}
+end
+
+-- The worker released a hold of unknown outcome in the POS: forget the hold.
+function ledger.compensated(tok)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+  done('c')
+  if rec[1] == 'pending' and rec[2] == tok then
+    redis.call('DEL', K.rec)
+    event('compensated', 'released in the POS after an unknown outcome')
+  end
+  return {'ok', now, 0, {}}
+end
+
+-- A worker's POS call failed: try again after retry_ms (the lease it held ends).
+function ledger.retry_due(kind, tok, detail, retry_ms)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+  if kind == 'c' and rec[1] == 'pending' and rec[2] == tok then
+    redis.call('HSET', K.rec, 'lu', now)
+  end
+  due(kind, now + retry_ms)
+  event(kind == 'l' and 'pos_release_failed' or 'compensation_failed', detail)
+  return {'ok', now, 0, {}}
 end

@@ -1,28 +1,48 @@
 -- ledger.lua: one ledger command per call. Assembled from _prelude.lua and _ledger.lua.
 --
--- KEYS[1]  the hold's record hash {prefix}:{g:<global_id>} (the only key: one slot)
--- ARGV[1]  command, then its arguments:
---   claim_hold     remote_id, quantity, ttl_ms, lease_ms, token, retention_ms
---   finish_hold    token, retention_ms
---   abort_hold     token
---   release        retention_ms
---   claim_invoice  order key (canonical string), order id as JSON, lease_ms, token, retention_ms
---   finish_invoice token, retention_ms
---   abort_invoice  token, 'lapsed' or 'held' (what the hold becomes)
---   get            -
--- Reply: {outcome, now_ms, extra, field, value, ...} (see _ledger.lua).
-local key, cmd, a = KEYS[1], ARGV[1], ARGV
+-- KEYS[1..3]  the hold's record hash, its audit stream, its shard's due set (one slot)
+-- ARGV[1]     command; ARGV[2] global_id; ARGV[3] actor (who: 'api', 'worker', 'cli', ...);
+--             then the command's arguments:
+--   claim_hold      remote_id, quantity, ttl_ms, lease_ms, token, retention_ms
+--   finish_hold     token, retention_ms, track_lapse ('1' to schedule the POS release at lapse)
+--   abort_hold      token
+--   unknown_hold    token, detail
+--   release         retention_ms, lease_ms, track ('1': a POS release is due at the lease's end
+--                   unless released_in_pos confirms it first)
+--   claim_invoice   order key (canonical string), order id as JSON, lease_ms, token, retention_ms
+--   finish_invoice  token, retention_ms
+--   abort_invoice   token, 'lapsed' or 'held' (what the hold becomes), detail
+--   fail_invoice    token, detail, retry_ms
+--   claim_due       kind ('l', 'c' or 'i'), token, lease_ms
+--   released_in_pos -
+--   compensated     token
+--   retry_due       kind, token, detail, retry_ms
+--   get             history ('1' to add the audit stream to the reply)
+-- Reply: {outcome, now_ms, extra, {field, value, ...}} (see _ledger.lua); get with history adds
+-- the stream's entries as a fifth element.
+local cmd, a = ARGV[1], ARGV
+ledger.bind(1, a[2], a[3])
 
-if cmd == 'get' then return ledger.reply(key, 'ok') end
+if cmd == 'get' then
+  local r = ledger.reply('ok')
+  if a[4] == '1' then r[5] = redis.call('XRANGE', KEYS[2], '-', '+') end
+  return r
+end
 if cmd == 'claim_hold' then
-  return ledger.claim_hold(key, a[2], a[3], tonumber(a[4]), tonumber(a[5]), a[6], tonumber(a[7]))
+  return ledger.claim_hold(a[4], a[5], tonumber(a[6]), tonumber(a[7]), a[8], tonumber(a[9]))
 end
-if cmd == 'finish_hold' then return ledger.finish_hold(key, a[2], tonumber(a[3])) end
-if cmd == 'abort_hold' then return ledger.abort_hold(key, a[2]) end
-if cmd == 'release' then return ledger.release(key, tonumber(a[2])) end
+if cmd == 'finish_hold' then return ledger.finish_hold(a[4], tonumber(a[5]), a[6]) end
+if cmd == 'abort_hold' then return ledger.abort_hold(a[4]) end
+if cmd == 'unknown_hold' then return ledger.unknown_hold(a[4], a[5]) end
+if cmd == 'release' then return ledger.release(tonumber(a[4]), tonumber(a[5]), a[6]) end
 if cmd == 'claim_invoice' then
-  return ledger.claim_invoice(key, a[2], a[3], tonumber(a[4]), a[5], tonumber(a[6]))
+  return ledger.claim_invoice(a[4], a[5], tonumber(a[6]), a[7], tonumber(a[8]))
 end
-if cmd == 'finish_invoice' then return ledger.finish_invoice(key, a[2], tonumber(a[3])) end
-if cmd == 'abort_invoice' then return ledger.abort_invoice(key, a[2], a[3]) end
+if cmd == 'finish_invoice' then return ledger.finish_invoice(a[4], tonumber(a[5])) end
+if cmd == 'abort_invoice' then return ledger.abort_invoice(a[4], a[5], a[6]) end
+if cmd == 'fail_invoice' then return ledger.fail_invoice(a[4], a[5], tonumber(a[6])) end
+if cmd == 'claim_due' then return ledger.claim_due(a[4], a[5], tonumber(a[6])) end
+if cmd == 'released_in_pos' then return ledger.released_in_pos() end
+if cmd == 'compensated' then return ledger.compensated(a[4]) end
+if cmd == 'retry_due' then return ledger.retry_due(a[4], a[5], a[6], tonumber(a[7])) end
 return redis.error_reply('ledger.lua: unknown command ' .. tostring(cmd))

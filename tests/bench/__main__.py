@@ -1,0 +1,150 @@
+"""``python -m tests.bench``: run every benchmark, write docs/benchmarks.md and its plots.
+
+Starts its own redis-server and gunicorn servers on free loopback ports (never 6379) and sends
+load to 127.0.0.1 only, for a bounded time. Needs wrk and redis-server on PATH and the ``bench``
+extra (matplotlib); ``make bench`` installs all three where missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.servers import ROOT, redis_server
+
+from . import bench_direct, bench_http, bench_scale, machine, report
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    p.add_argument("--rounds", type=int, default=6, help="HTTP rounds (default 6)")
+    p.add_argument("--duration", type=float, default=3, help="seconds per wrk run (default 3)")
+    p.add_argument(
+        "--connections", type=int, default=16, help="wrk keep-alive connections (default 16)"
+    )
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=cores,
+        help="gunicorn workers of both servers (default: one per core, %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
+    p.add_argument(
+        "--direct-holds",
+        type=int,
+        default=6000,
+        help="holds per path in the direct benchmark (default 6000)",
+    )
+    p.add_argument(
+        "--levels",
+        default="1000,10000,100000,1000000",
+        help="stored-hold levels, comma-separated (default 1000,10000,100000,1000000)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=2000, help="fused holds timed per level (default 2000)"
+    )
+    p.add_argument("--docs", type=Path, default=ROOT / "docs", help="where benchmarks.md goes")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "tests" / "bench" / "results.json",
+        help="raw results (JSON; default tests/bench/results.json)",
+    )
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="redraw the page and plots from --results without measuring",
+    )
+    p.add_argument(
+        "--only",
+        choices=["http", "direct", "scale"],
+        action="append",
+        help="run only these sections and print them (no page is written)",
+    )
+    return p.parse_args(argv)
+
+
+def write(results: dict[str, Any], docs: Path) -> None:
+    results = json.loads(json.dumps(results, default=str))  # as --render-only reads them
+    report.plots(results, docs / "img")
+    (docs / "benchmarks.md").write_text(report.render(results), "utf-8")
+    _log(f"wrote {docs / 'benchmarks.md'} and {docs / 'img'}/bench-*.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render_only:
+        write(json.loads(args.results.read_text("utf-8")), args.docs)
+        return 0
+    for tool in ("wrk", "redis-server"):
+        if shutil.which(tool) is None:
+            _log(f"{tool} is not installed: `make bench` installs it (Debian package {tool}).")
+            return 2
+    sections = args.only or ["http", "direct", "scale"]
+    levels = [int(x) for x in args.levels.split(",")]
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine.describe(),
+        "config": {
+            **{k: v for k, v in vars(args).items() if k not in ("docs", "results", "only")},
+            "results": str(
+                args.results.relative_to(ROOT)
+                if args.results.is_relative_to(ROOT)
+                else args.results
+            ),
+        },
+    }
+    if "http" in sections:
+        _log(
+            f"HTTP: gunicorn {args.workers} workers x {args.threads} threads, wrk "
+            f"{args.wrk_threads} thread(s) x {args.connections} connections, "
+            f"{args.rounds} rounds of {args.duration:g} s runs"
+        )
+        with redis_server() as url:
+            results["http"] = bench_http.run(
+                url,
+                rounds=args.rounds,
+                duration=args.duration,
+                connections=args.connections,
+                wrk_threads=args.wrk_threads,
+                workers=args.workers,
+                threads=args.threads,
+                log=_log,
+            )
+    if "direct" in sections:
+        _log("The library without HTTP:")
+        with redis_server() as url:
+            results["direct"] = bench_direct.run(url, holds=args.direct_holds, log=_log)
+    if "scale" in sections:
+        _log("Latency and memory as stored holds grow:")
+        with redis_server() as url, redis_server() as control_url:
+            results["scale"] = bench_scale.run(
+                url, control_url, levels=levels, samples=args.samples, log=_log
+            )
+    results["elapsed_s"] = time.monotonic() - started
+    _log(f"measured in {results['elapsed_s']:.0f} s")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1, default=str), "utf-8")
+    if args.only:
+        _log(f"results in {args.results} (a partial run writes no page)")
+        return 0
+    write(results, args.docs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

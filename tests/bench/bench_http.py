@@ -1,0 +1,243 @@
+"""The HTTP API under gunicorn and concurrent load, side by side with the floor app.
+
+Both servers run at once on one private redis-server, with the project's gunicorn config and
+the same worker and thread counts; wrk (a fixed number of keep-alive connections) loads one of
+them at a time, for a fixed time per run. A round runs, in this order: the floor, holds spread
+over many listings, holds on one hot listing of 100 tickets, holds on one listing with stock for
+all, releases, invoices, and the floor again; the ratio of a round is our rate over the mean of
+its two floor runs, so a slow spell of the shared machine weighs on both sides. Every request
+carries a global_id of its own (``wrk_api.lua``); releases and invoices each target a hold of
+their own, stored beforehand with the library's script (:mod:`.fill`). The CPU that each
+server's processes, Redis and wrk use during a run is read from /proc.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from tevo_hold import KeySpace, RedisInventoryAdapter, Settings
+from tevo_hold.connection import connect
+
+from .common import API_KEY
+from .fill import store_holds
+from .servers import CpuMeter, WrkResult, gunicorn_app, run_wrk
+from .stats import SCRIPT_COMMANDS, commandstats
+
+LISTINGS = 1000
+STOCK = 10**9
+HOT_STOCK = 100
+#: The runs of a round, in order (the floor runs first and last).
+ENDPOINTS = ("floor", "hold", "hot", "one", "release", "invoice")
+
+
+def _wrk_summary(r: WrkResult) -> dict[str, Any]:
+    return {
+        "rps": r.rps,
+        "requests": r.requests,
+        "duration_s": r.duration_s,
+        "p50_ms": r.pct_ms(50),
+        "p99_ms": r.pct_ms(99),
+        "percentiles_ms": {p: v / 1000 for p, v in r.latency_us["percentiles"].items()},
+        "statuses": r.statuses,
+        "socket_errors": r.socket_errors,
+        "sent_per_thread": r.sent_per_thread,
+    }
+
+
+def run(
+    redis_url: str,
+    *,
+    rounds: int,
+    duration: float,
+    connections: int,
+    wrk_threads: int,
+    workers: int,
+    threads: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    settings = Settings(redis_url=redis_url, api_keys=(API_KEY,))
+    probe = redis.Redis.from_url(redis_url)
+    probe.flushall()
+    client = connect(settings)
+    adapter = RedisInventoryAdapter(client, keys=KeySpace(settings.key_prefix))
+    for i in range(LISTINGS):
+        adapter.set_quantity(f"hl-{i}", STOCK)
+    env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": API_KEY}
+    anomalies: list[str] = []
+    runs: list[dict[str, Any]] = []
+
+    redis_pid = int(probe.info("server")["process_id"])
+    with (
+        gunicorn_app("server.wsgi:app", env, workers=workers, threads=threads) as (ours, ours_pid),
+        gunicorn_app("tests.bench.floor_app:app", env, workers=workers, threads=threads) as (
+            floor,
+            floor_pid,
+        ),
+    ):
+        meter = CpuMeter({ours: ours_pid, floor: floor_pid, "redis": redis_pid})
+        cpu: dict[str, float] = {}
+
+        def wrk(url: str, *args: str | int, seconds: float = duration) -> WrkResult:
+            calls0 = commandstats(probe)
+            meter.start()
+            result = run_wrk(
+                url,
+                [str(a) for a in args],
+                duration=seconds,
+                connections=connections,
+                threads=wrk_threads,
+            )
+            used = meter.stop()
+            calls1 = commandstats(probe)
+            scripts = sum(
+                calls1[k][0] - calls0.get(k, (0, 0))[0] for k in calls1 if k in SCRIPT_COMMANDS
+            )
+            ms = 1000 / max(result.requests, 1)
+            ours_and_wrk = used[ours] + used[floor] + used["redis"] + used["wrk"]
+            cpu.clear()
+            cpu.update(
+                {
+                    "server_ms": used[url] * ms,
+                    "redis_ms": used["redis"] * ms,
+                    "wrk_ms": used["wrk"] * ms,
+                    # script calls that reached Redis per answered request (requests still in
+                    # flight when wrk stops make this a shade high)
+                    "round_trips": scripts / max(result.requests, 1),
+                    "machine_busy": used["machine_busy"] / used["machine_total"],
+                    "others": max(0.0, used["machine_busy"] - ours_and_wrk) / used["machine_total"],
+                }
+            )
+            return result
+
+        # warm-up: imports, connections, script caches, in every worker
+        wrk(floor, "floor", "warm", "hl", LISTINGS, API_KEY, seconds=3)
+        wrk(ours, "hold", "warm", "hl", LISTINGS, API_KEY, seconds=3)
+
+        def precreate(prefix: str, per_thread: int) -> None:
+            pairs = (
+                (f"{prefix}-{t}-{n}", f"hl-{(n + t * 7919) % LISTINGS}")
+                for t in range(wrk_threads)
+                for n in range(per_thread)
+            )
+            store_holds(client, pairs, settings)
+
+        def record(rnd: int, name: str, r: WrkResult, expected: int) -> dict[str, Any]:
+            row = {"round": rnd, "endpoint": name, **_wrk_summary(r), "cpu": dict(cpu)}
+            runs.append(row)
+            odd = {s: c for s, c in r.statuses.items() if s != expected}
+            if name != "hot" and (odd or r.socket_errors):
+                anomalies.append(
+                    f"round {rnd} {name}: {odd or ''} {r.socket_errors} socket errors".strip()
+                )
+            log(
+                f"  round {rnd} {name:8} {r.rps:8,.0f} req/s  p50 {r.pct_ms(50):6.1f} ms  "
+                f"p99 {r.pct_ms(99):6.1f} ms  CPU/req: server {cpu['server_ms']:.2f} ms, "
+                f"redis {cpu['redis_ms']:.3f} ms, wrk {cpu['wrk_ms']:.3f} ms; "
+                f"others {cpu['others']:.0%}  {dict(sorted(r.statuses.items()))}"
+            )
+            return row
+
+        hot_checks: list[dict[str, Any]] = []
+        for rnd in range(1, rounds + 1):
+            record(rnd, "floor", wrk(floor, "floor", f"f{rnd}", "hl", LISTINGS, API_KEY), 201)
+            hold = record(rnd, "hold", wrk(ours, "hold", f"h{rnd}", "hl", LISTINGS, API_KEY), 201)
+
+            hot_rid = f"hot{rnd}-0"
+            adapter.set_quantity(hot_rid, HOT_STOCK)
+            hot = record(rnd, "hot", wrk(ours, "hold", f"x{rnd}", f"hot{rnd}", 1, API_KEY), 201)
+            stock = adapter.stock(hot_rid)
+            check = {
+                "round": rnd,
+                "requests": hot["requests"],
+                "won": hot["statuses"].get(201, 0),
+                "refused": hot["statuses"].get(409, 0),
+                "other": {s: c for s, c in hot["statuses"].items() if s not in (201, 409)},
+                "stock_held": stock.held,
+                "stock_available": stock.available,
+                "ok": hot["statuses"].get(201, 0) == HOT_STOCK
+                and stock.held == HOT_STOCK
+                and stock.available == 0
+                and set(hot["statuses"]) <= {201, 409},
+            }
+            hot_checks.append(check)
+            if not check["ok"]:
+                anomalies.append(f"round {rnd} hot listing: {check}")
+
+            # the same load on one listing with stock for all: contention without refusals
+            adapter.set_quantity(f"one{rnd}-0", STOCK)
+            record(rnd, "one", wrk(ours, "hold", f"o{rnd}", f"one{rnd}", 1, API_KEY), 201)
+
+            # enough distinct holds for releases and invoices at up to twice the hold rate
+            per_thread = 2 * max(hold["sent_per_thread"]) + 1000
+            precreate(f"rel{rnd}", per_thread)
+            record(rnd, "release", wrk(ours, "release", f"rel{rnd}", "hl", 1, API_KEY), 200)
+            precreate(f"inv{rnd}", per_thread)
+            record(rnd, "invoice", wrk(ours, "invoice", f"inv{rnd}", "hl", 1, API_KEY), 201)
+            record(rnd, "floor", wrk(floor, "floor", f"g{rnd}", "hl", LISTINGS, API_KEY), 201)
+
+    # per round: our rate over the mean of the round's two floor runs; the same for CPU per request
+    ratios: dict[str, list[float]] = {}
+    cpu_ratios: dict[str, list[float]] = {}
+    for rnd in range(1, rounds + 1):
+        mine = {r["endpoint"]: r for r in runs if r["round"] == rnd and r["endpoint"] != "floor"}
+        floors = [r for r in runs if r["round"] == rnd and r["endpoint"] == "floor"]
+        base = statistics.mean(r["rps"] for r in floors)
+        base_cpu = statistics.mean(r["cpu"]["server_ms"] for r in floors)
+        for name, r in mine.items():
+            ratios.setdefault(name, []).append(r["rps"] / base)
+            cpu_ratios.setdefault(name, []).append(base_cpu / r["cpu"]["server_ms"])
+        for name in ("hot", "one"):
+            ratios.setdefault(f"{name}_vs_spread", []).append(
+                mine[name]["rps"] / mine["hold"]["rps"]
+            )
+            cpu_ratios.setdefault(f"{name}_vs_spread", []).append(
+                mine["hold"]["cpu"]["server_ms"] / mine[name]["cpu"]["server_ms"]
+            )
+
+    endpoints: dict[str, Any] = {}
+    for name in ENDPOINTS:
+        mine_runs = [r for r in runs if r["endpoint"] == name]
+        by_rps = sorted(mine_runs, key=lambda r: r["rps"])
+        endpoints[name] = {
+            "rps": statistics.median(r["rps"] for r in mine_runs),
+            "rps_all": [r["rps"] for r in mine_runs],
+            "p50_ms": statistics.median(r["p50_ms"] for r in mine_runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in mine_runs),
+            "server_cpu_ms": statistics.median(r["cpu"]["server_ms"] for r in mine_runs),
+            "redis_cpu_ms": statistics.median(r["cpu"]["redis_ms"] for r in mine_runs),
+            "wrk_cpu_ms": statistics.median(r["cpu"]["wrk_ms"] for r in mine_runs),
+            "round_trips": statistics.median(r["cpu"]["round_trips"] for r in mine_runs),
+            "median_run": by_rps[len(by_rps) // 2],
+            "ratio": statistics.median(ratios[name]) if name in ratios else None,
+            "ratios": ratios.get(name),
+            "cpu_ratio": statistics.median(cpu_ratios[name]) if name in cpu_ratios else None,
+            "cpu_ratios": cpu_ratios.get(name),
+        }
+    probe.close()
+    client.close()
+    return {
+        "rounds": rounds,
+        "duration_s": duration,
+        "connections": connections,
+        "wrk_threads": wrk_threads,
+        "workers": workers,
+        "threads": threads,
+        "listings": LISTINGS,
+        "hot_stock": HOT_STOCK,
+        "runs": runs,
+        "endpoints": endpoints,
+        "hot_vs_spread": statistics.median(ratios["hot_vs_spread"]),
+        "hot_vs_spread_all": ratios["hot_vs_spread"],
+        "one_vs_spread": statistics.median(ratios["one_vs_spread"]),
+        "one_vs_spread_all": ratios["one_vs_spread"],
+        "hot_vs_spread_cpu": statistics.median(cpu_ratios["hot_vs_spread"]),
+        "one_vs_spread_cpu": statistics.median(cpu_ratios["one_vs_spread"]),
+        "hot_checks": hot_checks,
+        "anomalies": anomalies,
+        "others_load": statistics.mean(r["cpu"]["others"] for r in runs),
+        "machine_busy": statistics.mean(r["cpu"]["machine_busy"] for r in runs),
+    }

@@ -1,0 +1,477 @@
+"""HttpPosAdapter against a real HTTP POS double on loopback (tests/pos_double.py).
+
+The outbound contract: POST {base}/holds {"remote_id", "quantity", "global_id"}, POST
+{base}/releases {"global_id", "remote_id", "quantity"}, POST {base}/invoices {"global_id",
+"tevo_order_id", "remote_id", "quantity"}; any 2xx is success, 404 no such listing, 409 not
+enough tickets; the key in a configurable header; retries only where safe, within a budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fakeredis
+import pytest
+import requests
+
+from tevo_hold import PosAdapter, Settings, build_service, errors
+from tevo_hold.adapters.http import HttpPosAdapter
+
+from .pos_double import PosDouble, Step, pos_double
+from .servers import free_port
+
+pytestmark = pytest.mark.slow
+
+EXPIRES = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+#: The contract's bound on how much later than its budget a call may answer (not a speed goal).
+SLACK = 0.5
+
+
+@pytest.fixture
+def pos() -> Iterator[PosDouble]:
+    with pos_double({"R": 10, "SMALL": 2}) as double:
+        yield double
+
+
+@pytest.fixture
+def make_adapter(pos: PosDouble) -> Iterator[Any]:
+    made: list[HttpPosAdapter] = []
+
+    def make(url: str | None = None, **options: Any) -> HttpPosAdapter:
+        options.setdefault("api_key", pos.api_key)
+        adapter = HttpPosAdapter(url or pos.url, **options)
+        made.append(adapter)
+        return adapter
+
+    yield make
+    for adapter in made:
+        adapter.close()
+
+
+@pytest.fixture
+def adapter(make_adapter: Any) -> HttpPosAdapter:
+    return make_adapter(timeout=1.0, budget=2.0)
+
+
+def hold(adapter: PosAdapter, gid: str = "g1", rid: str = "R", qty: int = 2) -> None:
+    adapter.hold(global_id=gid, remote_id=rid, quantity=qty, expires_at=EXPIRES)
+
+
+def release(adapter: PosAdapter, gid: str = "g1", rid: str = "R", qty: int = 2) -> None:
+    adapter.release(global_id=gid, remote_id=rid, quantity=qty)
+
+
+def invoice(
+    adapter: PosAdapter, gid: str = "g1", rid: str = "R", qty: int = 2, order: Any = 4711
+) -> None:
+    adapter.invoice(global_id=gid, remote_id=rid, quantity=qty, tevo_order_id=order)
+
+
+# -- the contract's bodies, paths and header ------------------------------------------------------
+
+
+def test_hold_posts_the_documented_body_with_the_key(pos, adapter):
+    hold(adapter)
+    [call] = pos.calls()
+    assert call.operation == "hold" and call.status == 200
+    assert call.headers["X-Api-Key"] == pos.api_key
+    assert call.headers["Content-Type"] == "application/json"
+    body = dict(call.body)
+    # the contract's three fields, exactly; the adapter adds the deadline (documented in http.py)
+    assert body.pop("expires_at") == "2030-01-01T12:00:00Z"
+    assert body == {"remote_id": "R", "quantity": 2, "global_id": "g1"}
+    assert pos.available("R") == 8
+
+
+def test_release_posts_the_documented_body(pos, adapter):
+    hold(adapter)
+    release(adapter)
+    call = pos.calls("release")[0]
+    assert call.body == {"global_id": "g1", "remote_id": "R", "quantity": 2}
+    assert call.headers["X-Api-Key"] == pos.api_key
+    assert call.effect == "released" and pos.available("R") == 10
+
+
+def test_invoice_posts_the_documented_body(pos, adapter):
+    hold(adapter)
+    invoice(adapter, order="TE-1")
+    call = pos.calls("invoice")[0]
+    assert call.body == {
+        "global_id": "g1",
+        "tevo_order_id": "TE-1",
+        "remote_id": "R",
+        "quantity": 2,
+    }
+    assert call.headers["X-Api-Key"] == pos.api_key
+    assert call.effect == "invoiced" and pos.sold == {"R": 2} and pos.available("R") == 8
+
+
+def test_the_global_id_goes_on_every_call(pos, adapter):
+    hold(adapter, "gA")
+    invoice(adapter, "gA")
+    hold(adapter, "gB")
+    release(adapter, "gB")
+    assert [(c.operation, c.global_id) for c in pos.calls()] == [
+        ("hold", "gA"),
+        ("invoice", "gA"),
+        ("hold", "gB"),
+        ("release", "gB"),
+    ]
+    assert all(c.body["global_id"] == c.global_id for c in pos.calls())
+
+
+def test_the_calls_go_to_the_base_url_path(pos, adapter):
+    # the double serves under /pos: {base}/holds is /pos/holds, a trailing slash changes nothing
+    slash = HttpPosAdapter(pos.url + "/", api_key=pos.api_key)
+    try:
+        hold(slash)
+    finally:
+        slash.close()
+    assert pos.calls()[0].operation == "hold"
+
+
+def test_one_session_and_a_timeout_on_every_call(pos, make_adapter):
+    seen: list[dict[str, Any]] = []
+
+    class Recording(requests.Session):
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            seen.append({"method": method, "url": url, **kwargs})
+            return super().request(method, url, *args, **kwargs)
+
+    session = Recording()
+    adapter = make_adapter(session=session, timeout=1.5, budget=2.5)
+    assert adapter.session is session
+    hold(adapter)
+    invoice(adapter)
+    release(adapter, "g2")
+    assert [s["url"] for s in seen] == [
+        pos.url + "/holds",
+        pos.url + "/invoices",
+        pos.url + "/releases",
+    ]
+    for call in seen:
+        assert call["method"] == "POST"
+        assert call["timeout"] is not None and 0 < call["timeout"] <= 1.5
+
+
+def test_a_base_url_that_is_not_http_is_a_configuration_error():
+    with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL"):
+        HttpPosAdapter("ftp://127.0.0.1/pos")
+
+
+def test_a_wrong_key_is_a_pos_error_and_not_retried(pos, make_adapter):
+    adapter = make_adapter(api_key="wrong")
+    with pytest.raises(errors.PosError):
+        hold(adapter)
+    assert [c.status for c in pos.calls()] == [401]
+    assert pos.available("R") == 10
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 201, 202])
+@pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
+def test_any_2xx_is_success(pos, adapter, operation, status):
+    pos.refuse(operation, status)
+    {"hold": hold, "release": release, "invoice": invoice}[operation](adapter)
+    assert [c.status for c in pos.calls()] == [status]
+
+
+def test_404_on_hold_is_listing_not_found(pos, adapter):
+    with pytest.raises(errors.ListingNotFound):
+        hold(adapter, rid="NOPE")
+    assert [c.status for c in pos.calls()] == [404]  # not retried
+
+
+def test_404_on_invoice_is_listing_not_found(pos, adapter):
+    with pytest.raises(errors.ListingNotFound):
+        invoice(adapter, rid="NOPE")
+    assert pos.count() == 1
+
+
+def test_release_of_an_unknown_listing_succeeds(pos, adapter):
+    release(adapter, "never-held", rid="NOPE")
+    assert [c.status for c in pos.calls()] == [404]
+    pos.refuse("release", 404)
+    release(adapter, "g2")  # whatever the POS's reason for its 404: nothing to give back
+
+
+def test_409_is_insufficient_quantity_with_the_pos_count(pos, adapter):
+    with pytest.raises(errors.InsufficientQuantity) as caught:
+        hold(adapter, rid="SMALL", qty=3)
+    assert caught.value.available == 2
+    assert caught.value.status == 409 and caught.value.code == "insufficient_quantity"
+    assert pos.count() == 1 and pos.available("SMALL") == 2
+
+
+def test_409_without_a_count(pos, adapter):
+    pos.refuse("invoice", 409)
+    with pytest.raises(errors.InsufficientQuantity) as caught:
+        invoice(adapter)
+    assert caught.value.available is None
+    assert pos.count() == 1
+
+
+@pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
+def test_400_is_a_pos_error_and_not_retried(pos, adapter, operation):
+    pos.refuse(operation, 400)
+    with pytest.raises(errors.PosError) as caught:
+        {"hold": hold, "release": release, "invoice": invoice}[operation](adapter)
+    assert caught.value.status == 502 and caught.value.code == "pos_error"
+    assert pos.count() == 1
+
+
+@pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
+def test_500_is_retried_and_then_succeeds(pos, make_adapter, operation):
+    adapter = make_adapter(retries=2, budget=3.0)
+    hold(adapter)  # something to release or invoice
+    pos.fail(operation, 500, times=2)
+    {"hold": hold, "release": release, "invoice": invoice}[operation](adapter)
+    assert [c.status for c in pos.calls(operation)][-3:] == [500, 500, 200]
+    # idempotent: the POS moved tickets once
+    expected = {"hold": 8, "release": 10, "invoice": 8}[operation]
+    assert pos.available("R") == expected
+
+
+def test_always_500_is_a_pos_error_after_the_retries(pos, make_adapter):
+    adapter = make_adapter(retries=2, budget=3.0)
+    pos.fail("hold", 500)
+    with pytest.raises(errors.PosError):
+        hold(adapter)
+    assert [c.status for c in pos.calls()] == [500, 500, 500]
+    assert pos.available("R") == 10
+
+
+def test_retries_zero_means_one_attempt(pos, make_adapter):
+    adapter = make_adapter(retries=0)
+    pos.fail("invoice", 503)
+    with pytest.raises(errors.PosError):
+        invoice(adapter)
+    assert pos.count() == 1
+
+
+def test_a_refused_connection_is_unavailable(make_adapter):
+    adapter = make_adapter(f"http://127.0.0.1:{free_port()}/pos", timeout=1.0, budget=2.0)
+    for call in (hold, release, invoice):
+        started = time.monotonic()
+        with pytest.raises(errors.Unavailable) as caught:
+            call(adapter)
+        assert caught.value.status == 503 and caught.value.code == "unavailable"
+        assert time.monotonic() - started < 2.0 + SLACK
+
+
+def test_a_refused_connection_is_unavailable_with_a_tight_budget(make_adapter):
+    """Nothing was sent, so the outcome is known: 503 unavailable, never 504, within budget.
+
+    Tried several times: the backoff between attempts is random.
+    """
+    budget = 0.3
+    adapter = make_adapter(f"http://127.0.0.1:{free_port()}/pos", timeout=1.0, budget=budget)
+    answers = []
+    for _ in range(5):
+        started = time.monotonic()
+        try:
+            release(adapter)
+        except errors.TevoHoldError as exc:
+            answers.append((type(exc).__name__, round(time.monotonic() - started, 2)))
+    assert all(name == "Unavailable" for name, _ in answers), answers
+    assert all(elapsed < budget + SLACK for _, elapsed in answers), answers
+
+
+@pytest.mark.parametrize(
+    ("timeout", "budget"),
+    [(2.0, 1.0), (0.3, 1.0)],
+    ids=["attempt-longer-than-budget", "several-attempts"],
+)
+@pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
+def test_a_hanging_pos_is_a_timeout_within_the_budget(
+    pos, make_adapter, operation, timeout, budget
+):
+    adapter = make_adapter(timeout=timeout, budget=budget)
+    pos.hang(operation)
+    started = time.monotonic()
+    with pytest.raises(errors.PosTimeout) as caught:
+        {"hold": hold, "release": release, "invoice": invoice}[operation](adapter)
+    elapsed = time.monotonic() - started
+    assert caught.value.status == 504 and caught.value.code == "pos_timeout"
+    assert elapsed < budget + SLACK, elapsed
+    pos.unhang()
+    pos.wait_idle()
+
+
+def test_a_slow_first_attempt_is_retried_and_the_pos_holds_once(pos, make_adapter):
+    adapter = make_adapter(timeout=0.3, budget=2.0)
+    pos.slow("hold", 0.8, times=1)
+    hold(adapter)  # the retry answers while the first attempt still sleeps
+    pos.wait_idle()
+    assert pos.count("hold") == 2
+    assert pos.count("hold", effect="held") == 1
+    assert pos.available("R") == 8
+
+
+def test_an_attempt_that_timed_out_leaves_the_outcome_unknown(pos, make_adapter):
+    """The first attempt times out (the POS holds the tickets late), the retry answers 500.
+
+    The hold may have happened: the call's outcome is unknown, which the service must learn
+    (PosTimeout) so that it compensates. A PosError says "refused": the service forgets the
+    hold and the POS keeps the tickets for good.
+    """
+    adapter = make_adapter(timeout=0.3, budget=2.0)
+    pos.plan("hold", Step("slow", seconds=0.6, times=1), Step("status", status=500))
+    with pytest.raises(errors.PosTimeout):
+        hold(adapter)
+    pos.wait_idle()
+    assert pos.state("g1") == "held"  # the first attempt did hold
+
+
+# -- settings: custom paths and header, adapters by name ------------------------------------------
+
+
+def test_custom_paths_and_header_via_settings():
+    paths = {"hold": "/v2/hold", "release": "/v2/unhold", "invoice": "/v2/sell"}
+    with pos_double({"R": 10}, paths=paths, auth_header="X-Pos-Token", api_key="tok") as pos:
+        settings = Settings.from_env(
+            {
+                "TEVO_HOLD_API_KEYS": "k",
+                "TEVO_HOLD_ADAPTER": "http",
+                "TEVO_HOLD_POS_URL": pos.url,
+                "TEVO_HOLD_POS_API_KEY": "tok",
+                "TEVO_HOLD_POS_AUTH_HEADER": "X-Pos-Token",
+                "TEVO_HOLD_POS_HOLD_PATH": "/v2/hold",
+                "TEVO_HOLD_POS_RELEASE_PATH": "/v2/unhold",
+                "TEVO_HOLD_POS_INVOICE_PATH": "/v2/sell",
+                "TEVO_HOLD_POS_TIMEOUT": "0.7",
+                "TEVO_HOLD_POS_BUDGET": "1.5",
+                "TEVO_HOLD_POS_RETRIES": "1",
+            }
+        )
+        service = build_service(settings, client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+        try:
+            adapter = service.adapter
+            assert isinstance(adapter, HttpPosAdapter)
+            assert (adapter.timeout, adapter.budget, adapter.retries) == (0.7, 1.5, 1)
+            service.hold(remote_id="R", quantity=2, global_id="g1")
+            service.invoice(global_id="g1", tevo_order_id=7)
+            service.hold(remote_id="R", quantity=1, global_id="g2")
+            service.release(global_id="g2")
+        finally:
+            service.close()
+        assert [(c.operation, c.global_id, c.status) for c in pos.calls()] == [
+            ("hold", "g1", 200),
+            ("invoice", "g1", 200),
+            ("hold", "g2", 200),
+            ("release", "g2", 200),
+        ]
+        for call in pos.calls():
+            assert call.headers["X-Pos-Token"] == "tok"
+            assert "X-Api-Key" not in call.headers
+        assert pos.sold == {"R": 2} and pos.available("R") == 8
+
+
+def test_build_service_with_settings_http(pos):
+    settings = Settings(api_keys=("k",), adapter="http", pos_url=pos.url, pos_api_key=pos.api_key)
+    service = build_service(settings, client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    try:
+        assert isinstance(service.adapter, HttpPosAdapter)
+        assert service.adapter.paths == {
+            "hold": "/holds",
+            "release": "/releases",
+            "invoice": "/invoices",
+        }
+        held = service.hold(remote_id="R", quantity=3, global_id="g1").hold
+        assert held.status == "held"
+    finally:
+        service.close()
+    assert pos.available("R") == 7
+
+
+def test_adapter_http_needs_a_pos_url():
+    with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL"):
+        Settings.from_env({"TEVO_HOLD_API_KEYS": "k", "TEVO_HOLD_ADAPTER": "http"})
+
+
+class BuiltFromSettings(PosAdapter):
+    """An adapter named by dotted path that builds itself from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.calls: list[tuple[str, str]] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BuiltFromSettings:
+        return cls(settings)
+
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        self.calls.append(("hold", global_id))
+
+    def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
+        self.calls.append(("release", global_id))
+
+    def invoice(
+        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+    ) -> None:
+        self.calls.append(("invoice", global_id))
+
+
+class BuiltPlain(BuiltFromSettings):
+    """An adapter without from_settings: built with no arguments."""
+
+    from_settings = None  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__(Settings())
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("tests.test_http_adapter:BuiltFromSettings", BuiltFromSettings),
+        ("tests.test_http_adapter.BuiltFromSettings", BuiltFromSettings),
+        ("tests.test_http_adapter:BuiltPlain", BuiltPlain),
+    ],
+)
+def test_an_adapter_class_by_dotted_path(name, cls):
+    settings = Settings.from_env(
+        {"TEVO_HOLD_API_KEYS": "k", "TEVO_HOLD_ADAPTER": name, "TEVO_HOLD_HOLD_TTL": "60"}
+    )
+    service = build_service(settings, client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    try:
+        adapter = service.adapter
+        assert type(adapter) is cls
+        if cls is BuiltFromSettings:
+            assert adapter.settings is settings
+        service.hold(remote_id="R", quantity=1, global_id="g1")
+        service.release(global_id="g1")
+        assert adapter.calls == [("hold", "g1"), ("release", "g1")]
+        assert service.get(global_id="g1").expires_at - service.get(
+            global_id="g1"
+        ).created_at == timedelta(seconds=60)
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "no_such_module_xyz:Adapter",
+        "no_such_module_xyz.Adapter",
+        "tevo_hold.adapters.http:NoSuchClass",
+        "tevo_hold.adapters.http.NoSuchClass",
+        "justaword",
+        "json:JSONDecoder",  # importable, but not a PosAdapter
+        "tevo_hold.errors:DEMO",
+        "tevo_hold.settings:DEMO_API_KEY",  # not a class
+    ],
+)
+def test_a_bad_dotted_path_is_a_configuration_error(name):
+    settings = Settings(api_keys=("k",), adapter=name)
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    try:
+        with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_ADAPTER"):
+            build_service(settings, client=client)
+    finally:
+        client.close()

@@ -1,0 +1,202 @@
+"""An adapter for a POS behind an HTTP API: three plain calls, in any language.
+
+The outbound contract (its defaults mirror tevo-hold's own API; paths, the auth header and the
+timeouts are settings):
+
+- ``POST {base}/holds``    ``{"remote_id", "quantity", "global_id", "expires_at"}``
+- ``POST {base}/releases`` ``{"global_id", "remote_id", "quantity"}``
+- ``POST {base}/invoices`` ``{"global_id", "tevo_order_id", "remote_id", "quantity"}``
+
+Any 2xx is success; 404 means no such listing, 409 not enough tickets (a JSON body's
+``available`` is passed on); any other answer is a refusal. The API key goes in a configurable
+header. Every call carries the ``global_id``: the POS must treat each call as idempotent per
+``global_id`` (a second hold of one global_id holds nothing more, and so on), which is what makes
+retries safe.
+
+Retries: connection failures, timeouts and 5xx answers are retried with jittered exponential
+backoff (tenacity), inside a deadline (``budget``) that bounds the whole call, so an endpoint
+answers TEvo in time even when the POS hangs. What is left when the budget runs out:
+unreachable → :class:`Unavailable` (nothing was sent); no answer in time → :class:`PosTimeout`
+(the outcome is unknown; tevo-hold compensates); 5xx → :class:`PosError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import requests
+import tenacity
+from urllib3.exceptions import NewConnectionError
+
+from .. import errors
+from .base import PosAdapter
+
+__all__ = ["DEFAULT_PATHS", "HttpPosAdapter"]
+
+DEFAULT_PATHS: Mapping[str, str] = {
+    "hold": "/holds",
+    "release": "/releases",
+    "invoice": "/invoices",
+}
+
+
+class _Retryable(Exception):
+    """An attempt that may be retried: the final error to raise if none is left."""
+
+    def __init__(self, final: errors.TevoHoldError) -> None:
+        super().__init__(final.detail)
+        self.final = final
+
+
+class HttpPosAdapter(PosAdapter):
+    """Forwards hold, release and invoice to a POS over HTTP, on one pooled ``requests.Session``.
+
+    ``timeout`` bounds each attempt (connect and read), ``budget`` the whole call with its
+    retries (``retries`` at most). ``session`` may be given (tests, custom TLS, proxies).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        auth_header: str = "X-API-Key",
+        paths: Mapping[str, str] | None = None,
+        timeout: float = 2.0,
+        budget: float = 3.0,
+        retries: int = 2,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise errors.ConfigurationError(
+                f"TEVO_HOLD_POS_URL={base_url!r}: expected an http:// or https:// URL"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.paths = {**DEFAULT_PATHS, **(paths or {})}
+        self.timeout = timeout
+        self.budget = budget
+        self.retries = retries
+        self.session = session or requests.Session()
+        self.session.headers["Accept"] = "application/json"
+        if api_key:
+            self.session.headers[auth_header] = api_key
+
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        body = {
+            "remote_id": remote_id,
+            "quantity": quantity,
+            "global_id": global_id,
+            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+        }
+        self._post("hold", body)
+
+    def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
+        body = {"global_id": global_id, "remote_id": remote_id, "quantity": quantity}
+        with contextlib.suppress(errors.ListingNotFound):  # no such listing: nothing to give back
+            self._post("release", body)
+
+    def invoice(
+        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+    ) -> None:
+        body = {
+            "global_id": global_id,
+            "tevo_order_id": tevo_order_id,
+            "remote_id": remote_id,
+            "quantity": quantity,
+        }
+        self._post("invoice", body)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _post(self, operation: str, body: dict[str, Any]) -> None:
+        url = self.base_url + self.paths[operation]
+        deadline = time.monotonic() + self.budget
+        retrying = tenacity.Retrying(
+            # stop_before_delay also counts the coming wait, so no attempt starts past the budget
+            stop=tenacity.stop_after_attempt(self.retries + 1)
+            | tenacity.stop_before_delay(self.budget),
+            wait=tenacity.wait_exponential(multiplier=0.05, max=0.5)
+            + tenacity.wait_random(0, 0.05),
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            reraise=True,
+        )
+        outcome_unknown = False
+        try:
+            for attempt in retrying:
+                with attempt:
+                    try:
+                        self._attempt(operation, url, body, deadline)
+                    except _Retryable as exc:
+                        outcome_unknown |= isinstance(exc.final, errors.PosTimeout)
+                        raise
+        except _Retryable as exc:
+            final = exc.final
+            if outcome_unknown and not isinstance(final, errors.PosTimeout):
+                # An earlier attempt may have reached the POS: its outcome decides, and is unknown.
+                final = errors.PosTimeout(
+                    f"An attempt at the {operation} timed out and the retries failed "
+                    f"({final.code}): the outcome is unknown."
+                )
+            raise final from exc.__cause__
+
+    def _attempt(self, operation: str, url: str, body: dict[str, Any], deadline: float) -> None:
+        per_attempt = max(min(self.timeout, deadline - time.monotonic()), 0.05)
+        try:
+            response = self.session.post(url, json=body, timeout=per_attempt)
+        except requests.ConnectionError as exc:
+            if _never_sent(exc):
+                raise _Retryable(
+                    errors.Unavailable(f"The POS at {self.base_url} is unreachable.")
+                ) from exc
+            raise _Retryable(
+                errors.PosTimeout(f"The POS dropped the {operation} call: the outcome is unknown.")
+            ) from exc
+        except requests.Timeout as exc:
+            raise _Retryable(
+                errors.PosTimeout(f"The POS did not answer {operation} in {per_attempt:.1f} s.")
+            ) from exc
+        _check(operation, response)
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """True when the connection was never made (refused, DNS, connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, NewConnectionError):
+            return True
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, NewConnectionError):
+            return True
+        seen = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+    return False
+
+
+def _check(operation: str, response: requests.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    text = response.text[:200].strip()
+    if status == 404:
+        raise errors.ListingNotFound(f"The POS knows no such listing ({operation}: {text}).")
+    if status == 409:
+        available = None
+        try:
+            payload = response.json()
+            if isinstance(payload, dict) and isinstance(payload.get("available"), int):
+                available = payload["available"]
+        except ValueError:
+            pass
+        raise errors.InsufficientQuantity(
+            f"The POS has not enough tickets ({operation}: {text}).", available=available
+        )
+    if status >= 500:
+        raise _Retryable(errors.PosError(f"The POS failed the {operation}: {status} {text}"))
+    raise errors.PosError(f"The POS refused the {operation}: {status} {text}")

@@ -1,0 +1,120 @@
+"""The worker: keeps the POS in step with the ledger (``tevo-hold worker``).
+
+The ledger schedules every piece of work that a POS call must complete in a due set (see
+``lua/_ledger.lua``), in the same atomic step as the state that needs it:
+
+- a hold that lapsed is released in the POS at its deadline (for adapters whose holds do not
+  lapse on their own), and so is a released hold whose own POS release may not have happened;
+- a hold whose POS call had no known outcome (a timeout, or a request that died half-way) is
+  released in the POS once its lease ends, unless a retry of the hold completed it first;
+- a failed invoice is retried with backoff until the POS takes it.
+
+Any number of workers may run at once, on any hosts: each item is claimed atomically for a lease,
+so the POS sees one call per item (at least once: a worker that dies mid-call leaves its item to
+be claimed again when the lease ends, and adapters are idempotent per global_id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from . import errors
+from .ledger import DueItem
+from .service import HoldService, describe_error
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("tevo_hold.worker")
+
+
+class Worker:
+    """Claims due items from the ledger and makes their POS calls.
+
+    ``lease`` (seconds) bounds one POS call: an item claimed by a worker that then dies is due
+    again after it. ``interval`` is how long to sleep when nothing is due; ``batch`` how many
+    items to fetch per shard per round.
+    """
+
+    def __init__(
+        self,
+        service: HoldService,
+        *,
+        lease: float = 30.0,
+        interval: float = 0.25,
+        batch: int = 100,
+        name: str = "worker",
+    ) -> None:
+        self.service = service
+        self.lease = lease
+        self.interval = interval
+        self.batch = batch
+        self.name = name
+
+    def run_once(self) -> int:
+        """Process every item due now; return how many needed a POS call."""
+        done = 0
+        for item in self.service.ledger.due_items(limit=self.batch):
+            if self.process(item):
+                done += 1
+        return done
+
+    def run(self, stop: threading.Event) -> None:
+        """Process items until ``stop`` is set; the item in hand is finished first.
+
+        Redis being unreachable is logged and waited out, never fatal.
+        """
+        log.info("%s started", self.name)
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except errors.Unavailable as exc:
+                log.warning("%s: %s; retrying", self.name, exc)
+                busy = 0
+                stop.wait(max(self.interval, 1.0))
+            if not busy:
+                stop.wait(self.interval)
+        log.info("%s stopped", self.name)
+
+    def process(self, item: DueItem) -> bool:
+        """Claim ``item`` and make its POS call. False if it was not due or needed no work."""
+        ledger, adapter, actor = self.service.ledger, self.service.adapter, self.name
+        token = uuid.uuid4().hex
+        claim = ledger.claim_due(item, token, lease=self.lease, actor=actor)
+        if claim is None:
+            return False
+        hold = claim.hold
+        gid = hold.global_id
+        try:
+            if item.kind == "i":
+                assert hold.tevo_order_id is not None
+                adapter.invoice(
+                    global_id=gid,
+                    remote_id=hold.remote_id,
+                    quantity=hold.quantity,
+                    tevo_order_id=hold.tevo_order_id,
+                )
+            else:
+                adapter.release(global_id=gid, remote_id=hold.remote_id, quantity=hold.quantity)
+        except Exception as exc:
+            detail = describe_error(exc)
+            log.warning("%s: %s of %r failed: %s", actor, _WHAT[item.kind], gid, detail)
+            if item.kind == "i":
+                retry_in = self.service.retry_delay(hold.invoice_attempts + 1)
+                ledger.fail_invoice(gid, token, detail, retry_in=retry_in, actor=actor)
+            else:
+                retry_in = self.service.retry_delay(2)
+                ledger.retry_due(item, token, detail, retry_in=retry_in, actor=actor)
+            return True
+        if item.kind == "i":
+            ledger.finish_invoice(gid, token, actor=actor)
+        elif item.kind == "c":
+            ledger.compensated(gid, token, actor=actor)
+        else:
+            ledger.released_in_pos(gid, actor=actor)
+        log.info("%s: %s of %r done", actor, _WHAT[item.kind], gid)
+        return True
+
+
+_WHAT = {"l": "POS release", "c": "compensating release", "i": "invoice retry"}
