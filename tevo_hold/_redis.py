@@ -48,10 +48,21 @@ _UNAVAILABLE = (
 )
 
 
+#: Outages that Redis answered at once, with an error reply: they cost no time, so they do not
+#: stop a request's later calls (the clean-up after OOM deletes, which a full Redis allows).
+_ANSWERED = (
+    redis.exceptions.ResponseError,  # READONLY, TRYAGAIN, CLUSTERDOWN, MASTERDOWN, OOM
+    redis.exceptions.BusyLoadingError,
+)
+
+
 def _is_outage(exc: BaseException) -> bool:
     """True for an error that means Redis (or part of a cluster) could not be reached."""
     if isinstance(exc, _UNAVAILABLE):
         return True
+    if isinstance(exc, redis.exceptions.ResponseError):
+        # min-replicas-to-write: a master that lost its replicas refuses writes
+        return str(exc).startswith("NOREPLICAS")
     if isinstance(exc, redis.exceptions.RedisClusterException):
         # The cluster client's own errors are mostly bugs (keys of two slots, say), except
         # "Redis Cluster cannot be connected" and "All slots are not covered", raised while
@@ -69,9 +80,10 @@ _outage: ContextVar[list[BaseException] | None] = ContextVar("tevo_hold_outage",
 def fail_fast() -> Iterator[None]:
     """Within this block, once a Redis call found Redis unreachable, later ones fail at once.
 
-    One failed call already took the time a call may take (a few timeouts); the calls a request
-    makes after a failure are best-effort clean-ups that the lease and the worker stand in for,
-    so a request answers ``503`` within one call's time even when Redis dies half-way through.
+    One failed call already took the time a call may take (its attempts' timeouts); the calls a
+    request makes after a failure are best-effort clean-ups that the lease and the worker stand
+    in for, so a request answers ``503`` within one call's time even when Redis dies half-way
+    through. (An error Redis answered at once, such as OOM, does not count: it cost no time.)
     """
     token = _outage.set([])
     try:
@@ -93,9 +105,16 @@ def translate_errors() -> Iterator[None]:
     except Exception as exc:
         if not _is_outage(exc):
             raise
-        if outage is not None:
+        if outage is not None and not isinstance(exc, _ANSWERED):
             outage.append(exc)
-        raise errors.Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+        raise errors.Unavailable(f"Redis is unavailable: {_name(exc)}") from exc
+
+
+def _name(exc: BaseException) -> str:
+    """The kind of an outage, for the problem's detail: its class, or Redis's error code."""
+    if type(exc) is redis.exceptions.ResponseError:
+        return str(exc).split(" ", 1)[0]  # NOREPLICAS
+    return type(exc).__name__
 
 
 #: Each script: the files of ``tevo_hold/lua/`` it is assembled from, libraries first.
