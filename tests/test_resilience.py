@@ -4,7 +4,7 @@
   endpoint answers ``503 unavailable`` JSON within a second, and serves again by itself when
   Redis is back, with no restart of gunicorn.
 - Nothing is left half-written: a request that failed half-way leaves a hold that is absent or
-  that its retry completes; the stock always adds up.
+  that its retry completes; the stock always adds up. A full Redis (noeviction) answers 503 too.
 - gunicorn's graceful shutdown (SIGTERM) finishes the requests in flight; a worker killed with
   SIGKILL mid-request leaves its hold to the retry, which completes it after the lease (or to
   the worker, which gives its tickets back if no retry comes).
@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,6 +276,48 @@ def test_redis_dying_mid_request_leaves_a_hold_its_retry_completes(
     assert retried.status_code == 201, retried.text
     assert retried.json()["status"] == "held"
     assert stock.stock("slow-L").held == 3
+
+
+def test_redis_full_answers_503_and_leaves_nothing(
+    server: Gunicorn,
+    redis_up: RedisProcess,
+    stock: RedisInventoryAdapter,
+    http: requests.Session,
+) -> None:
+    """maxmemory reached under noeviction: Redis refuses a script at its first write, so the
+    POS step fails cleanly, the claim before it is undone (Redis lets a full server delete),
+    and everything reads as before; writes work again as soon as there is room."""
+    base = server.base
+    assert hold(http, base, "full-0").status_code == 201
+    with redis_up.client() as admin:
+        admin.config_set("maxmemory", 1)
+        try:
+            refused = hold(http, base, "full-1")
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "unavailable"
+            assert get(http, base, "full-1").status_code == 404  # the claim was undone
+            assert get(http, base, "full-0").json()["status"] == "held"
+            assert stock.stock("L").held == 2
+        finally:
+            admin.config_set("maxmemory", 0)
+    assert hold(http, base, "full-1").status_code == 201
+
+
+def test_a_master_without_its_replicas_refuses_writes_with_503(tmp_path: Path) -> None:
+    """min-replicas-to-write (see the README's failover notes): NOREPLICAS is unavailable."""
+    lonely = RedisProcess(tmp_path, ["--min-replicas-to-write", "1"])
+    lonely.start()
+    service = build_service(Settings.from_mapping(env_for(lonely.url)))
+    try:
+        adapter = service.adapter
+        assert isinstance(adapter, RedisInventoryAdapter)
+        with pytest.raises(errors.Unavailable, match="NOREPLICAS"):
+            adapter.set_quantity("L", 1)
+        with pytest.raises(errors.HoldNotFound):  # reads are served
+            service.get(global_id="g")
+    finally:
+        service.close()
+        lonely.stop()
 
 
 # -- gunicorn ------------------------------------------------------------------------------------
