@@ -201,14 +201,19 @@ class Cluster:
             self.node(port).flushall()
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Wait until every running node sees the cluster as ok, with all its masters."""
+        """Wait until every running node sees the cluster as ok, with all its masters, and
+        every replica is in sync with its master."""
 
         def ok() -> bool:
             for node in self.nodes:
                 if node.proc is None:
                     continue
-                info = self.node(node.port).cluster("info")
+                client = self.node(node.port)
+                info = client.cluster("info")
                 if info["cluster_state"] != "ok" or int(info["cluster_size"]) != self.masters:
+                    return False
+                role = client.info("replication")
+                if role["role"] != "master" and role["master_link_status"] != "up":
                     return False
             return True
 
@@ -244,6 +249,8 @@ def redis_cluster(
                 str(node_timeout_ms),
                 "--appendonly",
                 "no",
+                "--repl-diskless-sync-delay",
+                "0",
             ]
             node = RedisProcess(Path(workdir), options, port=port)
             stack.callback(node.stop)
