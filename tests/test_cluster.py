@@ -189,3 +189,36 @@ def test_a_stalled_master_is_failed_over_and_the_client_follows(replicated: Clus
             victim.resume()  # it rejoins as the replica of its successor
     finally:
         service.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", ["stalled", "stopped"])
+def test_a_cluster_unreachable_as_a_whole_answers_503_quickly(outage: str) -> None:
+    """Every node stalled (a network that drops packets) or stopped: each call fails within
+    its own attempts' time (the topology refresh after a failure runs in the background), and
+    the client serves again by itself once the nodes are back."""
+    with redis_cluster(masters=3) as whole:
+        service = build_service(Settings(redis_url=whole.url, api_keys=("k",)))
+        try:
+            service.adapter.set_quantity("L", 10)  # type: ignore[attr-defined]
+            gids = [f"cut-{n}" for n in range(6)]
+            for gid in gids:
+                service.hold(remote_id="L", quantity=1, global_id=gid)
+            for node in whole.nodes:
+                node.pause() if outage == "stalled" else node.stop()
+            for gid in gids:
+                started = time.monotonic()
+                with pytest.raises(e.Unavailable):
+                    service.get(global_id=gid)
+                assert time.monotonic() - started < 1, gid
+            for node in whole.nodes:
+                node.resume() if outage == "stalled" else node.start(wait=False)
+            if outage == "stopped":  # its data was not persisted: stock again
+                whole.wait_ok()
+                wait_for(lambda: service.adapter.set_quantity("L", 10), 10)  # type: ignore[attr-defined]
+                for gid in gids:
+                    service.hold(remote_id="L", quantity=1, global_id=gid)
+            wait_for(lambda: service.get(global_id=gids[0]), 10, what="the cluster back")
+            assert {service.get(global_id=g).status for g in gids} == {HoldStatus.HELD}
+        finally:
+            service.close()

@@ -21,6 +21,7 @@ from .servers import (
     make_certificates,
     redis_sentinel,
     single_node_cluster,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -126,7 +127,8 @@ def test_a_cluster_client_starts_while_the_cluster_is_down_and_works_once_it_is_
             hold(service, "early")
         assert time.monotonic() - started < 1
         node = single_node_cluster(tmp_path, port=port)
-        stocked(service)
+        # (within a second of a failed first use the client fails at once, without trying)
+        wait_for(lambda: stocked(service), 5, what="the cluster client")
         assert hold(service, "early") == "held"
     finally:
         service.close()

@@ -20,23 +20,27 @@ Query parameters are passed to redis-py as ``redis://`` URLs pass them (``?ssl_c
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import Any
 from urllib.parse import quote, unquote
 
 import redis
 from redis._parsers.encoders import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ._redis import RedisClient
+from ._redis import RedisClient, _is_outage
 from .errors import ConfigurationError
 from .settings import EMBEDDED_URL, Settings
 
 __all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "connect"]
+
+log = logging.getLogger("tevo_hold")
 
 #: Extra attempts after a connection error or timeout (redis-py's own default is 3 to 10).
 RETRIES = 1
@@ -163,18 +167,27 @@ def _sentinel(url: str, settings: Settings) -> redis.Redis:
 
 
 class LazyRedisCluster(RedisCluster):
-    """A :class:`RedisCluster` that reads the cluster's topology on first use.
+    """A :class:`RedisCluster` that reads the cluster's topology on first use, and re-reads it
+    in the background after a node failed.
 
     redis-py's client connects to the cluster when it is made, and raises if no node answers;
     this one waits for its first command (which then raises, translated into
-    :class:`~tevo_hold.errors.Unavailable`, until a node answers). So a server process starts,
-    and its gunicorn workers boot, even while the cluster is unreachable.
+    :class:`~tevo_hold.errors.Unavailable`, until a node answers; within a second of a failed
+    attempt, at once). So a server process starts, and its gunicorn workers boot, even while
+    the cluster is unreachable.
+
+    After a connection error or a timeout on a node, redis-py reads the topology again before
+    it raises, asking every node in turn: with the whole cluster stalled or cut off, that is one
+    timeout per node on top of the command's own. Here that refresh runs in a thread of its own
+    (one at a time), so a command fails within its own attempts' time, and the commands after
+    the refresh use the new topology (a failed-over master's replica).
     """
 
     def __init__(self, **kwargs: Any) -> None:  # redis-py's own init runs on first use
         self.__dict__["_lazy_kwargs"] = kwargs
         self.__dict__["_lazy_lock"] = threading.RLock()
         self.__dict__["_lazy_initializer"] = None
+        self.__dict__["_lazy_failure"] = None  # (when, error) of the last failed first use
 
     def __getattr__(self, name: str) -> Any:
         # Called only for attributes not set yet: every one of redis-py's is set by its init.
@@ -185,12 +198,27 @@ class LazyRedisCluster(RedisCluster):
             raise AttributeError(name)
         with state["_lazy_lock"]:
             if "nodes_manager" not in state:
-                state["_lazy_initializer"] = threading.get_ident()
-                try:
-                    RedisCluster.__init__(self, **state["_lazy_kwargs"])
-                finally:
-                    state["_lazy_initializer"] = None
+                self._lazy_init()
         return object.__getattribute__(self, name)
+
+    def _lazy_init(self) -> None:
+        state = self.__dict__
+        failure = state["_lazy_failure"]
+        if failure is not None and time.monotonic() - failure[0] < RETRY_FIRST_USE_AFTER:
+            raise redis.exceptions.ConnectionError(
+                f"the Redis Cluster could not be reached a moment ago: {failure[1]}"
+            )
+        state["_lazy_initializer"] = threading.get_ident()
+        try:
+            RedisCluster.__init__(self, **state["_lazy_kwargs"])
+        except Exception as exc:
+            if _is_outage(exc):
+                state["_lazy_failure"] = (time.monotonic(), exc)
+            raise
+        finally:
+            state["_lazy_initializer"] = None
+        state["_lazy_failure"] = None
+        _refresh_in_background(self.nodes_manager)
 
     def get_encoder(self) -> Encoder:
         """The encoder of the cluster's connections (scripts hash with it), with no connection."""
@@ -204,6 +232,35 @@ class LazyRedisCluster(RedisCluster):
     def close(self) -> None:
         if "nodes_manager" in self.__dict__:
             super().close()
+
+
+#: Seconds a cluster client that could not read the topology at first use fails at once.
+RETRY_FIRST_USE_AFTER = 1.0
+
+
+def _refresh_in_background(manager: NodesManager) -> None:
+    """Make the topology refreshes redis-py runs after a node failed run in a thread."""
+    refresh = manager.initialize
+    running = threading.Lock()
+
+    def initialize(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("last_failed_node_name") is None:  # bootstrap, MOVED: as redis-py does
+            refresh(*args, **kwargs)
+            return
+        if not running.acquire(blocking=False):
+            return  # one is under way
+
+        def run() -> None:
+            try:
+                refresh(*args, **kwargs)
+            except Exception as exc:  # the next failure tries again
+                log.info("reading the Redis Cluster's topology failed: %r", exc)
+            finally:
+                running.release()
+
+        threading.Thread(target=run, name="tevo-hold-cluster-refresh", daemon=True).start()
+
+    manager.initialize = initialize  # type: ignore[method-assign]
 
 
 def _embedded() -> redis.Redis:
