@@ -147,6 +147,12 @@ def test_a_sentinel_url_finds_the_master_and_follows_a_failover() -> None:
             assert hold(service, "before") == "held"
             with sentinels.master.client() as master:
                 master.wait(1, 5000)  # replicated: a failover keeps it (see the README)
+            sentinels.master.pause()  # stalled: unavailable, quickly
+            started = time.monotonic()
+            with pytest.raises(e.Unavailable):
+                service.get(global_id="before")
+            assert time.monotonic() - started < 1
+            sentinels.master.resume()
             sentinels.failover()
             # The client finds the new master by itself (its first call may see the old one
             # demoted, and retries); what was replicated is there.
