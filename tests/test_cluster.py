@@ -17,7 +17,15 @@ from datetime import datetime
 import pytest
 from redis.cluster import RedisCluster
 
-from tevo_hold import HoldService, HoldStatus, Ledger, PosAdapter, Settings, build_service
+from tevo_hold import (
+    HoldService,
+    HoldStatus,
+    Ledger,
+    PosAdapter,
+    RedisInventoryAdapter,
+    Settings,
+    build_service,
+)
 from tevo_hold import errors as e
 from tevo_hold.connection import RedisClient
 from tevo_hold.keys import SHARDS, KeySpace
@@ -26,6 +34,12 @@ from tevo_hold.worker import Worker
 from .servers import Cluster, redis_cluster, wait_for
 
 KEYS = KeySpace()
+
+
+def inventory_of(service: HoldService) -> RedisInventoryAdapter:
+    adapter = service.adapter
+    assert isinstance(adapter, RedisInventoryAdapter)
+    return adapter
 
 
 def master_of(client: RedisCluster, key: str) -> int:
@@ -52,9 +66,9 @@ def test_holds_and_listings_lie_on_every_master(cluster: Cluster) -> None:
     cluster.flush()
     service = build_service(Settings(redis_url=cluster.url, api_keys=("k",)))
     try:
-        adapter = service.adapter
+        adapter = inventory_of(service)
         for n in range(30):
-            adapter.set_quantity(f"listing-{n}", 10)  # type: ignore[attr-defined]
+            adapter.set_quantity(f"listing-{n}", 10)
         for n in range(60):
             service.hold(remote_id=f"listing-{n % 30}", quantity=1, global_id=f"order-{n}")
     finally:
@@ -151,10 +165,10 @@ def test_a_stalled_master_is_failed_over_and_the_client_follows(replicated: Clus
     client = service.ledger.client
     assert isinstance(client, RedisCluster)
     try:
-        adapter = service.adapter
+        adapter = inventory_of(service)
         listings = [f"fo-{n}" for n in range(12)]
         for rid in listings:
-            adapter.set_quantity(rid, 10)  # type: ignore[attr-defined]
+            adapter.set_quantity(rid, 10)
         gids = [f"fo-order-{n}" for n in range(30)]
         for n, gid in enumerate(gids):
             service.hold(remote_id=listings[n % 12], quantity=1, global_id=gid)
@@ -183,7 +197,7 @@ def test_a_stalled_master_is_failed_over_and_the_client_follows(replicated: Clus
             assert {service.get(global_id=g).status for g in gids} == {HoldStatus.HELD}
             for n, rid in enumerate(listings):
                 service.hold(remote_id=rid, quantity=1, global_id=f"fo-after-{n}")
-            held = sum(adapter.stock(rid).held for rid in listings)  # type: ignore[attr-defined]
+            held = sum(adapter.stock(rid).held for rid in listings)
             assert held == len(gids) + len(listings)
         finally:
             victim.resume()  # it rejoins as the replica of its successor
@@ -200,7 +214,8 @@ def test_a_cluster_unreachable_as_a_whole_answers_503_quickly(outage: str) -> No
     with redis_cluster(masters=3) as whole:
         service = build_service(Settings(redis_url=whole.url, api_keys=("k",)))
         try:
-            service.adapter.set_quantity("L", 10)  # type: ignore[attr-defined]
+            adapter = inventory_of(service)
+            adapter.set_quantity("L", 10)
             gids = [f"cut-{n}" for n in range(6)]
             for gid in gids:
                 service.hold(remote_id="L", quantity=1, global_id=gid)
@@ -215,7 +230,7 @@ def test_a_cluster_unreachable_as_a_whole_answers_503_quickly(outage: str) -> No
                 node.resume() if outage == "stalled" else node.start(wait=False)
             if outage == "stopped":  # its data was not persisted: stock again
                 whole.wait_ok()
-                wait_for(lambda: service.adapter.set_quantity("L", 10), 10)  # type: ignore[attr-defined]
+                wait_for(lambda: adapter.set_quantity("L", 10), 10)
                 for gid in gids:
                     service.hold(remote_id="L", quantity=1, global_id=gid)
             wait_for(lambda: service.get(global_id=gids[0]), 10, what="the cluster back")
