@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tevo_hold import HoldService, RedisInventoryAdapter, Settings, build_service
 from tevo_hold import errors as e
+from tevo_hold._redis import fail_fast, translate_errors
 from tevo_hold.connection import LazyRedisCluster, connect
 
 from .servers import (
@@ -23,8 +25,6 @@ from .servers import (
     single_node_cluster,
     wait_for,
 )
-
-pytestmark = pytest.mark.slow
 
 
 def service_for(url: str) -> HoldService:
@@ -89,6 +89,7 @@ def test_malformed_cluster_and_sentinel_urls_say_what_is_expected(url: str, says
 # -- Redis Cluster -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_cluster_url_of_one_node_finds_the_others(cluster: Cluster) -> None:
     service = service_for(f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}")
     try:
@@ -102,6 +103,7 @@ def test_a_cluster_url_of_one_node_finds_the_others(cluster: Cluster) -> None:
         service.close()
 
 
+@pytest.mark.slow
 def test_a_cluster_url_whose_first_node_is_down_uses_the_next(cluster: Cluster) -> None:
     nodes = [f"127.0.0.1:{free_port()}", *(f"127.0.0.1:{n.port}" for n in cluster.nodes)]
     service = service_for("redis+cluster://" + ",".join(nodes))
@@ -113,6 +115,7 @@ def test_a_cluster_url_whose_first_node_is_down_uses_the_next(cluster: Cluster) 
         service.close()
 
 
+@pytest.mark.slow
 def test_a_cluster_client_starts_while_the_cluster_is_down_and_works_once_it_is_up(
     tmp_path: Path,
 ) -> None:
@@ -139,6 +142,7 @@ def test_a_cluster_client_starts_while_the_cluster_is_down_and_works_once_it_is_
 # -- Sentinel ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sentinel_url_finds_the_master_and_follows_a_failover() -> None:
     with redis_sentinel(password="data-pw", sentinel_password="sentinel-pw") as sentinels:
         service = service_for(sentinels.url)
@@ -163,6 +167,7 @@ def test_a_sentinel_url_finds_the_master_and_follows_a_failover() -> None:
             service.close()
 
 
+@pytest.mark.slow
 def test_a_sentinel_url_with_a_wrong_password_is_refused() -> None:
     with redis_sentinel(password="data-pw") as sentinels:
         service = service_for(sentinels.url.replace("data-pw", "wrong"))
@@ -189,6 +194,7 @@ def tls_redis(tmp_path: Path, certificates: dict[str, Path]) -> Iterator[RedisPr
     server.stop()
 
 
+@pytest.mark.slow
 def test_a_rediss_url_talks_tls_and_checks_the_certificate(
     tls_redis: RedisProcess, certificates: dict[str, Path]
 ) -> None:
@@ -208,6 +214,7 @@ def test_a_rediss_url_talks_tls_and_checks_the_certificate(
             each.close()
 
 
+@pytest.mark.slow
 def test_a_rediss_cluster_url_talks_tls(tmp_path: Path, certificates: dict[str, Path]) -> None:
     node = single_node_cluster(tmp_path, tls=certificates)
     service = service_for(
@@ -220,3 +227,80 @@ def test_a_rediss_cluster_url_talks_tls(tmp_path: Path, certificates: dict[str, 
     finally:
         service.close()
         node.stop()
+
+
+# -- which driver errors are "Redis is unavailable" ----------------------------------------------
+
+X = redis.exceptions
+
+OUTAGES = [
+    X.ConnectionError("Connection refused"),
+    X.TimeoutError("Timeout reading from socket"),
+    X.AuthenticationError("WRONGPASS"),
+    X.BusyLoadingError("LOADING"),
+    X.ReadOnlyError("READONLY You can't write against a read only replica."),
+    X.TryAgainError("TRYAGAIN"),
+    X.ClusterDownError("CLUSTERDOWN The cluster is down"),
+    X.MasterDownError("MASTERDOWN Link with MASTER is down"),
+    X.ClusterError("TTL exhausted."),
+    X.SlotNotCoveredError('Slot "42" is not covered by the cluster.'),
+    X.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+    X.ResponseError("NOREPLICAS Not enough good replicas to write."),
+]
+BUGS = [
+    X.ResponseError("ERR wrong number of arguments"),
+    X.RedisClusterException("EVALSHA - all keys must map to the same key slot"),
+    X.DataError("Invalid input"),
+    ValueError("not Redis at all"),
+]
+
+
+def _cluster_unreachable() -> Exception:
+    try:
+        try:
+            raise X.ConnectionError("Connection refused")
+        except X.ConnectionError as exc:
+            raise X.RedisClusterException("Redis Cluster cannot be connected.") from exc
+    except X.RedisClusterException as exc:
+        return exc
+
+
+@pytest.mark.parametrize("exc", [*OUTAGES, _cluster_unreachable()], ids=repr)
+def test_driver_errors_that_mean_redis_is_unreachable_are_unavailable(exc: Exception) -> None:
+    with pytest.raises(e.Unavailable) as info, translate_errors():
+        raise exc
+    assert info.value.__cause__ is exc
+
+
+@pytest.mark.parametrize("exc", BUGS, ids=repr)
+def test_other_errors_pass_through(exc: Exception) -> None:
+    with pytest.raises(type(exc)), translate_errors():
+        raise exc
+
+
+@pytest.mark.parametrize(
+    ("first", "latched"),
+    [(X.TimeoutError("stalled"), True), (X.OutOfMemoryError("OOM full"), False)],
+    ids=["timeout", "oom"],
+)
+def test_within_fail_fast_a_slow_outage_stops_the_later_calls(
+    first: Exception, latched: bool
+) -> None:
+    calls = []
+
+    def call(outcome: Exception | None) -> None:
+        with translate_errors():
+            calls.append(outcome)
+            if outcome is not None:
+                raise outcome
+
+    with fail_fast():
+        with pytest.raises(e.Unavailable):
+            call(first)
+        if latched:
+            with pytest.raises(e.Unavailable, match="earlier in this request"):
+                call(None)
+        else:
+            call(None)
+    assert len(calls) == (1 if latched else 2)
+    call(None)  # outside the block: every call goes through
