@@ -129,8 +129,8 @@ def _cluster(url: str, settings: Settings) -> RedisCluster:
     return LazyRedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
         # The cluster client retries a command once after a connection error, a timeout or a
-        # CLUSTERDOWN, having read the topology again (a failover moves slots); its connections
-        # to each node make no retries of their own.
+        # CLUSTERDOWN (its connections to each node make no retries of their own), and reads
+        # the topology again after a failed node, in the background (see LazyRedisCluster).
         retry=_retry(),
         require_full_coverage=False,
         **options,
