@@ -18,11 +18,16 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/gunicorn -c server/gunicorn.conf.py server.wsgi:app
 
-# Tests that need a real Redis start their own redis-server on a free loopback port.
+# Tests that need a real Redis start their own redis-server processes (alone, as a cluster
+# with redis-cli, behind Sentinel, over TLS with certificates made by openssl) on free loopback
+# ports.
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
 	  echo "redis-server missing: installing Debian's redis-server"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "openssl missing: installing it (the TLS tests make certificates)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
 
 # The reference-page test (tests/test_docs.py) opens GET /docs in Debian's headless chromium
 # (or the browser the CHROMIUM variable names); the guide's examples run with curl.

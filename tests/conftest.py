@@ -1,4 +1,5 @@
-"""Fixtures: every behaviour test runs on fakeredis (fast) and on a real redis-server."""
+"""Fixtures: every behaviour test runs on fakeredis (fast), on a real redis-server, and on a
+real three-master Redis Cluster."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tevo_hold import HoldService, RedisInventoryAdapter, Settings, build_service, create_app
+from tevo_hold.connection import RedisClient, connect
 
-from .servers import redis_server
+from .servers import Cluster, redis_cluster, redis_server
 
 API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}
@@ -26,11 +28,32 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
-def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
-    """A Redis client: fakeredis with Lua, then a real redis-server (flushed for each test)."""
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """A private Redis Cluster of three masters, started once per test session."""
+    with redis_cluster(masters=3) as nodes:
+        yield nodes
+
+
+@pytest.fixture(scope="session")
+def cluster_client(cluster: Cluster) -> Iterator[RedisClient]:
+    """A ``redis+cluster://`` client made as the server makes it, kept for the session (a new
+    one reads the cluster's topology and command table first: a tenth of a second)."""
+    client = connect(Settings(redis_url=cluster.url, api_keys=(API_KEY,)))
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
+def client(request: pytest.FixtureRequest) -> Iterator[RedisClient]:
+    """A Redis client: fakeredis with Lua, a real redis-server, a real Redis Cluster (a
+    ``redis+cluster://`` client as the server makes it); the real ones flushed for each test."""
     if request.param == "fakeredis":
         yield fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        return
+    if request.param == "cluster":
+        request.getfixturevalue("cluster").flush()
+        yield request.getfixturevalue("cluster_client")
         return
     real = redis.Redis.from_url(request.getfixturevalue("redis_url"))
     real.flushdb()
@@ -44,11 +67,13 @@ def settings() -> Settings:
 
 
 @pytest.fixture(params=["fused", "stepwise"])
-def make_service(request: pytest.FixtureRequest, client: redis.Redis) -> Callable[..., HoldService]:
+def make_service(request: pytest.FixtureRequest, client: RedisClient) -> Callable[..., HoldService]:
     """Build a service on ``client`` with settings overridden by keyword.
 
     Parametrized: the reference adapter's one-script path ("fused") and the step-by-step path
-    that every other adapter (and a Redis Cluster) takes.
+    that every other adapter takes. On a Redis Cluster only the step-by-step path runs (a
+    hold's keys and its listing's lie in different slots), so "fused" on "cluster" checks
+    that the service falls back to it by itself.
     """
     fuse = request.param == "fused"
 

@@ -1,20 +1,24 @@
-"""Real servers for tests: redis-server and gunicorn on free loopback ports, never 6379."""
+"""Real servers for tests: redis-server (alone, as a cluster, behind Sentinel, over TLS) and
+gunicorn, on free loopback ports, never 6379."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 import requests
+from redis.cluster import ClusterNode, RedisCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +30,7 @@ def free_port() -> int:
         return port
 
 
-def wait_for(check, timeout: float = 15.0, what: str = "server") -> None:  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "server") -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -39,50 +43,286 @@ def wait_for(check, timeout: float = 15.0, what: str = "server") -> None:  # typ
     raise RuntimeError(f"{what} did not come up in {timeout}s (last error: {last!r})")
 
 
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server on a free port; yields its URL."""
-    binary = shutil.which("redis-server")
+def _binary(name: str) -> str:
+    binary = shutil.which(name)
     if binary is None:
         raise RuntimeError(
-            "redis-server is not installed: `make test` installs Debian's redis-server; "
-            "or run `apt-get install redis-server`."
+            f"{name} is not installed: `make test` installs Debian's redis-server (which has "
+            "redis-cli); or run `apt-get install redis-server`."
         )
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="tevo-hold-redis-") as workdir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    return binary
+
+
+class RedisProcess:
+    """One redis-server on a fixed loopback port, which a test may stop, start, pause, resume.
+
+    ``options`` are extra command-line options (``["--appendonly", "yes"]``, say). The data
+    directory lives as long as the object, so a server stopped and started again keeps what it
+    persisted (nothing, unless ``options`` turn persistence on).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        options: Sequence[str] = (),
+        *,
+        port: int = 0,
+        password: str | None = None,
+        tls: Mapping[str, Path] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.options = list(options)
+        self.password = password
+        self.tls = tls
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        listen = (
+            ["--port", str(self.port)] if self.tls is None else tls_options(self.tls, self.port)
         )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            client = redis.Redis.from_url(url)
-            wait_for(client.ping, what=f"redis-server on port {port}")
-            client.close()
-            yield url
-        finally:
+        auth = ["--requirepass", self.password] if self.password else []
+        return [
+            _binary("redis-server"),
+            *listen,
+            *auth,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--maxmemory-policy",
+            "noeviction",
+            *self.options,
+        ]
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        if self.tls is not None:
+            kwargs.update(ssl=True, ssl_ca_certs=str(self.tls["ca"]))
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)
+
+    def start(self, *, wait: bool = True) -> None:
+        assert self.proc is None, "already running"
+        log = (self.dir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        with self.client(socket_timeout=1) as client:
+            wait_for(client.ping, timeout, what=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL if it hangs); a paused one is resumed first."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stalls, its port still accepts connections, nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def log(self) -> str:
+        path = self.dir / "redis.log"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
 
 
 @contextmanager
-def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 4) -> Iterator[str]:
-    """``gunicorn server.wsgi:app`` with the project's config on a free port; yields its URL."""
+def redis_server(options: Sequence[str] = ()) -> Iterator[str]:
+    """A private redis-server on a free port; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="tevo-hold-redis-") as workdir:
+        server = RedisProcess(Path(workdir), options)
+        try:
+            server.start()
+            yield server.url
+        finally:
+            server.stop()
+
+
+# -- Redis Cluster -----------------------------------------------------------------------------
+
+
+class Cluster:
+    """A Redis Cluster of ``masters`` masters (and ``replicas`` replicas each) on loopback."""
+
+    def __init__(self, nodes: list[RedisProcess], masters: int) -> None:
+        self.nodes = nodes
+        self.masters = masters
+        self._clients: dict[int, redis.Redis] = {}
+
+    @property
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL of the cluster: every node as a startup node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def client(self, **kwargs: Any) -> RedisCluster:
+        nodes = [ClusterNode("127.0.0.1", n.port) for n in self.nodes]
+        return RedisCluster(startup_nodes=nodes, **kwargs)
+
+    def node(self, port: int) -> redis.Redis:
+        """A client of the one node on ``port`` (kept for the cluster's life)."""
+        if port not in self._clients:
+            self._clients[port] = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        return self._clients[port]
+
+    def master_ports(self) -> list[int]:
+        """The ports of the running nodes that are masters now (they change on failover)."""
+        return [
+            n.port
+            for n in self.nodes
+            if n.proc is not None and self.node(n.port).info("replication")["role"] == "master"
+        ]
+
+    def flush(self) -> None:
+        """Empty every master (replicas follow)."""
+        for port in self.master_ports():
+            self.node(port).flushall()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node sees the cluster as ok, with all its masters, and
+        every replica is in sync with its master."""
+
+        def ok() -> bool:
+            for node in self.nodes:
+                if node.proc is None:
+                    continue
+                client = self.node(node.port)
+                info = client.cluster("info")
+                if info["cluster_state"] != "ok" or int(info["cluster_size"]) != self.masters:
+                    return False
+                role = client.info("replication")
+                if role["role"] != "master" and role["master_link_status"] != "up":
+                    return False
+            return True
+
+        wait_for(ok, timeout, what="the Redis Cluster")
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+@contextmanager
+def redis_cluster(
+    masters: int = 3, replicas: int = 0, *, node_timeout_ms: int = 2000
+) -> Iterator[Cluster]:
+    """A Redis Cluster on free loopback ports (``redis-cli --cluster create``); yields it.
+
+    Each node has its own cluster bus port (``--cluster-port``), so only free ports are used.
+    """
+    count = masters * (1 + replicas)
+    with tempfile.TemporaryDirectory(prefix="tevo-hold-cluster-") as workdir, ExitStack() as stack:
+        nodes = []
+        for _ in range(count):
+            port = free_port()
+            options = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"{workdir}/nodes-{port}.conf",
+                "--cluster-port",
+                str(free_port()),
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                "--appendonly",
+                "no",
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            node = RedisProcess(Path(workdir), options, port=port)
+            stack.callback(node.stop)
+            node.start(wait=False)
+            nodes.append(node)
+        for node in nodes:
+            node.wait_ready()
+        create = [
+            _binary("redis-cli"),
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{n.port}" for n in nodes),
+            "--cluster-replicas",
+            str(replicas),
+            "--cluster-yes",
+        ]
+        result = subprocess.run(create, capture_output=True, text=True, timeout=60, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}"
+            )
+        cluster = Cluster(nodes, masters)
+        stack.callback(cluster.close)
+        cluster.wait_ok()
+        yield cluster
+
+
+def single_node_cluster(
+    workdir: Path, *, port: int = 0, tls: Mapping[str, Path] | None = None
+) -> RedisProcess:
+    """Start a Redis Cluster of one master holding every slot (TLS on its bus too, with
+    ``tls``); the caller stops it."""
+    options = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        str(workdir / f"nodes-{port or 'any'}-{time.monotonic_ns()}.conf"),
+        "--cluster-port",
+        str(free_port()),
+    ]
+    if tls is not None:
+        options += ["--tls-cluster", "yes"]
+    node = RedisProcess(workdir, options, port=port, tls=tls)
+    node.start()
+    with node.client(socket_timeout=2) as client:
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_for(lambda: client.cluster("info")["cluster_state"] == "ok", what="the cluster")
+    return node
+
+
+# -- gunicorn ----------------------------------------------------------------------------------
+
+
+class Gunicorn:
+    """A running ``gunicorn server.wsgi:app``: its URL, its master process, its output so far."""
+
+    def __init__(self, base: str, proc: subprocess.Popen[bytes], log: Any) -> None:
+        self.base = base
+        self.proc = proc
+        self._log = log
+
+    def output(self) -> str:
+        self._log.seek(0)
+        text: str = self._log.read().decode("utf-8", "replace")
+        return text
+
+
+@contextmanager
+def gunicorn_process(
+    env: Mapping[str, str], *, workers: int = 4, threads: int = 4, args: Sequence[str] = ()
+) -> Iterator[Gunicorn]:
+    """``gunicorn server.wsgi:app`` with the project's config on a free port."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
     full_env.update(env)
@@ -99,22 +339,183 @@ def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 
         str(threads),
         "--access-logfile",
         "/dev/null",
+        *args,
         "server.wsgi:app",
     ]
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        server = Gunicorn(base, proc, log)
         try:
             wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what="gunicorn")
-            yield base
+            yield server
         except BaseException:
-            log.seek(0)
-            sys.stderr.write(log.read().decode("utf-8", "replace")[-5000:])
+            sys.stderr.write(server.output()[-5000:])
             raise
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 4) -> Iterator[str]:
+    """``gunicorn server.wsgi:app`` with the project's config on a free port; yields its URL."""
+    with gunicorn_process(env, workers=workers, threads=threads) as server:
+        yield server.base
+
+
+# -- Sentinel ----------------------------------------------------------------------------------
+
+
+class Sentinels:
+    """A master, its replica, and one Sentinel watching them as ``service``."""
+
+    def __init__(
+        self, master: RedisProcess, replica: RedisProcess, sentinel: RedisProcess, service: str
+    ) -> None:
+        self.master = master
+        self.replica = replica
+        self.sentinel = sentinel
+        self.service = service
+
+    @property
+    def url(self) -> str:
+        """The ``redis+sentinel://`` URL of the master, with the passwords."""
+        auth = f":{self.master.password}@" if self.master.password else ""
+        query = f"?sentinel_password={self.sentinel.password}" if self.sentinel.password else ""
+        return f"redis+sentinel://{auth}127.0.0.1:{self.sentinel.port}/{self.service}/0{query}"
+
+    def master_port(self) -> int:
+        with self.sentinel.client(socket_timeout=2) as client:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(port)
+
+    def failover(self, timeout: float = 30.0) -> int:
+        """Make the replica the master (SENTINEL FAILOVER); returns the new master's port."""
+        before = self.master_port()
+
+        def started() -> bool:
+            with self.sentinel.client(socket_timeout=2) as client:
+                return bool(client.execute_command("SENTINEL", "FAILOVER", self.service))
+
+        wait_for(started, timeout, what="SENTINEL FAILOVER")  # NOGOODSLAVE for a moment
+
+        def promoted() -> bool:
+            port = self.master_port()
+            if port == before:
+                return False
+            with redis.Redis(
+                host="127.0.0.1", port=port, password=self.master.password, socket_timeout=1
+            ) as client:
+                return bool(client.info("replication")["role"] == "master")
+
+        wait_for(promoted, timeout, what="the Sentinel failover")
+        return self.master_port()
+
+
+class _SentinelProcess(RedisProcess):
+    """redis-server in Sentinel mode, with a config file of its own (Sentinel rewrites it)."""
+
+    def __init__(self, workdir: Path, config: str, password: str | None) -> None:
+        super().__init__(workdir, password=password)
+        self.config = self.dir / "sentinel.conf"
+        auth = f"requirepass {password}\n" if password else ""
+        self.config.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n{auth}{config}")
+
+    def command(self) -> list[str]:
+        return [_binary("redis-server"), str(self.config), "--sentinel"]
+
+
+@contextmanager
+def redis_sentinel(
+    service: str = "tevo", *, password: str | None = None, sentinel_password: str | None = None
+) -> Iterator[Sentinels]:
+    """A master, a replica of it, and a Sentinel that monitors them (quorum 1). ``password``:
+    the data nodes want it; ``sentinel_password``: the Sentinel wants it."""
+    with tempfile.TemporaryDirectory(prefix="tevo-hold-sentinel-") as workdir, ExitStack() as stack:
+        root = Path(workdir)
+        common = ["--repl-diskless-sync-delay", "0"]
+        if password:
+            common += ["--masterauth", password]
+        master = RedisProcess(root, common, password=password)
+        stack.callback(master.stop)
+        master.start()
+        replica = RedisProcess(
+            root, ["--replicaof", "127.0.0.1", str(master.port), *common], password=password
+        )
+        stack.callback(replica.stop)
+        replica.start()
+
+        def linked() -> bool:
+            with replica.client(socket_timeout=1) as client:
+                return bool(client.info("replication")["master_link_status"] == "up")
+
+        wait_for(linked, 30, what="the replica")  # so the Sentinel finds it at once
+        sentinel = _SentinelProcess(
+            root,
+            f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 5000\n"
+            + (f"sentinel auth-pass {service} {password}\n" if password else ""),
+            sentinel_password,
+        )
+        stack.callback(sentinel.stop)
+        sentinel.start()
+        found = Sentinels(master, replica, sentinel, service)
+
+        def watched() -> bool:
+            with sentinel.client(socket_timeout=1) as client:
+                replicas = client.sentinel_slaves(service)
+            return len(replicas) == 1 and replicas[0]["master-link-status"] == "ok"
+
+        wait_for(watched, 30, what="the Sentinel")
+        yield found
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is not installed: apt-get install openssl")
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "cert", "key")}
+    csr, ext = directory / "server.csr", directory / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]  # quicker than RSA
+    ca, ca_key, cert, server_key = (str(files[n]) for n in ("ca", "ca-key", "cert", "key"))
+    ca_req = ["req", "-x509", *key, "-nodes", "-days", "2", "-subj", "/CN=ca"]
+    server_req = ["req", *key, "-nodes", "-subj", "/CN=127.0.0.1"]
+    sign = ["x509", "-req", "-in", str(csr), "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
+    steps = [
+        [*ca_req, "-keyout", ca_key, "-out", ca],
+        [*server_req, "-keyout", server_key, "-out", str(csr)],
+        [*sign, "-days", "2", "-extfile", str(ext), "-out", cert],
+    ]
+    for step in steps:
+        subprocess.run([openssl, *step], check=True, capture_output=True, timeout=60)
+    return files
+
+
+def tls_options(files: Mapping[str, Path], port: int) -> list[str]:
+    """redis-server options to serve TLS only, on ``port``, with ``files`` of make_certificates."""
+    return [
+        "--tls-port",
+        str(port),
+        "--port",
+        "0",
+        "--tls-cert-file",
+        str(files["cert"]),
+        "--tls-key-file",
+        str(files["key"]),
+        "--tls-ca-cert-file",
+        str(files["ca"]),
+        "--tls-auth-clients",
+        "no",
+    ]

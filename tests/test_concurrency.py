@@ -1,4 +1,5 @@
-"""Concurrency through the real server: gunicorn (several workers x threads) on a real Redis.
+"""Concurrency through the real server: gunicorn (several workers x threads) on a real Redis,
+and again on a real three-master Redis Cluster (where every call takes the step-by-step path).
 
 Requests come from a thread pool, each thread with its own ``requests.Session``, so holds,
 releases and invoices of one listing or one ``global_id`` really race across processes. The
@@ -20,8 +21,9 @@ import redis
 import requests
 
 from tevo_hold import RedisInventoryAdapter, Settings, build_service
+from tevo_hold.connection import RedisClient, connect
 
-from .servers import gunicorn_server
+from .servers import Cluster, gunicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -147,26 +149,38 @@ def assert_in_progress(answer: Answer) -> None:
 # -- fixtures ------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the server's Redis, emptied: a redis-server, then a Redis Cluster."""
+    if request.param == "cluster":
+        cluster: Cluster = request.getfixturevalue("cluster")
+        cluster.flush()
+        return cluster.url
+    url: str = request.getfixturevalue("redis_url")
+    with redis.Redis.from_url(url) as flusher:
+        flusher.flushdb()
+    return url
+
+
 @pytest.fixture(scope="module")
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+def redis_client(store_url: str) -> Iterator[RedisClient]:
+    client = connect(Settings(redis_url=store_url, api_keys=(API_KEY,)))
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def inventory(redis_client: redis.Redis, redis_url: str) -> RedisInventoryAdapter:
+def inventory(redis_client: RedisClient, store_url: str) -> RedisInventoryAdapter:
     """The reference inventory, read and stocked straight in the server's Redis."""
-    service = build_service(Settings(redis_url=redis_url, api_keys=(API_KEY,)), client=redis_client)
+    service = build_service(Settings(redis_url=store_url, api_keys=(API_KEY,)), client=redis_client)
     adapter = service.adapter
     assert isinstance(adapter, RedisInventoryAdapter)
     return adapter
 
 
 @pytest.fixture(scope="module")
-def server(redis_url: str, redis_client: redis.Redis) -> Iterator[str]:
-    env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": API_KEY}
+def server(store_url: str, redis_client: RedisClient) -> Iterator[str]:
+    env = {"TEVO_HOLD_REDIS_URL": store_url, "TEVO_HOLD_API_KEYS": API_KEY}
     with gunicorn_server(env, workers=WORKERS, threads=THREADS) as base:
         yield base
 

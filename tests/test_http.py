@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import redis
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -30,7 +29,7 @@ from tevo_hold import (
     create_app,
 )
 from tevo_hold import errors as e
-from tevo_hold.connection import connect
+from tevo_hold.connection import RedisClient, connect
 
 from .conftest import API_KEY, AUTH
 from .servers import free_port
@@ -796,7 +795,7 @@ class StubPos(PosAdapter):
         self._maybe_fail("invoice")
 
 
-def stub_http(client: redis.Redis, exc: BaseException, *methods: str) -> FlaskClient:
+def stub_http(client: RedisClient, exc: BaseException, *methods: str) -> FlaskClient:
     stub = StubPos(exc, methods) if methods else StubPos(exc)
     return app_for(HoldService(Ledger(client), stub))
 

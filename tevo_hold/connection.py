@@ -1,40 +1,266 @@
-"""Redis clients from a URL, with timeouts and retries sized for TEvo's 5-second budget."""
+"""Redis clients from a URL: one Redis, a Redis Cluster, or a master found through Sentinel.
+
+Every client answers within a bounded time when Redis is down or stalled, so the API can answer
+``503 unavailable`` within a second: each attempt (connect, or wait for a reply) is bounded by
+``TEVO_HOLD_REDIS_TIMEOUT`` seconds, and a call makes at most ``1 + RETRIES`` attempts, with a
+short jittered pause between them. (The per-request rule that a request stops calling Redis
+after its first failure is in :func:`tevo_hold._redis.fail_fast`.)
+
+URL forms (see the README):
+
+- ``redis://[user:pass@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path.sock``: one Redis;
+- ``redis+cluster://[user:pass@]host:port[,host:port...]``, ``rediss+cluster://...`` (TLS): a
+  Redis Cluster, any of whose nodes may be given (the others are discovered);
+- ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]``: the master of
+  ``service_name`` as the Sentinels at those addresses know it (credentials are the master's;
+  ``?sentinel_password=...`` if the Sentinels want one too).
+
+Query parameters are passed to redis-py as ``redis://`` URLs pass them (``?ssl_ca_certs=...``).
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
+from urllib.parse import quote, unquote
 
 import redis
+from redis._parsers.encoders import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode, NodesManager, RedisCluster
+from redis.connection import parse_url
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
+from ._redis import RedisClient, _is_outage
 from .errors import ConfigurationError
 from .settings import EMBEDDED_URL, Settings
 
-__all__ = ["connect"]
+__all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "connect"]
 
-#: Extra attempts after a connection error or timeout (redis-py's own default is 10).
-RETRIES = 2
+log = logging.getLogger("tevo_hold")
+
+#: Extra attempts after a connection error or timeout (redis-py's own default is 3 to 10).
+RETRIES = 1
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel",)
 
 
-def connect(settings: Settings) -> redis.Redis:
+def connect(settings: Settings) -> RedisClient:
     """A client for ``settings.redis_url``.
 
     ``memory://`` gives an in-process fakeredis that runs the same Lua scripts (the embedded
     default: nothing is shared with other processes, nothing survives a restart). Other URLs
     give a redis-py client whose every attempt is bounded by ``redis_timeout`` seconds, with
-    ``RETRIES`` retries on connection errors, so a stalled Redis answers within the budget.
+    ``RETRIES`` retry on connection errors and timeouts. No client connects before its first
+    command, so a process starts even while Redis is down, and works once it is back.
     """
-    if settings.redis_url == EMBEDDED_URL:
+    url = settings.redis_url
+    if url == EMBEDDED_URL:
         return _embedded()
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in CLUSTER_SCHEMES:
+        return _cluster(url, settings)
+    if scheme in SENTINEL_SCHEMES:
+        return _sentinel(url, settings)
+    return redis.Redis.from_url(url, retry=_retry(), **_socket_options(settings))
+
+
+def _socket_options(settings: Settings) -> dict[str, Any]:
     timeout = settings.redis_timeout
-    options: dict[str, Any] = {
+    return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), RETRIES),
-        "health_check_interval": 30,
+        "socket_keepalive": True,
+        # No PING before a command on a connection idle for a while: it would be one more
+        # round trip (with retries of its own) inside the time budget. A dead pooled connection
+        # fails its command instead, and the retry reconnects.
+        "health_check_interval": 0,
     }
-    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), RETRIES)
+
+
+def _split(url: str, scheme: str) -> tuple[str, list[tuple[str, int]], str, str]:
+    """``scheme://[userinfo@]h:p[,h:p...][/path][?query]`` → userinfo, nodes, path, query."""
+    rest = url[len(scheme) + 3 :]
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    nodes = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        host = host.strip("[]")  # [::1]:7000
+        if not colon or not host or not port.isdigit():
+            raise ConfigurationError(
+                f"TEVO_HOLD_REDIS_URL: {item.strip()!r} is not host:port in {scheme}:// URL"
+            )
+        nodes.append((unquote(host), int(port)))
+    return (userinfo if at else ""), nodes, path if slash else "", query
+
+
+def _redis_options(scheme: str, userinfo: str, query: str, host: str, port: int) -> dict[str, Any]:
+    """redis-py's options for a plain URL of ``host:port`` with these credentials and query."""
+    plain = "rediss" if scheme.startswith("rediss") else "redis"
+    auth = f"{userinfo}@" if userinfo else ""
+    netloc = f"[{host}]" if ":" in host else quote(host)
+    url = f"{plain}://{auth}{netloc}:{port}/" + (f"?{query}" if query else "")
+    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    for key in ("host", "port", "db"):
+        options.pop(key, None)
+    if options.pop("connection_class", None) is not None:  # rediss: the cluster's nodes take
+        options["ssl"] = True  # ssl=True, not the connection class a rediss:// URL gives
+    return options
+
+
+def _cluster(url: str, settings: Settings) -> RedisCluster:
+    scheme = url.split("://", 1)[0].lower()
+    userinfo, nodes, path, query = _split(url, scheme)
+    if path.strip("/") not in ("", "0"):
+        raise ConfigurationError(
+            f"TEVO_HOLD_REDIS_URL: a Redis Cluster has database 0 only, not /{path}"
+        )
+    options = {**_socket_options(settings), **_redis_options(scheme, userinfo, query, *nodes[0])}
+    return LazyRedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
+        # The cluster client retries a command once after a connection error, a timeout or a
+        # CLUSTERDOWN (its connections to each node make no retries of their own), and reads
+        # the topology again after a failed node, in the background (see LazyRedisCluster).
+        retry=_retry(),
+        require_full_coverage=False,
+        **options,
+    )
+
+
+def _sentinel(url: str, settings: Settings) -> redis.Redis:
+    scheme = url.split("://", 1)[0].lower()
+    userinfo, nodes, path, query = _split(url, scheme)
+    parts = [p for p in path.split("/") if p]
+    if not 1 <= len(parts) <= 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ConfigurationError(
+            "TEVO_HOLD_REDIS_URL: expected redis+sentinel://host:port[,host:port...]/"
+            f"service_name[/db], got path /{path}"
+        )
+    service = unquote(parts[0])
+    db = int(parts[1]) if len(parts) == 2 else 0
+    params = [p for p in query.split("&") if p]
+    sentinel_auth = {}
+    for key in ("sentinel_username", "sentinel_password"):
+        for param in list(params):
+            name, _, value = param.partition("=")
+            if name == key:
+                sentinel_auth[key.removeprefix("sentinel_")] = unquote(value)
+                params.remove(param)
+    host, port = nodes[0]
+    master = _redis_options(scheme, userinfo, "&".join(params), host, port)
+    sockets = _socket_options(settings)
+    sentinels = Sentinel(nodes, sentinel_kwargs={**sockets, **sentinel_auth})  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        service, db=db, retry=_retry(), **{**sockets, **master}
+    )
+    return client
+
+
+class LazyRedisCluster(RedisCluster):
+    """A :class:`RedisCluster` that reads the cluster's topology on first use, and re-reads it
+    in the background after a node failed.
+
+    redis-py's client connects to the cluster when it is made, and raises if no node answers;
+    this one waits for its first command (which then raises, translated into
+    :class:`~tevo_hold.errors.Unavailable`, until a node answers; within a second of a failed
+    attempt, at once). So a server process starts, and its gunicorn workers boot, even while
+    the cluster is unreachable.
+
+    After a connection error or a timeout on a node, redis-py reads the topology again before
+    it raises, asking every node in turn: with the whole cluster stalled or cut off, that is one
+    timeout per node on top of the command's own. Here that refresh runs in a thread of its own
+    (one at a time), so a command fails within its own attempts' time, and the commands after
+    the refresh use the new topology (a failed-over master's replica).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:  # redis-py's own init runs on first use
+        self.__dict__["_lazy_kwargs"] = kwargs
+        self.__dict__["_lazy_lock"] = threading.RLock()
+        self.__dict__["_lazy_initializer"] = None
+        self.__dict__["_lazy_failure"] = None  # (when, error) of the last failed first use
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes not set yet: every one of redis-py's is set by its init.
+        # While that init runs, its own look-ups of attributes it has not set yet fail as
+        # usual; other threads wait for it.
+        state = self.__dict__
+        if name.startswith("_lazy") or state["_lazy_initializer"] == threading.get_ident():
+            raise AttributeError(name)
+        with state["_lazy_lock"]:
+            if "nodes_manager" not in state:
+                self._lazy_init()
+        return object.__getattribute__(self, name)
+
+    def _lazy_init(self) -> None:
+        state = self.__dict__
+        failure = state["_lazy_failure"]
+        if failure is not None and time.monotonic() - failure[0] < RETRY_FIRST_USE_AFTER:
+            raise redis.exceptions.ConnectionError(
+                f"the Redis Cluster could not be reached a moment ago: {failure[1]}"
+            )
+        state["_lazy_initializer"] = threading.get_ident()
+        try:
+            RedisCluster.__init__(self, **state["_lazy_kwargs"])
+        except Exception as exc:
+            if _is_outage(exc):
+                state["_lazy_failure"] = (time.monotonic(), exc)
+            raise
+        finally:
+            state["_lazy_initializer"] = None
+        state["_lazy_failure"] = None
+        _refresh_in_background(self.nodes_manager)
+
+    def get_encoder(self) -> Encoder:
+        """The encoder of the cluster's connections (scripts hash with it), with no connection."""
+        kwargs = self.__dict__["_lazy_kwargs"]
+        return Encoder(  # type: ignore[no-untyped-call]
+            kwargs.get("encoding", "utf-8"),
+            kwargs.get("encoding_errors", "strict"),
+            kwargs.get("decode_responses", False),
+        )
+
+    def close(self) -> None:
+        if "nodes_manager" in self.__dict__:
+            super().close()
+
+
+#: Seconds a cluster client that could not read the topology at first use fails at once.
+RETRY_FIRST_USE_AFTER = 1.0
+
+
+def _refresh_in_background(manager: NodesManager) -> None:
+    """Make the topology refreshes redis-py runs after a node failed run in a thread."""
+    refresh = manager.initialize
+    running = threading.Lock()
+
+    def initialize(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("last_failed_node_name") is None:  # bootstrap, MOVED: as redis-py does
+            refresh(*args, **kwargs)
+            return
+        if not running.acquire(blocking=False):
+            return  # one is under way
+
+        def run() -> None:
+            try:
+                refresh(*args, **kwargs)
+            except Exception as exc:  # the next failure tries again
+                log.info("reading the Redis Cluster's topology failed: %r", exc)
+            finally:
+                running.release()
+
+        threading.Thread(target=run, name="tevo-hold-cluster-refresh", daemon=True).start()
+
+    manager.initialize = initialize  # type: ignore[method-assign]
 
 
 def _embedded() -> redis.Redis:

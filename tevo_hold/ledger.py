@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import redis
-
 from . import errors
-from ._redis import SCRIPT_ERRORS, Script, translate_errors
+from ._redis import SCRIPT_ERRORS, RedisClient, Script, translate_errors
 from .keys import SHARDS, KeySpace
 from .models import Event, Hold, HoldStatus
 
@@ -54,7 +52,7 @@ class Ledger:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         keys: KeySpace | None = None,
         retention: float = 7 * 24 * 3600,

@@ -6,9 +6,8 @@ import contextlib
 import importlib
 import uuid
 
-import redis
-
 from . import errors
+from ._redis import RedisClient, fail_fast
 from .adapters.base import PosAdapter
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .connection import connect
@@ -34,6 +33,10 @@ class HoldService:
     answer :class:`~tevo_hold.errors.RequestInProgress` or replay its result. A lease whose holder
     died lapses after ``lease`` seconds and a retry takes over; adapters are idempotent per
     ``global_id``, so taking over never moves tickets twice.
+
+    Redis down: each call answers :class:`~tevo_hold.errors.Unavailable` after at most one
+    failed Redis call (see :func:`~tevo_hold._redis.fail_fast`); what it leaves is what the
+    lease and the worker complete, and a retry completes or replays it.
 
     Round trips: with the reference :class:`RedisInventoryAdapter` on the ledger's own Redis
     (not a cluster), a hold is one script that checks and writes both the record and the stock,
@@ -63,7 +66,7 @@ class HoldService:
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         #: Redis clients to close with the service (those build_service made).
-        self.owned_clients: list[redis.Redis] = []
+        self.owned_clients: list[RedisClient] = []
         # The reference inventory in the ledger's own Redis checks and writes both in one script.
         self._fused = (
             adapter
@@ -71,6 +74,7 @@ class HoldService:
             else None
         )
 
+    @fail_fast()
     def hold(self, *, remote_id: str, quantity: int, global_id: str, actor: str = "api") -> Outcome:
         """Hold ``quantity`` tickets of listing ``remote_id`` for ``global_id``, for ``hold_ttl``.
 
@@ -126,6 +130,7 @@ class HoldService:
         done = self.ledger.finish_hold(global_id, token, track_lapse=track, actor=actor)
         return Outcome(done.hold.as_held())
 
+    @fail_fast()
     def release(self, *, global_id: str, actor: str = "api") -> Outcome:
         """Give back the tickets of ``global_id``'s hold.
 
@@ -143,6 +148,7 @@ class HoldService:
             self.ledger.released_in_pos(global_id, actor=actor)
         return Outcome(hold, replayed=not claim.changed)
 
+    @fail_fast()
     def invoice(self, *, global_id: str, tevo_order_id: int | str, actor: str = "api") -> Outcome:
         """Sell ``global_id``'s held tickets to TEvo under order ``tevo_order_id``.
 
@@ -202,6 +208,7 @@ class HoldService:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...) of a failed POS call."""
         return float(min(self.retry_cap, self.retry_base * 2 ** max(attempt - 1, 0)))
 
+    @fail_fast()
     def get(self, *, global_id: str, history: bool = False) -> Hold:
         """The hold of ``global_id`` as it stands now, with its audit trail if ``history``.
 
@@ -234,7 +241,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 def build_service(
-    settings: Settings, *, client: redis.Redis | None = None, fuse: bool = True
+    settings: Settings, *, client: RedisClient | None = None, fuse: bool = True
 ) -> HoldService:
     """The service ``settings`` describe (the adapter of ``TEVO_HOLD_ADAPTER``), on one client.
 
@@ -258,7 +265,7 @@ def build_service(
     return service
 
 
-def build_adapter(settings: Settings, *, client: redis.Redis, keys: KeySpace) -> PosAdapter:
+def build_adapter(settings: Settings, *, client: RedisClient, keys: KeySpace) -> PosAdapter:
     """The POS adapter ``TEVO_HOLD_ADAPTER`` names.
 
     ``reference``: :class:`RedisInventoryAdapter` on ``client``. ``http``: :class:`HttpPosAdapter`

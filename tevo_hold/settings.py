@@ -15,6 +15,16 @@ __all__ = ["DEMO_API_KEY", "EMBEDDED_URL", "PREFIX", "Settings"]
 PREFIX = "TEVO_HOLD_"
 #: The URL of the embedded default: state in this process's memory (fakeredis running our Lua).
 EMBEDDED_URL = "memory://"
+#: The schemes TEVO_HOLD_REDIS_URL may have (see tevo_hold.connection).
+REDIS_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+)
 #: The API key the embedded default accepts when TEVO_HOLD_API_KEYS is unset. Demo use only.
 DEMO_API_KEY = "demo-key"
 
@@ -56,7 +66,10 @@ class Settings:
 
     redis_url: str = field(
         default=EMBEDDED_URL,
-        metadata={"help": "Redis URL (redis://, rediss://, unix://); unset: memory:// (embedded)"},
+        metadata={
+            "help": "Redis URL (redis://, rediss://, unix://, redis+cluster://, "
+            "rediss+cluster://, redis+sentinel://); unset: memory:// (embedded)"
+        },
     )
     api_keys: tuple[str, ...] = field(
         default=(),
@@ -73,7 +86,11 @@ class Settings:
     )
     key_prefix: str = field(default="tevo_hold", metadata={"help": "prefix of every Redis key"})
     redis_timeout: float = field(
-        default=1.0, metadata={"help": "seconds to connect to or wait on Redis, per attempt"}
+        default=0.25,
+        metadata={
+            "help": "seconds to connect to or wait on Redis, per attempt (two attempts per call; "
+            "a request stops after its first failed call, so Redis down answers 503 in time)"
+        },
     )
     max_body: int = field(default=65536, metadata={"help": "largest request body, in bytes"})
     inventory_file: str | None = field(
@@ -173,17 +190,20 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}ADAPTER=http needs {PREFIX}POS_URL, the base URL of the POS's API"
             )
-        if self.adapter != "reference" and self.lease <= self.pos_budget:
+        if self.adapter == "http" and self.lease <= self.pos_budget:
             raise ConfigurationError(
                 f"{PREFIX}LEASE={self.lease:g} must exceed {PREFIX}POS_BUDGET={self.pos_budget:g}: "
                 "a request's lease must outlast its POS call, or the worker may compensate a hold "
                 "whose call is still running"
             )
-        scheme = self.redis_url.split("://", 1)[0]
-        if "://" not in self.redis_url or scheme not in ("memory", "redis", "rediss", "unix"):
+        scheme = self.redis_url.split("://", 1)[0].lower()
+        if "://" not in self.redis_url or scheme not in REDIS_SCHEMES:
             raise ConfigurationError(
-                f"{PREFIX}REDIS_URL={self.redis_url!r}: expected redis://host:port/db, rediss://, "
-                "unix:///path.sock, or memory:// for the embedded default"
+                f"{PREFIX}REDIS_URL={self.redis_url!r}: expected redis://host:port/db (rediss:// "
+                "for TLS), unix:///path.sock, redis+cluster://host:port[,host:port...] "
+                "(rediss+cluster:// for TLS) for a Redis Cluster, "
+                "redis+sentinel://host:port[,host:port...]/service_name[/db] for a master "
+                "found through Sentinel, or memory:// for the embedded default"
             )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -50,7 +51,7 @@ def pattern(key: str, global_id: str | None = None, remote_id: str | None = None
 
 
 def _kind(probe: redis.Redis, key: str) -> str:
-    return f"{_text(probe.type(key))}, {_text(probe.object('encoding', key))}"
+    return f"{_text(probe.type(key))} ({_text(probe.object('encoding', key))})"
 
 
 def own_keys(
@@ -100,6 +101,15 @@ def shared_keys_report(probe: redis.Redis, keys: set[str], holds: int) -> dict[s
     }
 
 
+def _fits(probe: redis.Redis, more_holds: int, bytes_per_hold: float) -> bool:
+    """Whether ``more_holds`` holds fit in half of the machine's available memory."""
+    available = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+    return not available or more_holds * bytes_per_hold * 1.2 < available / 2
+
+
 def run(
     url: str, control_url: str, *, levels: list[int], samples: int, log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -129,9 +139,14 @@ def run(
     filled = 0
     shared: set[str] = set()
     rows: list[dict[str, Any]] = []
+    skipped: list[int] = []
     for level in levels:
         # `level` holds are stored when the timed calls start (they add 1.5 x samples more)
         need = max(0, level - stored)
+        if rows and not _fits(probe, need, rows[-1]["bytes_per_hold"]):
+            skipped = [x for x in levels if x >= level]
+            log(f"  left out {skipped}: Redis would need more than half the memory available")
+            break
         store_range(probe, settings, "s", "L", LISTINGS, filled, filled + need, shared_keys=shared)
         filled += need
         stored += need
@@ -206,7 +221,17 @@ def run(
             # a hold of the last level released, and one invoiced (an invoice may add keys)
             "released_own": own_keys(probe, recorder, [released]),
             "invoiced_own": own_keys(probe, recorder, [invoiced]),
+            "redis_config": {
+                k: _text(v)
+                for name in (
+                    "stream-node-max-bytes",
+                    "hash-max-listpack-entries",
+                    "zset-max-listpack-entries",
+                )
+                for k, v in probe.config_get(name).items()
+            },
         },
+        "skipped": skipped,
     }
     for c in (probe, client, control_client):
         c.close()

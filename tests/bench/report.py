@@ -47,6 +47,11 @@ def table(head: list[str], rows: list[list[str]], align: str | None = None) -> s
     return "\n".join(lines)
 
 
+def _calls(n: float) -> str:
+    words = {1: "one script call", 2: "**two** script calls", 3: "**three** script calls"}
+    return words.get(round(n), f"{n:g} script calls") if n == round(n) else f"{n:.2f} calls"
+
+
 def _span(values: list[int]) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:,}" if lo == hi else f"{lo:,} to {hi:,}"
@@ -213,8 +218,9 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
     first, last = s["levels"][0], s["levels"][-1]
     pk = m["packages"]
     img = {k: img_prefix + v for k, v in IMG.items()}
-    listing_share = sum(mem["listing_bytes_per_hold"].values())
-    per_hold = mem["record_bytes"] + listing_share
+    own_total = sum(v["bytes_per_hold"] for v in mem["own"].values())
+    shared_total = sum(v["bytes_per_hold"] for v in mem["shared"].values())
+    per_hold = own_total + shared_total
     hot_ok = all(c["ok"] for c in http["hot_checks"])
     hot_requests = [c["requests"] for c in http["hot_checks"]]
     below = [e for e in ENDPOINTS if eps[e]["ratio"] < TARGET]
@@ -276,9 +282,10 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
     rows.append(
         [
             "Redis memory per stored hold",
-            f"{n0(per_hold)} B by `MEMORY USAGE` (record {n0(mem['record_bytes'])} B + listing "
-            f"share {n0(listing_share)} B); {n0(last['bytes_per_hold'])} B by growth of "
-            "`used_memory`",
+            f"{n0(per_hold)} B by `MEMORY USAGE` (its own keys {n0(own_total)} B + its share "
+            f"of shared keys {n0(shared_total)} B); {n0(last['bytes_per_hold'])} B by growth of "
+            f"`used_memory` ({last['used_memory'] / 2**20:,.0f} MiB at "
+            f"{_levels_label(last['stored_after'])} holds)",
         ]
     )
     rows.append(
@@ -589,66 +596,93 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
 
     # -- memory
     w("## 4. Redis memory per stored hold\n")
-    enc = mem["listing_encodings"]
     w(
-        f"Measured after storing {_levels_label(last['stored_before'])} holds of one ticket "
-        f"each, all live, spread over {s['listings']:,} listings (so about "
-        f"{mem['listing_live_holds'] // s['listings']:,} live holds per listing). A hold's "
-        "record is one hash; its listing keeps an entry for it in a hash (quantity) and a "
-        "sorted set (deadline), shared by the listing's holds, plus the listing's small stock "
-        "hash. `MEMORY USAGE ... SAMPLES 0` counts every element.\n"
+        f"Measured after storing {_levels_label(last['stored_after'])} holds of one ticket "
+        f"each, all live, spread over {s['listings']:,} listings (about "
+        f"{last['stored_after'] // s['listings']:,} per listing). The keys are the ones the "
+        "library names in a hold's script call: a hold's **own** keys are those whose name holds "
+        "its global_id; the **shared** ones (listings, shards) are the others, and each hold is "
+        "charged their total over the stored holds. `MEMORY USAGE ... SAMPLES 0` counts every "
+        "element; ids in key names are shown as `<global_id>` and `<remote_id>`, numbers as N.\n"
     )
-    lb = mem["listing_bytes_per_hold"]
-    w(
-        table(
-            ["what", "bytes per hold", "how measured"],
-            [
-                [
-                    "the hold's record",
-                    n0(mem["record_bytes"]),
-                    f"mean `MEMORY USAGE` of 2,000 records ({mem['record_encoding']})",
-                ],
-                [
-                    "its entry in the listing's holds hash",
-                    n0(lb["holds"]),
-                    f"`MEMORY USAGE` of every listing's hash / live holds ({enc['holds']})",
-                ],
-                [
-                    "its entry in the listing's deadline set",
-                    n0(lb["due"]),
-                    f"the same for the sorted sets ({enc['due']})",
-                ],
-                ["its share of the stock hashes", f"{lb['stock']:.1f}", "the same"],
-                ["**total**", f"**{n0(per_hold)}**", ""],
-                [
-                    "growth of `used_memory` per stored hold",
-                    n0(last["bytes_per_hold"]),
-                    "includes Redis's key and expiry tables",
-                ],
-                [
-                    "a released record / an invoiced record",
-                    f"{mem['released_record_bytes']} / {mem['invoiced_record_bytes']}",
-                    "`MEMORY USAGE`; a finished hold leaves its listing",
-                ],
-                [
-                    "a sale marker (invoiced holds)",
-                    str(mem["sale_marker_bytes"]),
-                    "`MEMORY USAGE`, kept for the retention period",
-                ],
-            ],
-            "lrl",
+    rows = []
+    for pat, v in mem["own"].items():
+        note = (
+            ""
+            if v["present"] == 1
+            else " (none while held)"
+            if v["present"] == 0
+            else f" (exists for {pct(v['present'])} of live holds)"
         )
-        + "\n"
+        rows.append(
+            [
+                f"`{pat}`",
+                v["kind"],
+                n0(v["bytes_per_hold"]) + note,
+                "own: mean over 2,000 stored holds",
+            ]
+        )
+    for pat, v in mem["shared"].items():
+        rows.append(
+            [
+                f"`{pat}`",
+                v["kind"],
+                f"{v['bytes_per_hold']:.1f}",
+                f"shared: {v['keys']:,} keys, their total / {mem['stored']:,} holds",
+            ]
+        )
+    rows.append(["**total**", "", f"**{n0(per_hold)}**", ""])
+    rows.append(
+        [
+            "growth of `used_memory` per stored hold",
+            "",
+            n0(last["bytes_per_hold"]),
+            "includes Redis's key and expiry tables",
+        ]
     )
-    w(
+    for label, key in (("a released hold", "released_own"), ("an invoiced hold", "invoiced_own")):
+        rows.append(
+            [
+                f"own keys of {label}",
+                " + ".join(f"{v['kind']}" for v in mem[key].values() if v["present"]),
+                n0(sum(v["bytes_per_hold"] for v in mem[key].values())),
+                "a finished hold leaves its listing",
+            ]
+        )
+    w(table(["key", "type, encoding", "bytes per hold", "how measured"], rows, "llrl") + "\n")
+    biggest = max(
+        [*mem["own"].items(), *mem["shared"].items()], key=lambda kv: kv[1]["bytes_per_hold"]
+    )
+    cfg_redis = mem.get("redis_config", {})
+    notes = [
+        f"The largest part is `{biggest[0]}` ({biggest[1]['kind']}): "
+        f"{n0(biggest[1]['bytes_per_hold'])} B of the {n0(per_hold)} B per hold."
+    ]
+    if biggest[1]["kind"].startswith("stream") and "stream-node-max-bytes" in cfg_redis:
+        notes.append(
+            "Redis allocates a stream's node whole when it creates it, up to "
+            f"`stream-node-max-bytes` ({cfg_redis['stream-node-max-bytes']} on this Redis), so a "
+            "stream of one or a few entries costs kilobytes whatever they hold."
+        )
+    notes.append(
         f"At {_levels_label(last['stored_after'])} stored holds Redis used "
         f"{last['used_memory'] / 2**20:,.0f} MiB in all. A listing's share depends on how many "
-        "live holds it has: Redis keeps small hashes and sorted sets (up to 128 entries by "
-        "default) in compact listpacks and larger ones in hash tables and skiplists, which cost "
-        "more per entry. Live holds leave their listing when they lapse, are released or are "
-        "invoiced, while records stay for the retention period (7 days by default); so in "
-        "production most stored holds are finished records of the size above.\n"
+        "live holds it has: Redis keeps small hashes and sorted sets (here up to "
+        f"{cfg_redis.get('hash-max-listpack-entries', '?')} and "
+        f"{cfg_redis.get('zset-max-listpack-entries', '?')} entries) in compact listpacks and "
+        "larger ones in hash tables and skiplists, which cost more per entry. "
+        "Live holds leave their listing when they lapse, are released or are invoiced, while "
+        "their own keys stay for the retention period (7 days by default); so in production most "
+        "stored holds are finished holds, of the sizes in the last rows."
     )
+    w(" ".join(notes) + "\n")
+    if s.get("skipped"):
+        w(
+            "Levels left out to keep Redis within this machine's memory: "
+            + ", ".join(f"{x:,}" for x in s["skipped"])
+            + f" stored holds (at {n0(last['bytes_per_hold'])} B each they would need more "
+            "than half of the memory available).\n"
+        )
 
     # -- scale
     w("## 5. Latency as stored holds grow\n")
@@ -727,14 +761,17 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         + "). Most of any request is the same for both (gunicorn, HTTP parsing, Flask routing, "
         "one JSON body in and one out); what tevo-hold adds is the marshmallow validation of the "
         "body and serialisation of the hold, the id and quantity checks, and the Redis "
-        "exchanges themselves: a hold is one script call like the floor's, but its reply is the "
-        "whole record, which redis-py parses in pure Python"
+        "exchanges themselves. A fused hold makes "
+        f"{_calls(d['fused']['hold']['round_trips_server'])} (the floor: one), but its "
+        "reply is the hold's whole record, which redis-py parses in pure Python"
         + (" (hiredis is installed here)" if m["hiredis"] else " (hiredis is not installed)")
         + ", and "
-        f"Redis spends {d['fused']['hold']['redis_us']:.0f} µs on it against "
-        f"{d['evalsha']['redis_us']:.0f} µs for the floor's script. A release and an invoice "
-        "make **two** script calls each (the ledger, then the inventory or the settlement), "
-        "twice the floor's round trips. Without HTTP, from Python, a fused hold runs at "
+        f"Redis spends {d['fused']['hold']['redis_us']:.0f} µs on it ("
+        f"{d['fused']['hold']['inner_commands']:g} commands) against "
+        f"{d['evalsha']['redis_us']:.0f} µs for the floor's script. A release makes "
+        f"{_calls(d['fused']['release']['round_trips_server'])} and an invoice "
+        f"{_calls(d['fused']['invoice']['round_trips_server'])}, each a round trip. Without "
+        "HTTP, from Python, a fused hold runs at "
         f"{d['fused']['hold']['rate'] / d['evalsha']['rate']:.2f} of the bare EVALSHA rate, a "
         f"release at {d['fused']['release']['rate'] / d['evalsha']['rate']:.2f} and an invoice "
         f"at {d['fused']['invoice']['rate'] / d['evalsha']['rate']:.2f} (section 3)."

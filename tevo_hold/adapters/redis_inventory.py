@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import redis
 from redis.cluster import RedisCluster
 
 from .. import errors
-from .._redis import Script
+from .._redis import RedisClient, Script
 from ..keys import KeySpace
 from ..ledger import Claim, Ledger
 from ..models import Hold, Stock
@@ -32,7 +31,7 @@ class RedisInventoryAdapter(PosAdapter):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         keys: KeySpace | None = None,
         retention: float = 7 * 24 * 3600,

@@ -1,0 +1,239 @@
+"""Redis Cluster specifics: the state spreads over every master; the worker's reads across
+shards (pipelined ZRANGEs over 256 due sets, SCAN) see every master; a master lost is failed
+over to its replica and the client follows it.
+
+(The whole behaviour and HTTP suites run on a cluster too: see ``client`` in conftest.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from redis.cluster import RedisCluster
+
+from tevo_hold import (
+    HoldService,
+    HoldStatus,
+    Ledger,
+    PosAdapter,
+    RedisInventoryAdapter,
+    Settings,
+    build_service,
+)
+from tevo_hold import errors as e
+from tevo_hold.connection import RedisClient
+from tevo_hold.keys import SHARDS, KeySpace
+from tevo_hold.worker import Worker
+
+from .servers import Cluster, redis_cluster, wait_for
+
+KEYS = KeySpace()
+
+
+def inventory_of(service: HoldService) -> RedisInventoryAdapter:
+    adapter = service.adapter
+    assert isinstance(adapter, RedisInventoryAdapter)
+    return adapter
+
+
+def master_of(client: RedisCluster, key: str) -> int:
+    """The port of the master that holds ``key``."""
+    port: int = client.get_node_from_key(key).port
+    return port
+
+
+# -- the state spreads over the masters ----------------------------------------------------------
+
+
+def test_the_holds_shards_spread_evenly_over_the_masters(cluster_client: RedisClient) -> None:
+    assert isinstance(cluster_client, RedisCluster)
+    per_master = Counter(master_of(cluster_client, KEYS.due(n)) for n in range(SHARDS))
+    assert len(per_master) == 3
+    # 256 tags hashed into 16384 slots cut in three: each master has roughly a third
+    assert all(SHARDS / 3 * 0.6 < count < SHARDS / 3 * 1.4 for count in per_master.values()), (
+        per_master
+    )
+
+
+@pytest.mark.slow
+def test_holds_and_listings_lie_on_every_master(cluster: Cluster) -> None:
+    cluster.flush()
+    service = build_service(Settings(redis_url=cluster.url, api_keys=("k",)))
+    try:
+        adapter = inventory_of(service)
+        for n in range(30):
+            adapter.set_quantity(f"listing-{n}", 10)
+        for n in range(60):
+            service.hold(remote_id=f"listing-{n % 30}", quantity=1, global_id=f"order-{n}")
+    finally:
+        service.close()
+
+    found = {}
+    for port in cluster.master_ports():
+        node = cluster.node(port)
+        holds = list(node.scan_iter(match=KEYS.hold_pattern(), count=1000))
+        listings = [k for k in node.scan_iter(match="tevo_hold:{l:*", count=1000) if b"}:" not in k]
+        found[port] = (len(holds), len(listings))
+    assert len(found) == 3
+    assert sum(h for h, _ in found.values()) == 60
+    assert sum(n for _, n in found.values()) == 30
+    assert all(h > 0 and n > 0 for h, n in found.values()), found
+
+
+# -- the worker's reads across shards ------------------------------------------------------------
+
+
+class RecordingPos(PosAdapter):
+    """A POS whose holds do not lapse by themselves (the worker releases them), and whose
+    invoices fail for the global_ids in ``failing`` until that set is emptied."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+        self.invoiced: list[str] = []
+        self.failing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        pass
+
+    def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
+        with self._lock:
+            self.released.append(global_id)
+
+    def invoice(
+        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+    ) -> None:
+        if global_id in self.failing:
+            raise e.PosError("the POS is down for maintenance")
+        with self._lock:
+            self.invoiced.append(global_id)
+
+
+def test_the_worker_finds_due_work_on_every_shard(client: RedisClient) -> None:
+    pos = RecordingPos()
+    ttl = 0.5
+    service = HoldService(Ledger(client), pos, hold_ttl=ttl, lease=5, retry_base=0.05)
+    gids = [f"w-{n}" for n in range(40)]
+    if isinstance(client, RedisCluster):  # on a cluster: their records lie on every master
+        assert len({master_of(client, KEYS.hold(g)[0]) for g in gids}) == 3
+    for gid in gids:
+        service.hold(remote_id="L", quantity=1, global_id=gid)
+    to_invoice = gids[:8]
+    pos.failing = set(to_invoice[:4])
+    for gid in to_invoice:
+        with contextlib.suppress(e.PosError):
+            service.invoice(global_id=gid, tevo_order_id=gid.upper())
+
+    ledger = service.ledger
+    assert sorted(ledger.scheduled("i")) == sorted(to_invoice[:4])  # the failed invoices
+    assert sorted(h.global_id for h in ledger.scan()) == sorted(gids)
+    time.sleep(ttl + 0.1)
+    due = ledger.due_items()
+    lapsed = {item.global_id for item in due if item.kind == "l"}
+    assert lapsed == set(gids[8:])  # every held hold lapsed, on whichever shard it lies
+    assert {item.global_id for item in due if item.kind == "i"} == set(to_invoice[:4])
+
+    pos.failing.clear()
+    worker = Worker(service, lease=5)
+    assert worker.run_once() == len(due)
+    assert sorted(pos.released) == sorted(gids[8:])
+    assert sorted(pos.invoiced) == sorted(to_invoice)
+    assert {service.get(global_id=g).status for g in to_invoice} == {HoldStatus.INVOICED}
+    assert list(ledger.scheduled("i")) == []
+    assert worker.run_once() == 0
+
+
+# -- failover ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[Cluster]:
+    """A cluster of three masters with a replica each, failing over a master after 1 s."""
+    with redis_cluster(masters=3, replicas=1, node_timeout_ms=1000) as nodes:
+        yield nodes
+
+
+@pytest.mark.slow
+def test_a_stalled_master_is_failed_over_and_the_client_follows(replicated: Cluster) -> None:
+    service = build_service(Settings(redis_url=replicated.url, api_keys=("k",)))
+    client = service.ledger.client
+    assert isinstance(client, RedisCluster)
+    try:
+        adapter = inventory_of(service)
+        listings = [f"fo-{n}" for n in range(12)]
+        for rid in listings:
+            adapter.set_quantity(rid, 10)
+        gids = [f"fo-order-{n}" for n in range(30)]
+        for n, gid in enumerate(gids):
+            service.hold(remote_id=listings[n % 12], quantity=1, global_id=gid)
+        for port in replicated.master_ports():  # replicated before the failure: kept
+            assert replicated.node(port).wait(1, 2000) == 1
+
+        victim_port = master_of(client, KEYS.hold(gids[0])[0])
+        victim = next(n for n in replicated.nodes if n.port == victim_port)
+        lost = [g for g in gids if master_of(client, KEYS.hold(g)[0]) == victim_port]
+        kept = [g for g in gids if g not in lost]
+        victim.pause()  # stalled: its port takes connections, nothing answers
+        try:
+            # Until the cluster fails it over, calls on its slots answer Unavailable quickly;
+            # the other masters' holds are served as ever.
+            started = time.monotonic()
+            with pytest.raises(e.Unavailable):
+                service.get(global_id=lost[0])
+            assert time.monotonic() - started < 1
+            assert service.get(global_id=kept[0]).status is HoldStatus.HELD
+
+            def served() -> bool:
+                return service.get(global_id=lost[0]).status is HoldStatus.HELD
+
+            wait_for(served, 30, what="the failover")
+            assert master_of(client, KEYS.hold(lost[0])[0]) != victim_port  # its replica's now
+            assert {service.get(global_id=g).status for g in gids} == {HoldStatus.HELD}
+            for n, rid in enumerate(listings):
+                service.hold(remote_id=rid, quantity=1, global_id=f"fo-after-{n}")
+            held = sum(adapter.stock(rid).held for rid in listings)
+            assert held == len(gids) + len(listings)
+        finally:
+            victim.resume()  # it rejoins as the replica of its successor
+    finally:
+        service.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", ["stalled", "stopped"])
+def test_a_cluster_unreachable_as_a_whole_answers_503_quickly(outage: str) -> None:
+    """Every node stalled (a network that drops packets) or stopped: each call fails within
+    its own attempts' time (the topology refresh after a failure runs in the background), and
+    the client serves again by itself once the nodes are back."""
+    with redis_cluster(masters=3) as whole:
+        service = build_service(Settings(redis_url=whole.url, api_keys=("k",)))
+        try:
+            adapter = inventory_of(service)
+            adapter.set_quantity("L", 10)
+            gids = [f"cut-{n}" for n in range(6)]
+            for gid in gids:
+                service.hold(remote_id="L", quantity=1, global_id=gid)
+            for node in whole.nodes:
+                node.pause() if outage == "stalled" else node.stop()
+            for gid in gids:
+                started = time.monotonic()
+                with pytest.raises(e.Unavailable):
+                    service.get(global_id=gid)
+                assert time.monotonic() - started < 1, gid
+            for node in whole.nodes:
+                node.resume() if outage == "stalled" else node.start(wait=False)
+            if outage == "stopped":  # its data was not persisted: stock again
+                whole.wait_ok()
+                wait_for(lambda: adapter.set_quantity("L", 10), 10)
+                for gid in gids:
+                    service.hold(remote_id="L", quantity=1, global_id=gid)
+            wait_for(lambda: service.get(global_id=gids[0]), 10, what="the cluster back")
+            assert {service.get(global_id=g).status for g in gids} == {HoldStatus.HELD}
+        finally:
+            service.close()

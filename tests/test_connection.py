@@ -1,0 +1,306 @@
+"""``TEVO_HOLD_REDIS_URL``'s forms, each against real servers: a Redis Cluster
+(``redis+cluster://``), a master behind Sentinel (``redis+sentinel://``, through a failover),
+TLS (``rediss://``, ``rediss+cluster://``); and clients that start while Redis is down."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tevo_hold import HoldService, RedisInventoryAdapter, Settings, build_service
+from tevo_hold import errors as e
+from tevo_hold._redis import fail_fast, translate_errors
+from tevo_hold.connection import LazyRedisCluster, connect
+
+from .servers import (
+    Cluster,
+    RedisProcess,
+    free_port,
+    make_certificates,
+    redis_sentinel,
+    single_node_cluster,
+    wait_for,
+)
+
+
+def service_for(url: str) -> HoldService:
+    return build_service(Settings(redis_url=url, api_keys=("k",)))
+
+
+def stocked(service: HoldService, rid: str = "L", quantity: int = 10) -> RedisInventoryAdapter:
+    adapter = service.adapter
+    assert isinstance(adapter, RedisInventoryAdapter)
+    adapter.set_quantity(rid, quantity)
+    return adapter
+
+
+def hold(service: HoldService, gid: str, rid: str = "L", qty: int = 1) -> str:
+    return service.hold(remote_id=rid, quantity=qty, global_id=gid).hold.status.value
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+URLS = [
+    "redis://h:6380/0",
+    "rediss://h:6380/0?ssl_ca_certs=/ca.pem",
+    "unix:///run/redis.sock",
+    "redis+cluster://h1:7000",
+    "redis+cluster://user:pw@h1:7000,h2:7001,[::1]:7002",
+    "rediss+cluster://h1:7000,h2:7001?ssl_ca_certs=/ca.pem",
+    "redis+sentinel://h1:26379,h2:26379/mymaster",
+    "redis+sentinel://:pw@h1:26379/mymaster/2?sentinel_password=s",
+]
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_every_url_form_is_accepted_and_makes_a_client_without_connecting(url: str) -> None:
+    settings = Settings.from_env({"TEVO_HOLD_REDIS_URL": url, "TEVO_HOLD_API_KEYS": "k"})
+    client = connect(settings)  # no server at any of these: nothing connects yet
+    assert isinstance(client, LazyRedisCluster) == ("+cluster" in url)
+    client.close()
+
+
+def test_an_unknown_scheme_names_the_forms_accepted() -> None:
+    with pytest.raises(e.ConfigurationError) as info:
+        Settings.from_env({"TEVO_HOLD_REDIS_URL": "redis+proxy://h:1", "TEVO_HOLD_API_KEYS": "k"})
+    for form in ("redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://"):
+        assert form in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://h1", "host:port"),
+        ("redis+cluster://h1:7000,h2", "host:port"),
+        ("redis+cluster://h1:7000/3", "database 0"),
+        ("redis+sentinel://h1:26379", "service_name"),
+        ("redis+sentinel://h1:26379/m/x", "service_name"),
+    ],
+)
+def test_malformed_cluster_and_sentinel_urls_say_what_is_expected(url: str, says: str) -> None:
+    with pytest.raises(e.ConfigurationError, match=says):
+        connect(Settings(redis_url=url, api_keys=("k",)))
+
+
+# -- Redis Cluster -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_cluster_url_of_one_node_finds_the_others(cluster: Cluster) -> None:
+    service = service_for(f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}")
+    try:
+        cluster.flush()
+        stocked(service)
+        assert hold(service, "one-node") == "held"
+        client = service.ledger.client
+        assert isinstance(client, LazyRedisCluster)
+        assert len(client.get_primaries()) == 3
+    finally:
+        service.close()
+
+
+@pytest.mark.slow
+def test_a_cluster_url_whose_first_node_is_down_uses_the_next(cluster: Cluster) -> None:
+    nodes = [f"127.0.0.1:{free_port()}", *(f"127.0.0.1:{n.port}" for n in cluster.nodes)]
+    service = service_for("redis+cluster://" + ",".join(nodes))
+    try:
+        cluster.flush()
+        stocked(service)
+        assert hold(service, "dead-first") == "held"
+    finally:
+        service.close()
+
+
+@pytest.mark.slow
+def test_a_cluster_client_starts_while_the_cluster_is_down_and_works_once_it_is_up(
+    tmp_path: Path,
+) -> None:
+    """gunicorn workers build their client at boot: with the cluster unreachable they still
+    boot, answer 503 quickly, and work as soon as the cluster answers."""
+    port = free_port()
+    service = service_for(f"redis+cluster://127.0.0.1:{port}")
+    node: RedisProcess | None = None
+    try:
+        started = time.monotonic()
+        with pytest.raises(e.Unavailable):
+            hold(service, "early")
+        assert time.monotonic() - started < 1
+        node = single_node_cluster(tmp_path, port=port)
+        # (within a second of a failed first use the client fails at once, without trying)
+        wait_for(lambda: stocked(service), 5, what="the cluster client")
+        assert hold(service, "early") == "held"
+    finally:
+        service.close()
+        if node is not None:
+            node.stop()
+
+
+# -- Sentinel ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sentinel_url_finds_the_master_and_follows_a_failover() -> None:
+    with redis_sentinel(password="data-pw", sentinel_password="sentinel-pw") as sentinels:
+        service = service_for(sentinels.url)
+        try:
+            adapter = stocked(service)
+            assert hold(service, "before") == "held"
+            with sentinels.master.client() as master:
+                master.wait(1, 5000)  # replicated: a failover keeps it (see the README)
+            sentinels.master.pause()  # stalled: unavailable, quickly
+            started = time.monotonic()
+            with pytest.raises(e.Unavailable):
+                service.get(global_id="before")
+            assert time.monotonic() - started < 1
+            sentinels.master.resume()
+            sentinels.failover()
+            # The client finds the new master by itself (its first call may see the old one
+            # demoted, and retries); what was replicated is there.
+            assert service.get(global_id="before").status.value == "held"
+            assert hold(service, "after") == "held"
+            assert adapter.stock("L").held == 2
+        finally:
+            service.close()
+
+
+@pytest.mark.slow
+def test_a_sentinel_url_with_a_wrong_password_is_refused() -> None:
+    with redis_sentinel(password="data-pw") as sentinels:
+        service = service_for(sentinels.url.replace("data-pw", "wrong"))
+        try:
+            with pytest.raises(e.Unavailable, match="AuthenticationError"):
+                service.get(global_id="x")
+        finally:
+            service.close()
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, certificates: dict[str, Path]) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path, tls=certificates)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_a_rediss_url_talks_tls_and_checks_the_certificate(
+    tls_redis: RedisProcess, certificates: dict[str, Path]
+) -> None:
+    base = f"rediss://127.0.0.1:{tls_redis.port}/0"
+    service = service_for(f"{base}?ssl_ca_certs={certificates['ca']}")
+    untrusted = service_for(base)  # the system's CAs do not know the test's CA
+    plain = service_for(f"redis://127.0.0.1:{tls_redis.port}/0")
+    try:
+        stocked(service)
+        assert hold(service, "tls") == "held"
+        with pytest.raises(e.Unavailable):
+            untrusted.get(global_id="tls")
+        with pytest.raises(e.Unavailable):
+            plain.get(global_id="tls")
+    finally:
+        for each in (service, untrusted, plain):
+            each.close()
+
+
+@pytest.mark.slow
+def test_a_rediss_cluster_url_talks_tls(tmp_path: Path, certificates: dict[str, Path]) -> None:
+    node = single_node_cluster(tmp_path, tls=certificates)
+    service = service_for(
+        f"rediss+cluster://127.0.0.1:{node.port}?ssl_ca_certs={certificates['ca']}"
+    )
+    try:
+        stocked(service)
+        assert hold(service, "tls-cluster") == "held"
+        assert isinstance(service.ledger.client, LazyRedisCluster)
+    finally:
+        service.close()
+        node.stop()
+
+
+# -- which driver errors are "Redis is unavailable" ----------------------------------------------
+
+X = redis.exceptions
+
+OUTAGES = [
+    X.ConnectionError("Connection refused"),
+    X.TimeoutError("Timeout reading from socket"),
+    X.AuthenticationError("WRONGPASS"),
+    X.BusyLoadingError("LOADING"),
+    X.ReadOnlyError("READONLY You can't write against a read only replica."),
+    X.TryAgainError("TRYAGAIN"),
+    X.ClusterDownError("CLUSTERDOWN The cluster is down"),
+    X.MasterDownError("MASTERDOWN Link with MASTER is down"),
+    X.ClusterError("TTL exhausted."),
+    X.SlotNotCoveredError('Slot "42" is not covered by the cluster.'),
+    X.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
+    X.ResponseError("NOREPLICAS Not enough good replicas to write."),
+]
+BUGS = [
+    X.ResponseError("ERR wrong number of arguments"),
+    X.RedisClusterException("EVALSHA - all keys must map to the same key slot"),
+    X.DataError("Invalid input"),
+    ValueError("not Redis at all"),
+]
+
+
+def _cluster_unreachable() -> Exception:
+    try:
+        try:
+            raise X.ConnectionError("Connection refused")
+        except X.ConnectionError as exc:
+            raise X.RedisClusterException("Redis Cluster cannot be connected.") from exc
+    except X.RedisClusterException as exc:
+        return exc
+
+
+@pytest.mark.parametrize("exc", [*OUTAGES, _cluster_unreachable()], ids=repr)
+def test_driver_errors_that_mean_redis_is_unreachable_are_unavailable(exc: Exception) -> None:
+    with pytest.raises(e.Unavailable) as info, translate_errors():
+        raise exc
+    assert info.value.__cause__ is exc
+
+
+@pytest.mark.parametrize("exc", BUGS, ids=repr)
+def test_other_errors_pass_through(exc: Exception) -> None:
+    with pytest.raises(type(exc)), translate_errors():
+        raise exc
+
+
+@pytest.mark.parametrize(
+    ("first", "latched"),
+    [(X.TimeoutError("stalled"), True), (X.OutOfMemoryError("OOM full"), False)],
+    ids=["timeout", "oom"],
+)
+def test_within_fail_fast_a_slow_outage_stops_the_later_calls(
+    first: Exception, latched: bool
+) -> None:
+    calls = []
+
+    def call(outcome: Exception | None) -> None:
+        with translate_errors():
+            calls.append(outcome)
+            if outcome is not None:
+                raise outcome
+
+    with fail_fast():
+        with pytest.raises(e.Unavailable):
+            call(first)
+        if latched:
+            with pytest.raises(e.Unavailable, match="earlier in this request"):
+                call(None)
+        else:
+            call(None)
+    assert len(calls) == (1 if latched else 2)
+    call(None)  # outside the block: every call goes through
