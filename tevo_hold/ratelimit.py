@@ -1,0 +1,68 @@
+"""Rate limits per API key, shared by every process through the deployment's Redis.
+
+flask-limiter does the counting, with the moving-window strategy of its ``limits`` library, on
+the same Redis connection pool as the ledger (the embedded default's in-memory store included),
+so the limit is one budget per key whatever the number of workers and hosts. Its keys start with
+``{TEVO_HOLD_KEY_PREFIX}:limits``.
+
+The limiter must never take the API down: should its storage fail, flask-limiter logs it and
+falls back to counting in each process's memory (the same limits, per process) until the storage
+answers again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import redis
+from flask_limiter import Limiter
+
+from . import observability
+from .settings import Settings
+
+__all__ = ["SCOPE", "build_limiter", "retry_after"]
+
+#: Every API call of one key shares one budget (the limit's scope).
+SCOPE = "tevo_hold"
+
+
+def _key_name() -> str:
+    """The limit's key: the authenticated API key's name (never the key)."""
+    return observability.current().key_name or ""
+
+
+def build_limiter(settings: Settings, client: redis.Redis) -> Limiter | None:
+    """A limiter counting in ``client``'s Redis, or None when ``TEVO_HOLD_RATE_LIMIT=off``."""
+    if settings.rate_limit is None:
+        return None
+    options: dict[str, Any] = {"key_prefix": f"{settings.key_prefix}:limits"}
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        uri = "redis://"  # only the scheme matters: the connections come from the pool
+        options["connection_pool"] = pool
+    else:  # a client without a pool (a cluster client): its URL
+        uri = settings.redis_url.replace("unix://", "redis+unix://", 1)
+    return Limiter(
+        key_func=_key_name,
+        storage_uri=uri,
+        storage_options=options,
+        strategy="moving-window",
+        headers_enabled=False,
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+    )
+
+
+def retry_after(limiter: Limiter | None) -> tuple[int, str | None]:
+    """Seconds until the limit this request broke lets a request through again (at least 1),
+    and that limit as text (``"600 per 1 minute"``)."""
+    current = limiter.current_limit if limiter is not None else None
+    if current is None:
+        return 1, None
+    try:
+        seconds = math.ceil(current.window.reset_time - time.time())
+    except Exception:  # the storage failed between the check and now: a guess will do
+        seconds = 1
+    return max(1, seconds), str(current.limit)
