@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import redis
 import requests
@@ -80,11 +81,32 @@ def redis_server() -> Iterator[str]:
             proc.wait(timeout=10)
 
 
+def _log_file(output: Path | None) -> IO[bytes]:
+    if output is None:
+        return tempfile.TemporaryFile()
+    return output.open("w+b")
+
+
 @contextmanager
-def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 4) -> Iterator[str]:
-    """``gunicorn server.wsgi:app`` with the project's config on a free port; yields its URL."""
+def gunicorn_server(
+    env: Mapping[str, str],
+    *,
+    workers: int = 4,
+    threads: int = 4,
+    output: Path | None = None,
+) -> Iterator[str]:
+    """``gunicorn server.wsgi:app`` with the project's config on a free port; yields its URL.
+
+    Its stdout and stderr go to ``output`` if given (to read its logs), else to a temporary file
+    shown only when it fails to start.
+    """
     port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
+    # Each server its own metrics directory (gunicorn.conf.py makes one), unless env names one.
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TEVO_HOLD_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     full_env.update(env)
     full_env["TEVO_HOLD_BIND"] = f"127.0.0.1:{port}"
     cmd = [
@@ -102,7 +124,7 @@ def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 
         "server.wsgi:app",
     ]
     base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
+    with _log_file(output) as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what="gunicorn")

@@ -166,7 +166,12 @@ def inventory(redis_client: redis.Redis, redis_url: str) -> RedisInventoryAdapte
 
 @pytest.fixture(scope="module")
 def server(redis_url: str, redis_client: redis.Redis) -> Iterator[str]:
-    env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": API_KEY}
+    # Thousands of requests with one key within a minute: a load test, so no rate limit.
+    env = {
+        "TEVO_HOLD_REDIS_URL": redis_url,
+        "TEVO_HOLD_API_KEYS": API_KEY,
+        "TEVO_HOLD_RATE_LIMIT": "off",
+    }
     with gunicorn_server(env, workers=WORKERS, threads=THREADS) as base:
         yield base
 
