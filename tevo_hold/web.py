@@ -82,10 +82,9 @@ class TevoHold:
     """The Flask extension: reads ``TEVO_HOLD_*`` config once, builds the service, mounts the API.
 
     ``service`` replaces the one the settings describe (tests pass one built on fakeredis);
-    ``settings`` replaces reading them from ``app.config``. Managed API keys and rate limits
-    live in the service's Redis. ``url_prefix`` is where the API is
+    ``settings`` replaces reading them from ``app.config``. ``url_prefix`` is where the API is
     mounted (``""`` for the whole app). Unknown paths and wrong methods under that prefix answer
-    JSON problems too.
+    JSON problems too. Managed API keys and rate-limit counts live in the service's Redis.
     """
 
     def __init__(
