@@ -268,6 +268,7 @@ def test_logs_are_json_lines_with_request_ids_and_no_secret(server: Server, cli:
 
     lines = server.log_lines()  # every line of gunicorn's output is JSON, its own included
     assert any(line.get("logger") == "gunicorn.error" for line in lines)
+    assert not any(line.get("logger") == "gunicorn.access" for line in lines)  # ours only
     output = server.log.read_text("utf-8")
     leaked = [secret[:12] for secret in server.secrets if secret in output]
     assert not leaked, f"secrets in the server's output: {leaked}"
