@@ -2,12 +2,30 @@
 
 With no TEVO_HOLD_REDIS_URL (the embedded default) state lives in one process's memory, so one
 worker serves every request (with threads); with Redis, workers share the state and scale out.
+
+Logs: JSON lines on stderr, gunicorn's own included; the access log is tevo-hold's own (one line
+per request, logger ``tevo_hold.access``), so gunicorn's is off.
+
+Metrics: prometheus_client's multiprocess mode, so that ``/metrics`` sums every worker's counts.
+``PROMETHEUS_MULTIPROC_DIR`` is set here, before anything imports prometheus_client (gunicorn's
+logging set-up below imports tevo_hold); unset, it is a directory of this master's own, made at
+start-up and removed at exit. A directory you name is emptied of old files at start-up: give each
+gunicorn master its own.
 """
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 _embedded = os.environ.get("TEVO_HOLD_REDIS_URL", "") in ("", "memory://")
+
+_DEFAULT_METRICS_DIR = str(Path(tempfile.gettempdir()) / f"tevo-hold-metrics-{os.getpid()}")
+# (Equal to the default too when the config is reloaded, on SIGHUP.)
+_OWN_METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "") in ("", _DEFAULT_METRICS_DIR)
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _DEFAULT_METRICS_DIR
 
 bind = os.environ.get("TEVO_HOLD_BIND", "127.0.0.1:8000")
 workers = (
@@ -19,7 +37,47 @@ threads = int(os.environ.get("TEVO_HOLD_THREADS", "8"))
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+accesslog = None
 errorlog = "-"
 # Workers import the app after forking, so no Redis connection is shared across a fork.
 preload_app = False
+
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "tevo_hold.observability.JsonFormatter"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        # Off: tevo_hold.access logs each request (gunicorn's line would repeat it, with the
+        # query string, which could hold what a careless client put there).
+        "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+    },
+}
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Start with an empty metrics directory: old files would add old counts."""
+    path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):
+        old.unlink()
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A worker died: drop its live gauges (its counters stay in the sums, as they should)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 from tevo_hold.app import create_app
+from tevo_hold.observability import configure_logging
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# JSON lines on stderr (under gunicorn, its logconfig_dict has set up the same already).
+configure_logging()
 
 #: The demo listings that the embedded default starts with.
 SAMPLE_INVENTORY = Path(__file__).with_name("sample_inventory.json")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import redis
 import requests
@@ -147,6 +147,12 @@ class RedisProcess:
     def log(self) -> str:
         path = self.dir / "redis.log"
         return path.read_text("utf-8", "replace") if path.exists() else ""
+
+
+def _log_file(output: Path | None) -> IO[bytes]:
+    if output is None:
+        return tempfile.TemporaryFile()
+    return output.open("w+b")
 
 
 @contextmanager
@@ -320,11 +326,25 @@ class Gunicorn:
 
 @contextmanager
 def gunicorn_process(
-    env: Mapping[str, str], *, workers: int = 4, threads: int = 4, args: Sequence[str] = ()
+    env: Mapping[str, str],
+    *,
+    workers: int = 4,
+    threads: int = 4,
+    args: Sequence[str] = (),
+    output: Path | None = None,
 ) -> Iterator[Gunicorn]:
-    """``gunicorn server.wsgi:app`` with the project's config on a free port."""
+    """``gunicorn server.wsgi:app`` with the project's config on a free port.
+
+    Its stdout and stderr go to ``output`` if given (to read its logs), else to a temporary file
+    shown only when it fails to start.
+    """
     port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
+    # Each server its own metrics directory (gunicorn.conf.py makes one), unless env names one.
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TEVO_HOLD_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     full_env.update(env)
     full_env["TEVO_HOLD_BIND"] = f"127.0.0.1:{port}"
     cmd = [
@@ -343,7 +363,7 @@ def gunicorn_process(
         "server.wsgi:app",
     ]
     base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
+    with _log_file(output) as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         server = Gunicorn(base, proc, log)
         try:
@@ -363,9 +383,15 @@ def gunicorn_process(
 
 
 @contextmanager
-def gunicorn_server(env: Mapping[str, str], *, workers: int = 4, threads: int = 4) -> Iterator[str]:
+def gunicorn_server(
+    env: Mapping[str, str],
+    *,
+    workers: int = 4,
+    threads: int = 4,
+    output: Path | None = None,
+) -> Iterator[str]:
     """``gunicorn server.wsgi:app`` with the project's config on a free port; yields its URL."""
-    with gunicorn_process(env, workers=workers, threads=threads) as server:
+    with gunicorn_process(env, workers=workers, threads=threads, output=output) as server:
         yield server.base
 
 

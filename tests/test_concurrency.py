@@ -180,7 +180,12 @@ def inventory(redis_client: RedisClient, store_url: str) -> RedisInventoryAdapte
 
 @pytest.fixture(scope="module")
 def server(store_url: str, redis_client: RedisClient) -> Iterator[str]:
-    env = {"TEVO_HOLD_REDIS_URL": store_url, "TEVO_HOLD_API_KEYS": API_KEY}
+    # Thousands of requests with one key within a minute: a load test, so no rate limit.
+    env = {
+        "TEVO_HOLD_REDIS_URL": store_url,
+        "TEVO_HOLD_API_KEYS": API_KEY,
+        "TEVO_HOLD_RATE_LIMIT": "off",
+    }
     with gunicorn_server(env, workers=WORKERS, threads=THREADS) as base:
         yield base
 

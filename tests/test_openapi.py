@@ -41,7 +41,8 @@ CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
     ("post", "/v1/holds"): {
         201: set(),
         400: {"invalid_request", "malformed_json"},
-        401: {"unauthorized"},
+        401: {"unauthorized", "invalid_signature"},
+        429: {"rate_limited"},
         404: {"listing_not_found"},
         409: {"insufficient_quantity", "global_id_conflict", "request_in_progress"},
         413: {"payload_too_large"},
@@ -54,7 +55,8 @@ CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
     ("post", "/v1/releases"): {
         200: set(),
         400: {"invalid_request", "malformed_json"},
-        401: {"unauthorized"},
+        401: {"unauthorized", "invalid_signature"},
+        429: {"rate_limited"},
         404: {"hold_not_found"},
         409: {"hold_already_invoiced", "request_in_progress"},
         413: {"payload_too_large"},
@@ -67,7 +69,8 @@ CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
     ("post", "/v1/invoices"): {
         201: set(),
         400: {"invalid_request", "malformed_json"},
-        401: {"unauthorized"},
+        401: {"unauthorized", "invalid_signature"},
+        429: {"rate_limited"},
         404: {"hold_not_found", "listing_not_found"},
         409: {"hold_released", "order_id_conflict", "request_in_progress"},
         410: {"hold_expired"},
@@ -82,12 +85,15 @@ CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
         200: set(),
         # a global_id longer than 255 characters; an empty one does not reach the view
         400: {"invalid_request"},
-        401: {"unauthorized"},
+        401: {"unauthorized", "invalid_signature"},
+        429: {"rate_limited"},
         404: {"hold_not_found", "not_found"},
         500: {"internal_error"},
         503: {"unavailable"},
     },
     ("get", "/healthz"): {200: set()},
+    ("get", "/readyz"): {200: set(), 503: {"unavailable"}},
+    ("get", "/metrics"): {200: set()},
 }
 #: Views that serve the contract itself rather than being part of it.
 META_VIEWS = {"openapi_json", "docs"}
@@ -243,7 +249,8 @@ def test_every_error_answer_is_a_typed_explained_problem(
             assert example["code"] == code
             assert example["type"] == "urn:tevo-hold:problem:" + code
         headers = response.get("headers", {})
-        assert ("Retry-After" in headers) == bool({"request_in_progress", "unavailable"} & {*codes})
+        retried = {"request_in_progress", "unavailable", "rate_limited"}
+        assert ("Retry-After" in headers) == bool(retried & {*codes})
         assert ("WWW-Authenticate" in headers) == (status == "401")
 
 
@@ -261,7 +268,7 @@ def test_success_answers_have_schema_example_and_replay_header(
     operation = _operations(spec)[key]
     (status,) = [s for s in operation["responses"] if int(s) < 300]
     response = operation["responses"][status]
-    media = response["content"]["application/json"]
+    (media,) = response["content"].values()
     _validator(media["schema"], spec).validate(media["example"])
     replays = key[1] in ("/v1/holds", "/v1/releases", "/v1/invoices")
     assert ("Idempotent-Replayed" in response.get("headers", {})) == replays
@@ -327,14 +334,16 @@ def test_the_order_id_bound_is_the_validators(spec: dict[str, Any]) -> None:
 # -- security and links -------------------------------------------------------------------------
 
 
-def test_api_key_security_is_declared_and_only_healthz_is_public(spec: dict[str, Any]) -> None:
+def test_api_key_security_is_declared_and_only_operations_probes_are_public(
+    spec: dict[str, Any],
+) -> None:
     schemes = spec["components"]["securitySchemes"]
     assert schemes["ApiKey"] == {**schemes["ApiKey"], "type": "apiKey", "in": "header"}
     assert schemes["ApiKey"]["name"] == "X-API-Key"
     assert schemes["Bearer"]["scheme"] == "bearer"
     assert spec["security"] == [{"ApiKey": []}, {"Bearer": []}]
     for (method, path), operation in _operations(spec).items():
-        public = path == "/healthz"
+        public = path in ("/healthz", "/readyz", "/metrics")
         assert ("security" in operation) == public, (method, path)
         assert ("401" in operation["responses"]) != public
 

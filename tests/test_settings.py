@@ -45,9 +45,53 @@ def test_bad_values_name_their_key(key, value):
         Settings.from_env({key: value})
 
 
-def test_a_real_redis_needs_api_keys():
-    with pytest.raises(ConfigurationError, match="TEVO_HOLD_API_KEYS"):
-        Settings.from_env({"TEVO_HOLD_REDIS_URL": "redis://localhost:6379/0"})
+def test_a_real_redis_without_api_keys_accepts_managed_keys_only():
+    s = Settings.from_env({"TEVO_HOLD_REDIS_URL": "redis://localhost:6379/0"})
+    assert s.api_keys == () and s.accepted_keys == ()
+
+
+def test_signing_is_off_and_the_rate_limit_generous_by_default():
+    s = Settings.from_env({})
+    assert s.require_signature is False
+    assert s.rate_limit == "600 per minute"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", True), ("true", True), ("On", True), ("0", False), ("no", False)]
+)
+def test_require_signature_parses_booleans(raw, expected):
+    assert Settings.from_env({"TEVO_HOLD_REQUIRE_SIGNATURE": raw}).require_signature is expected
+
+
+def test_rate_limit_takes_flask_limiter_notation_or_off():
+    limit = Settings.from_env({"TEVO_HOLD_RATE_LIMIT": "20/second; 1000 per hour"}).rate_limit
+    assert limit == "20/second; 1000 per hour"
+    assert Settings.from_env({"TEVO_HOLD_RATE_LIMIT": "off"}).rate_limit is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("TEVO_HOLD_REQUIRE_SIGNATURE", "maybe"), ("TEVO_HOLD_RATE_LIMIT", "lots per minute")],
+)
+def test_bad_signing_and_limit_values_name_their_key(key, value):
+    with pytest.raises(ConfigurationError, match=key):
+        Settings.from_env({key: value})
+
+
+def test_repr_shows_no_secret():
+    s = Settings.from_env(
+        {
+            "TEVO_HOLD_REDIS_URL": "redis://:redis-password@h:1/0",
+            "TEVO_HOLD_API_KEYS": "api-secret",
+            "TEVO_HOLD_ADAPTER": "http",
+            "TEVO_HOLD_POS_URL": "http://pos",
+            "TEVO_HOLD_POS_API_KEY": "pos-secret",
+        }
+    )
+    text = repr(s)
+    assert "hold_ttl" in text
+    for secret in ("redis-password", "api-secret", "pos-secret"):
+        assert secret not in text
 
 
 def test_unknown_url_scheme_is_named():

@@ -122,6 +122,7 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
     "ledger": ("_prelude.lua", "_ledger.lua", "ledger.lua"),
     "inventory": ("_prelude.lua", "_inventory.lua", "inventory.lua"),
     "fused": ("_prelude.lua", "_ledger.lua", "_inventory.lua", "fused.lua"),
+    "apikeys": ("_prelude.lua", "apikeys.lua"),
 }
 
 

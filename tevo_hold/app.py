@@ -37,6 +37,11 @@ def create_app(
     TevoHold(app, service=service)
     state = app.extensions[EXTENSION_KEY]
     settings = state.settings
+    if not settings.accepted_keys:
+        log.warning(
+            "TEVO_HOLD_API_KEYS is empty: only managed keys (tevo-hold keys create NAME) are "
+            "accepted; until one is made, every API call answers 401."
+        )
     if settings.embedded:
         log.warning(
             "tevo-hold runs on its embedded default: state lives in this process's memory, is "

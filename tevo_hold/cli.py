@@ -1,4 +1,4 @@
-"""The ``tevo-hold`` command: inventory, holds, failed invoices, the worker, the checker.
+"""The ``tevo-hold`` command: inventory, holds, failed invoices, API keys, the worker, the checker.
 
 It reads the same ``TEVO_HOLD_*`` settings as the server, so it works on the same Redis.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ import click
 from . import errors
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .app import load_inventory
+from .auth import ApiKey, KeyStore
 from .checker import Listing, Report, Result, prepare_listings, run_checks
 from .models import Hold, HoldStatus, Stock
 from .schemas import HoldDetailSchema
@@ -39,6 +41,17 @@ class _Context:
                 )
             self._service = build_service(settings)
         return self._service
+
+    def close(self) -> None:
+        """Close the Redis connections the command opened."""
+        if self._service is not None:
+            self._service.close()
+            self._service = None
+
+    @property
+    def key_store(self) -> KeyStore:
+        ledger = self.service.ledger
+        return KeyStore(ledger.client, keys=ledger.keys)
 
     @property
     def inventory(self) -> RedisInventoryAdapter:
@@ -66,8 +79,10 @@ def _print_stock(stock: Stock, as_json: bool) -> None:
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(click_ctx: click.Context) -> None:
     """tevo-hold: TEvo order integration (hold, release, invoice) on Redis."""
+    click_ctx.call_on_close(click_ctx.ensure_object(_Context).close)
 
 
 @main.group()
@@ -173,23 +188,101 @@ def invoices_retry(ctx: _Context, global_id: str) -> None:
     click.echo(f"{global_id}: {done.hold.status}")
 
 
+@main.group()
+def keys() -> None:
+    """Managed API keys, kept in Redis as SHA-256 digests only (besides TEVO_HOLD_API_KEYS)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@pass_ctx
+def keys_create(ctx: _Context, name: str) -> None:
+    """Make an API key named NAME and print it: the only time it is ever shown.
+
+    The key goes alone on standard output (for scripts); a reminder goes to standard error.
+    """
+    key, plaintext = _run(lambda: ctx.key_store.create(name))
+    click.echo(plaintext)
+    click.echo(
+        f"created API key {key.name!r} ({key.prefix}...): store it now, it cannot be shown again",
+        err=True,
+    )
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@pass_ctx
+def keys_list(ctx: _Context, as_json: bool) -> None:
+    """List the managed keys: name, prefix, created, last used, revoked (never the keys)."""
+    found: list[ApiKey] = _run(lambda: ctx.key_store.list())
+    for key in found:
+        fields = {
+            "name": key.name,
+            "prefix": key.prefix,
+            "created_at": _when(key.created_at),
+            "last_used_at": _when(key.last_used_at),
+            "revoked_at": _when(key.revoked_at),
+        }
+        if as_json:
+            click.echo(json.dumps(fields))
+        else:
+            click.echo(
+                f"{key.name}  {key.prefix}...  created={fields['created_at']}"
+                f"  last_used={fields['last_used_at'] or 'never'}"
+                f"  {'REVOKED ' + str(fields['revoked_at']) if key.revoked else 'active'}"
+            )
+    if not as_json:
+        click.echo(f"{len(found)} keys", err=True)
+
+
+@keys.command("revoke")
+@click.argument("name")
+@pass_ctx
+def keys_revoke(ctx: _Context, name: str) -> None:
+    """Revoke the key NAME: every process refuses it from the next request on."""
+    key: ApiKey = _run(lambda: ctx.key_store.revoke(name))
+    click.echo(f"revoked API key {key.name!r} ({key.prefix}...) at {_when(key.revoked_at)}")
+
+
+def _when(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 @main.command("worker")
 @click.option("--name", default=None, help="Its name in the audit trail (default: worker-PID).")
 @click.option("--lease", type=float, default=30.0, show_default=True, help="Seconds per item.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve its Prometheus metrics (POS calls, lapsed holds, failed invoices) on this port.",
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port."
+)
 @pass_ctx
-def worker(ctx: _Context, name: str | None, lease: float) -> None:
+def worker(
+    ctx: _Context, name: str | None, lease: float, metrics_port: int | None, metrics_host: str
+) -> None:
     """Keep the POS in step: release lapsed holds, compensate, retry failed invoices.
 
-    Runs until SIGTERM or SIGINT; run one or more beside the server, on any host.
+    Runs until SIGTERM or SIGINT; run one or more beside the server, on any host. Logs are JSON
+    lines on standard error.
     """
-    import logging
     import os
     import signal
     import threading
 
+    from .observability import configure_logging
     from .worker import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

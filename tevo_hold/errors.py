@@ -12,6 +12,7 @@ Tree::
     ├── InvalidRequest              400 invalid_request
     │   └── MalformedJSON           400 malformed_json
     ├── Unauthorized                401 unauthorized
+    │   └── InvalidSignature        401 invalid_signature
     ├── NotFound                    404 not_found
     │   ├── ListingNotFound         404 listing_not_found
     │   └── HoldNotFound            404 hold_not_found
@@ -26,9 +27,11 @@ Tree::
     ├── HoldExpired                 410 hold_expired
     ├── PayloadTooLarge             413 payload_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
+    ├── RateLimited                 429 rate_limited
     ├── InternalError               500 internal_error
     ├── PosError                    502 pos_error
     ├── Unavailable                 503 unavailable
+    │   └── NotReady                503 unavailable (GET /readyz; ``checks`` says what is down)
     └── PosTimeout                  504 pos_timeout
 
 Driver errors (redis-py's connection and timeout errors) are translated into :class:`Unavailable`
@@ -51,14 +54,17 @@ __all__ = [
     "InsufficientQuantity",
     "InternalError",
     "InvalidRequest",
+    "InvalidSignature",
     "ListingNotFound",
     "MalformedJSON",
     "MethodNotAllowed",
     "NotFound",
+    "NotReady",
     "OrderIdConflict",
     "PayloadTooLarge",
     "PosError",
     "PosTimeout",
+    "RateLimited",
     "RequestInProgress",
     "TevoHoldError",
     "Unauthorized",
@@ -118,11 +124,21 @@ class MalformedJSON(InvalidRequest):
 
 
 class Unauthorized(TevoHoldError):
-    """No API key was sent, or it is not one of the configured keys."""
+    """No API key was sent, or it is neither one of ``TEVO_HOLD_API_KEYS`` nor a managed key
+    (``tevo-hold keys create``) that is not revoked."""
 
     code = "unauthorized"
     status = 401
     title = "Unauthorized"
+
+
+class InvalidSignature(Unauthorized):
+    """Request signing is required (``TEVO_HOLD_REQUIRE_SIGNATURE``) and ``X-Signature`` is
+    missing or is not the HMAC-SHA256 of this request's method, host, path and body under the
+    API key sent."""
+
+    code = "invalid_signature"
+    title = "Invalid signature"
 
 
 class NotFound(TevoHoldError):
@@ -244,6 +260,25 @@ class UnsupportedMediaType(TevoHoldError):
     title = "Unsupported media type"
 
 
+class RateLimited(TevoHoldError):
+    """This API key sent more requests than ``TEVO_HOLD_RATE_LIMIT`` allows; retry after
+    ``retry_after`` seconds. ``limit`` is the limit that was hit (``"600 per 1 minute"``)."""
+
+    code = "rate_limited"
+    status = 429
+    title = "Rate limited"
+
+    def __init__(
+        self, detail: str | None = None, retry_after: int = 1, limit: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
+        self.limit = limit
+
+    def extra(self) -> dict[str, Any]:
+        return {} if self.limit is None else {"limit": self.limit}
+
+
 class InternalError(TevoHoldError):
     """An unexpected failure. The answer never carries a trace; the server log does."""
 
@@ -264,6 +299,18 @@ class Unavailable(TevoHoldError):
     title = "Service unavailable"
 
     retry_after: int = 1
+
+
+class NotReady(Unavailable):
+    """``GET /readyz``: Redis (or the POS, when its adapter can tell) does not answer.
+    ``checks`` maps each dependency to ``ok``, ``unavailable`` or ``unknown``."""
+
+    def __init__(self, detail: str | None = None, checks: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.checks = dict(checks or {})
+
+    def extra(self) -> dict[str, Any]:
+        return {"checks": self.checks}
 
 
 class PosTimeout(TevoHoldError):

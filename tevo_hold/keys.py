@@ -9,6 +9,8 @@ script call always share a hash slot, so the same scripts run on a Redis Cluster
   same atomic step as the work it schedules.
 - A listing's keys (the reference inventory) share the tag ``{l:<remote_id>}``: listings spread
   over the masters too.
+- The managed API keys (:mod:`tevo_hold.auth`) share the tag ``{keys}``: a names hash and one
+  record per key, named by the key's SHA-256 digest (never by the key).
 
 Ids are data, never structure: ``%``, ``{`` and ``}`` are percent-encoded before an id goes into
 a key. The encoding is injective and leaves no brace, so two ids never share a key and an id can
@@ -63,6 +65,14 @@ class KeySpace:
     def sale(self, remote_id: str, global_id: str) -> str:
         """The marker of one sale in the reference inventory (makes a sale idempotent)."""
         return f"{self.prefix}:{{l:{encode_id(remote_id)}}}:sold:{encode_id(global_id)}"
+
+    def api_key_names(self) -> str:
+        """The managed API keys' names hash: name -> the key's digest."""
+        return f"{self.prefix}:{{keys}}:names"
+
+    def api_key(self, digest: str) -> str:
+        """The record of the managed API key whose SHA-256 digest (hex) is ``digest``."""
+        return f"{self.prefix}:{{keys}}:h:{digest}"
 
     def hold_pattern(self) -> str:
         """A SCAN pattern matching every hold record."""

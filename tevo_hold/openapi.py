@@ -99,7 +99,7 @@ class Operation:
     success: int
     success_description: str
     success_schema: Mapping[str, Any]
-    success_example: Mapping[str, Any]
+    success_example: Any
     request: type[Schema] | None = None
     request_examples: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     parameters: Sequence[Mapping[str, Any]] = ()
@@ -107,6 +107,7 @@ class Operation:
     links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     replays: bool = False
     public: bool = False
+    success_media: str = "application/json"
 
 
 # -- what each code means to the caller ---------------------------------------------------------
@@ -133,6 +134,19 @@ _UNAUTHORIZED = Answer(
     errors.Unauthorized,
     "Do not retry until the key is fixed: send one of the seller's API keys in `X-API-Key` "
     "(or `Authorization: Bearer`). The seller issues and rotates keys.",
+)
+_SIGNATURE = Answer(
+    errors.InvalidSignature,
+    "Do not retry until the signature is fixed: sign `METHOD host path?` and the body with the "
+    "key, base64 HMAC-SHA256, in `X-Signature`.",
+    "The seller requires signed requests (TEVO_HOLD_REQUIRE_SIGNATURE) and `X-Signature` is "
+    "missing or does not match the request.",
+)
+_RATE_LIMITED = Answer(
+    errors.RateLimited,
+    "Retry after the `Retry-After` seconds with the same body; nothing was changed.",
+    "This key sent more requests than the seller's limit (TEVO_HOLD_RATE_LIMIT, 600 per minute "
+    "by default).",
 )
 _TOO_LARGE = Answer(
     errors.PayloadTooLarge,
@@ -257,6 +271,8 @@ OPERATIONS: tuple[Operation, ...] = (
         answers=(
             *_invalid(),
             _UNAUTHORIZED,
+            _SIGNATURE,
+            _RATE_LIMITED,
             Answer(
                 errors.ListingNotFound,
                 "Do not retry: the listing is gone from the seller's inventory (sold "
@@ -352,6 +368,8 @@ OPERATIONS: tuple[Operation, ...] = (
         answers=(
             *_invalid(),
             _UNAUTHORIZED,
+            _SIGNATURE,
+            _RATE_LIMITED,
             Answer(
                 errors.HoldNotFound,
                 "Nothing to release: treat the release as done. (Holds are remembered for 7 "
@@ -433,6 +451,8 @@ OPERATIONS: tuple[Operation, ...] = (
         answers=(
             *_invalid(),
             _UNAUTHORIZED,
+            _SIGNATURE,
+            _RATE_LIMITED,
             Answer(
                 errors.HoldNotFound,
                 "Do not retry: nothing is held for this order. Call the seller.",
@@ -546,6 +566,8 @@ OPERATIONS: tuple[Operation, ...] = (
         answers=(
             *_invalid(body=False),
             _UNAUTHORIZED,
+            _SIGNATURE,
+            _RATE_LIMITED,
             Answer(
                 errors.HoldNotFound,
                 "No hold is known under this global_id: it was never made, its hold call "
@@ -559,6 +581,58 @@ OPERATIONS: tuple[Operation, ...] = (
             _internal("reading changes nothing"),
             _unavailable("reading changes nothing"),
         ),
+    ),
+    Operation(
+        view="readyz",
+        method="get",
+        path="/readyz",
+        operation_id="readyz",
+        tag="Operations",
+        summary="Readiness check",
+        description=(
+            "Answers `200` when Redis answers (and the POS, when its adapter can tell); needs no "
+            "API key. For load balancers: take the server out of rotation on `503`."
+        ),
+        success=200,
+        success_description="Ready: `checks` says what was checked.",
+        success_schema={
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["ok"]},
+                "checks": {
+                    "type": "object",
+                    "additionalProperties": {"enum": ["ok", "unavailable", "unknown"]},
+                },
+            },
+            "required": ["status", "checks"],
+        },
+        success_example={"status": "ok", "checks": {"redis": "ok", "pos": "unknown"}},
+        answers=(
+            Answer(
+                errors.NotReady,
+                "Send no traffic here until it answers `200` again.",
+                "Redis (or the POS) does not answer; `checks` says which.",
+            ),
+        ),
+        public=True,
+    ),
+    Operation(
+        view="metrics",
+        method="get",
+        path="/metrics",
+        operation_id="metrics",
+        tag="Operations",
+        summary="Prometheus metrics",
+        description=(
+            "Counters and histograms in Prometheus' text format, summed over every worker "
+            "process; needs no API key (protect it at the proxy if it must not be public)."
+        ),
+        success=200,
+        success_description="The metrics.",
+        success_schema={"type": "string"},
+        success_example="# HELP tevo_hold_requests_total Requests answered.\n",
+        success_media="text/plain",
+        public=True,
     ),
     Operation(
         view="healthz",
@@ -653,6 +727,15 @@ def _problem_schema() -> dict[str, Any]:
                 "minimum": 0,
                 "description": "insufficient_quantity only: tickets the listing has available.",
             },
+            "limit": {
+                "type": "string",
+                "description": "rate_limited only: the limit this key broke.",
+            },
+            "checks": {
+                "type": "object",
+                "additionalProperties": {"enum": ["ok", "unavailable", "unknown"]},
+                "description": "GET /readyz only: the state of each dependency.",
+            },
         },
         "additionalProperties": False,
     }
@@ -662,6 +745,8 @@ _SAMPLE_DETAILS: dict[str, str] = {
     "invalid_request": "Invalid or missing field(s): quantity.",
     "malformed_json": "The body is not valid UTF-8 JSON: Expecting value: line 1 column 1 (char 0)",
     "unauthorized": "The API key is not valid.",
+    "invalid_signature": "X-Signature does not match the request.",
+    "rate_limited": "Too many requests for this key (600 per 1 minute).",
     "not_found": "No endpoint at GET /v1/holds/.",
     "listing_not_found": f"No listing has remote_id '{EXAMPLE_REMOTE_ID}'.",
     "hold_not_found": f"No hold has global_id '{EXAMPLE_GLOBAL_ID}'.",
@@ -707,6 +792,11 @@ def _problem_example(answer: Answer) -> dict[str, Any]:
         body["errors"] = {"quantity": ["must be between 1 and 10000"]}
     if answer.error is errors.InsufficientQuantity:
         body["available"] = 1
+    if answer.error is errors.RateLimited:
+        body["limit"] = "600 per 1 minute"
+    if answer.error is errors.NotReady:
+        body["detail"] = "Not ready: redis unavailable."
+        body["checks"] = {"redis": "unavailable", "pos": "unknown"}
     return body
 
 
@@ -735,7 +825,10 @@ def _error_response(answers: Sequence[Answer]) -> dict[str, Any]:
         "x-problem-codes": codes,
     }
     headers: dict[str, Any] = {}
-    if any(issubclass(a.error, errors.RequestInProgress | errors.Unavailable) for a in answers):
+    if any(
+        issubclass(a.error, errors.RequestInProgress | errors.Unavailable | errors.RateLimited)
+        for a in answers
+    ):
         headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
     if status == 401:
         headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}
@@ -747,7 +840,7 @@ def _error_response(answers: Sequence[Answer]) -> dict[str, Any]:
 def _operation(op: Operation) -> dict[str, Any]:
     success: dict[str, Any] = {
         "description": op.success_description,
-        "content": {JSON: {"schema": op.success_schema, "example": op.success_example}},
+        "content": {op.success_media: {"schema": op.success_schema, "example": op.success_example}},
     }
     if op.replays:
         success["headers"] = {"Idempotent-Replayed": {"$ref": "#/components/headers/Replayed"}}

@@ -6,14 +6,14 @@ import contextlib
 import importlib
 import uuid
 
-from . import errors
+from . import errors, metrics
 from ._redis import RedisClient, fail_fast
 from .adapters.base import PosAdapter
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .connection import connect
 from .keys import KeySpace
 from .ledger import Ledger
-from .models import Hold, Outcome
+from .models import Hold, HoldStatus, Outcome
 from .settings import Settings
 from .validation import check_id, check_order_id, check_quantity
 
@@ -75,6 +75,7 @@ class HoldService:
         )
 
     @fail_fast()
+    @metrics.counted(metrics.HOLDS)
     def hold(self, *, remote_id: str, quantity: int, global_id: str, actor: str = "api") -> Outcome:
         """Hold ``quantity`` tickets of listing ``remote_id`` for ``global_id``, for ``hold_ttl``.
 
@@ -110,12 +111,13 @@ class HoldService:
         if not claim.changed:
             return Outcome(claim.hold.as_held(), replayed=True)
         try:
-            self.adapter.hold(
-                global_id=global_id,
-                remote_id=remote_id,
-                quantity=quantity,
-                expires_at=claim.hold.expires_at,
-            )
+            with metrics.pos_call("hold"):
+                self.adapter.hold(
+                    global_id=global_id,
+                    remote_id=remote_id,
+                    quantity=quantity,
+                    expires_at=claim.hold.expires_at,
+                )
         except _REFUSED as exc:
             # Nothing is held in the POS. If even this fails, the compensation scheduled with
             # the claim releases nothing, harmlessly.
@@ -131,6 +133,7 @@ class HoldService:
         return Outcome(done.hold.as_held())
 
     @fail_fast()
+    @metrics.counted(metrics.RELEASES)
     def release(self, *, global_id: str, actor: str = "api") -> Outcome:
         """Give back the tickets of ``global_id``'s hold.
 
@@ -143,12 +146,18 @@ class HoldService:
         track = not self.adapter.lapses_on_its_own
         claim = self.ledger.release(global_id, lease=self.lease, track_release=track, actor=actor)
         hold = claim.hold
-        self.adapter.release(global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity)
+        if claim.changed and hold.status is HoldStatus.EXPIRED:
+            metrics.LAPSED.labels("release").inc()
+        with metrics.pos_call("release"):
+            self.adapter.release(
+                global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity
+            )
         if track:
             self.ledger.released_in_pos(global_id, actor=actor)
         return Outcome(hold, replayed=not claim.changed)
 
     @fail_fast()
+    @metrics.counted(metrics.INVOICES)
     def invoice(self, *, global_id: str, tevo_order_id: int | str, actor: str = "api") -> Outcome:
         """Sell ``global_id``'s held tickets to TEvo under order ``tevo_order_id``.
 
@@ -167,7 +176,13 @@ class HoldService:
         )
         if not claim.changed:
             return Outcome(claim.hold, replayed=True)
-        return Outcome(self._settle(claim.hold, token, actor))
+        try:
+            return Outcome(self._settle(claim.hold, token, actor))
+        except errors.HoldExpired:
+            raise
+        except Exception:
+            metrics.INVOICE_FAILURES.labels("api").inc()
+            raise
 
     def _settle(self, hold: Hold, token: str, actor: str) -> Hold:
         """Sell ``hold``'s tickets in the POS for the invoice ``token`` claimed; record it."""
@@ -181,12 +196,13 @@ class HoldService:
             ).hold
         assert hold.tevo_order_id is not None
         try:
-            self.adapter.invoice(
-                global_id=gid,
-                remote_id=hold.remote_id,
-                quantity=hold.quantity,
-                tevo_order_id=hold.tevo_order_id,
-            )
+            with metrics.pos_call("invoice"):
+                self.adapter.invoice(
+                    global_id=gid,
+                    remote_id=hold.remote_id,
+                    quantity=hold.quantity,
+                    tevo_order_id=hold.tevo_order_id,
+                )
         except errors.InsufficientQuantity as exc:
             self.ledger.abort_invoice(
                 gid, token, lapsed=True, detail=describe_error(exc), actor=actor
@@ -291,6 +307,7 @@ def build_adapter(settings: Settings, *, client: RedisClient, keys: KeySpace) ->
             timeout=settings.pos_timeout,
             budget=settings.pos_budget,
             retries=settings.pos_retries,
+            health_path=settings.pos_health_path,
         )
     module_name, sep, class_name = name.partition(":")
     if not sep:

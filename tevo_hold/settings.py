@@ -56,6 +56,29 @@ def _optional_str(raw: str) -> str | None:
     return raw or None
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE | _FALSE:
+        return value in _TRUE
+    raise ValueError("expected true or false (1/0, yes/no, on/off)")
+
+
+def _rate_limit(raw: str) -> str | None:
+    """A limit in flask-limiter's notation, checked now; ``off`` (or ``none``) for no limit."""
+    text = raw.strip()
+    if text.lower() in ("off", "none", "0"):
+        return None
+    from limits import parse_many  # the notation flask-limiter uses
+
+    if not parse_many(text):
+        raise ValueError("no limit given")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of tevo-hold. Build with :meth:`from_env` or :meth:`from_mapping`.
@@ -64,8 +87,10 @@ class Settings:
     what it means; the README's table of settings is this class.
     """
 
+    # Secrets (and a URL that may carry a password) stay out of repr(): no log shows them.
     redis_url: str = field(
         default=EMBEDDED_URL,
+        repr=False,
         metadata={
             "help": "Redis URL (redis://, rediss://, unix://, redis+cluster://, "
             "rediss+cluster://, redis+sentinel://); unset: memory:// (embedded)"
@@ -73,7 +98,11 @@ class Settings:
     )
     api_keys: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "comma-separated API keys; any one is accepted (rotate keys freely)"},
+        repr=False,
+        metadata={
+            "help": "comma-separated API keys; any one is accepted (rotate keys freely), "
+            "besides the managed keys of `tevo-hold keys`"
+        },
     )
     hold_ttl: float = field(default=900.0, metadata={"help": "seconds a hold lives"})
     lease: float = field(
@@ -108,7 +137,7 @@ class Settings:
         default=None, metadata={"help": "http adapter: the POS API's base URL"}
     )
     pos_api_key: str | None = field(
-        default=None, metadata={"help": "http adapter: the key sent to the POS"}
+        default=None, repr=False, metadata={"help": "http adapter: the key sent to the POS"}
     )
     pos_auth_header: str = field(
         default="X-API-Key", metadata={"help": "http adapter: the header that carries the key"}
@@ -139,6 +168,24 @@ class Settings:
     worker_interval: float = field(
         default=0.25, metadata={"help": "worker: seconds between polls when nothing is due"}
     )
+    pos_health_path: str | None = field(
+        default=None,
+        metadata={"help": "http adapter: a path answering 2xx when the POS is up (for /readyz)"},
+    )
+    require_signature: bool = field(
+        default=False,
+        metadata={
+            "help": "require X-Signature (HMAC-SHA256 of method, host, path and body under the "
+            "API key) on every API request"
+        },
+    )
+    rate_limit: str | None = field(
+        default="600 per minute",
+        metadata={
+            "help": "requests per API key, shared by every process through Redis "
+            "(e.g. '600 per minute', '20/second; 1000/hour'); off: no limit"
+        },
+    )
 
     @property
     def embedded(self) -> bool:
@@ -147,7 +194,10 @@ class Settings:
 
     @property
     def accepted_keys(self) -> tuple[str, ...]:
-        """The API keys requests may send (the demo key in embedded mode with none set)."""
+        """The API keys of the environment (the demo key in embedded mode with none set).
+
+        Managed keys (``tevo-hold keys create``) live in Redis and are accepted besides these.
+        """
         if not self.api_keys and self.embedded:
             return (DEMO_API_KEY,)
         return self.api_keys
@@ -181,11 +231,6 @@ class Settings:
 
     def check(self) -> None:
         """Raise ConfigurationError for settings that cannot work together."""
-        if not self.accepted_keys:
-            raise ConfigurationError(
-                f"{PREFIX}API_KEYS is empty: set it to the API key(s) TEvo sends "
-                "(comma-separated). Only the embedded demo (no Redis URL) has a default key."
-            )
         if self.adapter == "http" and not self.pos_url:
             raise ConfigurationError(
                 f"{PREFIX}ADAPTER=http needs {PREFIX}POS_URL, the base URL of the POS's API"
@@ -213,6 +258,8 @@ def _typed(name: str, value: Any) -> Any:
         if isinstance(value, list | tuple):
             return tuple(str(v) for v in value)
         raise TypeError("must be a list of strings or a comma-separated string")
+    if name == "require_signature" and isinstance(value, bool):
+        return value
     return _PARSERS[name](str(value))
 
 
@@ -239,4 +286,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "retry_base": _positive(float),
     "retry_cap": _positive(float),
     "worker_interval": _positive(float),
+    "pos_health_path": _optional_str,
+    "require_signature": _bool,
+    "rate_limit": _rate_limit,
 }

@@ -10,21 +10,28 @@ Usage in an app of your own::
 Views validate with the schemas of :mod:`tevo_hold.schemas`, call the :class:`HoldService` and
 never touch Redis. Every error, whatever raised it, leaves as one JSON shape: an RFC 9457 problem
 document (``application/problem+json``) with a stable ``code``.
+
+Around the views: API keys (environment or managed, :mod:`tevo_hold.auth`), optional request
+signatures, a rate limit per key (:mod:`tevo_hold.ratelimit`), request ids and one JSON access
+log line per request (:mod:`tevo_hold.observability`); ``/healthz``, ``/readyz`` and ``/metrics``
+need no key.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
+from flask_limiter import Limiter
 from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
 
-from . import errors
+from . import auth, errors, metrics, observability, ratelimit
+from ._redis import translate_errors
 from .models import Outcome
 from .schemas import (
     HoldDetailSchema,
@@ -40,8 +47,10 @@ __all__ = ["EXTENSION_KEY", "TevoHold", "create_blueprint", "problem_response"]
 
 EXTENSION_KEY = "tevo_hold"
 PROBLEM_TYPE = "urn:tevo-hold:problem:"
-#: Views answered without an API key.
-PUBLIC_VIEWS = frozenset({"healthz", "openapi_json", "docs"})
+#: Views answered without an API key (and without a rate limit).
+PUBLIC_VIEWS = frozenset({"healthz", "readyz", "metrics", "openapi_json", "docs"})
+#: The header of a request's signature (when TEVO_HOLD_REQUIRE_SIGNATURE is on).
+SIGNATURE_HEADER = "X-Signature"
 log = logging.getLogger("tevo_hold")
 
 _HOLD_SCHEMA = HoldSchema()
@@ -54,10 +63,19 @@ _INVOICE_REQUEST = InvoiceRequestSchema()
 class _State:
     """What the extension keeps per app, in ``app.extensions["tevo_hold"]``."""
 
-    def __init__(self, settings: Settings, service: HoldService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: HoldService,
+        *,
+        key_store: auth.KeyStore,
+        limiter: Limiter | None,
+    ) -> None:
         self.settings = settings
         self.service = service
-        self.keys = tuple(k.encode("utf-8") for k in settings.accepted_keys)
+        self.key_store = key_store
+        self.authenticator = auth.Authenticator(settings.accepted_keys, key_store)
+        self.limiter = limiter
 
 
 class TevoHold:
@@ -66,7 +84,7 @@ class TevoHold:
     ``service`` replaces the one the settings describe (tests pass one built on fakeredis);
     ``settings`` replaces reading them from ``app.config``. ``url_prefix`` is where the API is
     mounted (``""`` for the whole app). Unknown paths and wrong methods under that prefix answer
-    JSON problems too.
+    JSON problems too. Managed API keys and rate-limit counts live in the service's Redis.
     """
 
     def __init__(
@@ -90,8 +108,20 @@ class TevoHold:
             )
         settings = self._settings or Settings.from_mapping(app.config)
         service = self._service or build_service(settings)
-        app.extensions[EXTENSION_KEY] = _State(settings, service)
-        app.register_blueprint(create_blueprint(), url_prefix=self._url_prefix or None)
+        client = service.ledger.client
+        limiter = ratelimit.build_limiter(settings, client)
+        app.extensions[EXTENSION_KEY] = _State(
+            settings,
+            service,
+            key_store=auth.KeyStore(client, keys=service.ledger.keys),
+            limiter=limiter,
+        )
+        # Request ids and the access log first, so that they see every request to the end.
+        observability.install(app, self._url_prefix)
+        if limiter is not None:
+            limiter.init_app(app)
+        blueprint = create_blueprint(limiter=limiter, rate_limit=settings.rate_limit)
+        app.register_blueprint(blueprint, url_prefix=self._url_prefix or None)
         prefix = self._url_prefix.rstrip("/")
 
         def routing_error(exc: HTTPException) -> Response | HTTPException:
@@ -105,31 +135,52 @@ class TevoHold:
             app.register_error_handler(code, routing_error)
 
 
-def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
-    """The API's routes; mount it under any prefix of an app where :class:`TevoHold` is set up."""
+V = TypeVar("V", bound=Callable[..., Response])
+
+
+def create_blueprint(
+    name: str = EXTENSION_KEY, *, limiter: Limiter | None = None, rate_limit: str | None = None
+) -> Blueprint:
+    """The API's routes; mount it under any prefix of an app where :class:`TevoHold` is set up.
+
+    With a ``limiter`` (initialised on the app), the API calls of each key share one budget of
+    ``rate_limit`` (flask-limiter's notation); TevoHold passes both from the settings.
+    """
     bp = Blueprint(name, __name__)
     bp.before_request(_authenticate)
     bp.register_error_handler(errors.TevoHoldError, problem_response)
     bp.register_error_handler(HTTPException, _http_problem)
     bp.register_error_handler(Exception, _internal_error)
 
+    def limited(view: V) -> V:
+        # Checked when the view is called: after _authenticate, so the budget is the key's.
+        if limiter is None or rate_limit is None:
+            return view
+        limit = limiter.shared_limit(rate_limit, scope=ratelimit.SCOPE)
+        return cast(V, limit(view))
+
     @bp.post("/v1/holds")
+    @limited
     def create_hold() -> Response:
         data = _load(_HOLD_REQUEST)
         return _hold_response(_service().hold(**data), 201)
 
     @bp.post("/v1/releases")
+    @limited
     def create_release() -> Response:
         data = _load(_RELEASE_REQUEST)
         return _hold_response(_service().release(**data), 200)
 
     @bp.post("/v1/invoices")
+    @limited
     def create_invoice() -> Response:
         data = _load(_INVOICE_REQUEST)
         return _hold_response(_service().invoice(**data), 201)
 
     @bp.get("/v1/holds/<path:global_id>")
+    @limited
     def get_hold(global_id: str) -> Response:
+        observability.current().global_id = global_id
         hold = _service().get(global_id=global_id, history=True)
         return _json(_HOLD_DETAIL_SCHEMA.dump(hold), 200)
 
@@ -149,6 +200,15 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
         from . import openapi
 
         return openapi.docs_response(asset)
+
+    @bp.get("/readyz")
+    def readyz() -> Response:
+        return _readiness()
+
+    @bp.get("/metrics", endpoint="metrics")
+    def metrics_view() -> Response:
+        body, content_type = metrics.exposition()
+        return current_app.response_class(body, 200, content_type=content_type)
 
     return bp
 
@@ -170,19 +230,60 @@ def _authenticate() -> None:
         return
     given = request.headers.get("X-API-Key")
     if given is None:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             given = token.strip()
     if not given:
         raise errors.Unauthorized("Send your API key in the X-API-Key header.")
-    # WSGI hands headers over as latin-1 text: recover the bytes that were sent.
-    sent = given.encode("latin-1", "replace")
-    matched = False
-    for key in _state().keys:  # every key is compared, in constant time
-        matched |= hmac.compare_digest(sent, key)
-    if not matched:
-        raise errors.Unauthorized("The API key is not valid.")
+    state = _state()
+    identity = state.authenticator.identify(given)
+    observability.current().key_name = identity.name
+    if state.settings.require_signature:
+        auth.verify_signature(
+            request.headers.get(SIGNATURE_HEADER),
+            # WSGI hands headers over as latin-1 text: the bytes that were sent.
+            given.encode("latin-1", "replace"),
+            method=request.method,
+            host=request.host,
+            path=_raw_path(),
+            query=request.query_string.decode("latin-1"),
+            body=_body(),
+        )
+
+
+def _raw_path() -> str:
+    """The request's path as it was sent (percent-encoding and all), without the query."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw:
+        path = raw.split("?", 1)[0]
+        if "://" in path:  # absolute-form request target
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        return path
+    return quote(request.script_root + request.path)
+
+
+def _readiness() -> Response:
+    """200 when Redis answers (and the POS, if its adapter can tell); else a 503 problem."""
+    service = _service()
+    checks: dict[str, str] = {}
+    try:
+        with translate_errors():
+            service.ledger.client.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        log.warning("readyz: Redis does not answer: %s", type(exc).__name__)
+        checks["redis"] = "unavailable"
+    try:
+        pos = service.adapter.ready()
+    except Exception as exc:
+        log.warning("readyz: the POS check failed: %s", type(exc).__name__)
+        pos = False
+    checks["pos"] = "unknown" if pos is None else "ok" if pos else "unavailable"
+    down = sorted(name for name, state in checks.items() if state == "unavailable")
+    if down:
+        raise errors.NotReady(f"Not ready: {', '.join(down)} unavailable.", checks=checks)
+    return _json({"status": "ok", "checks": checks}, 200)
 
 
 def _reject_constant(name: str) -> Any:
@@ -217,7 +318,7 @@ def _load(schema: Schema) -> dict[str, Any]:
         raise errors.UnsupportedMediaType(
             "Send the body as JSON with the header Content-Type: application/json."
         )
-    raw = _read_body(_state().settings.max_body)
+    raw = _body()
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -225,7 +326,18 @@ def _load(schema: Schema) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise errors.InvalidRequest("The body must be a JSON object.")
     data: dict[str, Any] = schema.load(body)
+    if isinstance(data.get("global_id"), str):
+        observability.current().global_id = data["global_id"]
     return data
+
+
+def _body() -> bytes:
+    """The request's body, read once (for the signature and the view) within the size limit."""
+    body: bytes | None = g.get("tevo_hold_body")
+    if body is None:
+        body = _read_body(_state().settings.max_body)
+        g.tevo_hold_body = body
+    return body
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -246,6 +358,7 @@ def _hold_response(outcome: Outcome, status: int) -> Response:
 
 def problem_response(exc: errors.TevoHoldError) -> Response:
     """``exc`` as an RFC 9457 problem document, with the headers its status calls for."""
+    observability.current().code = exc.code
     body = {
         "type": PROBLEM_TYPE + exc.code,
         "title": exc.title,
@@ -274,7 +387,17 @@ _HTTP_ERRORS: Mapping[int, Callable[[HTTPException], errors.TevoHoldError]] = {
     ),
     413: lambda e: errors.PayloadTooLarge(e.description),
     415: lambda e: errors.UnsupportedMediaType(e.description),
+    429: lambda e: _rate_limited(e),
 }
+
+
+def _rate_limited(exc: HTTPException) -> errors.RateLimited:
+    seconds, limit = ratelimit.retry_after(_state().limiter)
+    return errors.RateLimited(
+        f"Too many requests for this API key ({limit or exc.description}); retry in {seconds} s.",
+        retry_after=seconds,
+        limit=limit,
+    )
 
 
 def _http_problem(exc: HTTPException) -> Response:

@@ -20,8 +20,9 @@ import logging
 import threading
 import uuid
 
-from . import errors
+from . import errors, metrics
 from .ledger import DueItem
+from .models import HoldStatus
 from .service import HoldService, describe_error
 
 __all__ = ["Worker"]
@@ -89,18 +90,21 @@ class Worker:
         try:
             if item.kind == "i":
                 assert hold.tevo_order_id is not None
-                adapter.invoice(
-                    global_id=gid,
-                    remote_id=hold.remote_id,
-                    quantity=hold.quantity,
-                    tevo_order_id=hold.tevo_order_id,
-                )
+                with metrics.pos_call("invoice"):
+                    adapter.invoice(
+                        global_id=gid,
+                        remote_id=hold.remote_id,
+                        quantity=hold.quantity,
+                        tevo_order_id=hold.tevo_order_id,
+                    )
             else:
-                adapter.release(global_id=gid, remote_id=hold.remote_id, quantity=hold.quantity)
+                with metrics.pos_call("release"):
+                    adapter.release(global_id=gid, remote_id=hold.remote_id, quantity=hold.quantity)
         except Exception as exc:
             detail = describe_error(exc)
             log.warning("%s: %s of %r failed: %s", actor, _WHAT[item.kind], gid, detail)
             if item.kind == "i":
+                metrics.INVOICE_FAILURES.labels("worker").inc()
                 retry_in = self.service.retry_delay(hold.invoice_attempts + 1)
                 ledger.fail_invoice(gid, token, detail, retry_in=retry_in, actor=actor)
             else:
@@ -113,6 +117,8 @@ class Worker:
             ledger.compensated(gid, token, actor=actor)
         else:
             ledger.released_in_pos(gid, actor=actor)
+            if hold.status is HoldStatus.EXPIRED:
+                metrics.LAPSED.labels("worker").inc()
         log.info("%s: %s of %r done", actor, _WHAT[item.kind], gid)
         return True
 

@@ -72,5 +72,12 @@ class PosAdapter(abc.ABC):
         has already paid: anything but success here needs the seller's attention.
         """
 
+    def ready(self) -> bool | None:
+        """Whether the POS answers now (for ``GET /readyz``); None when the adapter cannot tell.
+
+        Optional; answer quickly (a second or two at most). The default cannot tell.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
         """Release the adapter's resources (connections, sessions). Optional."""

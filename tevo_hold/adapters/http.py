@@ -11,7 +11,8 @@ Any 2xx is success; 404 means no such listing, 409 not enough tickets (a JSON bo
 ``available`` is passed on); any other answer is a refusal. The API key goes in a configurable
 header. Every call carries the ``global_id``: the POS must treat each call as idempotent per
 ``global_id`` (a second hold of one global_id holds nothing more, and so on), which is what makes
-retries safe.
+retries safe. Optionally, ``GET {base}{health_path}`` answering 2xx tells ``/readyz`` the POS
+is up.
 
 Retries: connection failures, timeouts and 5xx answers are retried with jittered exponential
 backoff (tenacity), inside a deadline (``budget``) that bounds the whole call, so an endpoint
@@ -70,6 +71,7 @@ class HttpPosAdapter(PosAdapter):
         budget: float = 3.0,
         retries: int = 2,
         session: requests.Session | None = None,
+        health_path: str | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise errors.ConfigurationError(
@@ -80,6 +82,7 @@ class HttpPosAdapter(PosAdapter):
         self.timeout = timeout
         self.budget = budget
         self.retries = retries
+        self.health_path = health_path
         self.session = session or requests.Session()
         self.session.headers["Accept"] = "application/json"
         if api_key:
@@ -109,6 +112,17 @@ class HttpPosAdapter(PosAdapter):
             "quantity": quantity,
         }
         self._post("invoice", body)
+
+    def ready(self) -> bool | None:
+        """``GET {base}{health_path}`` answers 2xx within ``timeout``; None with no health path."""
+        if not self.health_path:
+            return None
+        try:
+            response = self.session.get(self.base_url + self.health_path, timeout=self.timeout)
+        except requests.RequestException:
+            return False
+        with response:
+            return response.ok
 
     def close(self) -> None:
         self.session.close()

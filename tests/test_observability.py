@@ -1,0 +1,355 @@
+"""Request ids, JSON access log lines, /metrics and /readyz, through the Flask app.
+
+The same under gunicorn's several workers, and /readyz with a redis-server stopped, are in
+test_operations.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from tevo_hold import HoldService, PosAdapter, Settings, build_service, create_app, errors
+from tevo_hold.adapters.http import HttpPosAdapter
+from tevo_hold.observability import JsonFormatter
+from tevo_hold.worker import Worker
+
+from .conftest import API_KEY, AUTH
+from .servers import free_port
+
+HOLD = {"remote_id": "L1", "quantity": 1, "global_id": "obs-1"}
+
+
+def value(name: str, **labels: str) -> float:
+    """A sample's value now in this process's registry (0 if it has none yet)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def stocked(http: FlaskClient, service: HoldService) -> FlaskClient:
+    service.adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+    return http
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "tevo_hold.access"]
+
+
+# -- request ids -------------------------------------------------------------------------------
+
+
+def test_a_given_request_id_is_echoed(stocked: FlaskClient) -> None:
+    resp = stocked.post("/v1/holds", json=HOLD, headers={**AUTH, "X-Request-ID": "tevo-abc.123"})
+    assert resp.headers["X-Request-ID"] == "tevo-abc.123"
+
+
+@pytest.mark.parametrize("given", [None, "", "x" * 129, "bad id", "a;b", "<script>", "ü"])
+def test_a_missing_or_unusable_request_id_is_replaced_by_a_new_one(
+    stocked: FlaskClient, given: str | None
+) -> None:
+    headers = dict(AUTH) if given is None else {**AUTH, "X-Request-ID": given}
+    first = stocked.get("/v1/holds/nope", headers=headers).headers["X-Request-ID"]
+    second = stocked.get("/v1/holds/nope", headers=headers).headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first) and first != second
+
+
+def test_errors_and_public_endpoints_carry_a_request_id_too(stocked: FlaskClient) -> None:
+    for resp in (
+        stocked.get("/healthz"),
+        stocked.get("/no/such/path"),
+        stocked.post("/v1/holds", json=HOLD),
+        stocked.post("/v1/holds", data="{", content_type="application/json", headers=AUTH),
+    ):
+        assert "X-Request-ID" in resp.headers, resp.status_code
+
+
+# -- the access log ----------------------------------------------------------------------------
+
+
+def test_one_json_access_line_per_request_with_key_name_and_global_id(
+    stocked: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tevo_hold.access")
+    stocked.post("/v1/holds", json=HOLD, headers={**AUTH, "X-Request-ID": "rid-1"})
+    stocked.get("/v1/holds/obs-1", headers=AUTH)
+    stocked.post("/v1/holds", json={**HOLD, "quantity": 99}, headers={"X-API-Key": "wrong"})
+    records = access_records(caplog)
+    assert len(records) == 3
+    lines = [json.loads(JsonFormatter().format(r)) for r in records]
+
+    made, got, refused = lines
+    assert made["request_id"] == "rid-1"
+    assert (made["method"], made["path"], made["status"]) == ("POST", "/v1/holds", 201)
+    assert (made["key"], made["global_id"]) == ("env-1", "obs-1")
+    assert made["logger"] == "tevo_hold.access" and made["level"] == "INFO"
+    assert isinstance(made["duration_ms"], float) and made["duration_ms"] >= 0
+    datetime.fromisoformat(made["ts"].replace("Z", "+00:00"))
+    assert (got["global_id"], got["status"], got["key"]) == ("obs-1", 200, "env-1")
+    assert (refused["status"], refused["code"], refused["key"]) == (401, "unauthorized", None)
+    for record in records:
+        assert API_KEY not in JsonFormatter().format(record)
+        assert "wrong" not in JsonFormatter().format(record)
+
+
+def test_every_log_line_during_a_request_is_json_with_its_id(service: HoldService) -> None:
+    class Broken(PosAdapter):
+        def hold(self, **kwargs: Any) -> None:
+            raise RuntimeError("bug in the adapter")
+
+        def release(self, **kwargs: Any) -> None: ...
+
+        def invoice(self, **kwargs: Any) -> None: ...
+
+    broken = HoldService(service.ledger, Broken())
+    app = create_app({"TEVO_HOLD_API_KEYS": API_KEY, "TESTING": True}, service=broken)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        headers = {**AUTH, "X-Request-ID": "r9"}
+        resp = app.test_client().post("/v1/holds", json=HOLD, headers=headers)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert resp.status_code == 500
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    error = next(line for line in lines if line["level"] == "ERROR")
+    access = next(line for line in lines if line["logger"] == "tevo_hold.access")
+    assert error["request_id"] == access["request_id"] == "r9"
+    assert "bug in the adapter" in error["exc_info"]
+    assert (access["status"], access["code"]) == (500, "internal_error")
+    assert API_KEY not in stream.getvalue()
+
+
+# -- /metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_is_prometheus_text_without_a_key(http: FlaskClient) -> None:
+    resp = http.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    text = resp.get_data(as_text=True)
+    families = {family.name for family in text_string_to_metric_families(text)}
+    assert "tevo_hold_holds" in families
+    for name in (
+        "tevo_hold_http_requests_total",
+        "tevo_hold_http_request_duration_seconds",
+        "tevo_hold_holds_total",
+        "tevo_hold_pos_call_duration_seconds",
+        "tevo_hold_pos_calls_total",
+        "tevo_hold_holds_lapsed_total",
+        "tevo_hold_invoice_failures_total",
+    ):
+        assert f"# TYPE {name.removesuffix('_total')}" in text, name
+
+
+def test_requests_and_outcomes_are_counted(stocked: FlaskClient) -> None:
+    endpoint = {"endpoint": "/v1/holds", "method": "POST"}
+    before = {
+        "201": value("tevo_hold_http_requests_total", **endpoint, status="201"),
+        "latency": value("tevo_hold_http_request_duration_seconds_count", **endpoint),
+        "held": value("tevo_hold_holds_total", outcome="held"),
+        "replayed": value("tevo_hold_holds_total", outcome="replayed"),
+        "conflict": value("tevo_hold_holds_total", outcome="global_id_conflict"),
+    }
+    stocked.post("/v1/holds", json=HOLD, headers=AUTH)
+    stocked.post("/v1/holds", json=HOLD, headers=AUTH)
+    stocked.post("/v1/holds", json={**HOLD, "quantity": 2}, headers=AUTH)
+    assert value("tevo_hold_http_requests_total", **endpoint, status="201") == before["201"] + 2
+    assert value("tevo_hold_http_request_duration_seconds_count", **endpoint) == (
+        before["latency"] + 3
+    )
+    assert value("tevo_hold_holds_total", outcome="held") == before["held"] + 1
+    assert value("tevo_hold_holds_total", outcome="replayed") == before["replayed"] + 1
+    assert value("tevo_hold_holds_total", outcome="global_id_conflict") == before["conflict"] + 1
+
+
+class FailingInvoices(PosAdapter):
+    """Holds and releases succeed; invoices fail until ``fixed``."""
+
+    def __init__(self) -> None:
+        self.fixed = False
+
+    def hold(self, **kwargs: Any) -> None: ...
+
+    def release(self, **kwargs: Any) -> None: ...
+
+    def invoice(self, **kwargs: Any) -> None:
+        if not self.fixed:
+            raise errors.PosError("the POS said no")
+
+
+@pytest.fixture
+def failing(client: redis.Redis) -> Iterator[tuple[HoldService, FailingInvoices]]:
+    adapter = FailingInvoices()
+    service = build_service(Settings(api_keys=(API_KEY,), retry_base=0.001), client=client)
+    yield HoldService(service.ledger, adapter, retry_base=0.001, hold_ttl=0.3), adapter
+
+
+def test_pos_calls_failed_invoices_and_lapses_are_counted(
+    failing: tuple[HoldService, FailingInvoices],
+) -> None:
+    service, adapter = failing
+    names: dict[str, Callable[[], float]] = {
+        "pos_hold_ok": lambda: value("tevo_hold_pos_calls_total", call="hold", result="ok"),
+        "pos_hold_time": lambda: value("tevo_hold_pos_call_duration_seconds_count", call="hold"),
+        "pos_invoice_err": lambda: value(
+            "tevo_hold_pos_calls_total", call="invoice", result="pos_error"
+        ),
+        "failed_api": lambda: value("tevo_hold_invoice_failures_total", by="api"),
+        "failed_worker": lambda: value("tevo_hold_invoice_failures_total", by="worker"),
+        "invoiced": lambda: value("tevo_hold_invoices_total", outcome="invoiced"),
+        "lapsed": lambda: value("tevo_hold_holds_lapsed_total", seen_by="release"),
+    }
+    before = {name: read() for name, read in names.items()}
+
+    service.hold(remote_id="L1", quantity=1, global_id="m-1")
+    with pytest.raises(errors.PosError):
+        service.invoice(global_id="m-1", tevo_order_id=7)
+    worker = Worker(service, name="w")
+    time.sleep(0.05)
+    assert worker.run_once() == 1  # the retry fails again
+    adapter.fixed = True
+    time.sleep(0.05)
+    assert worker.run_once() == 1  # and then succeeds
+
+    service.hold(remote_id="L1", quantity=1, global_id="m-2")
+    time.sleep(0.4)  # hold_ttl is 0.3 s
+    assert service.release(global_id="m-2").hold.status == "expired"
+    assert service.release(global_id="m-2").replayed  # counted once
+
+    after = {name: read() for name, read in names.items()}
+    delta = {name: after[name] - before[name] for name in names}
+    assert delta == {
+        "pos_hold_ok": 2,
+        "pos_hold_time": 2,
+        "pos_invoice_err": 2,
+        "failed_api": 1,
+        "failed_worker": 1,
+        "invoiced": 0,  # the worker's retry is no invoice call
+        "lapsed": 1,
+    }
+
+
+# -- /readyz -------------------------------------------------------------------------------------
+
+
+def test_readyz_answers_200_with_its_checks_without_a_key(http: FlaskClient) -> None:
+    resp = http.get("/readyz")
+    assert resp.status_code == 200
+    assert resp.json == {"status": "ok", "checks": {"redis": "ok", "pos": "unknown"}}
+
+
+def test_readyz_answers_503_json_when_redis_does_not_answer() -> None:
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.2)
+    service = build_service(settings)
+    http = create_app({"TEVO_HOLD_API_KEYS": "k", "TESTING": True}, service=service)
+    try:
+        resp = http.test_client().get("/readyz")
+    finally:
+        service.close()
+    assert resp.status_code == 503
+    assert resp.mimetype == "application/problem+json"
+    assert resp.json is not None
+    assert resp.json["code"] == "unavailable"
+    assert resp.json["checks"] == {"redis": "unavailable", "pos": "unknown"}
+    assert "Retry-After" in resp.headers
+
+
+class Pos(PosAdapter):
+    def __init__(self, answer: bool | Exception | None) -> None:
+        self.answer = answer
+
+    def hold(self, **kwargs: Any) -> None: ...
+
+    def release(self, **kwargs: Any) -> None: ...
+
+    def invoice(self, **kwargs: Any) -> None: ...
+
+    def ready(self) -> bool | None:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "pos"),
+    [
+        (True, 200, "ok"),
+        (None, 200, "unknown"),
+        (False, 503, "unavailable"),
+        (OSError(), 503, "unavailable"),
+    ],
+)
+def test_readyz_asks_the_pos_when_its_adapter_can_tell(
+    service: HoldService, answer: bool | Exception | None, status: int, pos: str
+) -> None:
+    app = create_app(
+        {"TEVO_HOLD_API_KEYS": "k", "TESTING": True},
+        service=HoldService(service.ledger, Pos(answer)),
+    )
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == status
+    assert resp.json is not None and resp.json["checks"] == {"redis": "ok", "pos": pos}
+
+
+@pytest.fixture
+def pos_health() -> Iterator[tuple[str, list[int]]]:
+    """A POS on a loopback port whose GET /health answers the status at the list's end."""
+    statuses = [200]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(statuses[-1] if self.path == "/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None: ...
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", statuses
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_http_adapter_tells_readiness_from_its_health_path(
+    pos_health: tuple[str, list[int]],
+) -> None:
+    base, statuses = pos_health
+    adapters = [
+        HttpPosAdapter(base, health_path="/health", timeout=1),
+        HttpPosAdapter(base, timeout=1),
+        HttpPosAdapter(f"http://127.0.0.1:{free_port()}", health_path="/health", timeout=0.5),
+    ]
+    try:
+        up, unknown, unreachable = adapters
+        assert up.ready() is True
+        statuses.append(503)
+        assert up.ready() is False
+        assert unknown.ready() is None
+        assert unreachable.ready() is False
+    finally:
+        for adapter in adapters:
+            adapter.close()

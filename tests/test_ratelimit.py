@@ -1,0 +1,113 @@
+"""Rate limits per API key (flask-limiter on the deployment's Redis), through the Flask app.
+
+On fakeredis and a real redis-server. The limit shared by several gunicorn workers is in
+test_operations.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from tevo_hold import HoldService, create_app
+from tevo_hold.web import EXTENSION_KEY
+
+KEYS = "key-a,key-b"
+
+
+def make_app(service: HoldService, limit: str = "3 per minute") -> FlaskClient:
+    service.adapter.set_quantity("L1", 100)  # type: ignore[attr-defined]
+    config = {"TEVO_HOLD_API_KEYS": KEYS, "TEVO_HOLD_RATE_LIMIT": limit, "TESTING": True}
+    return create_app(config, service=service).test_client()
+
+
+def hold(http: FlaskClient, gid: str, key: str = "key-a") -> TestResponse:
+    body = {"remote_id": "L1", "quantity": 1, "global_id": gid}
+    return http.post("/v1/holds", json=body, headers={"X-API-Key": key})
+
+
+def assert_rate_limited(resp: TestResponse, limit: str = "3 per 1 minute") -> dict[str, Any]:
+    assert resp.status_code == 429, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/problem+json"
+    body: dict[str, Any] = resp.json or {}
+    assert body["code"] == "rate_limited" and body["status"] == 429
+    assert body["limit"] == limit
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    return body
+
+
+def test_the_request_over_the_limit_is_429_with_retry_after_and_changes_nothing(
+    service: HoldService,
+) -> None:
+    http = make_app(service)
+    for n in range(3):
+        assert hold(http, f"g{n}").status_code == 201
+    assert_rate_limited(hold(http, "g3"))
+    assert service.adapter.stock("L1").held == 3  # type: ignore[attr-defined]
+    assert http.get("/v1/holds/g3", headers={"X-API-Key": "key-b"}).status_code == 404
+
+
+def test_each_key_has_its_own_budget(service: HoldService) -> None:
+    http = make_app(service)
+    for n in range(3):
+        assert hold(http, f"a{n}", key="key-a").status_code == 201
+    assert_rate_limited(hold(http, "a3", key="key-a"))
+    for n in range(3):
+        assert hold(http, f"b{n}", key="key-b").status_code == 201
+
+
+def test_every_api_call_of_a_key_draws_on_one_budget(service: HoldService) -> None:
+    http = make_app(service)
+    key = {"X-API-Key": "key-a"}
+    assert hold(http, "g1").status_code == 201
+    assert http.get("/v1/holds/g1", headers=key).status_code == 200
+    assert http.post("/v1/releases", json={"global_id": "g1"}, headers=key).status_code == 200
+    over = http.post("/v1/invoices", json={"global_id": "g1", "tevo_order_id": 1}, headers=key)
+    assert_rate_limited(over)
+
+
+def test_apps_on_one_redis_share_the_budget(service: HoldService) -> None:
+    first, second = make_app(service), make_app(service)
+    assert hold(first, "g1").status_code == 201
+    assert hold(second, "g2").status_code == 201
+    assert hold(first, "g3").status_code == 201
+    assert_rate_limited(hold(second, "g4"))
+
+
+def test_public_endpoints_and_bad_keys_are_not_limited(service: HoldService) -> None:
+    http = make_app(service, "1 per minute")
+    assert hold(http, "g1").status_code == 201
+    assert_rate_limited(hold(http, "g2"), "1 per 1 minute")
+    for _ in range(5):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert http.get(path).status_code == 200, path
+        assert hold(http, "g3", key="wrong").status_code == 401
+
+
+def test_off_means_no_limit(service: HoldService) -> None:
+    http = make_app(service, "off")
+    assert http.application.extensions[EXTENSION_KEY].limiter is None
+    for n in range(20):
+        assert hold(http, f"g{n}").status_code == 201
+
+
+def test_a_failing_limiter_storage_never_fails_a_request(
+    service: HoldService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    http = make_app(service, "2 per minute")
+    limiter = http.application.extensions[EXTENSION_KEY].limiter
+
+    def down(*args: Any, **kwargs: Any) -> bool:
+        raise redis.ConnectionError("limiter storage down")
+
+    # The strategy object flask-limiter counts with: its Redis calls fail from now on.
+    monkeypatch.setattr(limiter._limiter, "hit", down)
+    assert hold(http, "g1").status_code == 201
+    assert hold(http, "g2").status_code == 201
+    assert "falling back to in-memory storage" in caplog.text
+    # The fallback keeps counting, in this process's memory, with the same limit.
+    assert_rate_limited(hold(http, "g3"), "2 per 1 minute")

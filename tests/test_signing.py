@@ -1,0 +1,170 @@
+"""Request signing (TEVO_HOLD_REQUIRE_SIGNATURE), with signatures computed here, independently.
+
+The signature is TEvo's: base64 of HMAC-SHA256, keyed with the API key, of
+``METHOD host path?`` followed by the body, or by the query string when there is no body.
+This file computes it with nothing but the standard library, from the README's definition.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from tevo_hold import HoldService, create_app
+from tevo_hold.auth import KeyStore, sign
+
+from .conftest import API_KEY
+
+HOST = "pos.example.com"
+
+
+def signature(key: str, message: bytes) -> str:
+    return base64.b64encode(hmac.new(key.encode(), message, hashlib.sha256).digest()).decode()
+
+
+@pytest.fixture
+def http(service: HoldService) -> FlaskClient:
+    service.adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+    config = {"TEVO_HOLD_API_KEYS": API_KEY, "TEVO_HOLD_REQUIRE_SIGNATURE": "1", "TESTING": True}
+    return create_app(config, service=service).test_client()
+
+
+def post(
+    http: FlaskClient,
+    path: str,
+    body: bytes,
+    *,
+    key: str = API_KEY,
+    sig: str | None = None,
+    host: str = HOST + ":8443",
+) -> TestResponse:
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    if sig is not None:
+        headers["X-Signature"] = sig
+    return http.post(path, data=body, headers=headers, base_url=f"https://{host}")
+
+
+def hold_body(gid: str = "g1") -> bytes:
+    # Sent as these exact bytes: the signature covers the body as sent, not a re-encoding.
+    return json.dumps({"remote_id": "L1", "quantity": 1, "global_id": gid}).encode()
+
+
+def assert_invalid_signature(resp: TestResponse) -> None:
+    assert resp.status_code == 401, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/problem+json"
+    assert resp.json is not None and resp.json["code"] == "invalid_signature"
+    assert "WWW-Authenticate" in resp.headers
+
+
+def held(service: HoldService) -> int:
+    return service.adapter.stock("L1").held  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_signed_hold_is_made(http: FlaskClient, service: HoldService) -> None:
+    body = hold_body()
+    sig = signature(API_KEY, b"POST pos.example.com/v1/holds?" + body)
+    resp = post(http, "/v1/holds", body, sig=sig)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    assert held(service) == 1
+
+
+def test_the_library_signs_as_the_definition_says() -> None:
+    body = hold_body()
+    expected = signature("k", b"POST pos.example.com/v1/holds?" + body)
+    assert sign("k", "post", "POS.example.com:8443", "/v1/holds", "", body) == expected
+    assert sign("k", "GET", "[::1]:80", "/v1/holds/g", "a=1") == signature(
+        "k", b"GET [::1]/v1/holds/g?a=1"
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(b"POST pos.example.com/v1/holds?" + hold_body("other"), id="other-body"),
+        pytest.param(b"POST pos.example.com/v1/releases?" + hold_body(), id="other-path"),
+        pytest.param(b"PUT pos.example.com/v1/holds?" + hold_body(), id="other-method"),
+        pytest.param(b"POST evil.example.com/v1/holds?" + hold_body(), id="other-host"),
+        pytest.param(b"POST pos.example.com:8443/v1/holds?" + hold_body(), id="port-kept"),
+        pytest.param(b"POST pos.example.com/v1/holds" + hold_body(), id="no-question-mark"),
+        pytest.param(b"POST pos.example.com/v1/holds?", id="body-left-out"),
+    ],
+)
+def test_a_signature_of_anything_else_is_refused_and_changes_nothing(
+    http: FlaskClient, service: HoldService, message: bytes
+) -> None:
+    assert_invalid_signature(post(http, "/v1/holds", hold_body(), sig=signature(API_KEY, message)))
+    assert held(service) == 0
+
+
+def test_a_signature_under_another_key_is_refused(http: FlaskClient, service: HoldService) -> None:
+    body = hold_body()
+    sig = signature("not-the-key", b"POST pos.example.com/v1/holds?" + body)
+    assert_invalid_signature(post(http, "/v1/holds", body, sig=sig))
+    assert held(service) == 0
+
+
+@pytest.mark.parametrize("sig", [None, "", "not base64 at all"])
+def test_a_missing_or_garbled_signature_is_refused(
+    http: FlaskClient, service: HoldService, sig: str | None
+) -> None:
+    assert_invalid_signature(post(http, "/v1/holds", hold_body(), sig=sig))
+    assert held(service) == 0
+
+
+def test_a_bad_key_is_unauthorized_before_its_signature_is_looked_at(http: FlaskClient) -> None:
+    body = hold_body()
+    sig = signature("wrong", b"POST pos.example.com/v1/holds?" + body)
+    resp = post(http, "/v1/holds", body, key="wrong", sig=sig)
+    assert resp.status_code == 401 and resp.json is not None
+    assert resp.json["code"] == "unauthorized"
+
+
+def test_get_signs_the_path_as_sent_and_the_query(http: FlaskClient) -> None:
+    body = hold_body("a/b")
+    made = post(
+        http, "/v1/holds", body, sig=signature(API_KEY, b"POST pos.example.com/v1/holds?" + body)
+    )
+    assert made.status_code == 201, made.get_data(as_text=True)
+    path = "/v1/holds/a%2Fb"
+
+    def get(sig: str, query: str = "") -> TestResponse:
+        url = path + ("?" + query if query else "")
+        headers = {"X-API-Key": API_KEY, "X-Signature": sig}
+        return http.get(url, headers=headers, base_url=f"https://{HOST}")
+
+    ok = get(signature(API_KEY, b"GET pos.example.com/v1/holds/a%2Fb?"))
+    assert ok.status_code == 200, ok.get_data(as_text=True)
+    assert ok.json is not None and ok.json["global_id"] == "a/b"
+    with_query = get(signature(API_KEY, b"GET pos.example.com/v1/holds/a%2Fb?x=1&y=2"), "x=1&y=2")
+    assert with_query.status_code == 200
+    assert_invalid_signature(get(signature(API_KEY, b"GET pos.example.com/v1/holds/a/b?")))
+    assert_invalid_signature(get(signature(API_KEY, b"GET pos.example.com/v1/holds/a%2Fb?"), "x=1"))
+
+
+def test_managed_keys_sign_with_themselves(
+    http: FlaskClient, service: HoldService, client: Any
+) -> None:
+    _, plaintext = KeyStore(client).create("tevo")
+    body = hold_body()
+    sig = signature(plaintext, b"POST pos.example.com/v1/holds?" + body)
+    assert post(http, "/v1/holds", body, key=plaintext, sig=sig).status_code == 201
+    assert_invalid_signature(post(http, "/v1/holds", body, key=plaintext, sig="x" + sig[1:]))
+
+
+def test_public_endpoints_need_no_signature(http: FlaskClient) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert http.get(path).status_code == 200, path
+
+
+def test_signing_is_off_by_default_and_x_signature_then_ignored(service: HoldService) -> None:
+    service.adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+    http = create_app({"TEVO_HOLD_API_KEYS": API_KEY, "TESTING": True}, service=service)
+    resp = post(http.test_client(), "/v1/holds", hold_body(), sig="whatever")
+    assert resp.status_code == 201, resp.get_data(as_text=True)

@@ -1,0 +1,154 @@
+"""Request ids, one structured (JSON) log line per request, and the HTTP metrics.
+
+:func:`install` hooks a Flask app (``TevoHold.init_app`` does it, for the API's paths only):
+
+- every request gets an id: the ``X-Request-ID`` it came with (if it is 1-128 characters of
+  ``A-Z a-z 0-9 . _ : / + = @ -``), else a new one; the response carries it back in
+  ``X-Request-ID``;
+- when it is answered, one line goes to the logger ``tevo_hold.access``: method, path, status,
+  error code, duration, request id, the hold's ``global_id`` and the API key's *name* (never the
+  key, never a signature, never a header or a body), and the request is counted in
+  :mod:`tevo_hold.metrics`.
+
+:class:`JsonFormatter` writes any log record as one JSON object per line, adding the request id
+of the request being served; :func:`configure_logging` puts it on the root logger (the bundled
+server does; a library must not configure logging for its host app).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, request
+
+from . import metrics
+
+__all__ = [
+    "ACCESS_LOG",
+    "REQUEST_ID_HEADER",
+    "JsonFormatter",
+    "RequestInfo",
+    "configure_logging",
+    "current",
+    "install",
+]
+
+ACCESS_LOG = logging.getLogger("tevo_hold.access")
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+_G_KEY = "tevo_hold_request"
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the access log line of one request says besides the request itself."""
+
+    request_id: str
+    started: float
+    key_name: str | None = None
+    global_id: str | None = None
+    code: str | None = None
+
+
+def current() -> RequestInfo:
+    """This request's :class:`RequestInfo` (made on first use)."""
+    info: RequestInfo | None = g.get(_G_KEY)
+    if info is None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        info = RequestInfo(request_id=request_id, started=time.perf_counter())
+        setattr(g, _G_KEY, info)
+    return info
+
+
+def install(app: Flask, prefix: str = "") -> None:
+    """Give the requests of ``app`` under ``prefix`` ids, an access log line and metrics."""
+    prefix = prefix.rstrip("/")
+
+    def ours() -> bool:
+        return not prefix or request.path == prefix or request.path.startswith(prefix + "/")
+
+    def start() -> None:
+        if ours():
+            current()
+
+    def finish(response: Response) -> Response:
+        if ours():
+            _finish(current(), response)
+        return response
+
+    # Registered before the API's other hooks: started first, finished (after_request runs in
+    # reverse order) last.
+    app.before_request(start)
+    app.after_request(finish)
+
+
+def _finish(info: RequestInfo, response: Response) -> None:
+    response.headers[REQUEST_ID_HEADER] = info.request_id
+    seconds = time.perf_counter() - info.started
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    metrics.REQUEST_LATENCY.labels(endpoint, request.method).observe(seconds)
+    fields: dict[str, Any] = {
+        "request_id": info.request_id,
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round(seconds * 1000, 2),
+        "key": info.key_name,
+        "global_id": info.global_id,
+        "remote_addr": request.remote_addr,
+    }
+    if info.code is not None:
+        fields["code"] = info.code
+    ACCESS_LOG.info(
+        "%s %s %s", request.method, request.path, response.status_code, extra={"fields": fields}
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, message, then the record's ``fields``
+    (``extra={"fields": {...}}``), the current request's id, and the traceback if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if "request_id" not in entry and has_request_context():
+            info: RequestInfo | None = g.get(_G_KEY)
+            if info is not None:
+                entry["request_id"] = info.request_id
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stderr for every logger, unless the root logger has a handler already
+    (gunicorn's ``logconfig_dict`` in ``server/gunicorn.conf.py`` sets up the same)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
