@@ -975,3 +975,12 @@ def test_global_id_equal_to_a_remote_id_does_not_collide(http, inventory):
     assert_ok(hold(http, gid="y", rid="x", qty=2), 201)
     assert inventory.stock("y").held == 1
     assert inventory.stock("x").held == 2
+
+
+@pytest.mark.parametrize("gid", ["/x", "a//b", "x/", "//", "/"])
+def test_global_ids_with_slashes_anywhere_are_read_back(http, stocked, gid):
+    """A global_id starting or ending with '/', or with '//', is data like any other: the path
+    is neither merged nor redirected (gunicorn hands %2F over decoded)."""
+    assert_ok(hold(http, gid=gid, qty=1), 201)
+    got = assert_ok(get_hold(http, gid), 200)
+    assert got["global_id"] == gid

@@ -29,6 +29,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from . import auth, errors, metrics, observability, ratelimit
 from ._redis import translate_errors
@@ -177,7 +178,11 @@ def create_blueprint(
         data = _load(_INVOICE_REQUEST)
         return _hold_response(_service().invoice(**data), 201)
 
-    @bp.get("/v1/holds/<path:global_id>")
+    # Any id is data: "/x", "a//b" and "x/" are global_ids too, so the id takes the rest of the
+    # path as sent, and slashes are neither merged nor redirected.
+    bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("anyid", _AnyId))
+
+    @bp.get("/v1/holds/<anyid:global_id>", merge_slashes=False, strict_slashes=False)
     @limited
     def get_hold(global_id: str) -> Response:
         observability.current().global_id = global_id
@@ -214,6 +219,13 @@ def create_blueprint(
 
 
 # -- request handling ------------------------------------------------------------------------
+
+
+class _AnyId(PathConverter):
+    """A path segment that may contain, start or end with any number of slashes."""
+
+    regex = ".+"
+    part_isolating = False
 
 
 def _state() -> _State:
