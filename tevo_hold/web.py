@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, current_app, g, request
+from flask.blueprints import BlueprintSetupState
 from flask_limiter import Limiter
 from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
@@ -180,7 +181,7 @@ def create_blueprint(
 
     # Any id is data: "/x", "a//b" and "x/" are global_ids too, so the id takes the rest of the
     # path as sent, and slashes are neither merged nor redirected.
-    bp.record_once(lambda setup: setup.app.url_map.converters.setdefault("anyid", _AnyId))
+    bp.record_once(_register_converters)
 
     @bp.get("/v1/holds/<anyid:global_id>", merge_slashes=False, strict_slashes=False)
     @limited
@@ -226,6 +227,10 @@ class _AnyId(PathConverter):
 
     regex = ".+"
     part_isolating = False
+
+
+def _register_converters(setup: BlueprintSetupState) -> None:
+    setup.app.url_map.converters.setdefault("anyid", _AnyId)
 
 
 def _state() -> _State:
