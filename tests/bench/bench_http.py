@@ -1,13 +1,14 @@
 """The HTTP API under gunicorn and concurrent load, side by side with the floor app.
 
-Both servers run at once on one private redis-server, with the project's gunicorn config and
-the same worker and thread counts; wrk (a fixed number of keep-alive connections) loads one of
-them at a time, for a fixed time per run. A round runs, in this order: the floor, holds spread
-over many listings, holds on one hot listing of 100 tickets, holds on one listing with stock for
+The servers run at once on one private redis-server, with the project's gunicorn config and the
+same worker and thread counts (tevo-hold twice: with its rate limiter at work, and with it off);
+wrk (a fixed number of keep-alive connections) loads one of them at a time, for a fixed time per
+run. A round runs, in this order: the floor, holds spread over many listings (then the same
+without rate limit), holds on one hot listing of 100 tickets, holds on one listing with stock for
 all, releases, invoices, and the floor again; the ratio of a round is our rate over the mean of
 its two floor runs, so a slow spell of the shared machine weighs on both sides. Every request
 carries a global_id of its own (``wrk_api.lua``); releases and invoices each target a hold of
-their own, stored beforehand with the library's script (:mod:`.fill`). The CPU that each
+their own, stored beforehand with the library's script calls (:mod:`.fill`). The CPU that each
 server's processes, Redis and wrk use during a run is read from /proc.
 """
 
@@ -31,7 +32,10 @@ LISTINGS = 1000
 STOCK = 10**9
 HOT_STOCK = 100
 #: The runs of a round, in order (the floor runs first and last).
-ENDPOINTS = ("floor", "hold", "hot", "one", "release", "invoice")
+ENDPOINTS = ("floor", "hold", "nolimit", "hot", "one", "release", "invoice")
+#: tevo-hold's rate limit during the benchmark: the limiter at work, with a budget the load never
+#: spends (the default, 600 per minute, would refuse nearly every request).
+RATE_LIMIT = "1000000 per minute"
 
 
 def _wrk_summary(r: WrkResult) -> dict[str, Any]:
@@ -67,18 +71,19 @@ def run(
     for i in range(LISTINGS):
         adapter.set_quantity(f"hl-{i}", STOCK)
     env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": API_KEY}
+    limited = {**env, "TEVO_HOLD_RATE_LIMIT": RATE_LIMIT}
+    unlimited = {**env, "TEVO_HOLD_RATE_LIMIT": "off"}
     anomalies: list[str] = []
     runs: list[dict[str, Any]] = []
 
     redis_pid = int(probe.info("server")["process_id"])
+    app, floor_app = "server.wsgi:app", "tests.bench.floor_app:app"
     with (
-        gunicorn_app("server.wsgi:app", env, workers=workers, threads=threads) as (ours, ours_pid),
-        gunicorn_app("tests.bench.floor_app:app", env, workers=workers, threads=threads) as (
-            floor,
-            floor_pid,
-        ),
+        gunicorn_app(app, limited, workers=workers, threads=threads) as (ours, ours_pid),
+        gunicorn_app(app, unlimited, workers=workers, threads=threads) as (free, free_pid),
+        gunicorn_app(floor_app, env, workers=workers, threads=threads) as (floor, floor_pid),
     ):
-        meter = CpuMeter({ours: ours_pid, floor: floor_pid, "redis": redis_pid})
+        meter = CpuMeter({ours: ours_pid, free: free_pid, floor: floor_pid, "redis": redis_pid})
         cpu: dict[str, float] = {}
 
         def wrk(url: str, *args: str | int, seconds: float = duration) -> WrkResult:
@@ -97,7 +102,7 @@ def run(
                 calls1[k][0] - calls0.get(k, (0, 0))[0] for k in calls1 if k in SCRIPT_COMMANDS
             )
             ms = 1000 / max(result.requests, 1)
-            ours_and_wrk = used[ours] + used[floor] + used["redis"] + used["wrk"]
+            ours_and_wrk = used[ours] + used[free] + used[floor] + used["redis"] + used["wrk"]
             cpu.clear()
             cpu.update(
                 {
@@ -116,6 +121,7 @@ def run(
         # warm-up: imports, connections, script caches, in every worker
         wrk(floor, "floor", "warm", "hl", LISTINGS, API_KEY, seconds=3)
         wrk(ours, "hold", "warm", "hl", LISTINGS, API_KEY, seconds=3)
+        wrk(free, "hold", "warmfree", "hl", LISTINGS, API_KEY, seconds=3)
 
         def precreate(prefix: str, per_thread: int) -> None:
             pairs = (
@@ -145,6 +151,7 @@ def run(
         for rnd in range(1, rounds + 1):
             record(rnd, "floor", wrk(floor, "floor", f"f{rnd}", "hl", LISTINGS, API_KEY), 201)
             hold = record(rnd, "hold", wrk(ours, "hold", f"h{rnd}", "hl", LISTINGS, API_KEY), 201)
+            record(rnd, "nolimit", wrk(free, "hold", f"n{rnd}", "hl", LISTINGS, API_KEY), 201)
 
             hot_rid = f"hot{rnd}-0"
             adapter.set_quantity(hot_rid, HOT_STOCK)
@@ -226,6 +233,7 @@ def run(
         "wrk_threads": wrk_threads,
         "workers": workers,
         "threads": threads,
+        "rate_limit": RATE_LIMIT,
         "listings": LISTINGS,
         "hot_stock": HOT_STOCK,
         "runs": runs,

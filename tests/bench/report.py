@@ -11,6 +11,7 @@ ENDPOINTS = ("hold", "release", "invoice")
 LABELS = {
     "floor": "floor (1 EVALSHA)",
     "hold": "hold",
+    "nolimit": "hold, rate limit off",
     "hot": "hold, hot listing",
     "one": "hold, one listing, all win",
     "release": "release",
@@ -75,10 +76,11 @@ def plots(results: dict[str, Any], img_dir: Path) -> None:
     meta = {"Software": None}
     http = results["http"]
     eps = http["endpoints"]
-    names = ["floor", "hold", "hot", "one", "release", "invoice"]
+    names = ["floor", "hold", "nolimit", "hot", "one", "release", "invoice"]
     colors = {
         "floor": "#888888",
         "hold": "#1f77b4",
+        "nolimit": "#aec7e8",
         "hot": "#9467bd",
         "one": "#e377c2",
         "release": "#2ca02c",
@@ -86,7 +88,7 @@ def plots(results: dict[str, Any], img_dir: Path) -> None:
     }
 
     # throughput: median of the rounds, each round a dot, ratio to the floor above the bar
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     xs = range(len(names))
     ax.bar(xs, [eps[n]["rps"] for n in names], color=[colors[n] for n in names], alpha=0.85)
     for x, n in zip(xs, names, strict=True):
@@ -321,7 +323,9 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
                 [
                     "servers",
                     f"gunicorn `server/gunicorn.conf.py`, gthread, **{http['workers']} workers x "
-                    f"{http['threads']} threads** for both tevo-hold and the floor",
+                    f"{http['threads']} threads** for each server: the floor, tevo-hold "
+                    f"(`TEVO_HOLD_RATE_LIMIT={http['rate_limit']}`) and tevo-hold with the rate "
+                    "limit off",
                 ],
                 [
                     "load",
@@ -340,7 +344,7 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         + "\n"
     )
     w(
-        f"wrk, both gunicorn servers and Redis share these {m['cores']} cores: the load "
+        f"wrk, the gunicorn servers and Redis share these {m['cores']} cores: the load "
         "generator takes CPU from the servers it measures (its share per request is in the "
         "table below), so absolute rates are lower than on a machine where the load comes from "
         "elsewhere. Ratios are measured under the same handicap on both sides.\n"
@@ -354,15 +358,20 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         "key in constant time, makes one EVALSHA of a trivial script (one SET) on a redis-py "
         "client built like tevo-hold's, and answers JSON. It runs under the same gunicorn "
         "config, worker and thread counts as `server.wsgi:app`, on the same Redis, at the same "
-        "time. wrk loads one server at a time with `tests/bench/wrk_api.lua`, which gives every "
-        "request a global_id of its own. Each round runs the floor, holds spread over "
-        f"{http['listings']:,} listings, holds on one hot listing of {http['hot_stock']} "
+        "time. tevo-hold runs as shipped (its JSON access log, metrics, rate limiter) but "
+        f"for the rate limit, raised to {http['rate_limit']} so that it counts every request "
+        "and refuses none (the default would refuse nearly all); a second tevo-hold server, "
+        "with the rate limit off, shows what the limiter costs. wrk loads one server at a time "
+        "with `tests/bench/wrk_api.lua`, which gives every request a global_id of its own. Each "
+        "round runs the floor, holds spread over "
+        f"{http['listings']:,} listings (with and without rate limit), holds on one hot "
+        f"listing of {http['hot_stock']} "
         "tickets, holds on one listing with stock for all (section 2), releases, invoices, and "
         "the floor again; a round's ratio is our rate over the mean of its two floor runs (so a "
         "slow spell of the machine weighs on both), and the table gives the median over the "
         "rounds. "
         "Each release and invoice targets a hold of its own, stored beforehand with the "
-        "library's script (as in section 5). Latency is wrk's, from sending a request to its "
+        "library's script calls (as in section 5). Latency is wrk's, from sending a request to its "
         "whole answer, with a fixed number of connections (closed loop). *x floor by CPU / req* "
         "is the floor's server CPU per request over ours (median of the rounds): the share of "
         "the floor's throughput to expect where the servers' CPU is what runs out, steadier "
@@ -373,7 +382,7 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         "run, per answered request.\n"
     )
     rows = []
-    for n in ("floor", "hold", "hot", "one", "release", "invoice"):
+    for n in ("floor", "hold", "nolimit", "hot", "one", "release", "invoice"):
         r = eps[n]
         rows.append(
             [
@@ -687,10 +696,11 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
     # -- scale
     w("## 5. Latency as stored holds grow\n")
     w(
-        "Holds are stored quickly by the library's own code: the fused script that "
-        "`service.hold` runs, its text unchanged, wrapped in a Lua function that a loop calls "
-        "once per hold with the keys and arguments the library would send, a thousand holds per "
-        "EVALSHA (`tests/bench/fill.py`); every hold's reply is checked. At each level single "
+        "Holds are stored quickly with exactly the library's own script calls: `service.hold` "
+        "is called on a client that records the script call it makes instead of sending it, "
+        "and the recorded calls run in Redis a thousand per EVALSHA, the script's text "
+        "unchanged, wrapped in a Lua function that a loop calls once per hold "
+        "(`tests/bench/fill.py`); every hold's reply is checked. At each level single "
         "calls are timed one by one: "
         f"{first['hold']['count']:,} fused holds, {first['hold_stepwise']['count']:,} "
         f"`fuse=False` holds, then {first['release']['count']:,} releases and "
@@ -776,6 +786,16 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         f"release at {d['fused']['release']['rate'] / d['evalsha']['rate']:.2f} and an invoice "
         f"at {d['fused']['invoice']['rate'] / d['evalsha']['rate']:.2f} (section 3)."
     )
+    if "nolimit" in eps:
+        lim_ms = eps["hold"]["server_cpu_ms"] - eps["nolimit"]["server_cpu_ms"]
+        lim_calls = eps["hold"]["round_trips"] - eps["nolimit"]["round_trips"]
+        para.append(
+            f"The rate limiter's share: without it a hold reaches {eps['nolimit']['ratio']:.2f} "
+            f"of the floor (by CPU per request {eps['nolimit']['cpu_ratio']:.2f}) instead of "
+            f"{eps['hold']['ratio']:.2f} ({eps['hold']['cpu_ratio']:.2f}); it costs about "
+            f"{ms(lim_ms)} ms of server CPU and {lim_calls:.2f} Redis script calls per request "
+            "(flask-limiter's moving window, counted in Redis)."
+        )
     para.append(
         "How firm the ratios are: this machine is shared, and other processes used "
         f"{pct(statistics.mean(others))} of its CPU on average during the HTTP runs (up to "

@@ -29,7 +29,8 @@ def gunicorn_app(
     """``gunicorn -c server/gunicorn.conf.py APP`` on a free loopback port.
 
     Yields the base URL and the master's pid. Workers and threads are given on the command line
-    (they override the config file's); the access log goes to /dev/null for every app alike.
+    (they override the config file's); everything else is the config file's, logging included
+    (the servers' output goes to a temporary file).
     """
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
@@ -45,8 +46,6 @@ def gunicorn_app(
         str(workers),
         "--threads",
         str(threads),
-        "--access-logfile",
-        "/dev/null",
         app,
     ]
     base = f"http://127.0.0.1:{port}"
