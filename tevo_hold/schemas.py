@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
@@ -22,8 +23,9 @@ __all__ = [
 class _Checked(fields.Field):  # type: ignore[type-arg]
     """A field whose value is checked (and normalised) by one of :mod:`tevo_hold.validation`'s."""
 
+    @abc.abstractmethod
     def _check(self, value: Any) -> Any:
-        raise NotImplementedError  # pragma: no cover - each subclass has its own
+        """The value, normalised; raises InvalidRequest naming this field."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         try:
