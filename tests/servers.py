@@ -332,8 +332,9 @@ def gunicorn_process(
     threads: int = 4,
     args: Sequence[str] = (),
     output: Path | None = None,
+    app: str = "server.wsgi:app",
 ) -> Iterator[Gunicorn]:
-    """``gunicorn server.wsgi:app`` with the project's config on a free port.
+    """``gunicorn APP`` (``server.wsgi:app``) with the project's config on a free port.
 
     Its stdout and stderr go to ``output`` if given (to read its logs), else to a temporary file
     shown only when it fails to start.
@@ -360,7 +361,7 @@ def gunicorn_process(
         "--access-logfile",
         "/dev/null",
         *args,
-        "server.wsgi:app",
+        app,
     ]
     base = f"http://127.0.0.1:{port}"
     with _log_file(output) as log:

@@ -6,17 +6,13 @@ import json
 import os
 import resource
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from tests.servers import ROOT, free_port, wait_for
+from tests.servers import gunicorn_process
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_api.lua"
@@ -26,45 +22,13 @@ WRK_SCRIPT = HERE / "wrk_api.lua"
 def gunicorn_app(
     app: str, env: Mapping[str, str], *, workers: int, threads: int
 ) -> Iterator[tuple[str, int]]:
-    """``gunicorn -c server/gunicorn.conf.py APP`` on a free loopback port.
+    """``gunicorn -c server/gunicorn.conf.py APP`` on a free loopback port (tests.servers').
 
     Yields the base URL and the master's pid. Workers and threads are given on the command line
-    (they override the config file's); everything else is the config file's, logging included
-    (the servers' output goes to a temporary file).
+    (they override the config file's); everything else is the config file's.
     """
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
-    full_env.update(env)
-    full_env["TEVO_HOLD_BIND"] = f"127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        str(ROOT / "server" / "gunicorn.conf.py"),
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-        app,
-    ]
-    base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what=app)
-            yield base, proc.pid
-        except BaseException:
-            log.seek(0)
-            sys.stderr.write(log.read().decode("utf-8", "replace")[-5000:])
-            raise
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with gunicorn_process(env, workers=workers, threads=threads, app=app) as server:
+        yield server.base, server.proc.pid
 
 
 @dataclass(frozen=True)
