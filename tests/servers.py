@@ -30,6 +30,17 @@ def free_port() -> int:
         return port
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop ``proc`` if it still runs: SIGTERM, then SIGKILL if it has not exited in ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "server") -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -128,12 +139,7 @@ class RedisProcess:
         proc, self.proc = self.proc, None
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
     def pause(self) -> None:
         """SIGSTOP: the server stalls, its port still accepts connections, nothing answers."""
@@ -374,13 +380,7 @@ def gunicorn_process(
             sys.stderr.write(server.output()[-5000:])
             raise
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout=20)
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from tevo_hold.web import EXTENSION_KEY
 from tevo_hold.worker import Worker
 
 from .pos_double import PosDouble, Step, pos_double
-from .servers import ROOT
+from .servers import ROOT, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -475,13 +475,7 @@ def worker_process(env: dict[str, str], name: str) -> Iterator[subprocess.Popen[
             sys.stderr.write(log.read().decode("utf-8", "replace")[-5000:])
             raise
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 def test_nothing_is_lost_when_a_worker_is_killed_mid_call(pos, env, make_api):
