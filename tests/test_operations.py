@@ -167,16 +167,21 @@ def test_a_key_made_by_the_command_works_and_its_revocation_holds_on_every_worke
 
     revoked = cli.invoke(main, ["keys", "revoke", "tevo-revoked"])
     assert revoked.exit_code == 0, revoked.output
-    ids = [f"after-revoke-{n}" for n in range(32)]
-    answers = parallel([lambda rid=rid: server.hold(key, rid, request_id=rid) for rid in ids])
-    assert {a.status_code for a in answers} == {401}
-    assert {a.json()["code"] for a in answers} == {"unauthorized"}
-
-    lines = server.access(set(ids))
-    assert len(lines) == len(ids)
-    assert {line["key"] for line in lines} == {None}  # refused: no key name
-    pids = {line["pid"] for line in lines}
-    assert len(pids) >= 2, f"all 32 requests went to one worker: {pids}"
+    # Which worker accepts a connection is the kernel's choice: send batches until the refusals
+    # came from at least two workers (a busy worker's 8 threads can take a whole batch).
+    pids: set[int] = set()
+    for batch in range(10):
+        ids = [f"after-revoke-{batch}-{n}" for n in range(32)]
+        answers = parallel([lambda rid=rid: server.hold(key, rid, request_id=rid) for rid in ids])
+        assert {a.status_code for a in answers} == {401}
+        assert {a.json()["code"] for a in answers} == {"unauthorized"}
+        lines = server.access(set(ids))
+        assert len(lines) == len(ids)
+        assert {line["key"] for line in lines} == {None}  # refused: no key name
+        pids |= {line["pid"] for line in lines}
+        if len(pids) >= 2:
+            break
+    assert len(pids) >= 2, f"320 requests all went to one worker: {pids}"
 
 
 def test_the_boot_key_of_the_environment_keeps_working(server: Server) -> None:
