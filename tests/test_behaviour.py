@@ -338,3 +338,107 @@ def test_holds_spread_over_many_slots(service):
     keys = service.ledger.keys
     slots = {key_slot(keys.hold(f"order-{i}")[0].encode()) for i in range(2000)}
     assert len(slots) > 200  # of the 256 shards: a cluster's masters all get holds
+
+
+# -- a failed sale, holds made by the other path, round trips ----------------------------------
+
+
+def _due_in_ms(service: HoldService, gid: str, kind: str) -> float:
+    """How far in the future (by Redis's clock) the due item ``kind`` of ``gid`` is, in ms."""
+    client = service.ledger.client
+    score = client.zscore(service.ledger.keys.hold(gid)[2], kind + gid)
+    assert score is not None
+    seconds, micros = client.time()
+    return float(score) - (seconds * 1000 + micros // 1000)
+
+
+def test_invoice_of_a_listing_that_is_gone_fails_is_retried_with_backoff_and_then_sells(
+    make_service, stocked
+):
+    service = make_service(retry_base=2, retry_cap=5)
+    hold(service)
+    client = service.ledger.client
+    stock_key = service.ledger.keys.listing("L1")[0]
+    client.rename(stock_key, stock_key + ":away")  # the listing vanishes from the POS
+    for attempt, backoff in ((1, 2000), (2, 4000), (3, 5000)):  # doubled, then capped
+        with pytest.raises(e.ListingNotFound, match="'L1'"):
+            service.invoice(global_id="g1", tevo_order_id=5)
+        h = service.get(global_id="g1")
+        assert (h.status, h.invoice_attempts) == (HoldStatus.INVOICE_FAILED, attempt)
+        assert backoff - 500 < _due_in_ms(service, "g1", "i") <= backoff
+        with pytest.raises(e.HoldAlreadyInvoiced):  # the buyer paid: no release now
+            service.release(global_id="g1")
+    client.rename(stock_key + ":away", stock_key)
+    outcome = service.invoice(global_id="g1", tevo_order_id=5)
+    assert outcome.hold.status is HoldStatus.INVOICED and not outcome.replayed
+    assert (stocked.stock("L1").sold, stocked.stock("L1").held) == (2, 0)
+
+
+@pytest.mark.parametrize("maker", ["fused", "stepwise"])
+@pytest.mark.parametrize("finish", ["release", "invoice"])
+def test_a_hold_made_by_either_path_is_finished_by_either(client, maker, finish):
+    """A deployment may change its configuration between a hold and its release or invoice
+    (or run mixed): each path finishes what the other started, and the stock stays exact."""
+    from tevo_hold import Settings, build_service
+
+    settings = Settings(redis_url="redis://unused", api_keys=("k",))
+    services = {
+        path: build_service(settings, client=client, fuse=path == "fused")
+        for path in ("fused", "stepwise")
+    }
+    services["fused"].adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+    other = "stepwise" if maker == "fused" else "fused"
+    hold(services[maker], qty=2)
+    if finish == "release":
+        assert services[other].release(global_id="g1").hold.status is HoldStatus.RELEASED
+        expected = (5, 0, 0)
+    else:
+        outcome = services[other].invoice(global_id="g1", tevo_order_id=3)
+        assert outcome.hold.status is HoldStatus.INVOICED
+        expected = (3, 0, 2)
+    stock = services[other].adapter.stock("L1")  # type: ignore[attr-defined]
+    assert (stock.on_hand, stock.held, stock.sold) == expected
+    # and the retry answers alike on both paths
+    for service in services.values():
+        if finish == "release":
+            assert service.release(global_id="g1").replayed
+        else:
+            assert service.invoice(global_id="g1", tevo_order_id=3).replayed
+
+
+def test_each_call_is_one_round_trip_on_the_fused_path(service, stocked):
+    """Fused (reference inventory on the ledger's own Redis): hold, release and invoice each
+    make one script call; step by step (or on a cluster) a hold or an invoice makes three."""
+    sent: list[str] = []
+    client = service.ledger.client
+    original = client.execute_command
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sent.append(str(args[0]).upper())
+        return original(*args, **kwargs)
+
+    client.execute_command = counting  # type: ignore[method-assign]
+    try:
+        calls = {}
+        for n in (1, 2):  # the first time, each script is loaded into Redis too
+            steps = (
+                ("hold", hold, {"gid": f"a{n}", "qty": 1}),
+                ("invoice", service.invoice, {"global_id": f"a{n}", "tevo_order_id": n}),
+                ("hold2", hold, {"gid": f"b{n}", "qty": 1}),
+                ("release", service.release, {"global_id": f"b{n}"}),
+            )
+            for name, call, kwargs in steps:
+                sent.clear()
+                if call is hold:
+                    hold(service, **kwargs)
+                else:
+                    call(**kwargs)
+                calls[name] = len(sent)
+    finally:
+        del client.execute_command
+    fused = service._fused is not None
+    assert calls == (
+        {"hold": 1, "invoice": 1, "hold2": 1, "release": 1}
+        if fused
+        else {"hold": 3, "invoice": 3, "hold2": 3, "release": 2}
+    )

@@ -281,9 +281,10 @@ class Ledger:
         """
         outcome, now, extra = reply[0], int(reply[1]), int(reply[2])
         if outcome not in ("ok", "replay"):
+            if remote_id is None and reply[3] != "{}":  # a record came with the error
+                remote_id = json.loads(reply[3]).get("rid")
             raise _script_error(outcome, global_id, remote_id, extra)
-        flat = [_text(v) for v in reply[3]]
-        fields = dict(zip(flat[0::2], flat[1::2], strict=True))
+        fields: dict[str, str] = json.loads(reply[3])
         if not fields:
             raise errors.HoldNotFound(f"No hold has global_id {global_id!r}.")
         events = tuple(_event(entry) for entry in reply[4]) if len(reply) > 4 else ()

@@ -12,7 +12,7 @@ from .adapters.base import PosAdapter
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .connection import connect
 from .keys import KeySpace
-from .ledger import Ledger
+from .ledger import Claim, Ledger
 from .models import Hold, HoldStatus, Outcome
 from .settings import Settings
 from .validation import check_id, check_order_id, check_quantity
@@ -39,9 +39,9 @@ class HoldService:
     lease and the worker complete, and a retry completes or replays it.
 
     Round trips: with the reference :class:`RedisInventoryAdapter` on the ledger's own Redis
-    (not a cluster), a hold is one script that checks and writes both the record and the stock,
-    an invoice two, a release two. Otherwise (``fuse=False``, a cluster, another adapter) each
-    step is its own call: three for a hold or an invoice.
+    (not a cluster), each call is one script that checks and writes both the record and the
+    stock. Otherwise (``fuse=False``, a cluster, another adapter) each step is its own call:
+    three for a hold or an invoice, two for a release.
     """
 
     def __init__(
@@ -143,18 +143,29 @@ class HoldService:
         RequestInProgress, and what the adapter raises.
         """
         global_id = check_id("global_id", global_id)
+        if self._fused is not None:
+            fused = self._fused.release_recorded(
+                self.ledger, global_id=global_id, lease=self.lease, actor=actor
+            )
+            if fused is not None:
+                return self._released(fused)
         track = not self.adapter.lapses_on_its_own
         claim = self.ledger.release(global_id, lease=self.lease, track_release=track, actor=actor)
+        outcome = self._released(claim)
         hold = claim.hold
-        if claim.changed and hold.status is HoldStatus.EXPIRED:
-            metrics.LAPSED.labels("release").inc()
         with metrics.pos_call("release"):
             self.adapter.release(
                 global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity
             )
         if track:
             self.ledger.released_in_pos(global_id, actor=actor)
-        return Outcome(hold, replayed=not claim.changed)
+        return outcome
+
+    @staticmethod
+    def _released(claim: Claim) -> Outcome:
+        if claim.changed and claim.hold.status is HoldStatus.EXPIRED:
+            metrics.LAPSED.labels("release").inc()
+        return Outcome(claim.hold, replayed=not claim.changed)
 
     @fail_fast()
     @metrics.counted(metrics.INVOICES)
@@ -171,6 +182,23 @@ class HoldService:
         global_id = check_id("global_id", global_id)
         tevo_order_id = check_order_id(tevo_order_id)
         token = uuid.uuid4().hex
+        if self._fused is not None:
+            try:
+                fused = self._fused.invoice_recorded(
+                    self.ledger,
+                    global_id=global_id,
+                    tevo_order_id=tevo_order_id,
+                    token=token,
+                    lease=self.lease,
+                    retry_base=self.retry_base,
+                    retry_cap=self.retry_cap,
+                    actor=actor,
+                )
+            except errors.ListingNotFound:  # the sale failed: invoice_failed, retried
+                metrics.INVOICE_FAILURES.labels("api").inc()
+                raise
+            if fused is not None:
+                return Outcome(fused.hold, replayed=not fused.changed)
         claim = self.ledger.claim_invoice(
             global_id, tevo_order_id, lease=self.lease, token=token, actor=actor
         )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from redis.cluster import RedisCluster
 
 from .. import errors
 from .._redis import RedisClient, Script
-from ..keys import KeySpace
+from ..keys import KeySpace, encode_id
 from ..ledger import Claim, Ledger
 from ..models import Hold, Stock
 from .base import PosAdapter
@@ -112,6 +113,61 @@ class RedisInventoryAdapter(PosAdapter):
             retry_ms,
         ]
         return ledger.claim_from_reply(self._fused(keys, args), gid, hold.remote_id)
+
+    def release_recorded(
+        self, ledger: Ledger, *, global_id: str, lease: float, actor: str = "api"
+    ) -> Claim | None:
+        """:meth:`Ledger.release` and :meth:`release` at once, knowing only the ``global_id``.
+
+        None, having changed nothing, for a hold made step by step (its record does not name
+        its listing's keys): release it with those two calls. Raises what
+        :meth:`Ledger.release` raises.
+        """
+        args: list[str | int] = [
+            "release",
+            global_id,
+            actor,
+            ledger.retention_ms,
+            int(lease * 1000),
+            encode_id(global_id),
+        ]
+        reply = self._fused(ledger.keys.hold(global_id), args)
+        return None if reply[0] == "unfused" else ledger.claim_from_reply(reply, global_id)
+
+    def invoice_recorded(
+        self,
+        ledger: Ledger,
+        *,
+        global_id: str,
+        tevo_order_id: int | str,
+        token: str,
+        lease: float,
+        retry_base: float,
+        retry_cap: float,
+        actor: str = "api",
+    ) -> Claim | None:
+        """:meth:`Ledger.claim_invoice` and :meth:`settle_recorded` at once, from the ``global_id``.
+
+        None, having changed nothing, for a hold made step by step: invoice it with those two.
+        A failed sale (the listing is gone) is retried after ``retry_base`` seconds doubled per
+        earlier failure, at most ``retry_cap`` (as :meth:`HoldService.retry_delay`). Raises what
+        both raise.
+        """
+        args: list[str | int] = [
+            "invoice",
+            global_id,
+            actor,
+            str(tevo_order_id),
+            json.dumps(tevo_order_id),
+            int(lease * 1000),
+            token,
+            ledger.retention_ms,
+            encode_id(global_id),
+            int(retry_base * 1000),
+            int(retry_cap * 1000),
+        ]
+        reply = self._fused(ledger.keys.hold(global_id), args)
+        return None if reply[0] == "unfused" else ledger.claim_from_reply(reply, global_id)
 
     # -- stock management (the CLI's and the tests') ------------------------------------
     def set_quantity(self, remote_id: str, on_hand: int) -> Stock:

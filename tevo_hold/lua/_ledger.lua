@@ -8,7 +8,8 @@
 -- invoiced|invoice_failed), ca created_at, ea expires_at, ra released_at, ia invoiced_at,
 -- pr released in the POS after lapsing (ms since the epoch, by this Redis's clock), ok/oj the order
 -- id (canonical / JSON), lu lease until and tok the token of the request holding the lease while
--- st is pending or invoicing, na failed invoice attempts, le last error.
+-- st is pending or invoicing, na failed invoice attempts, le last error; lk the listing's stock
+-- key, on holds made by fused.lua (its release and invoice find the listing by it).
 --
 -- The due set is an outbox of work a worker must do, each member scored by when it is due:
 --   'l' .. global_id  release the hold in the POS: at its deadline if it lapses, or at the lease's
@@ -20,12 +21,13 @@
 --   'i' .. global_id  retry a failed invoice
 -- A member is written in the same script as the state that needs it, so no work is ever lost.
 --
--- Every function answers a reply {outcome, now_ms, extra, {field, value, ...}}: outcome 'ok' (this
--- call changed the record), 'replay' (it already was so), 'skip' (a worker's due item that needs
--- no work), or an error code the Python side maps to an exception; extra is the ms a running
--- request still holds its lease (request_in_progress). A function validates before its first
--- write and is safe to run twice with the same arguments. Every change appends an event to the
--- audit stream: at, event, status, by (the actor), detail.
+-- Every function answers a reply {outcome, now_ms, extra, record}: outcome 'ok' (this call
+-- changed the record), 'replay' (it already was so), 'skip' (a worker's due item that needs no
+-- work), or an error code the Python side maps to an exception; extra is the ms a running request
+-- still holds its lease (request_in_progress); record is the record's fields as one JSON object
+-- (one string: the client decodes it in one step, not field by field), '{}' for none. A function
+-- validates before its first write and is safe to run twice with the same arguments. Every change
+-- appends an event to the audit stream: at, event, status, by (the actor), detail.
 local ledger = {}
 local K = {}
 
@@ -35,10 +37,13 @@ function ledger.bind(first, gid, actor)
 end
 
 function ledger.reply(outcome, extra)
-  return {outcome, now, extra or 0, redis.call('HGETALL', K.rec)}
+  local flat, record = redis.call('HGETALL', K.rec), {}
+  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  return {outcome, now, extra or 0, cjson.encode(record)}
 end
 
-local function fail(code, extra) return {code, now, extra or 0, {}} end
+local function fail(code, extra) return {code, now, extra or 0, '{}'} end
+ledger.fail = fail
 
 local function event(name, detail)
   redis.call('XADD', K.events, 'MAXLEN', '~', 1000, '*', 'at', now, 'event', name,
@@ -112,7 +117,7 @@ function ledger.abort_hold(tok)
     redis.call('DEL', K.rec, K.events)
     done('c')
   end
-  return {'ok', now, 0, {}}
+  return {'ok', now, 0, '{}'}
 end
 
 -- The POS call's outcome is unknown (timeout): end the lease now, so that the compensation (a
@@ -260,7 +265,7 @@ function ledger.released_in_pos()
     redis.call('HSET', K.rec, 'pr', now)
     event(rec[1] == 'held' and 'lapsed' or 'pos_released', 'released in the POS')
   end
-  return {'ok', now, 0, {}}
+  return {'ok', now, 0, '{}'}
 end
 
 -- The worker released a hold of unknown outcome in the POS: forget the hold.
@@ -271,7 +276,7 @@ function ledger.compensated(tok)
     redis.call('DEL', K.rec)
     event('compensated', 'released in the POS after an unknown outcome')
   end
-  return {'ok', now, 0, {}}
+  return {'ok', now, 0, '{}'}
 end
 
 -- A worker's POS call failed: try again after retry_ms (the lease it held ends).
@@ -282,5 +287,5 @@ function ledger.retry_due(kind, tok, detail, retry_ms)
   end
   due(kind, now + retry_ms)
   event(kind == 'l' and 'pos_release_failed' or 'compensation_failed', detail)
-  return {'ok', now, 0, {}}
+  return {'ok', now, 0, '{}'}
 end
