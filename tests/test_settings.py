@@ -63,7 +63,7 @@ def test_require_signature_parses_booleans(raw, expected):
     assert Settings.from_env({"TEVO_HOLD_REQUIRE_SIGNATURE": raw}).require_signature is expected
 
 
-def test_rate_limit_takes_flask_limiter_notation_or_off():
+def test_rate_limit_takes_its_notation_or_off():
     limit = Settings.from_env({"TEVO_HOLD_RATE_LIMIT": "20/second; 1000 per hour"}).rate_limit
     assert limit == "20/second; 1000 per hour"
     assert Settings.from_env({"TEVO_HOLD_RATE_LIMIT": "off"}).rate_limit is None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.resources
-from collections.abc import Iterator, Sequence
-from contextvars import ContextVar
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeAlias
+from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import redis
 import redis.exceptions
@@ -15,7 +18,19 @@ from redis.cluster import RedisCluster
 
 from . import errors
 
-__all__ = ["SCRIPTS", "RedisClient", "Script", "fail_fast", "source", "translate_errors"]
+__all__ = [
+    "SCRIPTS",
+    "Charge",
+    "RedisClient",
+    "Script",
+    "charge_next_call",
+    "fail_fast",
+    "source",
+    "translate_errors",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: What tevo-hold keeps its state in: one Redis (or a master through Sentinel), or a cluster.
 RedisClient: TypeAlias = redis.Redis | RedisCluster
@@ -76,38 +91,66 @@ def _is_outage(exc: BaseException) -> bool:
 _outage: ContextVar[list[BaseException] | None] = ContextVar("tevo_hold_outage", default=None)
 
 
-@contextlib.contextmanager
-def fail_fast() -> Iterator[None]:
+class fail_fast:  # a class used as a function (a decorator factory and context manager)
     """Within this block, once a Redis call found Redis unreachable, later ones fail at once.
 
     One failed call already took the time a call may take (its attempts' timeouts); the calls a
     request makes after a failure are best-effort clean-ups that the lease and the worker stand
     in for, so a request answers ``503`` within one call's time even when Redis dies half-way
     through. (An error Redis answered at once, such as OOM, does not count: it cost no time.)
+
+    ``with fail_fast():`` or ``@fail_fast()``; the decorator costs one context variable set and
+    reset per call (it is on every call of the service).
     """
-    token = _outage.set([])
-    try:
-        yield
-    finally:
-        _outage.reset(token)
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def within(*args: P.args, **kwargs: P.kwargs) -> R:
+            token = _outage.set([])
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _outage.reset(token)
+
+        return within
+
+    def __init__(self) -> None:
+        self._tokens: list[Token[list[BaseException] | None]] = []
+
+    def __enter__(self) -> None:
+        self._tokens.append(_outage.set([]))
+
+    def __exit__(self, *exc: object) -> None:
+        _outage.reset(self._tokens.pop())
 
 
-@contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn redis-py's "could not reach Redis" errors into :class:`errors.Unavailable`."""
+def _unavailable(exc: Exception, outage: list[BaseException] | None) -> errors.Unavailable:
+    """``exc`` as Unavailable if it is an outage (noted for fail_fast); else re-raise it."""
+    if not _is_outage(exc):
+        raise exc
+    if outage is not None and not isinstance(exc, _ANSWERED):
+        outage.append(exc)
+    return errors.Unavailable(f"Redis is unavailable: {_name(exc)}")
+
+
+def _outage_so_far() -> list[BaseException] | None:
+    """The outage list of the current fail_fast block; Unavailable if it holds one already."""
     outage = _outage.get()
     if outage:
         raise errors.Unavailable(
             f"Redis is unavailable: {type(outage[0]).__name__} earlier in this request"
         )
+    return outage
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn redis-py's "could not reach Redis" errors into :class:`errors.Unavailable`."""
+    outage = _outage_so_far()
     try:
         yield
     except Exception as exc:
-        if not _is_outage(exc):
-            raise
-        if outage is not None and not isinstance(exc, _ANSWERED):
-            outage.append(exc)
-        raise errors.Unavailable(f"Redis is unavailable: {_name(exc)}") from exc
+        raise _unavailable(exc, outage) from exc
 
 
 def _name(exc: BaseException) -> str:
@@ -118,12 +161,54 @@ def _name(exc: BaseException) -> str:
 
 
 #: Each script: the files of ``tevo_hold/lua/`` it is assembled from, libraries first.
+#: Every script opens with _prelude.lua (the clock) and _charge.lua (a rate-limit charge).
 SCRIPTS: dict[str, tuple[str, ...]] = {
-    "ledger": ("_prelude.lua", "_ledger.lua", "ledger.lua"),
-    "inventory": ("_prelude.lua", "_inventory.lua", "inventory.lua"),
-    "fused": ("_prelude.lua", "_ledger.lua", "_inventory.lua", "fused.lua"),
-    "apikeys": ("_prelude.lua", "apikeys.lua"),
+    "ledger": ("_prelude.lua", "_charge.lua", "_ledger.lua", "ledger.lua"),
+    "inventory": ("_prelude.lua", "_charge.lua", "_inventory.lua", "inventory.lua"),
+    "fused": ("_prelude.lua", "_charge.lua", "_ledger.lua", "_inventory.lua", "fused.lua"),
+    "apikeys": ("_prelude.lua", "_charge.lua", "apikeys.lua"),
+    "charge": ("_prelude.lua", "_charge.lua", "charge.lua"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A rate-limit charge for the next script call (see :func:`charge_next_call`).
+
+    ``keys`` the limits' Redis keys, ``limits`` each one's (amount, period in ms), ``names`` each
+    one as text (``"600 per 1 minute"``), for the RateLimited it may raise.
+    """
+
+    keys: tuple[str, ...]
+    limits: tuple[tuple[int, int], ...]
+    names: tuple[str, ...]
+
+    def argv(self) -> list[str | int]:
+        return ["!charge", len(self.keys), *(n for limit in self.limits for n in limit)]
+
+    def refused(self, reply: Sequence[Any]) -> errors.RateLimited:
+        """The error for _charge.lua's ``{'rate_limited', now, retry_ms, i}``."""
+        seconds = max(1, math.ceil(int(reply[2]) / 1000))
+        limit = self.names[int(reply[3]) - 1]
+        return errors.RateLimited(
+            f"Too many requests for this API key ({limit}); retry in {seconds} s.",
+            retry_after=seconds,
+            limit=limit,
+        )
+
+
+#: The charge the current request's next script call is to make, if any.
+_charge: ContextVar[Charge | None] = ContextVar("tevo_hold_charge", default=None)
+
+
+def charge_next_call(charge: Charge | None) -> None:
+    """Charge ``charge`` to the next :class:`Script` call in this context (None: no charge).
+
+    That call is refused with RateLimited, having run nothing, if any of the charge's limits is
+    spent; otherwise the charge is made in the same atomic step as the call (on a cluster, where
+    the two lie in different slots, in a call of its own just before). Only one call is charged.
+    """
+    _charge.set(charge)
 
 
 @cache
@@ -138,12 +223,34 @@ class Script:
 
     def __init__(self, client: RedisClient, name: str) -> None:
         self._script = client.register_script(source(name))
+        self._client = client
+        # On a cluster a charge's keys and the script's lie in different slots: the charge is
+        # made by a call of its own, just before.
+        self._charger: Script | None = None
+        self._alone = isinstance(client, RedisCluster)
 
     def __call__(self, keys: Sequence[str], args: Sequence[str | int | float]) -> list[Any]:
-        with translate_errors():
-            reply = self._script(keys=list(keys), args=list(args))
-        return [_text(item) for item in reply]
+        charge = _charge.get()
+        if charge is None:
+            return self._run(keys, args)
+        _charge.set(None)
+        if self._alone:
+            if self._charger is None:
+                self._charger = Script(self._client, "charge")
+            self._check(charge, self._charger._run(charge.keys, charge.argv()))
+            return self._run(keys, args)
+        return self._check(charge, self._run([*keys, *charge.keys], [*charge.argv(), *args]))
 
+    def _run(self, keys: Sequence[str], args: Sequence[str | int | float]) -> list[Any]:
+        outage = _outage_so_far()  # translate_errors, inlined: this is every script call
+        try:
+            reply = self._script(keys=keys, args=args)
+        except Exception as exc:
+            raise _unavailable(exc, outage) from exc
+        return [item.decode("utf-8") if isinstance(item, bytes) else item for item in reply]
 
-def _text(item: Any) -> Any:
-    return item.decode("utf-8") if isinstance(item, bytes) else item
+    @staticmethod
+    def _check(charge: Charge, reply: list[Any]) -> list[Any]:
+        if reply and reply[0] == "rate_limited":
+            raise charge.refused(reply)
+        return reply

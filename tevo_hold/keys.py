@@ -11,6 +11,7 @@ script call always share a hash slot, so the same scripts run on a Redis Cluster
   over the masters too.
 - The managed API keys (:mod:`tevo_hold.auth`) share the tag ``{keys}``: a names hash and one
   record per key, named by the key's SHA-256 digest (never by the key).
+- An API key's rate-limit state (:mod:`tevo_hold.ratelimit`) has the tag ``{q:<key name>}``.
 
 Ids are data, never structure: ``%``, ``{`` and ``}`` are percent-encoded before an id goes into
 a key. The encoding is injective and leaves no brace, so two ids never share a key and an id can
@@ -73,6 +74,11 @@ class KeySpace:
     def api_key(self, digest: str) -> str:
         """The record of the managed API key whose SHA-256 digest (hex) is ``digest``."""
         return f"{self.prefix}:{{keys}}:h:{digest}"
+
+    def quota(self, name: str, amount: int, period_ms: int) -> str:
+        """The rate-limit state of the API key named ``name`` under one limit (a GCRA's
+        theoretical arrival time); a changed limit starts afresh."""
+        return f"{self.prefix}:{{q:{encode_id(name)}}}:{amount}/{period_ms}"
 
     def hold_pattern(self) -> str:
         """A SCAN pattern matching every hold record."""

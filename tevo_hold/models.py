@@ -61,6 +61,14 @@ class Hold:
 
     def as_held(self) -> Hold:
         """The hold as its first successful hold call answered it (what a retry replays)."""
+        if (
+            self.status is HoldStatus.HELD
+            and self.tevo_order_id is None
+            and self.released_at is None
+            and self.invoice_attempts == 0
+            and not self.events
+        ):
+            return self  # already so: the common case, a hold just made
         return dataclasses.replace(
             self,
             status=HoldStatus.HELD,

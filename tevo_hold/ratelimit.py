@@ -1,107 +1,91 @@
 """Rate limits per API key, shared by every process through the deployment's Redis.
 
-flask-limiter does the counting, with the moving-window strategy of its ``limits`` library, in
-the ledger's Redis (a pool of its own with short timeouts; the embedded store included),
-so the limit is one budget per key whatever the number of workers and hosts. Its keys start with
-``{TEVO_HOLD_KEY_PREFIX}:limits``.
+``TEVO_HOLD_RATE_LIMIT`` (``600 per minute`` by default; ``20/second; 1000/hour`` for two limits;
+``off``) is one budget per API key *name*, whatever the number of workers and hosts. Each limit
+is a GCRA (generic cell rate algorithm): a key may send up to its amount at once, then one call
+every period / amount, so that no window of one period holds more than the amount.
 
-The limiter must never take the API down: should its storage fail, flask-limiter logs it and
-falls back to counting in each process's memory (the same limits, per process) until the storage
-answers again.
+The charge rides on the request's first script call (:func:`tevo_hold._redis.charge_next_call`,
+``lua/_charge.lua``): checked and counted in the same atomic step as the call's own work, in the
+same round trip. A refused call runs nothing and is not counted; the answer is ``429
+rate_limited`` with ``Retry-After``. Requests refused before they reach Redis (no key, a bad body)
+cost Redis nothing and are not counted. On a Redis Cluster the charge is a call of its own, just
+before the request's first (its keys and the call's lie in different slots).
 """
 
 from __future__ import annotations
 
-import math
-import time
-from typing import Any
+import re
+from dataclasses import dataclass
 
-import redis
-from flask_limiter import Limiter
-from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
-from redis.retry import Retry
+from ._redis import Charge
+from .keys import KeySpace
 
-from . import observability
-from ._redis import RedisClient
-from .settings import Settings
+__all__ = ["Limit", "Limits", "parse"]
 
-__all__ = ["SCOPE", "build_limiter", "retry_after"]
-
-#: Every API call of one key shares one budget (the limit's scope).
-SCOPE = "tevo_hold"
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_LIMIT = re.compile(
+    r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE
+)
 
 
-def _key_name() -> str:
-    """The limit's key: the authenticated API key's name (never the key)."""
-    return observability.current().key_name or ""
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """``amount`` calls per ``count`` ``unit`` (``600 per 1 minute``)."""
+
+    amount: int
+    count: int
+    unit: str
+
+    @property
+    def period_ms(self) -> int:
+        return self.count * _UNITS[self.unit] * 1000
+
+    def __str__(self) -> str:
+        return f"{self.amount} per {self.count} {self.unit}"
 
 
-def build_limiter(settings: Settings, client: RedisClient) -> Limiter | None:
-    """A limiter counting in ``client``'s Redis, or None when ``TEVO_HOLD_RATE_LIMIT=off``."""
-    if settings.rate_limit is None:
-        return None
-    options: dict[str, Any] = {"key_prefix": f"{settings.key_prefix}:limits"}
-    pool = getattr(client, "connection_pool", None)
-    if pool is not None:
-        uri = "redis://"  # only the scheme matters: the connections come from the pool
-        options["connection_pool"] = _quick_pool(pool, settings)
-    elif isinstance(client, RedisCluster):  # no one pool: the cluster's nodes, as limits wants
-        uri = _cluster_uri(client, settings)
-        options.update(socket_timeout=_quick(settings), socket_connect_timeout=_quick(settings))
-    else:
-        uri = settings.redis_url.replace("unix://", "redis+unix://", 1)
-    return Limiter(
-        key_func=_key_name,
-        storage_uri=uri,
-        storage_options=options,
-        strategy="moving-window",
-        headers_enabled=False,
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-    )
+def parse(text: str) -> tuple[Limit, ...]:
+    """The limits of ``text``: ``N per [M] second|minute|hour|day`` (or ``N/[M]unit``), several
+    separated by ``;`` or ``,``. Raises ValueError naming the part it cannot read."""
+    limits = []
+    for part in re.split(r"[;,]", text):
+        if not part.strip():
+            continue
+        match = _LIMIT.match(part)
+        if match is None:
+            raise ValueError(
+                f"{part.strip()!r} is not a limit: write 'N per minute', 'N/second', "
+                "'N per 2 hours', ... (units: second, minute, hour, day)"
+            )
+        amount, count, unit = int(match[1]), int(match[2] or 1), match[3].lower()
+        if amount < 1 or count < 1:
+            raise ValueError(
+                f"{part.strip()!r} is not a usable limit: amounts and periods must be at least 1"
+            )
+        limits.append(Limit(amount, count, unit))
+    if not limits:
+        raise ValueError("no limit given")
+    return tuple(limits)
 
 
-def _quick(settings: Settings) -> float:
-    """Seconds the limiter may wait on Redis: a slice of one call's, so that with Redis stalled
-    a request still answers 503 within its budget (the limiter then counts in memory)."""
-    return min(0.1, settings.redis_timeout / 2)
+class Limits:
+    """The charges of ``limits`` for each API key name, in the keys of ``keys``."""
 
+    def __init__(self, limits: tuple[Limit, ...], keys: KeySpace) -> None:
+        self.limits = limits
+        self.keys = keys
+        self._charges: dict[str, Charge] = {}
 
-def _quick_pool(pool: Any, settings: Settings) -> Any:
-    """A pool like ``pool`` with the limiter's short timeouts and no retries (a plain pool's;
-    others, such as Sentinel's or fakeredis', are shared as they are)."""
-    if type(pool) is not redis.ConnectionPool:
-        return pool
-    quick = _quick(settings)
-    kwargs = {
-        **pool.connection_kwargs,
-        "socket_timeout": quick,
-        "socket_connect_timeout": quick,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-
-
-def _cluster_uri(client: RedisCluster, settings: Settings) -> str:
-    """``redis+cluster://`` naming the nodes ``client`` knows (the settings' URL if it knows none
-    yet: a cluster unreachable at start-up)."""
-    try:
-        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
-    except Exception:  # the limiter falls back to memory until the cluster answers
-        return settings.redis_url
-    scheme = "rediss+cluster" if settings.redis_url.startswith("rediss") else "redis+cluster"
-    return f"{scheme}://" + ",".join(f"{n.host}:{n.port}" for n in nodes)
-
-
-def retry_after(limiter: Limiter | None) -> tuple[int, str | None]:
-    """Seconds until the limit this request broke lets a request through again (at least 1),
-    and that limit as text (``"600 per 1 minute"``)."""
-    current = limiter.current_limit if limiter is not None else None
-    if current is None:
-        return 1, None
-    try:
-        seconds = math.ceil(current.window.reset_time - time.time())
-    except Exception:  # the storage failed between the check and now: a guess will do
-        seconds = 1
-    return max(1, seconds), str(current.limit)
+    def charge(self, name: str) -> Charge:
+        """The charge of one call of the key named ``name`` (made once per name, then reused)."""
+        charge = self._charges.get(name)
+        if charge is None:
+            charge = Charge(
+                keys=tuple(self.keys.quota(name, lim.amount, lim.period_ms) for lim in self.limits),
+                limits=tuple((lim.amount, lim.period_ms) for lim in self.limits),
+                names=tuple(str(lim) for lim in self.limits),
+            )
+            if len(self._charges) < 10_000:  # key names are few; never grow without bound
+                self._charges[name] = charge
+        return charge

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import abc
+from datetime import datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from .errors import InvalidRequest
+from .models import Hold
 from .validation import MAX_ID_LENGTH, MAX_QUANTITY, check_id, check_order_id, check_quantity
 
 __all__ = [
@@ -17,6 +19,8 @@ __all__ = [
     "HoldSchema",
     "InvoiceRequestSchema",
     "ReleaseRequestSchema",
+    "RequestLoader",
+    "dump_hold",
 ]
 
 
@@ -55,14 +59,17 @@ class OrderId(_Checked):
         return check_order_id(value, self.name or "tevo_order_id")
 
 
+def _timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value.strftime('%Y-%m-%dT%H:%M:%S.')}{value.microsecond // 1000:03d}Z"
+
+
 class Timestamp(fields.Field):  # type: ignore[type-arg]
     """An RFC 3339 UTC timestamp with milliseconds: ``2026-11-23T12:00:00.123Z``."""
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
-        if value is None:
-            return None
-        text: str = value.strftime("%Y-%m-%dT%H:%M:%S.")
-        return f"{text}{value.microsecond // 1000:03d}Z"
+        return _timestamp(value)
 
 
 _TIME = {"type": "string", "format": "date-time"}
@@ -88,6 +95,56 @@ class _Request(Schema):
         messages = error.normalized_messages()  # type: ignore[no-untyped-call]
         fields_ = ", ".join(sorted(messages))
         raise InvalidRequest(f"Invalid or missing field(s): {fields_}.", messages)
+
+
+class RequestLoader:
+    """``schema.load(body)`` of a request schema, for the hot path: the same data or the same
+    InvalidRequest (message and per-field errors), without marshmallow's machinery per call.
+
+    Every field of a request schema is a checked field, so loading one is: each declared field
+    present, not null, and passing its check; unknown fields ignored. The schema stays the one
+    description (the OpenAPI document is generated from it); tests hold the two equal over every
+    combination of valid and invalid values.
+    """
+
+    def __init__(self, schema: _Request) -> None:
+        self.schema = schema
+        self._fields: list[tuple[str, str, Any, bool, str, str]] = []
+        for name, field in schema.load_fields.items():
+            if not isinstance(field, _Checked) or field.allow_none:
+                raise TypeError(f"{type(schema).__name__}.{name}: only checked fields load fast")
+            self._fields.append(
+                (
+                    name,
+                    field.data_key or name,
+                    field._check,
+                    field.required,
+                    str(field.error_messages["required"]),
+                    str(field.error_messages["null"]),
+                )
+            )
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        problems: dict[str, list[str]] = {}
+        for name, key, check, required, missing, null in self._fields:
+            if key not in body:
+                if required:
+                    problems[key] = [missing]
+                continue
+            value = body[key]
+            if value is None:
+                problems[key] = [null]
+                continue
+            try:
+                data[name] = check(value)
+            except InvalidRequest as exc:
+                problems[key] = next(iter(exc.errors.values()))
+        if problems:
+            raise InvalidRequest(
+                f"Invalid or missing field(s): {', '.join(sorted(problems))}.", problems
+            )
+        return data
 
 
 class HoldRequestSchema(_Request):
@@ -246,3 +303,18 @@ class HoldDetailSchema(HoldSchema):
         required=True, metadata={"description": "how many times the POS failed the invoice"}
     )
     events = fields.List(fields.Nested(EventSchema), required=True)
+
+
+def dump_hold(hold: Hold) -> dict[str, Any]:
+    """``HoldSchema().dump(hold)``, for the hot path (tests hold the two equal)."""
+    return {
+        "global_id": hold.global_id,
+        "remote_id": hold.remote_id,
+        "quantity": hold.quantity,
+        "status": str(hold.status),
+        "created_at": _timestamp(hold.created_at),
+        "expires_at": _timestamp(hold.expires_at),
+        "tevo_order_id": hold.tevo_order_id,
+        "invoiced_at": _timestamp(hold.invoiced_at),
+        "released_at": _timestamp(hold.released_at),
+    }

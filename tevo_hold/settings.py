@@ -68,14 +68,14 @@ def _bool(raw: str) -> bool:
 
 
 def _rate_limit(raw: str) -> str | None:
-    """A limit in flask-limiter's notation, checked now; ``off`` (or ``none``) for no limit."""
+    """Limits as :func:`tevo_hold.ratelimit.parse` reads them, checked now; ``off`` (or
+    ``none``) for no limit."""
     text = raw.strip()
     if text.lower() in ("off", "none", "0"):
         return None
-    from limits import parse_many  # the notation flask-limiter uses
+    from .ratelimit import parse
 
-    if not parse_many(text):
-        raise ValueError("no limit given")
+    parse(text)
     return text
 
 

@@ -22,25 +22,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from flask.blueprints import BlueprintSetupState
-from flask_limiter import Limiter
-from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from . import auth, errors, metrics, observability, ratelimit
-from ._redis import translate_errors
+from ._redis import charge_next_call, translate_errors
 from .models import Outcome
 from .schemas import (
     HoldDetailSchema,
     HoldRequestSchema,
-    HoldSchema,
     InvoiceRequestSchema,
     ReleaseRequestSchema,
+    RequestLoader,
+    dump_hold,
 )
 from .service import HoldService, build_service
 from .settings import Settings
@@ -55,11 +54,10 @@ PUBLIC_VIEWS = frozenset({"healthz", "readyz", "metrics", "openapi_json", "docs"
 SIGNATURE_HEADER = "X-Signature"
 log = logging.getLogger("tevo_hold")
 
-_HOLD_SCHEMA = HoldSchema()
 _HOLD_DETAIL_SCHEMA = HoldDetailSchema()
-_HOLD_REQUEST = HoldRequestSchema()
-_RELEASE_REQUEST = ReleaseRequestSchema()
-_INVOICE_REQUEST = InvoiceRequestSchema()
+_HOLD_REQUEST = RequestLoader(HoldRequestSchema())
+_RELEASE_REQUEST = RequestLoader(ReleaseRequestSchema())
+_INVOICE_REQUEST = RequestLoader(InvoiceRequestSchema())
 
 
 class _State:
@@ -71,13 +69,17 @@ class _State:
         service: HoldService,
         *,
         key_store: auth.KeyStore,
-        limiter: Limiter | None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.key_store = key_store
         self.authenticator = auth.Authenticator(settings.accepted_keys, key_store)
-        self.limiter = limiter
+        #: The rate limits of every API key (None: TEVO_HOLD_RATE_LIMIT=off).
+        self.limits = (
+            None
+            if settings.rate_limit is None
+            else ratelimit.Limits(ratelimit.parse(settings.rate_limit), service.ledger.keys)
+        )
 
 
 class TevoHold:
@@ -111,18 +113,12 @@ class TevoHold:
         settings = self._settings or Settings.from_mapping(app.config)
         service = self._service or build_service(settings)
         client = service.ledger.client
-        limiter = ratelimit.build_limiter(settings, client)
         app.extensions[EXTENSION_KEY] = _State(
-            settings,
-            service,
-            key_store=auth.KeyStore(client, keys=service.ledger.keys),
-            limiter=limiter,
+            settings, service, key_store=auth.KeyStore(client, keys=service.ledger.keys)
         )
         # Request ids and the access log first, so that they see every request to the end.
         observability.install(app, self._url_prefix)
-        if limiter is not None:
-            limiter.init_app(app)
-        blueprint = create_blueprint(limiter=limiter, rate_limit=settings.rate_limit)
+        blueprint = create_blueprint()
         app.register_blueprint(blueprint, url_prefix=self._url_prefix or None)
         prefix = self._url_prefix.rstrip("/")
 
@@ -137,44 +133,30 @@ class TevoHold:
             app.register_error_handler(code, routing_error)
 
 
-V = TypeVar("V", bound=Callable[..., Response])
-
-
-def create_blueprint(
-    name: str = EXTENSION_KEY, *, limiter: Limiter | None = None, rate_limit: str | None = None
-) -> Blueprint:
+def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     """The API's routes; mount it under any prefix of an app where :class:`TevoHold` is set up.
 
-    With a ``limiter`` (initialised on the app), the API calls of each key share one budget of
-    ``rate_limit`` (flask-limiter's notation); TevoHold passes both from the settings.
+    The API calls of each key share one budget, ``TEVO_HOLD_RATE_LIMIT``: the call's first
+    Redis script is charged to it (:mod:`tevo_hold.ratelimit`).
     """
     bp = Blueprint(name, __name__)
     bp.before_request(_authenticate)
+    bp.teardown_request(_forget_charge)
     bp.register_error_handler(errors.TevoHoldError, problem_response)
     bp.register_error_handler(HTTPException, _http_problem)
     bp.register_error_handler(Exception, _internal_error)
 
-    def limited(view: V) -> V:
-        # Checked when the view is called: after _authenticate, so the budget is the key's.
-        if limiter is None or rate_limit is None:
-            return view
-        limit = limiter.shared_limit(rate_limit, scope=ratelimit.SCOPE)
-        return cast(V, limit(view))
-
     @bp.post("/v1/holds")
-    @limited
     def create_hold() -> Response:
         data = _load(_HOLD_REQUEST)
         return _hold_response(_service().hold(**data), 201)
 
     @bp.post("/v1/releases")
-    @limited
     def create_release() -> Response:
         data = _load(_RELEASE_REQUEST)
         return _hold_response(_service().release(**data), 200)
 
     @bp.post("/v1/invoices")
-    @limited
     def create_invoice() -> Response:
         data = _load(_INVOICE_REQUEST)
         return _hold_response(_service().invoice(**data), 201)
@@ -184,7 +166,6 @@ def create_blueprint(
     bp.record_once(_register_converters)
 
     @bp.get("/v1/holds/<anyid:global_id>", merge_slashes=False, strict_slashes=False)
-    @limited
     def get_hold(global_id: str) -> Response:
         observability.current().global_id = global_id
         hold = _service().get(global_id=global_id, history=True)
@@ -243,11 +224,13 @@ def _service() -> HoldService:
 
 
 def _authenticate() -> None:
-    if (request.endpoint or "").rpartition(".")[2] in PUBLIC_VIEWS:
+    charge_next_call(None)  # nothing left over from an earlier request of this thread
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    if (req.endpoint or "").rpartition(".")[2] in PUBLIC_VIEWS:
         return
-    given = request.headers.get("X-API-Key")
+    given = req.headers.get("X-API-Key")
     if given is None:
-        header = request.headers.get("Authorization", "")
+        header = req.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             given = token.strip()
@@ -256,6 +239,8 @@ def _authenticate() -> None:
     state = _state()
     identity = state.authenticator.identify(given)
     observability.current().key_name = identity.name
+    if state.limits is not None:
+        charge_next_call(state.limits.charge(identity.name))
     if state.settings.require_signature:
         auth.verify_signature(
             request.headers.get(SIGNATURE_HEADER),
@@ -309,9 +294,11 @@ def _reject_constant(name: str) -> Any:
 
 def _read_body(limit: int) -> bytes:
     """The body, or PayloadTooLarge past ``limit`` bytes, whether or not a length was sent."""
-    too_large = errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        return request.get_data()  # all of it: the stream ends at the length
     # A chunked body has no length up front: read one byte past the limit to see if it is over.
     chunks: list[bytes] = []
     size = 0
@@ -322,11 +309,11 @@ def _read_body(limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     if size > limit:
-        raise too_large
+        raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
     return b"".join(chunks)
 
 
-def _load(schema: Schema) -> dict[str, Any]:
+def _load(schema: RequestLoader) -> dict[str, Any]:
     """The request's JSON body, checked by ``schema``: 413, 415 and 400 problems otherwise."""
     mimetype = request.mimetype
     if mimetype != "application/json" and not (
@@ -342,7 +329,7 @@ def _load(schema: Schema) -> dict[str, Any]:
         raise errors.MalformedJSON(f"The body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
         raise errors.InvalidRequest("The body must be a JSON object.")
-    data: dict[str, Any] = schema.load(body)
+    data = schema(body)
     if isinstance(data.get("global_id"), str):
         observability.current().global_id = data["global_id"]
     return data
@@ -367,7 +354,7 @@ def _json(body: Any, status: int, *, mimetype: str = "application/json") -> Resp
 
 
 def _hold_response(outcome: Outcome, status: int) -> Response:
-    response = _json(_HOLD_SCHEMA.dump(outcome.hold), status)
+    response = _json(dump_hold(outcome.hold), status)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -404,17 +391,11 @@ _HTTP_ERRORS: Mapping[int, Callable[[HTTPException], errors.TevoHoldError]] = {
     ),
     413: lambda e: errors.PayloadTooLarge(e.description),
     415: lambda e: errors.UnsupportedMediaType(e.description),
-    429: lambda e: _rate_limited(e),
 }
 
 
-def _rate_limited(exc: HTTPException) -> errors.RateLimited:
-    seconds, limit = ratelimit.retry_after(_state().limiter)
-    return errors.RateLimited(
-        f"Too many requests for this API key ({limit or exc.description}); retry in {seconds} s.",
-        retry_after=seconds,
-        limit=limit,
-    )
+def _forget_charge(exc: BaseException | None = None) -> None:
+    charge_next_call(None)  # a request that never reached Redis leaves its charge unmade
 
 
 def _http_problem(exc: HTTPException) -> Response:
