@@ -60,9 +60,11 @@ class OrderId(_Checked):
 
 
 def _timestamp(value: datetime | None) -> str | None:
+    """``2026-11-23T12:00:00.123Z`` for a UTC time (the core's times all are)."""
     if value is None:
         return None
-    return f"{value.strftime('%Y-%m-%dT%H:%M:%S.')}{value.microsecond // 1000:03d}Z"
+    text = value.isoformat(timespec="milliseconds")
+    return (text[:-6] if text.endswith("+00:00") else text) + "Z"
 
 
 class Timestamp(fields.Field):  # type: ignore[type-arg]
