@@ -1,7 +1,10 @@
 """Redis key layout.
 
 Every key a Lua script touches is named here and passed in through ``KEYS``, and the keys of one
-script call always share a hash slot, so the same scripts run on a Redis Cluster unchanged.
+script call always share a hash slot, so the same scripts run on a Redis Cluster unchanged. The
+exception is ``fused.lua``, which runs only on one Redis (never a cluster): it changes a hold and
+its listing (two slots) at once, and its release and invoice, sent with the ``global_id`` alone,
+read the listing's stock key from the hold's record (field ``lk``) and name the others after it.
 
 - A hold's record, its audit stream, and the due set (the worker's outbox) of its shard share the
   hash tag ``{h<n>}``, where ``n`` is one of :data:`SHARDS` shards picked by a CRC32 of the

@@ -3,10 +3,10 @@
 The servers run at once on one private redis-server, with the project's gunicorn config and the
 same worker and thread counts (tevo-hold twice: with its rate limiter at work, and with it off);
 wrk (a fixed number of keep-alive connections) loads one of them at a time, for a fixed time per
-run. A round runs, in this order: the floor, holds spread over many listings (then the same
-without rate limit), holds on one hot listing of 100 tickets, holds on one listing with stock for
-all, releases, invoices, and the floor again; the ratio of a round is our rate over the mean of
-its two floor runs, so a slow spell of the shared machine weighs on both sides. Every request
+run. A round runs holds spread over many listings (then the same without rate limit), holds on
+one hot listing of 100 tickets, holds on one listing with stock for all, releases and invoices,
+with a run of the floor before and after each: each run's ratio is its rate over the mean of the
+two floor runs around it, so a slow spell of the shared machine weighs on both sides. Every request
 carries a global_id of its own (``wrk_api.lua``); releases and invoices each target a hold of
 their own, stored beforehand with the library's script calls (:mod:`.fill`). The CPU that each
 server's processes, Redis and wrk use during a run is read from /proc.
@@ -31,7 +31,7 @@ from .stats import SCRIPT_COMMANDS, commandstats
 LISTINGS = 1000
 STOCK = 10**9
 HOT_STOCK = 100
-#: The runs of a round, in order (the floor runs first and last).
+#: The kinds of run (each of ours runs between two runs of the floor).
 ENDPOINTS = ("floor", "hold", "nolimit", "hot", "one", "release", "invoice")
 #: tevo-hold's rate limit during the benchmark: the limiter at work, with a budget the load never
 #: spends (the default, 600 per minute, would refuse nearly every request).
@@ -148,10 +148,21 @@ def run(
             return row
 
         hot_checks: list[dict[str, Any]] = []
+        floors = iter(range(10**6))
+
+        def floor_run(rnd: int) -> None:
+            tag = f"f{rnd}-{next(floors)}"
+            record(rnd, "floor", wrk(floor, "floor", tag, "hl", LISTINGS, API_KEY), 201)
+
         for rnd in range(1, rounds + 1):
-            record(rnd, "floor", wrk(floor, "floor", f"f{rnd}", "hl", LISTINGS, API_KEY), 201)
+            # every run of ours lies between two runs of the floor: its ratio is taken against
+            # those two, a few seconds apart, so that the machine's slow and fast spells (this
+            # virtual machine's speed changes from one run to the next) weigh on both sides
+            floor_run(rnd)
             hold = record(rnd, "hold", wrk(ours, "hold", f"h{rnd}", "hl", LISTINGS, API_KEY), 201)
+            floor_run(rnd)
             record(rnd, "nolimit", wrk(free, "hold", f"n{rnd}", "hl", LISTINGS, API_KEY), 201)
+            floor_run(rnd)
 
             hot_rid = f"hot{rnd}-0"
             adapter.set_quantity(hot_rid, HOT_STOCK)
@@ -173,6 +184,7 @@ def run(
             hot_checks.append(check)
             if not check["ok"]:
                 anomalies.append(f"round {rnd} hot listing: {check}")
+            floor_run(rnd)
 
             # the same load on one listing with stock for all: contention without refusals
             adapter.set_quantity(f"one{rnd}-0", STOCK)
@@ -181,28 +193,33 @@ def run(
             # enough distinct holds for releases and invoices at up to twice the hold rate
             per_thread = 2 * max(hold["sent_per_thread"]) + 1000
             precreate(f"rel{rnd}", per_thread)
-            record(rnd, "release", wrk(ours, "release", f"rel{rnd}", "hl", 1, API_KEY), 200)
             precreate(f"inv{rnd}", per_thread)
+            floor_run(rnd)
+            record(rnd, "release", wrk(ours, "release", f"rel{rnd}", "hl", 1, API_KEY), 200)
+            floor_run(rnd)
             record(rnd, "invoice", wrk(ours, "invoice", f"inv{rnd}", "hl", 1, API_KEY), 201)
-            record(rnd, "floor", wrk(floor, "floor", f"g{rnd}", "hl", LISTINGS, API_KEY), 201)
+            floor_run(rnd)
 
-    # per round: our rate over the mean of the round's two floor runs; the same for CPU per request
+    # each run of ours: its rate over the mean of the two floor runs around it; the same for CPU
     ratios: dict[str, list[float]] = {}
     cpu_ratios: dict[str, list[float]] = {}
     for rnd in range(1, rounds + 1):
-        mine = {r["endpoint"]: r for r in runs if r["round"] == rnd and r["endpoint"] != "floor"}
-        floors = [r for r in runs if r["round"] == rnd and r["endpoint"] == "floor"]
-        base = statistics.mean(r["rps"] for r in floors)
-        base_cpu = statistics.mean(r["cpu"]["server_ms"] for r in floors)
-        for name, r in mine.items():
-            ratios.setdefault(name, []).append(r["rps"] / base)
-            cpu_ratios.setdefault(name, []).append(base_cpu / r["cpu"]["server_ms"])
+        order = [r for r in runs if r["round"] == rnd]
+        mine = {}
+        for i, r in enumerate(order):
+            if r["endpoint"] == "floor":
+                continue
+            mine[r["endpoint"]] = r
+            around = [order[j] for j in (i - 1, i + 1) if order[j]["endpoint"] == "floor"]
+            base = statistics.mean(f["rps"] for f in around)
+            base_cpu = statistics.mean(f["cpu"]["server_ms"] for f in around)
+            ratios.setdefault(r["endpoint"], []).append(r["rps"] / base)
+            cpu_ratios.setdefault(r["endpoint"], []).append(base_cpu / r["cpu"]["server_ms"])
         for name in ("hot", "one"):
-            ratios.setdefault(f"{name}_vs_spread", []).append(
-                mine[name]["rps"] / mine["hold"]["rps"]
-            )
+            # each against the floor around it, then over the spread holds' ratio of the round
+            ratios.setdefault(f"{name}_vs_spread", []).append(ratios[name][-1] / ratios["hold"][-1])
             cpu_ratios.setdefault(f"{name}_vs_spread", []).append(
-                mine["hold"]["cpu"]["server_ms"] / mine[name]["cpu"]["server_ms"]
+                cpu_ratios[name][-1] / cpu_ratios["hold"][-1]
             )
 
     endpoints: dict[str, Any] = {}
