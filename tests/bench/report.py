@@ -795,8 +795,9 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
             f"of the floor (by CPU per request {eps['nolimit']['cpu_ratio']:.2f}) instead of "
             f"{eps['hold']['ratio']:.2f} ({eps['hold']['cpu_ratio']:.2f}); it costs about "
             f"{ms(lim_ms)} ms of server CPU and {lim_calls:.2f} Redis script calls per request "
-            "(the charge rides on the call's own script: no call of its own; a difference of a "
-            "few hundredths of a millisecond is within this machine's noise)."
+            "(the charge rides on the call's own script: no call of its own). The two are "
+            "different server processes, each measured between floor runs: on this machine "
+            "a difference of a quarter of a millisecond is within the spread of the runs."
         )
     para.append(
         "How firm the ratios are: this machine is shared, and other processes used "
