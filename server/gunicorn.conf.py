@@ -13,11 +13,14 @@ start-up and removed at exit. A directory you name is emptied of old files at st
 gunicorn master its own.
 """
 
+import logging
 import multiprocessing
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from gunicorn import glogging
 
 _embedded = os.environ.get("TEVO_HOLD_REDIS_URL", "") in ("", "memory://")
 
@@ -47,11 +50,8 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "tevo_hold.observability.JsonFormatter"}},
     "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "formatter": "json",
-            "stream": "ext://sys.stderr",
-        }
+        # one write(2) per line, no lock (the worker's threads do not queue to log)
+        "stderr": {"class": "tevo_hold.observability.LineHandler", "formatter": "json"}
     },
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {
@@ -61,6 +61,18 @@ logconfig_dict = {
         "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
     },
 }
+
+
+class _Logger(glogging.Logger):
+    """gunicorn's logger, but for its access line, which it would format on every request (all
+    the request's headers and more) only for the logger, off above, to drop it."""
+
+    def access(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = _Logger
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]

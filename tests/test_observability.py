@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -25,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tevo_hold import HoldService, PosAdapter, Settings, build_service, create_app, errors
 from tevo_hold.adapters.http import HttpPosAdapter
-from tevo_hold.observability import JsonFormatter
+from tevo_hold.observability import PIPE_BUF, JsonFormatter, LineHandler
 from tevo_hold.worker import Worker
 
 from .conftest import API_KEY, AUTH
@@ -353,3 +354,62 @@ def test_the_http_adapter_tells_readiness_from_its_health_path(
     finally:
         for adapter in adapters:
             adapter.close()
+
+
+# -- the log handler -----------------------------------------------------------------------------
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_line_handler_writes_whole_lines_from_many_threads_without_a_lock() -> None:
+    """Sixteen threads log at once into one pipe: every line arrives whole, short ones written
+    in one call with no lock, and a line longer than a pipe's atomic write under the lock."""
+    read_fd, write_fd = os.pipe()
+    handler = LineHandler(write_fd)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("tevo_hold.test_line_handler")
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    reader = threading.Thread(target=lambda: received.append(_read_all(read_fd)))
+    received: list[bytes] = []
+    reader.start()
+    long = "x" * (PIPE_BUF * 3)
+
+    def emit(t: int) -> None:
+        for n in range(200):
+            log.info("line %d %d %s", t, n, long if n == 100 else "票")
+
+    try:
+        threads = [threading.Thread(target=emit, args=(t,)) for t in range(16)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        log.removeHandler(handler)
+        os.close(write_fd)
+        reader.join()
+        os.close(read_fd)
+    lines = received[0].decode("utf-8").splitlines()
+    entries = [json.loads(line) for line in lines]  # each line whole: it parses
+    assert len(entries) == 16 * 200
+    assert {e["message"].split()[1] for e in entries} == {str(t) for t in range(16)}
+    assert sum(e["message"].endswith(long) for e in entries) == 16
+
+
+def test_the_line_handler_reports_a_failed_write_and_goes_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    os.close(write_fd)  # a closed descriptor: every write fails
+    handler = LineHandler(write_fd)
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "lost", (), None)
+    handler.handle(record)  # does not raise: logging reports it on stderr
+    assert "Logging error" in capsys.readouterr().err

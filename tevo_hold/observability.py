@@ -17,12 +17,14 @@ server does; a library must not configure logging for its host app).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import secrets
 import sys
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,7 @@ __all__ = [
     "ACCESS_LOG",
     "REQUEST_ID_HEADER",
     "JsonFormatter",
+    "LineHandler",
     "RequestInfo",
     "configure_logging",
     "current",
@@ -67,7 +70,7 @@ def current() -> RequestInfo:
     info = _INFO.get()
     if info is None:
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(16)
         info = RequestInfo(request_id=request_id, started=time.perf_counter())
         _INFO.set(info)
     return info
@@ -163,13 +166,61 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+#: Bytes a write(2) to a pipe delivers whole, never interleaved with another writer's (Linux).
+PIPE_BUF = 4096
+
+
+class LineHandler(logging.Handler):
+    """Each record as one line, written with one ``write(2)`` to a file descriptor (stderr's,
+    by default): no buffering, and no lock for lines up to :data:`PIPE_BUF` bytes.
+
+    :class:`logging.StreamHandler` takes a lock around formatting, writing and flushing every
+    record, so the threads of a gunicorn worker queue for it on every request. A line written
+    whole in one system call needs no lock: the kernel does not interleave it with other
+    writers' lines on a pipe (up to PIPE_BUF bytes) or on a file opened for appending. Longer
+    lines (a traceback) are written under the handler's lock, in as many calls as it takes.
+    """
+
+    def __init__(self, fd: int | None = None, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.fd = sys.stderr.fileno() if fd is None else fd
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # as Handler.handle, without taking the lock: emit takes it when a line needs it
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            if len(line) <= PIPE_BUF:
+                self._write(line)
+            else:
+                with self.lock or contextlib.nullcontext():
+                    self._write(line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # a write may take part of it (interrupted by a signal): send the rest
+            view = view[os.write(self.fd, view) :]
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """JSON lines on stderr for every logger, unless the root logger has a handler already
     (gunicorn's ``logconfig_dict`` in ``server/gunicorn.conf.py`` sets up the same)."""
     root = logging.getLogger()
     if root.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    try:
+        handler: logging.Handler = LineHandler(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # a stderr with no descriptor of its own
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.addHandler(handler)
     root.setLevel(level)
