@@ -103,6 +103,9 @@ class fail_fast:  # a class used as a function (a decorator factory and context 
     reset per call (it is on every call of the service).
     """
 
+    def __init__(self) -> None:
+        self._tokens: list[Token[list[BaseException] | None]] = []
+
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(func)
         def within(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -113,9 +116,6 @@ class fail_fast:  # a class used as a function (a decorator factory and context 
                 _outage.reset(token)
 
         return within
-
-    def __init__(self) -> None:
-        self._tokens: list[Token[list[BaseException] | None]] = []
 
     def __enter__(self) -> None:
         self._tokens.append(_outage.set([]))
