@@ -50,7 +50,7 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "tevo_hold.observability.JsonFormatter"}},
     "handlers": {
-        # one write(2) per line, no lock (the worker's threads do not queue to log)
+        # one write(2) per line, formatted outside the lock (threads queue only for the write)
         "stderr": {"class": "tevo_hold.observability.LineHandler", "formatter": "json"}
     },
     "root": {"level": "INFO", "handlers": ["stderr"]},

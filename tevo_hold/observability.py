@@ -17,13 +17,13 @@ server does; a library must not configure logging for its host app).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import secrets
 import sys
+import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -172,21 +172,24 @@ PIPE_BUF = 4096
 
 class LineHandler(logging.Handler):
     """Each record as one line, written with one ``write(2)`` to a file descriptor (stderr's,
-    by default): no buffering, and no lock for lines up to :data:`PIPE_BUF` bytes.
+    by default): no buffering, and the record formatted before the lock is taken.
 
-    :class:`logging.StreamHandler` takes a lock around formatting, writing and flushing every
-    record, so the threads of a gunicorn worker queue for it on every request. A line written
-    whole in one system call needs no lock: the kernel does not interleave it with other
-    writers' lines on a pipe (up to PIPE_BUF bytes) or on a file opened for appending. Longer
-    lines (a traceback) are written under the handler's lock, in as many calls as it takes.
+    :class:`logging.StreamHandler` holds its lock while it formats, writes and flushes every
+    record, so the threads of a gunicorn worker queue behind each other's JSON encoding. Here
+    the lock spans the write alone: one system call for a line up to :data:`PIPE_BUF` bytes.
+    The lock is still needed: a longer line (a traceback) may go out in several calls, and a
+    line of another thread written without it could land in between. Across processes (the
+    workers sharing stderr) the kernel keeps a line up to PIPE_BUF bytes whole on a pipe, and
+    any line whole on a file opened for appending.
     """
 
     def __init__(self, fd: int | None = None, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self.fd = sys.stderr.fileno() if fd is None else fd
+        self._write_lock = threading.Lock()
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # as Handler.handle, without taking the lock: emit takes it when a line needs it
+        # as Handler.handle, without holding the handler's lock while formatting
         if not self.filter(record):
             return False
         self.emit(record)
@@ -195,11 +198,8 @@ class LineHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-            if len(line) <= PIPE_BUF:
+            with self._write_lock:
                 self._write(line)
-            else:
-                with self.lock or contextlib.nullcontext():
-                    self._write(line)
         except RecursionError:
             raise
         except Exception:
