@@ -8,6 +8,7 @@ import pytest
 
 from tevo_hold import HoldService, HoldStatus, RedisInventoryAdapter
 from tevo_hold import errors as e
+from tevo_hold.ledger import DueItem
 
 
 def hold(service: HoldService, gid: str = "g1", rid: str = "L1", qty: int = 2):  # type: ignore[no-untyped-def]
@@ -404,6 +405,42 @@ def test_a_hold_made_by_either_path_is_finished_by_either(client, maker, finish)
             assert service.release(global_id="g1").replayed
         else:
             assert service.invoice(global_id="g1", tevo_order_id=3).replayed
+
+
+def test_the_audit_trail_records_each_change_with_the_status_it_left(service, stocked):
+    hold(service, "a")
+    service.invoice(global_id="a", tevo_order_id=1)
+    hold(service, "b")
+    service.release(global_id="b")
+    service.release(global_id="b")  # a replay changes nothing: no event
+    trails = {
+        gid: [(e.event, e.status, e.by) for e in service.get(global_id=gid, history=True).events]
+        for gid in ("a", "b")
+    }
+    held = (
+        [("held", "held", "api")]
+        if service._fused is not None
+        else [("hold_requested", "pending", "api"), ("held", "held", "api")]
+    )
+    assert trails["a"] == [
+        *held,
+        ("invoice_requested", "invoicing", "api"),
+        ("invoiced", "invoiced", "api"),
+    ]
+    assert trails["b"] == [*held, ("released", "released", "api")]
+    events = service.get(global_id="a", history=True).events
+    assert events[0].at <= events[-1].at
+
+
+def test_the_audit_trail_keeps_about_the_last_thousand_events(service, stocked):
+    hold(service, "a")
+    item = DueItem("l", "a")
+    for n in range(1300):  # each failed POS release of the worker is an event
+        service.ledger.retry_due(item, "tok", f"try {n}", retry_in=60)
+    events = service.get(global_id="a", history=True).events
+    # trimmed by whole stream nodes (MAXLEN ~): at least the last 1000, never all
+    assert 1000 <= len(events) < 1301 and events[-1].detail == "try 1299"
+    assert [ev.detail for ev in events[-1000:]] == [f"try {n}" for n in range(300, 1300)]
 
 
 def test_each_call_is_one_round_trip_on_the_fused_path(service, stocked):

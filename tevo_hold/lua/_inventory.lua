@@ -28,9 +28,10 @@ function inventory.available(L)
   return on_hand - held
 end
 
+-- Give back the tickets of the holds whose deadline has passed; answers how many.
 function inventory.purge(L)
   local lapsed = redis.call('ZRANGEBYSCORE', L.due, '-inf', now)
-  if #lapsed == 0 then return end
+  if #lapsed == 0 then return 0 end
   local freed = 0
   for _, gid in ipairs(lapsed) do
     freed = freed + (tonumber(redis.call('HGET', L.holds, gid)) or 0)
@@ -38,22 +39,24 @@ function inventory.purge(L)
   end
   redis.call('ZREMRANGEBYSCORE', L.due, '-inf', now)
   redis.call('HINCRBY', L.stock, 'held', -freed)
+  return freed
 end
 
 function inventory.exists(L) return redis.call('EXISTS', L.stock) == 1 end
 
--- Can gid take qty now? 'ok' (new hold), 'again' (gid already holds or bought them), or an error.
--- Purges lapsed holds first; writes nothing else.
+-- Can gid take qty now? 'ok' (new hold), 'again' (gid already holds them), 'sold' (gid bought
+-- them), or an error. Purges lapsed holds first; writes nothing else.
 function inventory.check_take(L, gid, qty)
-  if not inventory.exists(L) then return 'listing_not_found' end
-  if redis.call('EXISTS', L.sale) == 1 then return 'again' end
-  inventory.purge(L)
+  local c = redis.call('HMGET', L.stock, 'on_hand', 'held')
+  if not c[1] then return 'listing_not_found' end -- every listing has on_hand (inventory.set)
+  if redis.call('EXISTS', L.sale) == 1 then return 'sold' end
+  local held = (tonumber(c[2]) or 0) - inventory.purge(L)
   local mine = tonumber(redis.call('HGET', L.holds, gid))
   if mine then
     if mine ~= qty then return 'global_id_conflict' end
     return 'again'
   end
-  if inventory.available(L) < qty then return 'insufficient_quantity' end
+  if tonumber(c[1]) - held < qty then return 'insufficient_quantity' end
   return 'ok'
 end
 
@@ -62,10 +65,12 @@ function inventory.take(L, gid, qty, deadline)
   if verdict == 'ok' then
     redis.call('HSET', L.holds, gid, qty)
     redis.call('HINCRBY', L.stock, 'held', qty)
+  elseif verdict == 'sold' then
+    return 'ok'
   elseif verdict ~= 'again' then
     return verdict
   end
-  if redis.call('EXISTS', L.sale) == 0 then redis.call('ZADD', L.due, deadline, gid) end
+  redis.call('ZADD', L.due, deadline, gid)
   return 'ok'
 end
 

@@ -27,7 +27,8 @@
 -- still holds its lease (request_in_progress); record is the record's fields as one JSON object
 -- (one string: the client decodes it in one step, not field by field), '{}' for none. A function
 -- validates before its first write and is safe to run twice with the same arguments. Every change
--- appends an event to the audit stream: at, event, status, by (the actor), detail.
+-- appends an event to the audit stream: at, event, status (the one it leaves the record in), by
+-- (the actor), detail.
 local ledger = {}
 local K = {}
 
@@ -42,12 +43,21 @@ function ledger.reply(outcome, extra)
   return {outcome, now, extra or 0, cjson.encode(record)}
 end
 
+-- The reply for a record this call has just written whole, from its fields {f1, v1, ...}
+-- (no HGETALL).
+local function written(outcome, fields)
+  local record = {}
+  for i = 1, #fields, 2 do record[fields[i]] = tostring(fields[i + 1]) end
+  return {outcome, now, 0, cjson.encode(record)}
+end
+
 local function fail(code, extra) return {code, now, extra or 0, '{}'} end
 ledger.fail = fail
 
-local function event(name, detail)
+-- Append an event: its name, the status the record is left in ('' for none), a detail.
+local function event(name, status, detail)
   redis.call('XADD', K.events, 'MAXLEN', '~', 1000, '*', 'at', now, 'event', name,
-    'status', redis.call('HGET', K.rec, 'st') or '', 'by', K.actor, 'detail', detail or '')
+    'status', status or '', 'by', K.actor, 'detail', detail or '')
 end
 
 local function keep(expires_at, retention)
@@ -73,27 +83,32 @@ function ledger.check_hold(rid, qty, tok)
 end
 
 -- Write a new hold: 'pending' leased to tok (lease > 0, its compensation scheduled at the
--- lease's end), or straight 'held' (lease = 0: the POS step already happened atomically).
-function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse)
-  redis.call('DEL', K.rec)
-  redis.call('HSET', K.rec, 'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl)
+-- lease's end), or straight 'held' (lease = 0: the POS step already happened atomically). lk,
+-- if given, is recorded as the listing's stock key. Answers the 'ok' reply with the record.
+function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk)
+  local f = {'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl, 'st', 'held'}
+  if lease > 0 then f[10], f[11], f[12], f[13], f[14] = 'pending', 'lu', now + lease, 'tok', tok end
+  if lk then
+    f[#f + 1] = 'lk'
+    f[#f + 1] = lk
+  end
+  redis.call('DEL', K.rec) -- what a claim taken over left (a new record is written whole)
+  redis.call('HSET', K.rec, unpack(f))
   if lease > 0 then
-    redis.call('HSET', K.rec, 'st', 'pending', 'lu', now + lease, 'tok', tok)
     due('c', now + lease)
-    event('hold_requested', '')
+    event('hold_requested', 'pending')
   else
-    redis.call('HSET', K.rec, 'st', 'held')
     if track_lapse == '1' then due('l', now + ttl) end
-    event('held', '')
+    event('held', 'held')
   end
   keep(now + ttl, retention)
+  return written('ok', f)
 end
 
 function ledger.claim_hold(rid, qty, ttl, lease, tok, retention)
   local verdict = ledger.check_hold(rid, qty, tok)
   if verdict then return verdict end
-  ledger.write_hold(rid, qty, ttl, lease, tok, retention, '0')
-  return ledger.reply('ok')
+  return ledger.write_hold(rid, qty, ttl, lease, tok, retention, '0')
 end
 
 function ledger.finish_hold(tok, retention, track_lapse)
@@ -105,7 +120,7 @@ function ledger.finish_hold(tok, retention, track_lapse)
   redis.call('HDEL', K.rec, 'lu', 'tok')
   done('c')
   if track_lapse == '1' then due('l', tonumber(rec[4])) end
-  event('held', '')
+  event('held', 'held')
   keep(tonumber(rec[4]), retention)
   return ledger.reply('ok')
 end
@@ -127,7 +142,7 @@ function ledger.unknown_hold(tok, detail)
   if rec[1] == 'pending' and rec[2] == tok then
     redis.call('HSET', K.rec, 'lu', now)
     due('c', now)
-    event('hold_outcome_unknown', detail)
+    event('hold_outcome_unknown', 'pending', detail)
   end
   return ledger.reply('ok')
 end
@@ -145,7 +160,7 @@ function ledger.release(retention, lease, track)
   redis.call('HSET', K.rec, 'st', became, 'ra', now)
   -- the POS release follows this call; should it not happen, the worker makes it
   if track == '1' then due('l', now + lease) else done('l') end
-  event(became, '')
+  event(became, became)
   keep(ea, retention)
   return ledger.reply('ok')
 end
@@ -172,7 +187,7 @@ function ledger.claim_invoice(order_key, order_json, lease, tok, retention)
   done('l')
   -- the invoice is due again at the lease's end: if this request dies, a worker retries it
   due('i', now + lease)
-  event('invoice_requested', order_json)
+  event('invoice_requested', 'invoicing', order_json)
   keep(tonumber(rec[5]), retention)
   return ledger.reply('ok')
 end
@@ -192,7 +207,7 @@ function ledger.finish_invoice(tok, retention)
   redis.call('HSET', K.rec, 'st', 'invoiced', 'ia', now)
   redis.call('HDEL', K.rec, 'lu', 'tok', 'le')
   done('i')
-  event('invoiced', '')
+  event('invoiced', 'invoiced')
   redis.call('PEXPIRE', K.rec, retention)
   redis.call('PEXPIRE', K.events, retention)
   return ledger.reply('ok')
@@ -208,7 +223,7 @@ function ledger.abort_invoice(tok, becomes, detail)
     if becomes == 'lapsed' and tonumber(rec[3]) > now then redis.call('HSET', K.rec, 'ea', now) end
     redis.call('HDEL', K.rec, 'ok', 'oj', 'lu', 'tok')
     done('i')
-    event('invoice_refused', detail)
+    event('invoice_refused', 'held', detail)
   end
   return ledger.reply('ok')
 end
@@ -222,7 +237,7 @@ function ledger.fail_invoice(tok, detail, retry_ms)
     redis.call('HDEL', K.rec, 'lu', 'tok')
     redis.call('HINCRBY', K.rec, 'na', 1)
     due('i', now + retry_ms)
-    event('invoice_failed', detail)
+    event('invoice_failed', 'invoice_failed', detail)
   end
   return ledger.reply('ok')
 end
@@ -249,7 +264,7 @@ function ledger.claim_due(kind, tok, lease)
     end
     if st ~= 'invoice_failed' and st ~= 'invoicing' then done('i'); return fail('skip') end
     redis.call('HSET', K.rec, 'st', 'invoicing', 'lu', now + lease, 'tok', tok)
-    event('invoice_retry', '')
+    event('invoice_retry', 'invoicing')
   else
     return redis.error_reply('unknown due kind ' .. tostring(kind))
   end
@@ -263,7 +278,7 @@ function ledger.released_in_pos()
   done('l')
   if rec[1] and not rec[2] then
     redis.call('HSET', K.rec, 'pr', now)
-    event(rec[1] == 'held' and 'lapsed' or 'pos_released', 'released in the POS')
+    event(rec[1] == 'held' and 'lapsed' or 'pos_released', rec[1], 'released in the POS')
   end
   return {'ok', now, 0, '{}'}
 end
@@ -274,7 +289,7 @@ function ledger.compensated(tok)
   done('c')
   if rec[1] == 'pending' and rec[2] == tok then
     redis.call('DEL', K.rec)
-    event('compensated', 'released in the POS after an unknown outcome')
+    event('compensated', '', 'released in the POS after an unknown outcome')
   end
   return {'ok', now, 0, '{}'}
 end
@@ -286,6 +301,6 @@ function ledger.retry_due(kind, tok, detail, retry_ms)
     redis.call('HSET', K.rec, 'lu', now)
   end
   due(kind, now + retry_ms)
-  event(kind == 'l' and 'pos_release_failed' or 'compensation_failed', detail)
+  event(kind == 'l' and 'pos_release_failed' or 'compensation_failed', rec[1], detail)
   return {'ok', now, 0, '{}'}
 end

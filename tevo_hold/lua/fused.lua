@@ -61,9 +61,7 @@ if cmd == 'hold' then
     return ledger.fail(taken, math.max(inventory.available(L), 0))
   end
   if taken ~= 'ok' then return ledger.fail(taken) end
-  ledger.write_hold(rid, a[5], ttl, 0, '', retention, '0')
-  redis.call('HSET', KEYS[1], 'lk', KEYS[4])
-  return ledger.reply('ok')
+  return ledger.write_hold(rid, a[5], ttl, 0, '', retention, '0', KEYS[4])
 end
 
 if cmd == 'settle' then
