@@ -774,8 +774,11 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         "charge and the Redis exchange itself. A fused hold makes "
         f"{_calls(d['fused']['hold']['round_trips_server'])} (the floor: one), but it sends "
         "more arguments and its reply carries the hold's record (one JSON string), which "
-        "redis-py handles in Python"
-        + (" (hiredis is installed here)" if m["hiredis"] else " (hiredis is not installed)")
+        + (
+            "redis-py parses with hiredis (in C)"
+            if m["hiredis"]
+            else "redis-py parses in Python (hiredis is not installed)"
+        )
         + ", and "
         f"Redis spends {d['fused']['hold']['redis_us']:.0f} µs on it ("
         f"{d['fused']['hold']['inner_commands']:g} commands) against "
