@@ -443,6 +443,17 @@ def test_the_audit_trail_keeps_about_the_last_thousand_events(service, stocked):
     assert [ev.detail for ev in events[-1000:]] == [f"try {n}" for n in range(300, 1300)]
 
 
+def test_scripts_are_loaded_again_after_redis_forgets_them(service, stocked):
+    """A restarted, failed-over or flushed Redis answers NOSCRIPT: the call loads the script
+    (on a cluster, into every master) and goes on."""
+    hold(service, "a")
+    service.ledger.client.script_flush()
+    assert hold(service, "b").hold.status is HoldStatus.HELD
+    service.ledger.client.script_flush()
+    assert service.release(global_id="a").hold.status is HoldStatus.RELEASED
+    assert stocked.stock("L1").held == 2
+
+
 def test_each_call_is_one_round_trip_on_the_fused_path(service, stocked):
     """Fused (reference inventory on the ledger's own Redis): hold, release and invoice each
     make one script call; step by step (or on a cluster) a hold or an invoice makes three."""
