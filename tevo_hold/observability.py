@@ -139,14 +139,30 @@ def _finish(info: RequestInfo, response: Response) -> None:
     ACCESS_LOG.handle(record)
 
 
+#: The encoder of every log line, made once: json.dumps with arguments builds a new one per call.
+_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, then the record's ``fields``
     (``extra={"fields": {...}}``), the current request's id, and the traceback if any."""
 
+    #: The timestamp's whole seconds, formatted once per second rather than once per line
+    #: (gmtime and strftime are a good part of a line's cost): a pair, replaced whole (on the
+    #: instance), so a thread reads a consistent one without a lock.
+    _second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached, text = self._second
+        if cached != second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
@@ -163,7 +179,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _LOG_ENCODER.encode(entry)
 
 
 #: Bytes a write(2) to a pipe delivers whole, never interleaved with another writer's (Linux).
