@@ -102,14 +102,18 @@ def install(app: Flask, prefix: str = "") -> None:
     app.teardown_request(forget)
 
 
+_REQUESTS = metrics.Children(metrics.REQUESTS)
+_REQUEST_LATENCY = metrics.Children(metrics.REQUEST_LATENCY)
+
+
 def _finish(info: RequestInfo, response: Response) -> None:
     req = request._get_current_object()  # type: ignore[attr-defined]  # once, not per field
     response.headers[REQUEST_ID_HEADER] = info.request_id
     seconds = time.perf_counter() - info.started
     endpoint = req.url_rule.rule if req.url_rule is not None else "unmatched"
     method, path, status = req.method, req.path, response.status_code
-    metrics.REQUESTS.labels(endpoint, method, str(status)).inc()
-    metrics.REQUEST_LATENCY.labels(endpoint, method).observe(seconds)
+    _REQUESTS(endpoint, method, str(status)).inc()
+    _REQUEST_LATENCY(endpoint, method).observe(seconds)
     if not ACCESS_LOG.isEnabledFor(logging.INFO):
         return
     fields: dict[str, Any] = {
