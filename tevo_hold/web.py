@@ -292,6 +292,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: The decoder of every body, made once: json.loads with arguments builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _read_body(limit: int) -> bytes:
     """The body, or PayloadTooLarge past ``limit`` bytes, whether or not a length was sent."""
     length = request.content_length
@@ -324,7 +328,10 @@ def _load(schema: RequestLoader) -> dict[str, Any]:
         )
     raw = _body()
     try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+        if text.startswith("\ufeff"):  # refused as json.loads refuses it, in the same words
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        body = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise errors.MalformedJSON(f"The body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -347,10 +354,12 @@ def _body() -> bytes:
 # -- responses -------------------------------------------------------------------------------
 
 
+#: The encoder of every answer, made once: json.dumps with arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _json(body: Any, status: int, *, mimetype: str = "application/json") -> Response:
-    return current_app.response_class(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")), status, mimetype=mimetype
-    )
+    return current_app.response_class(_ENCODER.encode(body), status, mimetype=mimetype)
 
 
 def _hold_response(outcome: Outcome, status: int) -> Response:
