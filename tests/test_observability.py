@@ -24,7 +24,15 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from tevo_hold import HoldService, PosAdapter, Settings, build_service, create_app, errors
+from tevo_hold import (
+    HoldService,
+    PosAdapter,
+    Settings,
+    build_service,
+    create_app,
+    errors,
+    metrics,
+)
 from tevo_hold.adapters.http import HttpPosAdapter
 from tevo_hold.observability import PIPE_BUF, JsonFormatter, LineHandler
 from tevo_hold.worker import Worker
@@ -106,6 +114,18 @@ def test_one_json_access_line_per_request_with_key_name_and_global_id(
         assert "wrong" not in JsonFormatter().format(record)
 
 
+def test_json_lines_are_stamped_with_their_own_time_in_utc() -> None:
+    formatter = JsonFormatter()  # one formatter, as a handler has: it remembers the last second
+    for created in (1_800_000_000.5, 1_800_000_000.999, 1_800_000_001.0, 1_700_000_000.25):
+        record = logging.LogRecord("x", logging.INFO, __file__, 0, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        ts = json.loads(formatter.format(record))["ts"]
+        assert datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() == pytest.approx(
+            int(created * 1000) / 1000
+        )
+        assert ts.endswith("Z") and len(ts) == len("2027-01-15T08:00:00.500Z")
+
+
 def test_every_log_line_during_a_request_is_json_with_its_id(service: HoldService) -> None:
     class Broken(PosAdapter):
         def hold(self, **kwargs: Any) -> None:
@@ -181,6 +201,16 @@ def test_requests_and_outcomes_are_counted(stocked: FlaskClient) -> None:
     assert value("tevo_hold_holds_total", outcome="held") == before["held"] + 1
     assert value("tevo_hold_holds_total", outcome="replayed") == before["replayed"] + 1
     assert value("tevo_hold_holds_total", outcome="global_id_conflict") == before["conflict"] + 1
+
+
+def test_metric_children_are_those_of_labels_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    children = metrics.Children(metrics.POS_CALLS)
+    assert children("hold", "ok") is metrics.POS_CALLS.labels("hold", "ok")
+    assert children("hold", "ok") is children("hold", "ok")
+    monkeypatch.setattr(metrics, "MAX_CHILDREN", 1)
+    # past the bound a child is still the right one, just not remembered
+    assert children("hold", "pos_error") is metrics.POS_CALLS.labels("hold", "pos_error")
+    assert len(children._children) == 1
 
 
 class FailingInvoices(PosAdapter):

@@ -17,7 +17,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import ParamSpec
+from typing import Generic, ParamSpec, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,6 +42,7 @@ __all__ = [
     "RELEASES",
     "REQUESTS",
     "REQUEST_LATENCY",
+    "Children",
     "counted",
     "exposition",
     "pos_call",
@@ -102,6 +103,32 @@ INVOICE_FAILURES = Counter(
 )
 
 P = ParamSpec("P")
+M = TypeVar("M", Counter, Histogram)
+
+#: Label combinations a :class:`Children` remembers, at most: ours are few (endpoints, methods,
+#: statuses, error codes), but a method is whatever a client sends, and memory must stay bounded.
+MAX_CHILDREN = 10_000
+
+
+class Children(Generic[M]):
+    """The children of one labelled metric: ``children(*values)`` is ``metric.labels(*values)``.
+
+    ``labels()`` checks its arguments, converts them and takes a lock on every call; the child
+    it answers for the same values is always the same object, so here each is looked up once and
+    then found in a dict (a few tenths of a microsecond instead of one or two, on every request).
+    """
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self._children) < MAX_CHILDREN:
+                self._children[values] = child
+        return child
 
 
 def exposition() -> tuple[bytes, str]:
@@ -124,23 +151,29 @@ def outcome_of(outcome: Outcome) -> str:
 def counted(counter: Counter) -> Callable[[Callable[P, Outcome]], Callable[P, Outcome]]:
     """Count each call of the decorated method in ``counter`` by outcome (or error code)."""
 
+    children = Children(counter)
+
     def decorate(method: Callable[P, Outcome]) -> Callable[P, Outcome]:
         @functools.wraps(method)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Outcome:
             try:
                 outcome = method(*args, **kwargs)
             except errors.TevoHoldError as exc:
-                counter.labels(exc.code).inc()
+                children(exc.code).inc()
                 raise
             except Exception:
-                counter.labels(errors.InternalError.code).inc()
+                children(errors.InternalError.code).inc()
                 raise
-            counter.labels(outcome_of(outcome)).inc()
+            children(outcome_of(outcome)).inc()
             return outcome
 
         return wrapper
 
     return decorate
+
+
+_POS_LATENCY = Children(POS_LATENCY)
+_POS_CALLS = Children(POS_CALLS)
 
 
 @contextlib.contextmanager
@@ -157,5 +190,5 @@ def pos_call(call: str) -> Iterator[None]:
         result = errors.InternalError.code
         raise
     finally:
-        POS_LATENCY.labels(call).observe(time.perf_counter() - started)
-        POS_CALLS.labels(call, result).inc()
+        _POS_LATENCY(call).observe(time.perf_counter() - started)
+        _POS_CALLS(call, result).inc()

@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 
 from . import metrics
 
@@ -47,6 +47,8 @@ __all__ = [
 ACCESS_LOG = logging.getLogger("tevo_hold.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+#: Where the WSGI environ has the header, as is: request.headers.get() costs more than reading it.
+_REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 
 
 @dataclass(slots=True)
@@ -69,10 +71,16 @@ def current() -> RequestInfo:
     """This request's :class:`RequestInfo` (made on first use)."""
     info = _INFO.get()
     if info is None:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(16)
-        info = RequestInfo(request_id=request_id, started=time.perf_counter())
-        _INFO.set(info)
+        info = _begin(request._get_current_object())  # type: ignore[attr-defined]
+    return info
+
+
+def _begin(req: Request) -> RequestInfo:
+    """A new RequestInfo for ``req``, now the current one."""
+    given = req.environ.get(_REQUEST_ID_ENVIRON, "")
+    request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(16)
+    info = RequestInfo(request_id=request_id, started=time.perf_counter())
+    _INFO.set(info)
     return info
 
 
@@ -82,9 +90,10 @@ def install(app: Flask, prefix: str = "") -> None:
 
     def start() -> None:
         _INFO.set(None)  # whatever an earlier request of this thread left
-        path = request.path
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]  # once
+        path = req.path
         if not prefix or path == prefix or path.startswith(prefix + "/"):
-            current()
+            _begin(req)
 
     def finish(response: Response) -> Response:
         info = _INFO.get()
@@ -102,14 +111,18 @@ def install(app: Flask, prefix: str = "") -> None:
     app.teardown_request(forget)
 
 
+_REQUESTS = metrics.Children(metrics.REQUESTS)
+_REQUEST_LATENCY = metrics.Children(metrics.REQUEST_LATENCY)
+
+
 def _finish(info: RequestInfo, response: Response) -> None:
     req = request._get_current_object()  # type: ignore[attr-defined]  # once, not per field
     response.headers[REQUEST_ID_HEADER] = info.request_id
     seconds = time.perf_counter() - info.started
     endpoint = req.url_rule.rule if req.url_rule is not None else "unmatched"
     method, path, status = req.method, req.path, response.status_code
-    metrics.REQUESTS.labels(endpoint, method, str(status)).inc()
-    metrics.REQUEST_LATENCY.labels(endpoint, method).observe(seconds)
+    _REQUESTS(endpoint, method, str(status)).inc()
+    _REQUEST_LATENCY(endpoint, method).observe(seconds)
     if not ACCESS_LOG.isEnabledFor(logging.INFO):
         return
     fields: dict[str, Any] = {
@@ -139,14 +152,30 @@ def _finish(info: RequestInfo, response: Response) -> None:
     ACCESS_LOG.handle(record)
 
 
+#: The encoder of every log line, made once: json.dumps with arguments builds a new one per call.
+_LOG_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, then the record's ``fields``
     (``extra={"fields": {...}}``), the current request's id, and the traceback if any."""
 
+    #: The timestamp's whole seconds, formatted once per second rather than once per line
+    #: (gmtime and strftime are a good part of a line's cost): a pair, replaced whole (on the
+    #: instance), so a thread reads a consistent one without a lock.
+    _second: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached, text = self._second
+        if cached != second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
@@ -163,7 +192,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return _LOG_ENCODER.encode(entry)
 
 
 #: Bytes a write(2) to a pipe delivers whole, never interleaved with another writer's (Linux).
