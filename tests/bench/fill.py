@@ -10,6 +10,7 @@ layout, only without a round trip per hold. Every hold's reply is checked.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import redis
 
 from tevo_hold import HoldService, Settings, build_service
+from tevo_hold._redis import SCRIPTS, source
 
 BATCH = 1000
 
@@ -56,20 +58,25 @@ class _Recorded(Exception):
 
 
 class RecordingClient(redis.Redis):
-    """A client that sends nothing: an EVALSHA is recorded and stopped with an exception."""
+    """A client that sends nothing: an EVALSHA is recorded and stopped with an exception.
+
+    It points at a socket that does not exist, so a command that slipped past the recording
+    would fail rather than reach a Redis.
+    """
 
     def __init__(self) -> None:
-        super().__init__()  # connects on the first command, and no command is ever sent
-        self.sources: dict[str, str] = {}
+        super().__init__(unix_socket_path="/nonexistent/tevo-hold-recorder.sock")
 
-    def register_script(self, script: Any) -> Any:
-        registered = super().register_script(script)
-        self.sources[registered.sha] = script if isinstance(script, str) else script.decode()
-        return registered
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
-        values = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in keys_and_args)
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if str(args[0]).upper() != "EVALSHA":
+            raise RuntimeError(f"fill: the library sent {args[0]!r}, not a script call")
+        sha, numkeys = str(args[1]), int(args[2])
+        values = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in args[3:])
         raise _Recorded(Call(sha, values[:numkeys], values[numkeys:]))
+
+
+#: Each script's text by its SHA1, as the library calls it.
+SOURCES = {hashlib.sha1(source(name).encode("utf-8")).hexdigest(): source(name) for name in SCRIPTS}
 
 
 class Recorder:
@@ -87,8 +94,8 @@ class Recorder:
         raise RuntimeError("HoldService.hold made no script call: is the fused path in use?")
 
     def source(self, sha: str) -> str:
-        """The text of a script the library registered."""
-        return self.client.sources[sha]
+        """The text of a script the library called."""
+        return SOURCES[sha]
 
 
 def _batches(items: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
