@@ -6,7 +6,10 @@ wrk (a fixed number of keep-alive connections) loads one of them at a time, for 
 run. A round runs holds spread over many listings (then the same without rate limit), holds on
 one hot listing of 100 tickets, holds on one listing with stock for all, releases and invoices,
 with a run of the floor before and after each: each run's ratio is its rate over the mean of the
-two floor runs around it, so a slow spell of the shared machine weighs on both sides. Every request
+two floor runs around it, so a slow spell of the shared machine weighs on both sides. Then come
+paired runs of hold, release and invoice: wrk loads tevo-hold and the floor at the same time, so
+both meet the very same spells, and the ratio of their server CPU per request over the same
+seconds is the steadiest measure of what tevo-hold costs over the floor. Every request
 carries a global_id of its own (``wrk_api.lua``); releases and invoices each target a hold of
 their own, stored beforehand with the library's script calls (:mod:`.fill`). The CPU that each
 server's processes, Redis and wrk use during a run is read from /proc.
@@ -15,6 +18,7 @@ server's processes, Redis and wrk use during a run is read from /proc.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +38,8 @@ STOCK = 10**9
 HOT_STOCK = 100
 #: The kinds of run (each of ours runs between two runs of the floor).
 ENDPOINTS = ("floor", "hold", "nolimit", "hot", "one", "release", "invoice")
+#: The kinds of run that also run paired with the floor (both loaded at once).
+PAIRED = ("hold", "release", "invoice")
 #: tevo-hold's rate limit during the benchmark: the limiter at work, with a budget the load never
 #: spends (the default, 600 per minute, would refuse nearly every request).
 RATE_LIMIT = "1000000 per minute"
@@ -76,6 +82,7 @@ def run(
     unlimited = {**env, "TEVO_HOLD_RATE_LIMIT": "off"}
     anomalies: list[str] = []
     runs: list[dict[str, Any]] = []
+    pairs: list[dict[str, Any]] = []
 
     redis_pid = int(probe.info("server")["process_id"])
     app, floor_app = "server.wsgi:app", "tests.bench.floor_app:app"
@@ -154,6 +161,54 @@ def run(
         hot_checks: list[dict[str, Any]] = []
         floors = iter(range(10**6))
 
+        def paired(rnd: int, name: str, mode: str, prefix: str, expected: int) -> None:
+            """wrk on tevo-hold and on the floor at once; each server's CPU per request."""
+            results: dict[str, WrkResult] = {}
+
+            def load(side: str, url: str, args: tuple[str | int, ...]) -> None:
+                results[side] = run_wrk(
+                    url,
+                    [str(a) for a in args],
+                    duration=duration,
+                    connections=connections,
+                    threads=wrk_threads,
+                )
+
+            loads = [
+                threading.Thread(
+                    target=load, args=("ours", ours, (mode, prefix, "hl", LISTINGS, API_KEY))
+                ),
+                threading.Thread(
+                    target=load,
+                    args=("floor", floor, ("floor", f"p{prefix}", "hl", LISTINGS, API_KEY)),
+                ),
+            ]
+            meter.start()
+            for t in loads:
+                t.start()
+            for t in loads:
+                t.join()
+            used = meter.stop()
+            mine, base = results["ours"], results["floor"]
+            row = {
+                "round": rnd,
+                "endpoint": name,
+                "ours": _wrk_summary(mine),
+                "floor": _wrk_summary(base),
+                "ours_cpu_ms": used[ours] * 1000 / max(mine.requests, 1),
+                "floor_cpu_ms": used[floor] * 1000 / max(base.requests, 1),
+            }
+            row["cpu_ratio"] = row["floor_cpu_ms"] / row["ours_cpu_ms"]
+            pairs.append(row)
+            odd = {s: c for s, c in mine.statuses.items() if s != expected}
+            if odd or mine.socket_errors or base.socket_errors:
+                anomalies.append(f"round {rnd} paired {name}: {odd or ''} socket errors".strip())
+            log(
+                f"  round {rnd} paired {name:8} ours {mine.rps:7,.0f} req/s, floor "
+                f"{base.rps:7,.0f} req/s at once; server CPU/req ours {row['ours_cpu_ms']:.2f} ms, "
+                f"floor {row['floor_cpu_ms']:.2f} ms: x floor by CPU {row['cpu_ratio']:.2f}"
+            )
+
         def floor_run(rnd: int) -> None:
             tag = f"f{rnd}-{next(floors)}"
             record(rnd, "floor", wrk(floor, "floor", tag, "hl", LISTINGS, API_KEY), 201)
@@ -205,6 +260,14 @@ def run(
             record(rnd, "invoice", wrk(ours, "invoice", f"inv{rnd}", "hl", 1, API_KEY), 201)
             floor_run(rnd)
 
+            # paired: each of ours and the floor loaded at the same time
+            precreate(f"prel{rnd}", per_thread)
+            precreate(f"pinv{rnd}", per_thread)
+            time.sleep(1)
+            paired(rnd, "hold", "hold", f"ph{rnd}", 201)
+            paired(rnd, "release", "release", f"prel{rnd}", 200)
+            paired(rnd, "invoice", "invoice", f"pinv{rnd}", 201)
+
     # each run of ours: its rate over the mean of the two floor runs around it; the same for CPU
     ratios: dict[str, list[float]] = {}
     cpu_ratios: dict[str, list[float]] = {}
@@ -227,6 +290,10 @@ def run(
                 cpu_ratios[name][-1] / cpu_ratios["hold"][-1]
             )
 
+    paired_cpu: dict[str, list[float]] = {}
+    for row in pairs:
+        paired_cpu.setdefault(row["endpoint"], []).append(row["cpu_ratio"])
+
     endpoints: dict[str, Any] = {}
     for name in ENDPOINTS:
         mine_runs = [r for r in runs if r["endpoint"] == name]
@@ -243,8 +310,16 @@ def run(
             "median_run": by_rps[len(by_rps) // 2],
             "ratio": statistics.median(ratios[name]) if name in ratios else None,
             "ratios": ratios.get(name),
-            "cpu_ratio": statistics.median(cpu_ratios[name]) if name in cpu_ratios else None,
-            "cpu_ratios": cpu_ratios.get(name),
+            # by server CPU per request: from the paired runs where there are some
+            "cpu_ratio": statistics.median(paired_cpu[name])
+            if name in paired_cpu
+            else statistics.median(cpu_ratios[name])
+            if name in cpu_ratios
+            else None,
+            "cpu_ratios": paired_cpu.get(name, cpu_ratios.get(name)),
+            "cpu_ratio_alternating": statistics.median(cpu_ratios[name])
+            if name in cpu_ratios
+            else None,
         }
     probe.close()
     client.close()
@@ -259,6 +334,8 @@ def run(
         "listings": LISTINGS,
         "hot_stock": HOT_STOCK,
         "runs": runs,
+        "pairs": pairs,
+        "paired": list(PAIRED),
         "endpoints": endpoints,
         "hot_vs_spread": statistics.median(ratios["hot_vs_spread"]),
         "hot_vs_spread_all": ratios["hot_vs_spread"],

@@ -248,8 +248,9 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
             [
                 f"HTTP {e}: throughput as a share of the floor",
                 f"**{r['ratio']:.2f}** ({n0(r['rps'])} vs {n0(eps['floor']['rps'])} req/s); "
-                f"{_verdict(r['ratio'])} of {TARGET}. By server CPU per request: "
-                f"{r['cpu_ratio']:.2f}",
+                f"{_verdict(r['ratio'])} of {TARGET}. By server CPU per request"
+                + (" (paired runs)" if e in http.get("paired", []) else "")
+                + f": {r['cpu_ratio']:.2f}",
             ]
         )
     rows.append(
@@ -373,9 +374,14 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         "Each release and invoice targets a hold of its own, stored beforehand with the "
         "library's script calls (as in section 5). Latency is wrk's, from sending a request to its "
         "whole answer, with a fixed number of connections (closed loop). *x floor by CPU / req* "
-        "is the floor's server CPU per request over ours (median of the rounds): the share of "
-        "the floor's throughput to expect where the servers' CPU is what runs out, steadier "
-        "than the rates on a shared machine. *Script calls / req* counts the EVAL/EVALSHA "
+        "is the floor's server CPU per request over ours: the share of the floor's throughput "
+        "to expect where the servers' CPU is what runs out. For "
+        + ", ".join(http.get("paired", []))
+        + " it comes from paired runs (the next table), where wrk loads tevo-hold and the "
+        "floor at the same time, so that both meet the same slow and fast spells of the "
+        "machine and their CPU is counted over the same seconds; for the other rows, from the "
+        "floor runs around them (median of the rounds). *Script calls / req* counts the "
+        "EVAL/EVALSHA "
         "calls Redis received per answered request (a shade high: "
         "requests still in flight when wrk stops reach Redis unanswered); *CPU / req* is the CPU "
         "time the loaded server's processes (master and workers), Redis and wrk used during the "
@@ -416,6 +422,43 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         )
         + "\n"
     )
+    if http.get("pairs"):
+        w(
+            "Paired runs, one per round and endpoint: wrk loads tevo-hold and the floor at the "
+            "same time, each with its own connections, for the same seconds. The two servers "
+            "share the machine (so each serves fewer requests than alone); what they are "
+            "compared by is their CPU per request over the same interval.\n"
+        )
+        prow = []
+        for n in http["paired"]:
+            got = [r for r in http["pairs"] if r["endpoint"] == n]
+            ratios = [r["cpu_ratio"] for r in got]
+            prow.append(
+                [
+                    LABELS[n],
+                    str(len(got)),
+                    n0(statistics.median(r["ours"]["rps"] for r in got)),
+                    n0(statistics.median(r["floor"]["rps"] for r in got)),
+                    ms(statistics.median(r["ours_cpu_ms"] for r in got)),
+                    ms(statistics.median(r["floor_cpu_ms"] for r in got)),
+                    f"**{statistics.median(ratios):.2f}** ({min(ratios):.2f} to {max(ratios):.2f})",
+                ]
+            )
+        w(
+            table(
+                [
+                    "endpoint",
+                    "rounds",
+                    "tevo-hold req/s",
+                    "floor req/s, at once",
+                    "tevo-hold server CPU ms / req",
+                    "floor server CPU ms / req",
+                    "x floor by CPU / req (range)",
+                ],
+                prow,
+            )
+            + "\n"
+        )
     w(f"![HTTP throughput]({img['throughput']})\n")
     w(f"![HTTP latency percentiles]({img['latency']})\n")
     w("<details><summary>Every run</summary>\n")
@@ -766,7 +809,7 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         "request. The floor's server spends "
         f"{ms(eps['floor']['server_cpu_ms'])} ms of CPU per request; tevo-hold's "
         + ", ".join(f"{e} {ms(eps[e]['server_cpu_ms'])} ms" for e in ENDPOINTS)
-        + " (floor / ours, the median of the runs: "
+        + " (floor / ours, the median of the paired runs: "
         + ", ".join(f"{e} {cpu_ratio[e]:.2f}" for e in ENDPOINTS)
         + "). Most of any request is the same for both (gunicorn, HTTP parsing, Flask routing, "
         "one JSON body in and one out); what tevo-hold adds is its access log line and metrics, "
@@ -809,7 +852,14 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         f"{min(ratios_all):.2f} to {max(ratios_all):.2f}. The machine is a virtual one, and "
         "its CPUs' speed varies with its host's load too: the floor's own server CPU per "
         f"request ranged from {ms(min(floor_cpu))} to {ms(max(floor_cpu))} ms between runs. "
-        "The CPU ratios, taken run by run, are the steadier figure. On a machine where "
+        + (
+            "The paired CPU ratios are the steadiest figure: per run they ranged from "
+            f"{min(r['cpu_ratio'] for r in http['pairs']):.2f} to "
+            f"{max(r['cpu_ratio'] for r in http['pairs']):.2f}. "
+            if http.get("pairs")
+            else "The CPU ratios, taken run by run, are the steadier figure. "
+        )
+        + "On a machine where "
         "the load generator runs elsewhere, with more cores, the absolute rates will be higher "
         "and the ratios should be close to the CPU ratios."
     )
