@@ -835,11 +835,15 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
     )
     if "nolimit" in eps:
         lim_ms = eps["hold"]["server_cpu_ms"] - eps["nolimit"]["server_cpu_ms"]
-        lim_calls = eps["hold"]["round_trips"] - eps["nolimit"]["round_trips"]
+        lim_calls = max(0.0, eps["hold"]["round_trips"] - eps["nolimit"]["round_trips"])
+        # like with like: both CPU ratios from the runs between floor runs (nolimit has no
+        # paired runs)
+        hold_cpu = eps["hold"].get("cpu_ratio_alternating") or eps["hold"]["cpu_ratio"]
         para.append(
             f"The rate limiter's share: without it a hold reaches {eps['nolimit']['ratio']:.2f} "
             f"of the floor (by CPU per request {eps['nolimit']['cpu_ratio']:.2f}) instead of "
-            f"{eps['hold']['ratio']:.2f} ({eps['hold']['cpu_ratio']:.2f}); it costs about "
+            f"{eps['hold']['ratio']:.2f} ({hold_cpu:.2f}), both from the runs between floor "
+            f"runs; it costs about "
             f"{ms(lim_ms)} ms of server CPU and {lim_calls:.2f} Redis script calls per request "
             "(the charge rides on the call's own script: no call of its own). The two are "
             "different server processes, each measured between floor runs: on this machine "
