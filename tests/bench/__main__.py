@@ -19,7 +19,7 @@ from typing import Any
 
 from tests.servers import ROOT, redis_server
 
-from . import bench_direct, bench_http, bench_scale, machine, report
+from . import bench_direct, bench_http, bench_scale, bench_stages, machine, report
 
 
 def _log(message: str) -> None:
@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gunicorn workers of both servers (default: one per core, %(default)s)",
     )
     p.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default 8)")
+    p.add_argument(
+        "--stage-requests",
+        type=int,
+        default=3000,
+        help="requests of each kind timed stage by stage, in process (default 3000)",
+    )
     p.add_argument(
         "--direct-holds",
         type=int,
@@ -70,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=["http", "direct", "scale"],
+        choices=["http", "stages", "direct", "scale"],
         action="append",
         help="run only these sections and print them (no page is written)",
     )
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             _log(f"{tool} is not installed: `make bench` installs it (Debian package {tool}).")
             return 2
-    sections = args.only or ["http", "direct", "scale"]
+    sections = args.only or ["http", "stages", "direct", "scale"]
     levels = [int(x) for x in args.levels.split(",")]
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -125,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 log=_log,
             )
+    if "stages" in sections:
+        _log("Where a request's CPU goes, stage by stage (in process):")
+        with redis_server() as url:
+            results["stages"] = bench_stages.run(url, requests=args.stage_requests, log=_log)
     if "direct" in sections:
         _log("The library without HTTP:")
         with redis_server() as url:

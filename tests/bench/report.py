@@ -205,6 +205,38 @@ def plots(results: dict[str, Any], img_dir: Path) -> None:
 # -- the page ----------------------------------------------------------------------------------
 
 
+def _stages_section(stages: dict[str, Any]) -> str:
+    """The table of where a request's CPU goes (tests/bench/bench_stages.py)."""
+    from .bench_stages import KINDS, STAGES
+
+    us = stages["us"]
+    rows = []
+    for key, label in STAGES:
+        rows.append(
+            [label]
+            + [
+                "" if kind == "floor" and key not in ("redis", "rest") else f"{us[kind][key]:.0f}"
+                for kind in KINDS
+            ]
+        )
+    rows.append(["**the whole request**", *(f"**{us[k]['whole']:.0f}**" for k in KINDS)])
+    extra = {k: us[k]["whole"] - us["floor"]["whole"] for k in KINDS if k != "floor"}
+    return (
+        "Where a request's CPU goes: each stage of a request, timed in the thread's CPU time "
+        f"over {stages['requests']:,} requests of each kind, called in process as gunicorn's "
+        "workers call the app (prometheus_client in multiprocess mode, the access log "
+        "appended to a file; `tests/bench/bench_stages.py`). Gunicorn's own share of a request "
+        "(the HTTP parsing, the socket) is not in it, and is the same for both; each timing "
+        "wrapper's own cost, well under a microsecond, falls into its stage. The floor "
+        "does its checks, JSON and answer in its one view, counted under Flask and werkzeug. "
+        "tevo-hold spends "
+        + ", ".join(f"{k} {v:.0f} µs" for k, v in extra.items())
+        + " more than the floor per request, in µs of CPU:\n\n"
+        + table(["stage", *KINDS], rows)
+        + "\n"
+    )
+
+
 def _verdict(ratio: float) -> str:
     return "meets the target" if ratio >= TARGET else "**below the target**"
 
@@ -225,7 +257,8 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
     per_hold = own_total + shared_total
     hot_ok = all(c["ok"] for c in http["hot_checks"])
     hot_requests = [c["requests"] for c in http["hot_checks"]]
-    below = [e for e in ENDPOINTS if eps[e]["ratio"] < TARGET]
+    # met only if both measures meet it: never claimed on the kinder of the two
+    below = [e for e in ENDPOINTS if min(eps[e]["ratio"], eps[e]["cpu_ratio"]) < TARGET]
     ratios_all = [r for e in ENDPOINTS for r in eps[e]["ratios"]]
     others = [r["cpu"]["others"] for r in http["runs"]]
     out: list[str] = []
@@ -246,11 +279,17 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         r = eps[e]
         rows.append(
             [
-                f"HTTP {e}: throughput as a share of the floor",
-                f"**{r['ratio']:.2f}** ({n0(r['rps'])} vs {n0(eps['floor']['rps'])} req/s); "
-                f"{_verdict(r['ratio'])} of {TARGET}. By server CPU per request"
-                + (" (paired runs)" if e in http.get("paired", []) else "")
-                + f": {r['cpu_ratio']:.2f}",
+                f"HTTP {e}: share of the floor's throughput",
+                (
+                    f"**{r['cpu_ratio']:.2f}** by server CPU per request in paired runs "
+                    f"({min(r['cpu_ratios']):.2f} to {max(r['cpu_ratios']):.2f}); "
+                    if e in http.get("paired", [])
+                    else ""
+                )
+                + f"{r['ratio']:.2f} by req/s in runs one after another "
+                f"({min(r['ratios']):.2f} to {max(r['ratios']):.2f}; {n0(r['rps'])} vs "
+                f"{n0(eps['floor']['rps'])} req/s); "
+                f"{_verdict(min(r['ratio'], r['cpu_ratio']))} of {TARGET}",
             ]
         )
     rows.append(
@@ -459,6 +498,8 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
             )
             + "\n"
         )
+    if results.get("stages"):
+        w(_stages_section(results["stages"]))
     w(f"![HTTP throughput]({img['throughput']})\n")
     w(f"![HTTP latency percentiles]({img['latency']})\n")
     w("<details><summary>Every run</summary>\n")
@@ -804,6 +845,7 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         para.append(f"The target of {TARGET} of the floor is met by hold, release and invoice.")
     cpu_ratio = {e: eps[e]["cpu_ratio"] for e in ENDPOINTS}
     floor_cpu = [r["cpu"]["server_ms"] for r in http["runs"] if r["endpoint"] == "floor"]
+    floor_rps = [r["rps"] for r in http["runs"] if r["endpoint"] == "floor"]
     para.append(
         "Where the time goes: with the CPU shared by everything, throughput follows CPU per "
         "request. The floor's server spends "
@@ -833,6 +875,23 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         f"release at {d['fused']['release']['rate'] / d['evalsha']['rate']:.2f} and an invoice "
         f"at {d['fused']['invoice']['rate'] / d['evalsha']['rate']:.2f} (section 3)."
     )
+    if results.get("stages"):
+        from .bench_stages import STAGES
+
+        hold_us = results["stages"]["us"]["hold"]
+        floor_us = results["stages"]["us"]["floor"]
+        ours_only = sorted(
+            ((label, hold_us[key]) for key, label in STAGES if key not in ("redis", "rest")),
+            key=lambda kv: -kv[1],
+        )
+        para.append(
+            "Stage by stage (the table in section 1), a hold's app work beyond the floor's is "
+            f"{hold_us['whole'] - floor_us['whole']:.0f} µs of CPU, spread over what the floor "
+            "does not do: "
+            + "; ".join(f"{label} {us:.0f} µs" for label, us in ours_only)
+            + f". Its script call costs the app {hold_us['redis']:.0f} µs against the "
+            f"floor's {floor_us['redis']:.0f}, and Flask's own share is alike on both sides."
+        )
     if "nolimit" in eps:
         lim_ms = eps["hold"]["server_cpu_ms"] - eps["nolimit"]["server_cpu_ms"]
         lim_calls = max(0.0, eps["hold"]["round_trips"] - eps["nolimit"]["round_trips"])
@@ -855,7 +914,10 @@ def render(results: dict[str, Any], img_prefix: str = "img/") -> str:
         f"{pct(max(others))}); the per-run ratios of hold, release and invoice ranged from "
         f"{min(ratios_all):.2f} to {max(ratios_all):.2f}. The machine is a virtual one, and "
         "its CPUs' speed varies with its host's load too: the floor's own server CPU per "
-        f"request ranged from {ms(min(floor_cpu))} to {ms(max(floor_cpu))} ms between runs. "
+        f"request ranged from {ms(min(floor_cpu))} to {ms(max(floor_cpu))} ms between runs, "
+        f"and its rate from {n0(min(floor_rps))} to {n0(max(floor_rps))} req/s: a run of ours "
+        "and the floor runs around it may fall in different spells, and then their ratio says "
+        "more about the spells than about tevo-hold. "
         + (
             "The paired CPU ratios are the steadiest figure: per run they ranged from "
             f"{min(r['cpu_ratio'] for r in http['pairs']):.2f} to "

@@ -1,0 +1,221 @@
+"""Where a request's CPU goes: each stage of tevo-hold's hold, release and invoice, and the floor's.
+
+The apps run in a process of their own (``python -m tests.bench.bench_stages URL``, which prints
+one JSON line), as gunicorn's workers run them: prometheus_client in multiprocess mode, the JSON
+access log written to a file. Requests are WSGI calls made in process, no HTTP server: what is
+measured is the app's own work, the part of a request that differs between tevo-hold and the
+floor (gunicorn's share is the same for both). Each stage is timed in CPU time of the calling
+thread (``time.thread_time_ns``), so waiting for Redis counts only for the system calls it costs;
+each timing wrapper's own cost (well under a microsecond) falls into the stage it wraps.
+The kinds of request take turns in blocks, so a slow spell of the machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tests.servers import ROOT
+
+from .bench_http import RATE_LIMIT
+from .common import API_KEY
+
+BLOCK = 200
+LISTINGS = 100
+KINDS = ("hold", "release", "invoice", "floor")
+#: Stages in the order of a request: (key, what it is). "rest" is the whole request less the
+#: others: Flask and werkzeug's own work (request context, routing, hook calls, the response's
+#: headers) and, for the floor, its whole view but the script call.
+STAGES = (
+    ("before", "before-request hooks: request id, API key, rate-limit charge"),
+    ("load", "reading the body and checking its fields"),
+    ("keys_args", "the service call but Redis and the reply: ids, keys, arguments, wrappers"),
+    ("redis", "the script call: sending it, Redis's answer, parsing it (redis-py, hiredis)"),
+    ("reply", "the reply decoded into a Hold"),
+    ("answer", "the Hold as JSON, the Response"),
+    ("after", "after-request hook but the log line: metrics, the request id header"),
+    ("log", "the access log line: its record, its JSON, its write(2)"),
+    ("teardown", "teardown hooks"),
+    ("rest", "Flask and werkzeug: request context, routing, calling the hooks"),
+)
+
+
+def run(url: str, *, requests: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Measure in a process of its own; ``requests`` of each kind (after a warm-up)."""
+    with tempfile.TemporaryDirectory() as metrics_dir:
+        env = {
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+            "TEVO_HOLD_REDIS_URL": url,
+            "TEVO_HOLD_API_KEYS": API_KEY,
+            "TEVO_HOLD_RATE_LIMIT": RATE_LIMIT,
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "tests.bench.bench_stages", str(requests)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    for kind in KINDS:
+        us = result["us"][kind]
+        log(
+            f"  {kind:8} {us['whole']:6.0f} us CPU per request: "
+            + ", ".join(f"{k} {us[k]:.0f}" for k, _ in STAGES if k in us)
+        )
+    return result
+
+
+def _environ(path: str, body: bytes) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_X_API_KEY": API_KEY,
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+
+
+class _Clock:
+    """CPU time per stage, summed while ``on``."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, int] = {}
+        self.on = False
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.thread_time_ns()
+        try:
+            yield
+        finally:
+            if self.on:
+                self.ns[name] = self.ns.get(name, 0) + time.thread_time_ns() - started
+
+
+def _measure(requests: int) -> dict[str, Any]:
+    """In the child process: every stage of every kind, in µs of CPU per request."""
+    import logging
+
+    import redis
+
+    import tests.bench.floor_app as floor_app
+    import tevo_hold.web as web
+    from tevo_hold._redis import Script
+    from tevo_hold.app import create_app
+    from tevo_hold.ledger import Ledger
+    from tevo_hold.observability import ACCESS_LOG, JsonFormatter, LineHandler
+
+    # the access log as under gunicorn: JSON lines appended to a file
+    log_file = tempfile.NamedTemporaryFile(prefix="bench-stages-", suffix=".log")  # noqa: SIM115
+    handler = LineHandler(os.open(log_file.name, os.O_WRONLY | os.O_APPEND))
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+
+    redis.Redis.from_url(os.environ["TEVO_HOLD_REDIS_URL"]).flushall()
+    app = create_app({"TEVO_HOLD_INVENTORY_FILE": os.devnull})
+    service = app.extensions["tevo_hold"].service
+    for i in range(LISTINGS):
+        service.adapter.set_quantity(f"sl-{i}", 10**9)
+
+    clocks = {kind: _Clock() for kind in KINDS}
+    current = {"clock": clocks["hold"]}
+
+    def timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with current["clock"].stage(name):
+                return func(*args, **kwargs)
+
+        return call
+
+    for hooks, name in (
+        (app.before_request_funcs, "before"),
+        (app.after_request_funcs, "after"),
+        (app.teardown_request_funcs, "teardown"),
+    ):
+        for key, funcs in hooks.items():
+            hooks[key] = [timed(name, f) for f in funcs]  # type: ignore[index]
+    ACCESS_LOG.makeRecord = timed("log", ACCESS_LOG.makeRecord)  # type: ignore[method-assign]
+    ACCESS_LOG.handle = timed("log", ACCESS_LOG.handle)  # type: ignore[method-assign]
+    web._load = timed("load", web._load)  # type: ignore[assignment]
+    web._hold_response = timed("answer", web._hold_response)  # type: ignore[assignment]
+    for op in ("hold", "release", "invoice"):
+        setattr(service, op, timed("service", getattr(service, op)))
+    Script._evalsha = timed("redis", Script._evalsha)  # type: ignore[method-assign]
+    Ledger.claim_from_reply = timed("reply", Ledger.claim_from_reply)  # type: ignore[method-assign]
+    floor_app.script = timed("redis", floor_app.script)  # type: ignore[assignment]
+    apps = {"tevo": timed("whole", app.wsgi_app), "floor": timed("whole", floor_app.app.wsgi_app)}
+
+    def call(kind: str, n: int) -> None:
+        gid = f"{kind}-{n}"
+        if kind == "release":
+            gid, path, body = f"hold-{n}", "/v1/releases", {"global_id": f"hold-{n}"}
+        elif kind == "invoice":
+            gid = f"inv-{n}"
+            path, body = "/v1/invoices", {"global_id": gid, "tevo_order_id": n + 1}
+        else:
+            path = "/v1/holds"
+            body = {"remote_id": f"sl-{n % LISTINGS}", "quantity": 1, "global_id": gid}
+        statuses: list[str] = []
+        target = apps["floor" if kind == "floor" else "tevo"]
+        environ = _environ(path, json.dumps(body).encode())
+        answer = target(environ, lambda status, headers, exc=None: statuses.append(status))
+        for _ in answer:
+            pass
+        answer.close()
+        if not statuses[0].startswith("20"):
+            raise RuntimeError(f"bench_stages: {kind} {gid} answered {statuses[0]}")
+
+    warm = 500
+    total = warm + requests
+    for n in range(total):  # the holds that invoices will sell (releases take the bench's own)
+        service.hold(remote_id=f"sl-{n % LISTINGS}", quantity=1, global_id=f"inv-{n}")
+    for lo in range(0, total, BLOCK):
+        for kind in KINDS:
+            current["clock"] = clocks[kind]
+            clocks[kind].on = lo >= warm
+            for n in range(lo, min(lo + BLOCK, total)):
+                call(kind, n)
+    log_file.close()
+
+    us: dict[str, dict[str, float]] = {}
+    for kind, clock in clocks.items():
+        got = {k: v / requests / 1000 for k, v in clock.ns.items()}
+        stages = {k: got.get(k, 0.0) for k in ("before", "load", "redis", "reply", "answer")}
+        stages["after"] = got.get("after", 0.0) - got.get("log", 0.0)  # the line is within it
+        stages.update({k: got.get(k, 0.0) for k in ("log", "teardown")})
+        if kind != "floor":
+            stages["keys_args"] = got["service"] - got["redis"] - got["reply"]
+        stages["rest"] = got["whole"] - sum(stages.values())
+        stages["whole"] = got["whole"]
+        us[kind] = stages
+    return {"requests": requests, "block": BLOCK, "us": us}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_measure(int(sys.argv[1]))))
