@@ -6,6 +6,13 @@ worker serves every request (with threads); with Redis, workers share the state 
 Logs: JSON lines on stderr, gunicorn's own included; the access log is tevo-hold's own (one line
 per request, logger ``tevo_hold.access``), so gunicorn's is off.
 
+Connections: each worker listens on a socket of its own (``reuse_port``, SO_REUSEPORT), so the
+kernel spreads new connections evenly over the workers. On one shared socket the workers race to
+accept, and a burst of connections (a load balancer's or client's kept-alive pool opening at
+once) can all land on the worker that woke first: it serves them alone, on one core, while the
+others idle. The price: a connection still waiting in a stopping worker's queue is reset, and
+its client retries. ``TEVO_HOLD_REUSE_PORT=0`` goes back to one shared socket.
+
 Metrics: prometheus_client's multiprocess mode, so that ``/metrics`` sums every worker's counts.
 ``PROMETHEUS_MULTIPROC_DIR`` is set here, before anything imports prometheus_client (gunicorn's
 logging set-up below imports tevo_hold); unset, it is a directory of this master's own, made at
@@ -40,6 +47,18 @@ threads = int(os.environ.get("TEVO_HOLD_THREADS", "8"))
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return raw in ("1", "true", "yes", "on")
+    raise SystemExit(f"{name}={raw!r}: expected true or false (1/0, yes/no, on/off)")
+
+
+reuse_port = _flag("TEVO_HOLD_REUSE_PORT", True)
 accesslog = None
 errorlog = "-"
 # Workers import the app after forking, so no Redis connection is shared across a fork.

@@ -324,6 +324,10 @@ class Gunicorn:
         self.proc = proc
         self._log = log
 
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
     def output(self) -> str:
         self._log.seek(0)
         text: str = self._log.read().decode("utf-8", "replace")
@@ -375,12 +379,76 @@ def gunicorn_process(
         server = Gunicorn(base, proc, log)
         try:
             wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what="gunicorn")
+            # each worker binds its own socket (reuse_port): all of them, before the test
+            wait_for(
+                lambda: sum(1 for s in worker_sockets(proc.pid, port).values() if s) >= workers,
+                what=f"gunicorn's {workers} workers",
+            )
             yield server
         except BaseException:
             sys.stderr.write(server.output()[-5000:])
             raise
         finally:
             stop_process(proc, timeout=20)
+
+
+# -- the TCP sockets of gunicorn's workers (Linux /proc) ----------------------------------------
+
+#: The states of /proc/net/tcp's "st" column that these helpers read.
+TCP_STATES = {"established": "01", "listen": "0A"}
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``: a gunicorn master's workers."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _tcp_inodes(port: int, state: str) -> set[int]:
+    code = TCP_STATES[state]
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == code:
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def worker_sockets(master_pid: int, port: int, state: str = "listen") -> dict[int, set[int]]:
+    """Each worker of a gunicorn master, with the inodes of its TCP sockets on local ``port`` in
+    ``state`` (``listen``, or ``established``: the connections it accepted)."""
+    on_port = _tcp_inodes(port, state)
+    return {pid: _socket_inodes(pid) & on_port for pid in child_pids(master_pid)}
 
 
 @contextmanager
