@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from tests.servers import worker_sockets
 from tevo_hold import KeySpace, RedisInventoryAdapter, Settings
 from tevo_hold.connection import connect
 
@@ -59,6 +60,29 @@ def _wrk_summary(r: WrkResult) -> dict[str, Any]:
     }
 
 
+def _connections_later(url: str, pid: int, after: float) -> Callable[[], list[int]]:
+    """Count, ``after`` seconds from now (mid-run), the connections that each worker of the server
+    at ``url`` (master ``pid``) holds; the call returned waits for the counts (sorted).
+
+    A worker with none would mean the other workers carried the run alone (gunicorn.conf.py's
+    reuse_port is what spreads them).
+    """
+    port = int(url.rsplit(":", 1)[1])
+    counts: list[int] = []
+
+    def read() -> None:
+        counts.extend(sorted(len(s) for s in worker_sockets(pid, port, "established").values()))
+
+    timer = threading.Timer(after, read)
+    timer.start()
+
+    def result() -> list[int]:
+        timer.join()
+        return counts
+
+    return result
+
+
 def run(
     redis_url: str,
     *,
@@ -91,11 +115,14 @@ def run(
         gunicorn_app(app, unlimited, workers=workers, threads=threads) as (free, free_pid),
         gunicorn_app(floor_app, env, workers=workers, threads=threads) as (floor, floor_pid),
     ):
-        meter = CpuMeter({ours: ours_pid, free: free_pid, floor: floor_pid, "redis": redis_pid})
+        masters = {ours: ours_pid, free: free_pid, floor: floor_pid}
+        meter = CpuMeter({**masters, "redis": redis_pid})
         cpu: dict[str, float] = {}
+        spread: dict[str, list[int]] = {}
 
         def wrk(url: str, *args: str | int, seconds: float = duration) -> WrkResult:
             calls0 = commandstats(probe)
+            connections_now = _connections_later(url, masters[url], seconds / 2)
             meter.start()
             result = run_wrk(
                 url,
@@ -105,6 +132,7 @@ def run(
                 threads=wrk_threads,
             )
             used = meter.stop()
+            spread["last"] = connections_now()
             calls1 = commandstats(probe)
             scripts = sum(
                 calls1[k][0] - calls0.get(k, (0, 0))[0] for k in calls1 if k in SCRIPT_COMMANDS
@@ -143,8 +171,15 @@ def run(
             store_holds(client, pairs, settings)
 
         def record(rnd: int, name: str, r: WrkResult, expected: int) -> dict[str, Any]:
-            row = {"round": rnd, "endpoint": name, **_wrk_summary(r), "cpu": dict(cpu)}
+            row = {
+                "round": rnd,
+                "endpoint": name,
+                **_wrk_summary(r),
+                "cpu": dict(cpu),
+                "connections_per_worker": spread["last"],
+            }
             runs.append(row)
+            _check_spread(f"round {rnd} {name}", spread["last"])
             odd = {s: c for s, c in r.statuses.items() if s != expected}
             if name != "hot" and (odd or r.socket_errors):
                 anomalies.append(
@@ -157,6 +192,10 @@ def run(
                 f"others {cpu['others']:.0%}  {dict(sorted(r.statuses.items()))}"
             )
             return row
+
+        def _check_spread(what: str, counts: list[int]) -> None:
+            if len(counts) != workers or min(counts) == 0:
+                anomalies.append(f"{what}: connections per worker {counts}")
 
         hot_checks: list[dict[str, Any]] = []
         floors = iter(range(10**6))
@@ -183,6 +222,9 @@ def run(
                     args=("floor", floor, ("floor", f"p{prefix}", "hl", LISTINGS, API_KEY)),
                 ),
             ]
+            split = {
+                url: _connections_later(url, masters[url], duration / 2) for url in (ours, floor)
+            }
             meter.start()
             for t in loads:
                 t.start()
@@ -193,13 +235,17 @@ def run(
             row = {
                 "round": rnd,
                 "endpoint": name,
-                "ours": _wrk_summary(mine),
-                "floor": _wrk_summary(base),
+                "ours": {**_wrk_summary(mine), "connections_per_worker": split[ours]()},
+                "floor": {**_wrk_summary(base), "connections_per_worker": split[floor]()},
                 "ours_cpu_ms": used[ours] * 1000 / max(mine.requests, 1),
                 "floor_cpu_ms": used[floor] * 1000 / max(base.requests, 1),
             }
             row["cpu_ratio"] = row["floor_cpu_ms"] / row["ours_cpu_ms"]
             pairs.append(row)
+            for side in ("ours", "floor"):
+                _check_spread(
+                    f"round {rnd} paired {name} ({side})", row[side]["connections_per_worker"]
+                )
             odd = {s: c for s, c in mine.statuses.items() if s != expected}
             if odd or mine.socket_errors or base.socket_errors:
                 anomalies.append(f"round {rnd} paired {name}: {odd or ''} socket errors".strip())
