@@ -102,6 +102,16 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         old.unlink()
 
 
+def when_ready(server):  # type: ignore[no-untyped-def]
+    """Say where the workers listen: with reuse_port the master binds nothing, and gunicorn's
+    own "Listening at:" line shows no address."""
+    if server.cfg.reuse_port:
+        server.log.info(
+            "Workers listen at %s, each on a socket of its own (reuse_port)",
+            ", ".join(server.cfg.bind),
+        )
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """A worker died: drop its live gauges (its counters stay in the sums, as they should)."""
     from prometheus_client import multiprocess

@@ -284,6 +284,8 @@ def test_kept_alive_connections_spread_over_the_workers(redis_url: str, reuse_po
         finally:
             for conn, _ in answered:
                 conn.close()
+        said = f"Workers listen at 127.0.0.1:{server.port}, each on a socket of its own"
+        assert (said in server.output()) == (reuse_port == "on"), server.output()[-2000:]
     assert [status for _, status in answered] == [200] * 16
     assert sum(len(s) for s in accepted.values()) == 16, accepted
     if reuse_port == "on":
