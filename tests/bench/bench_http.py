@@ -12,7 +12,8 @@ both meet the very same spells, and the ratio of their server CPU per request ov
 seconds is the steadiest measure of what tevo-hold costs over the floor. Every request
 carries a global_id of its own (``wrk_api.lua``); releases and invoices each target a hold of
 their own, stored beforehand with the library's script calls (:mod:`.fill`). The CPU that each
-server's processes, Redis and wrk use during a run is read from /proc.
+server's processes, Redis and wrk use during a run is read from /proc, and so is how wrk's
+connections are spread over each server's workers (in mid-run).
 """
 
 from __future__ import annotations
@@ -266,8 +267,8 @@ def run(
             precreate(f"inv{rnd}", per_thread)
             time.sleep(1)
             # every run of ours lies between two runs of the floor: its ratio is taken against
-            # those two, a few seconds apart, so that the machine's slow and fast spells (this
-            # virtual machine's speed changes from one run to the next) weigh on both sides
+            # those two, a few seconds apart, so that a slow spell of the shared machine weighs
+            # on both sides
             floor_run(rnd)
             record(rnd, "hold", wrk(ours, "hold", f"h{rnd}", "hl", LISTINGS, API_KEY), 201)
             floor_run(rnd)
