@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.servers import gunicorn_process
+from tests.servers import child_pids, gunicorn_process
 
 HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_api.lua"
@@ -116,15 +116,12 @@ def _stat_fields(pid: int | str) -> list[str]:
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of process ``pid`` and its children, e.g. gunicorn's workers."""
     total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for each in (pid, *child_pids(pid)):
         try:
-            fields = _stat_fields(entry)
+            fields = _stat_fields(each)
         except (OSError, ValueError):
             continue  # gone meanwhile
-        if int(entry) == pid or int(fields[1]) == pid:  # fields[1] is the parent's pid
-            total += (int(fields[11]) + int(fields[12])) / _TICK
+        total += (int(fields[11]) + int(fields[12])) / _TICK
     return total
 
 
