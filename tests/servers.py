@@ -379,7 +379,8 @@ def gunicorn_process(
         server = Gunicorn(base, proc, log)
         try:
             wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, what="gunicorn")
-            # each worker binds its own socket (reuse_port): all of them, before the test
+            # every worker listening before the test: with reuse_port each binds a socket of its
+            # own, and /healthz answers as soon as the first one does
             wait_for(
                 lambda: sum(1 for s in worker_sockets(proc.pid, port).values() if s) >= workers,
                 what=f"gunicorn's {workers} workers",
