@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -490,3 +492,152 @@ def test_each_call_is_one_round_trip_on_the_fused_path(service, stocked):
         if fused
         else {"hold": 3, "invoice": 3, "hold2": 3, "release": 2}
     )
+
+
+# -- work owed is never lost; unknown outcomes are always compensated ------------------------------
+
+
+def _ttl_ms(service: HoldService, gid: str) -> int:
+    """The PTTL of the hold's record: -1 when it has none, -2 when it is gone."""
+    return int(service.ledger.client.pttl(service.ledger.keys.hold(gid)[0]))
+
+
+def test_a_failed_invoice_outlives_the_retention_until_it_sells(make_service, stocked):
+    """The buyer has paid: however long the POS fails the invoice, its record stays (no TTL) for
+    the worker and TEvo's retries; once sold, it is kept for the retention period again."""
+    service = make_service(hold_ttl=0.2, retention=0.3, retry_base=0.1)
+    hold(service)
+    assert 0 < _ttl_ms(service, "g1") <= 500
+    client = service.ledger.client
+    stock_key = service.ledger.keys.listing("L1")[0]
+    client.rename(stock_key, stock_key + ":away")  # the POS fails the sale
+    with pytest.raises(e.ListingNotFound):
+        service.invoice(global_id="g1", tevo_order_id=5)
+    time.sleep(0.6)  # past the hold's end and its retention
+    assert service.get(global_id="g1").status is HoldStatus.INVOICE_FAILED
+    assert _ttl_ms(service, "g1") == -1
+    client.rename(stock_key + ":away", stock_key)
+    assert service.invoice(global_id="g1", tevo_order_id=5).hold.status is HoldStatus.INVOICED
+    assert 0 < _ttl_ms(service, "g1") <= 300
+
+
+def test_an_invoice_refused_for_good_gives_the_record_its_ttl_back(make_service, stocked):
+    service = make_service(hold_ttl=0.2, retention=60)
+    hold(service)
+    time.sleep(0.25)  # lapsed
+    stocked.set_quantity("L1", 0)  # and its tickets are gone
+    with pytest.raises(e.HoldExpired):
+        service.invoice(global_id="g1", tevo_order_id=5)
+    assert 59_000 < _ttl_ms(service, "g1") <= 60_000
+
+
+def test_a_retried_invoice_keeps_the_order_id_as_first_sent(make_service, stocked):
+    """4711 and "4711" name one order; the POS saw the first spelling, and so do retries."""
+    service = make_service(lease=0.2)
+    hold(service)
+    service.ledger.claim_invoice("g1", 4711, lease=0.2, token="dead")  # a request that died
+    time.sleep(0.25)
+    outcome = service.invoice(global_id="g1", tevo_order_id="4711")
+    assert outcome.hold.status is HoldStatus.INVOICED
+    assert outcome.hold.tevo_order_id == 4711
+    assert service.invoice(global_id="g1", tevo_order_id=4711).hold.tevo_order_id == 4711
+
+
+def test_a_takeover_the_pos_refuses_still_compensates_the_attempt_before(service, stocked):
+    """The claim of a request that died (or timed out) is taken over by a retry, which the POS
+    refuses: the first attempt may have held tickets, so the release is still owed."""
+    ledger = service.ledger
+    ledger.claim_hold("g1", "L1", 2, ttl=900, lease=0.1, token="dead")
+    time.sleep(0.15)
+    assert ledger.claim_hold("g1", "L1", 2, ttl=900, lease=10, token="retry").changed
+    ledger.abort_hold("g1", "retry", "pos_error: refused")
+    assert ledger.get("g1").status is HoldStatus.PENDING
+    assert -1000 < _due_in_ms(service, "g1", "c") <= 0
+    # a claim nobody had before leaves nothing when refused
+    ledger.claim_hold("g2", "L1", 2, ttl=900, lease=10, token="first")
+    ledger.abort_hold("g2", "first", "pos_error: refused")
+    with pytest.raises(e.HoldNotFound):
+        ledger.get("g2")
+    assert list(ledger.scheduled("c")) == ["g1"]
+
+
+def test_a_started_compensation_holds_off_every_retry_until_it_is_confirmed(service, stocked):
+    """Once the worker has sent the compensating release, a new POS hold could land before that
+    release does and be undone by it: retries wait until the release is confirmed."""
+    ledger = service.ledger
+    ledger.claim_hold("g1", "L1", 2, ttl=900, lease=0.1, token="dead")
+    time.sleep(0.15)
+    item = DueItem("c", "g1")
+    assert ledger.claim_due(item, "w", lease=5) is not None
+    ledger.retry_due(item, "w", "pos_timeout: no answer", retry_in=0.05)  # it timed out
+    time.sleep(0.1)  # the retry is due: the release sent may still land
+    for call in (lambda: hold(service), lambda: service.release(global_id="g1")):
+        with pytest.raises(e.RequestInProgress) as info:
+            call()
+        assert info.value.retry_after >= 1
+    assert ledger.claim_due(item, "w2", lease=5) is not None
+    ledger.compensated("g1", "w2")
+    with pytest.raises(e.HoldNotFound):
+        ledger.get("g1")
+    assert hold(service).hold.status is HoldStatus.HELD  # afresh
+    assert stocked.stock("L1").held == 2
+
+
+def test_a_release_of_a_hold_whose_pos_call_had_no_outcome_gives_the_tickets_back(service, stocked):
+    """TEvo got a 504 for its hold and releases it: the release does the compensation itself
+    (no 409 until a worker comes by)."""
+    claim = service.ledger.claim_hold("g1", "L1", 2, ttl=900, lease=10, token="t")
+    stocked.hold(global_id="g1", remote_id="L1", quantity=2, expires_at=claim.hold.expires_at)
+    service.ledger.unknown_hold("g1", "t", "pos_timeout: no answer")
+    outcome = service.release(global_id="g1")
+    assert outcome.hold.status is HoldStatus.RELEASED and not outcome.replayed
+    assert stocked.stock("L1").held == 0
+    assert list(service.ledger.scheduled("c")) == []
+    assert service.release(global_id="g1").replayed
+
+
+class _LateInventory(RedisInventoryAdapter):
+    """The reference inventory whose hold lands only after ``meanwhile`` ran (past the lease)."""
+
+    meanwhile: Callable[[], None] = staticmethod(lambda: None)
+
+    def hold(self, **kwargs: Any) -> None:
+        self.meanwhile()
+        super().hold(**kwargs)
+
+
+@pytest.mark.parametrize("meanwhile", ["compensated", "released", "compensating"])
+def test_a_hold_the_pos_answers_after_its_lease_is_released_again(client, meanwhile):
+    """The POS answers after the claim's lease ended, and meanwhile the worker compensated the
+    hold, TEvo released it, or the worker is compensating it: the tickets the late answer holds
+    are released again (by the worker), and TEvo gets a 504."""
+    from tevo_hold import KeySpace, Ledger
+    from tevo_hold.worker import Worker
+
+    keys = KeySpace()
+    ledger = Ledger(client, keys=keys)
+    inventory = _LateInventory(client, keys=keys)
+    inventory.set_quantity("L1", 5)
+    service = HoldService(ledger, inventory, lease=0.1, fuse=False)
+    worker = Worker(service, lease=5)
+    item = DueItem("c", "g1")
+
+    def in_the_meantime() -> None:
+        time.sleep(0.15)  # the lease ends
+        if meanwhile == "compensated":
+            assert worker.run_once() == 1
+        elif meanwhile == "released":
+            service.release(global_id="g1")
+        else:
+            assert ledger.claim_due(item, "w", lease=5) is not None
+            inventory.release(global_id="g1", remote_id="L1", quantity=2)  # sent, unconfirmed
+
+    inventory.meanwhile = in_the_meantime  # type: ignore[method-assign]
+    with pytest.raises(e.PosTimeout, match="after its lease"):
+        hold(service)
+    assert inventory.stock("L1").held == 2  # the late answer's tickets
+    if meanwhile == "compensating":
+        ledger.compensated("g1", "w")  # the release sent before the hold landed is confirmed
+    assert worker.run_once() == 1
+    assert inventory.stock("L1").held == 0
+    assert list(ledger.scheduled("c")) == list(ledger.scheduled("l")) == []

@@ -96,18 +96,45 @@ class Ledger:
 
     def finish_hold(
         self, global_id: str, token: str, *, track_lapse: bool = False, actor: str = "api"
-    ) -> Claim:
+    ) -> Claim | None:
         """Mark the pending hold of ``token`` as ``held``.
 
         With ``track_lapse`` the worker is to release the hold in the POS when it lapses.
+        None when the claim was lost: its lease ended while the POS call ran, and the hold was
+        compensated, released or is being compensated meanwhile (see :meth:`lost_hold`).
+        Raises RequestInProgress when a retry has taken the claim over and is still running.
         """
-        return self._call(
+        reply = self._run(
             global_id, actor, "finish_hold", token, self.retention_ms, "1" if track_lapse else "0"
         )
+        if reply[0] == "lost":
+            return None
+        return self.claim_from_reply(reply, global_id)
 
-    def abort_hold(self, global_id: str, token: str, *, actor: str = "api") -> None:
-        """Forget the pending hold of ``token``: the POS refused it, a retry starts afresh."""
-        self._run(global_id, actor, "abort_hold", token)
+    def abort_hold(
+        self, global_id: str, token: str, detail: str = "", *, actor: str = "api"
+    ) -> None:
+        """Forget the pending hold of ``token``: the POS refused it (``detail``), a retry starts
+        afresh. If the claim took over one whose POS call has no known outcome, the hold is
+        compensated instead, as after :meth:`unknown_hold`: the refusal does not undo that call.
+        """
+        self._run(global_id, actor, "abort_hold", token, detail)
+
+    def lost_hold(
+        self,
+        global_id: str,
+        remote_id: str,
+        quantity: int,
+        *,
+        ttl: float,
+        detail: str,
+        actor: str = "api",
+    ) -> None:
+        """The POS answered a hold after its claim was lost (:meth:`finish_hold` said None):
+        the worker is to release it in the POS once more, unless a retry has taken the hold over
+        and owns the tickets.
+        """
+        self._run(global_id, actor, "lost_hold", remote_id, quantity, _ms_of(ttl), detail)
 
     def unknown_hold(self, global_id: str, token: str, detail: str, *, actor: str = "api") -> None:
         """The POS call of ``token``'s hold has no known outcome: compensate it now.
@@ -153,9 +180,10 @@ class Ledger:
         """Start an invoice: ``held`` (lapsed or not) or ``invoice_failed`` becomes ``invoicing``.
 
         From then on the hold can neither lapse nor be released, and the invoice is due at the
-        lease's end: if the request dies, the worker retries it. ``changed`` is False when it was
-        already invoiced under this order id. Raises HoldNotFound, HoldReleased,
-        OrderIdConflict, RequestInProgress.
+        lease's end: if the request dies, the worker retries it. The record is kept (no TTL)
+        until the invoice is finished or aborted, however long the POS fails it. ``changed`` is
+        False when it was already invoiced under this order id. Raises HoldNotFound,
+        HoldReleased, OrderIdConflict, RequestInProgress.
         """
         return self._call(
             global_id,
@@ -165,7 +193,6 @@ class Ledger:
             json.dumps(tevo_order_id),
             _ms_of(lease),
             token,
-            self.retention_ms,
         )
 
     def finish_invoice(self, global_id: str, token: str, *, actor: str = "api") -> Claim:
@@ -181,7 +208,9 @@ class Ledger:
         forward to now, so it reads ``expired``.
         """
         becomes = "lapsed" if lapsed else "held"
-        return self._call(global_id, actor, "abort_invoice", token, becomes, detail)
+        return self._call(
+            global_id, actor, "abort_invoice", token, becomes, detail, self.retention_ms
+        )
 
     def fail_invoice(
         self, global_id: str, token: str, detail: str, *, retry_in: float, actor: str = "api"
@@ -235,7 +264,7 @@ class Ledger:
 
     def compensated(self, global_id: str, token: str, *, actor: str = "worker") -> None:
         """The worker released the hold of unknown outcome in the POS: forget the hold."""
-        self._run(global_id, actor, "compensated", token)
+        self._run(global_id, actor, "compensated", token, self.retention_ms)
 
     def retry_due(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import uuid
 
 from . import errors, metrics
@@ -18,6 +19,8 @@ from .settings import Settings
 from .validation import check_id, check_order_id, check_quantity
 
 __all__ = ["HoldService", "build_adapter", "build_service", "describe_error"]
+
+log = logging.getLogger("tevo_hold")
 
 
 class HoldService:
@@ -82,8 +85,9 @@ class HoldService:
         Raises InvalidRequest, ListingNotFound, InsufficientQuantity, GlobalIdConflict,
         RequestInProgress, and what the adapter raises (PosError, Unavailable, PosTimeout).
         A refused hold leaves no record: a retry tries again. A hold whose POS call has no known
-        outcome (PosTimeout, or an unexpected error) is released in the POS by the worker, unless
-        a retry completes it first.
+        outcome (PosTimeout, a PosError whose ``outcome_unknown`` is set, an unexpected error, a
+        POS that answered after the lease ended) is released in the POS by the worker, unless a
+        retry or a release completes it first.
         """
         remote_id = check_id("remote_id", remote_id)
         quantity = check_quantity(quantity)
@@ -118,19 +122,42 @@ class HoldService:
                     quantity=quantity,
                     expires_at=claim.hold.expires_at,
                 )
-        except _REFUSED as exc:
-            # Nothing is held in the POS. If even this fails, the compensation scheduled with
-            # the claim releases nothing, harmlessly.
-            with contextlib.suppress(errors.Unavailable):
-                self.ledger.abort_hold(global_id, token, actor=actor)
-            raise exc from None
         except Exception as exc:
+            if isinstance(exc, _REFUSED) and not getattr(exc, "outcome_unknown", False):
+                # Nothing is held in the POS. If even this fails, the compensation scheduled
+                # with the claim releases nothing, harmlessly.
+                with contextlib.suppress(errors.Unavailable):
+                    self.ledger.abort_hold(global_id, token, describe_error(exc), actor=actor)
+                raise exc from None
             with contextlib.suppress(errors.Unavailable):
                 self.ledger.unknown_hold(global_id, token, describe_error(exc), actor=actor)
             raise
         track = not self.adapter.lapses_on_its_own
-        done = self.ledger.finish_hold(global_id, token, track_lapse=track, actor=actor)
-        return Outcome(done.hold.as_held())
+        finished = self.ledger.finish_hold(global_id, token, track_lapse=track, actor=actor)
+        if finished is None:
+            raise self._answered_late(global_id, remote_id, quantity, actor)
+        return Outcome(finished.hold.as_held())
+
+    def _answered_late(
+        self, global_id: str, remote_id: str, quantity: int, actor: str
+    ) -> errors.PosTimeout:
+        """The POS held ``global_id`` after the claim's lease ended, and the hold was
+        compensated or released meanwhile: have the worker release it in the POS once more."""
+        detail = (
+            f"The POS answered the hold after its lease of {self.lease:g} s had ended; "
+            "the hold is released again."
+        )
+        log.error(
+            "hold %r: the POS answered after the lease (%g s) ended: raise TEVO_HOLD_LEASE above "
+            "the POS's slowest hold call",
+            global_id,
+            self.lease,
+        )
+        with contextlib.suppress(errors.Unavailable):
+            self.ledger.lost_hold(
+                global_id, remote_id, quantity, ttl=self.hold_ttl, detail=detail, actor=actor
+            )
+        return errors.PosTimeout(detail)
 
     @fail_fast()
     @metrics.counted(metrics.RELEASES)
@@ -139,8 +166,10 @@ class HoldService:
 
         The hold becomes ``released``, or ``expired`` if it had lapsed. Repeating a release is
         harmless (the POS is asked again, and adapters are idempotent); should the POS call fail,
-        the worker makes it later. Raises InvalidRequest, HoldNotFound, HoldAlreadyInvoiced,
-        RequestInProgress, and what the adapter raises.
+        the worker makes it later. A hold whose POS call had no known outcome, with no request at
+        work on it, is released the same way. Raises InvalidRequest, HoldNotFound,
+        HoldAlreadyInvoiced, RequestInProgress (a hold or invoice call is running, or the worker
+        is releasing the hold), and what the adapter raises.
         """
         global_id = check_id("global_id", global_id)
         if self._fused is not None:

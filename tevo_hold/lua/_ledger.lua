@@ -9,7 +9,14 @@
 -- pr released in the POS after lapsing (ms since the epoch, by this Redis's clock), ok/oj the order
 -- id (canonical / JSON), lu lease until and tok the token of the request holding the lease while
 -- st is pending or invoicing, na failed invoice attempts, le last error; lk the listing's stock
--- key, on holds made by fused.lua (its release and invoice find the listing by it).
+-- key, on holds made by fused.lua (its release and invoice find the listing by it). While st is
+-- pending: uk '1' when an earlier attempt's POS call has no known outcome (a claim taken over),
+-- cp '1' once the worker has started to compensate (no new POS hold until it is confirmed), ag
+-- '1' when a POS hold answered during that compensation (compensate once more).
+--
+-- A record that work is owed on (pending: a compensation; invoicing or invoice_failed: the
+-- invoice) has no TTL: it outlives the work, however long the POS is down. It expires
+-- retention ms after its hold's end once it is finished.
 --
 -- The due set is an outbox of work a worker must do, each member scored by when it is due:
 --   'l' .. global_id  release the hold in the POS: at its deadline if it lapses, or at the lease's
@@ -67,57 +74,77 @@ local function keep(expires_at, retention)
   redis.call('PEXPIRE', K.events, ttl)
 end
 
+local function owe()
+  redis.call('PERSIST', K.rec)
+  redis.call('PERSIST', K.events)
+end
+
 local function wait(lease_until) return math.max(tonumber(lease_until) - now, 0) end
 
 local function due(kind, at) redis.call('ZADD', K.due, at, kind .. ledger.gid) end
 local function done(kind) redis.call('ZREM', K.due, kind .. ledger.gid) end
 
 -- A hold's verdict before any write: nil to go ahead, else the final reply.
+-- The second value is true when the hold takes over a claim whose POS call has no known outcome.
 function ledger.check_hold(rid, qty, tok)
-  local rec = redis.call('HMGET', K.rec, 'rid', 'qty', 'st', 'lu', 'tok')
-  if not rec[3] then return nil end
+  local rec = redis.call('HMGET', K.rec, 'rid', 'qty', 'st', 'lu', 'tok', 'cp', 'uk')
+  if not rec[3] then return nil, false end
   if rec[1] ~= rid or rec[2] ~= qty then return fail('global_id_conflict') end
   if rec[3] ~= 'pending' then return ledger.reply('replay') end
+  -- a compensating release has started and may land after a new POS hold: none is made until
+  -- the release is confirmed (the record then goes, and a retry starts afresh)
+  if rec[6] then return fail('request_in_progress', math.max(wait(rec[4]), 1000)) end
   if rec[5] ~= tok and tonumber(rec[4]) > now then return fail('request_in_progress', wait(rec[4])) end
-  return nil -- our own claim sent twice, or the claim of a request that died: take it over
+  -- our own claim sent twice, or the claim of a request that died or timed out: take it over
+  return nil, rec[5] ~= tok or rec[7] == '1'
 end
 
 -- Write a new hold: 'pending' leased to tok (lease > 0, its compensation scheduled at the
--- lease's end), or straight 'held' (lease = 0: the POS step already happened atomically). lk,
--- if given, is recorded as the listing's stock key. Answers the 'ok' reply with the record.
-function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk)
+-- lease's end; unknown: it takes over a claim of unknown outcome), or straight 'held' (lease = 0:
+-- the POS step already happened atomically). lk, if given, is recorded as the listing's stock
+-- key. Answers the 'ok' reply with the record.
+function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk, unknown)
   local f = {'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl, 'st', 'held'}
   if lease > 0 then f[10], f[11], f[12], f[13], f[14] = 'pending', 'lu', now + lease, 'tok', tok end
   if lk then
     f[#f + 1] = 'lk'
     f[#f + 1] = lk
   end
+  if unknown then
+    f[#f + 1] = 'uk'
+    f[#f + 1] = '1'
+  end
   redis.call('DEL', K.rec) -- what a claim taken over left (a new record is written whole)
   redis.call('HSET', K.rec, unpack(f))
   if lease > 0 then
     due('c', now + lease)
     event('hold_requested', 'pending')
+    owe()
   else
     if track_lapse == '1' then due('l', now + ttl) end
     event('held', 'held')
+    keep(now + ttl, retention)
   end
-  keep(now + ttl, retention)
   return written('ok', f)
 end
 
 function ledger.claim_hold(rid, qty, ttl, lease, tok, retention)
-  local verdict = ledger.check_hold(rid, qty, tok)
+  local verdict, unknown = ledger.check_hold(rid, qty, tok)
   if verdict then return verdict end
-  return ledger.write_hold(rid, qty, ttl, lease, tok, retention, '0')
+  return ledger.write_hold(rid, qty, ttl, lease, tok, retention, '0', nil, unknown)
 end
 
+-- 'lost' when the lease of tok ended while its POS call ran and the hold was compensated,
+-- released, or is being compensated meanwhile: what the call held in the POS is left over (see
+-- lost_hold).
 function ledger.finish_hold(tok, retention, track_lapse)
-  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu', 'ea')
-  if not rec[1] then return fail('hold_not_found') end
-  if rec[1] ~= 'pending' then return ledger.reply('replay') end
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu', 'ea', 'cp')
+  local st = rec[1]
+  if not st or st == 'released' or st == 'expired' or rec[5] then return fail('lost') end
+  if st ~= 'pending' then return ledger.reply('replay') end
   if rec[2] ~= tok then return fail('request_in_progress', wait(rec[3])) end
   redis.call('HSET', K.rec, 'st', 'held')
-  redis.call('HDEL', K.rec, 'lu', 'tok')
+  redis.call('HDEL', K.rec, 'lu', 'tok', 'uk')
   done('c')
   if track_lapse == '1' then due('l', tonumber(rec[4])) end
   event('held', 'held')
@@ -125,13 +152,45 @@ function ledger.finish_hold(tok, retention, track_lapse)
   return ledger.reply('ok')
 end
 
--- The POS refused the hold (nothing to give back): forget it, so a retry starts afresh.
-function ledger.abort_hold(tok)
-  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+-- The POS refused the hold (nothing to give back): forget it, so a retry starts afresh. Unless
+-- the claim took over one of unknown outcome: that attempt may have held tickets, which this
+-- refusal does not undo, so the hold is compensated as after a timeout.
+function ledger.abort_hold(tok, detail)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'uk')
   if rec[1] == 'pending' and rec[2] == tok then
-    redis.call('DEL', K.rec, K.events)
-    done('c')
+    if rec[3] then
+      redis.call('HSET', K.rec, 'lu', now)
+      due('c', now)
+      event('hold_outcome_unknown', 'pending', 'refused after an attempt of unknown outcome: ' ..
+        (detail or ''))
+    else
+      redis.call('DEL', K.rec, K.events)
+      done('c')
+    end
   end
+  return {'ok', now, 0, '{}'}
+end
+
+-- The POS answered the hold of tok after its lease ended (finish_hold said 'lost'), and what it
+-- held there is nobody's: release it in the POS once more, by the worker. A record that a retry
+-- has taken over meanwhile (pending or held) owns the tickets: nothing to do.
+function ledger.lost_hold(rid, qty, ttl, detail)
+  local rec = redis.call('HMGET', K.rec, 'st', 'cp')
+  local st = rec[1]
+  if not st then -- compensated and forgotten: a pending record again, compensated at once
+    redis.call('HSET', K.rec, 'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl, 'st', 'pending',
+      'lu', now, 'tok', '', 'uk', '1')
+    due('c', now)
+  elseif st == 'pending' and rec[2] then -- being compensated: once more when that is done
+    redis.call('HSET', K.rec, 'ag', '1')
+  elseif st == 'released' or st == 'expired' then
+    redis.call('HDEL', K.rec, 'pr')
+    due('l', now)
+  else
+    return {'ok', now, 0, '{}'}
+  end
+  event('hold_answered_late', st or 'pending', detail)
+  if not st then owe() end -- the stream's TTL, from the compensation
   return {'ok', now, 0, '{}'}
 end
 
@@ -148,13 +207,22 @@ function ledger.unknown_hold(tok, detail)
 end
 
 function ledger.release(retention, lease, track)
-  local rec = redis.call('HMGET', K.rec, 'st', 'ea', 'lu')
+  local rec = redis.call('HMGET', K.rec, 'st', 'ea', 'lu', 'cp')
   local st = rec[1]
   if not st then return fail('hold_not_found') end
-  if st == 'pending' or st == 'invoicing' then return fail('request_in_progress', wait(rec[3])) end
+  if st == 'pending' and rec[4] then return fail('request_in_progress', math.max(wait(rec[3]), 1000)) end
+  if st == 'invoicing' or (st == 'pending' and tonumber(rec[3]) > now) then
+    return fail('request_in_progress', wait(rec[3]))
+  end
   if st == 'invoiced' or st == 'invoice_failed' then return fail('hold_already_invoiced') end
   if st == 'released' or st == 'expired' then return ledger.reply('replay') end
-  -- held: a release after the deadline finds the hold lapsed
+  -- held, or pending with no request at work on it (its POS call timed out, or its request
+  -- died): released, the POS release following as for any release. A release after the deadline
+  -- finds the hold lapsed.
+  if st == 'pending' then
+    redis.call('HDEL', K.rec, 'lu', 'tok', 'uk', 'ag')
+    done('c')
+  end
   local ea = tonumber(rec[2])
   local became = (now >= ea) and 'expired' or 'released'
   redis.call('HSET', K.rec, 'st', became, 'ra', now)
@@ -165,8 +233,8 @@ function ledger.release(retention, lease, track)
   return ledger.reply('ok')
 end
 
-function ledger.claim_invoice(order_key, order_json, lease, tok, retention)
-  local rec = redis.call('HMGET', K.rec, 'st', 'ok', 'lu', 'tok', 'ea')
+function ledger.claim_invoice(order_key, order_json, lease, tok)
+  local rec = redis.call('HMGET', K.rec, 'st', 'ok', 'lu', 'tok', 'oj')
   local st = rec[1]
   if not st then return fail('hold_not_found') end
   if st == 'pending' then return fail('request_in_progress', wait(rec[3])) end
@@ -181,14 +249,16 @@ function ledger.claim_invoice(order_key, order_json, lease, tok, retention)
       return fail('request_in_progress', wait(rec[3]))
     end
   end
-  -- held (live or lapsed), failed before, or a claim sent twice or left by a request that died
+  -- held (live or lapsed), failed before, or a claim sent twice or left by a request that died;
+  -- 4711 and "4711" are one order: a retry keeps the first one's spelling, which the POS saw
+  if rec[2] == order_key and rec[5] then order_json = rec[5] end
   redis.call('HSET', K.rec, 'st', 'invoicing', 'ok', order_key, 'oj', order_json,
     'lu', now + lease, 'tok', tok)
   done('l')
   -- the invoice is due again at the lease's end: if this request dies, a worker retries it
   due('i', now + lease)
   event('invoice_requested', 'invoicing', order_json)
-  keep(tonumber(rec[5]), retention)
+  owe()
   return ledger.reply('ok')
 end
 
@@ -216,14 +286,19 @@ end
 -- Give the hold back the state it had before the invoice of tok: the POS said its tickets are
 -- gone ('lapsed': the deadline moves to now, the hold reads expired) or the invoice never
 -- reached the POS ('held').
-function ledger.abort_invoice(tok, becomes, detail)
+function ledger.abort_invoice(tok, becomes, detail, retention)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'ea')
   if rec[1] == 'invoicing' and rec[2] == tok then
+    local ea = tonumber(rec[3])
     redis.call('HSET', K.rec, 'st', 'held')
-    if becomes == 'lapsed' and tonumber(rec[3]) > now then redis.call('HSET', K.rec, 'ea', now) end
+    if becomes == 'lapsed' and ea > now then
+      ea = now
+      redis.call('HSET', K.rec, 'ea', ea)
+    end
     redis.call('HDEL', K.rec, 'ok', 'oj', 'lu', 'tok')
     done('i')
     event('invoice_refused', 'held', detail)
+    keep(ea, retention)
   end
   return ledger.reply('ok')
 end
@@ -257,7 +332,7 @@ function ledger.claim_due(kind, tok, lease)
   elseif kind == 'c' then
     if st ~= 'pending' then done('c'); return fail('skip') end
     if tonumber(rec[3]) > now then due('c', tonumber(rec[3])); return fail('skip') end
-    redis.call('HSET', K.rec, 'lu', now + lease, 'tok', tok)
+    redis.call('HSET', K.rec, 'lu', now + lease, 'tok', tok, 'cp', '1')
   elseif kind == 'i' then
     if st == 'invoicing' and tonumber(rec[3]) > now then
       due('i', tonumber(rec[3])); return fail('skip')
@@ -283,22 +358,35 @@ function ledger.released_in_pos()
   return {'ok', now, 0, '{}'}
 end
 
--- The worker released a hold of unknown outcome in the POS: forget the hold.
-function ledger.compensated(tok)
-  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
-  done('c')
+-- The worker released a hold of unknown outcome in the POS: forget the hold (its history stays
+-- for retention ms). If a POS hold answered meanwhile (ag), compensate once more first.
+function ledger.compensated(tok, retention)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'ag')
   if rec[1] == 'pending' and rec[2] == tok then
+    if rec[3] then
+      redis.call('HDEL', K.rec, 'ag', 'cp')
+      redis.call('HSET', K.rec, 'lu', now)
+      due('c', now)
+      event('compensated', 'pending', 'released in the POS; once more, for a hold answered late')
+      return {'ok', now, 0, '{}'}
+    end
+    done('c')
     redis.call('DEL', K.rec)
     event('compensated', '', 'released in the POS after an unknown outcome')
+    redis.call('PEXPIRE', K.events, retention)
+    return {'ok', now, 0, '{}'}
   end
+  done('c')
   return {'ok', now, 0, '{}'}
 end
 
 -- A worker's POS call failed: try again after retry_ms (the lease it held ends).
+-- A compensation stays started (cp): the release that failed may still land, so a retry of the
+-- hold waits until one is confirmed.
 function ledger.retry_due(kind, tok, detail, retry_ms)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok')
   if kind == 'c' and rec[1] == 'pending' and rec[2] == tok then
-    redis.call('HSET', K.rec, 'lu', now)
+    redis.call('HSET', K.rec, 'lu', now + retry_ms)
   end
   due(kind, now + retry_ms)
   event(kind == 'l' and 'pos_release_failed' or 'compensation_failed', rec[1], detail)

@@ -41,7 +41,7 @@ end
 local function settle(L, tok, qty, retention, retry)
   local sold = inventory.sell(L, gid, qty, retention)
   if sold == 'insufficient_quantity' then
-    ledger.abort_invoice(tok, 'lapsed', 'hold_expired: the tickets are gone')
+    ledger.abort_invoice(tok, 'lapsed', 'hold_expired: the tickets are gone', retention)
     return ledger.fail('hold_expired')
   end
   if sold ~= 'ok' then
@@ -90,7 +90,7 @@ if cmd == 'invoice' then
   local L = listing(a[9])
   if not L and redis.call('EXISTS', KEYS[1]) == 1 then return ledger.fail('unfused') end
   local tok, retention = a[7], tonumber(a[8])
-  local reply = ledger.claim_invoice(a[4], a[5], tonumber(a[6]), tok, retention)
+  local reply = ledger.claim_invoice(a[4], a[5], tonumber(a[6]), tok)
   if reply[1] ~= 'ok' then return reply end
   local f = redis.call('HMGET', KEYS[1], 'qty', 'na')
   local retry = math.floor(math.min(tonumber(a[11]), tonumber(a[10]) * 2 ^ (tonumber(f[2]) or 0)))

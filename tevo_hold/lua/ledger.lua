@@ -5,17 +5,18 @@
 --             then the command's arguments:
 --   claim_hold      remote_id, quantity, ttl_ms, lease_ms, token, retention_ms
 --   finish_hold     token, retention_ms, track_lapse ('1' to schedule the POS release at lapse)
---   abort_hold      token
+--   abort_hold      token, detail
 --   unknown_hold    token, detail
 --   release         retention_ms, lease_ms, track ('1': a POS release is due at the lease's end
 --                   unless released_in_pos confirms it first)
---   claim_invoice   order key (canonical string), order id as JSON, lease_ms, token, retention_ms
+--   lost_hold       remote_id, quantity, ttl_ms, detail
+--   claim_invoice   order key (canonical string), order id as JSON, lease_ms, token
 --   finish_invoice  token, retention_ms
---   abort_invoice   token, 'lapsed' or 'held' (what the hold becomes), detail
+--   abort_invoice   token, 'lapsed' or 'held' (what the hold becomes), detail, retention_ms
 --   fail_invoice    token, detail, retry_ms
 --   claim_due       kind ('l', 'c' or 'i'), token, lease_ms
 --   released_in_pos -
---   compensated     token
+--   compensated     token, retention_ms
 --   retry_due       kind, token, detail, retry_ms
 --   get             history ('1' to add the audit stream to the reply)
 -- Reply: {outcome, now_ms, extra, {field, value, ...}} (see _ledger.lua); get with history adds
@@ -32,17 +33,20 @@ if cmd == 'claim_hold' then
   return ledger.claim_hold(a[4], a[5], tonumber(a[6]), tonumber(a[7]), a[8], tonumber(a[9]))
 end
 if cmd == 'finish_hold' then return ledger.finish_hold(a[4], tonumber(a[5]), a[6]) end
-if cmd == 'abort_hold' then return ledger.abort_hold(a[4]) end
+if cmd == 'abort_hold' then return ledger.abort_hold(a[4], a[5]) end
+if cmd == 'lost_hold' then return ledger.lost_hold(a[4], a[5], tonumber(a[6]), a[7]) end
 if cmd == 'unknown_hold' then return ledger.unknown_hold(a[4], a[5]) end
 if cmd == 'release' then return ledger.release(tonumber(a[4]), tonumber(a[5]), a[6]) end
 if cmd == 'claim_invoice' then
-  return ledger.claim_invoice(a[4], a[5], tonumber(a[6]), a[7], tonumber(a[8]))
+  return ledger.claim_invoice(a[4], a[5], tonumber(a[6]), a[7])
 end
 if cmd == 'finish_invoice' then return ledger.finish_invoice(a[4], tonumber(a[5])) end
-if cmd == 'abort_invoice' then return ledger.abort_invoice(a[4], a[5], a[6]) end
+if cmd == 'abort_invoice' then
+  return ledger.abort_invoice(a[4], a[5], a[6], tonumber(a[7]))
+end
 if cmd == 'fail_invoice' then return ledger.fail_invoice(a[4], a[5], tonumber(a[6])) end
 if cmd == 'claim_due' then return ledger.claim_due(a[4], a[5], tonumber(a[6])) end
 if cmd == 'released_in_pos' then return ledger.released_in_pos() end
-if cmd == 'compensated' then return ledger.compensated(a[4]) end
+if cmd == 'compensated' then return ledger.compensated(a[4], tonumber(a[5])) end
 if cmd == 'retry_due' then return ledger.retry_due(a[4], a[5], a[6], tonumber(a[7])) end
 return redis.error_reply('ledger.lua: unknown command ' .. tostring(cmd))
