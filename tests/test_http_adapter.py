@@ -246,6 +246,26 @@ def test_always_500_is_a_pos_error_after_the_retries(pos, make_adapter):
     assert pos.available("R") == 10
 
 
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_5xx_leaves_the_outcome_unknown(pos, make_adapter, status):
+    """A POS may fail after it acted, and a gateway's 502 or 504 may hide that it did: the error
+    says so, and the service compensates a hold instead of forgetting it."""
+    adapter = make_adapter(retries=0)
+    pos.fail("hold", status)
+    with pytest.raises(errors.PosError) as caught:
+        hold(adapter)
+    assert caught.value.outcome_unknown
+    assert (caught.value.status, caught.value.code) == (502, "pos_error")
+
+
+def test_a_refusal_leaves_nothing_unknown(pos, make_adapter):
+    adapter = make_adapter(retries=0)
+    pos.refuse("hold", 400)
+    with pytest.raises(errors.PosError) as caught:
+        hold(adapter)
+    assert not caught.value.outcome_unknown
+
+
 def test_retries_zero_means_one_attempt(pos, make_adapter):
     adapter = make_adapter(retries=0)
     pos.fail("invoice", 503)
@@ -326,6 +346,27 @@ def test_an_attempt_that_timed_out_leaves_the_outcome_unknown(pos, make_adapter)
         hold(adapter)
     pos.wait_idle()
     assert pos.state("g1") == "held"  # the first attempt did hold
+
+
+@pytest.mark.parametrize(
+    ("status", "refusal"), [(409, "insufficient_quantity"), (400, "pos_error")]
+)
+@pytest.mark.parametrize("operation", ["hold", "invoice"])
+def test_a_refusal_after_an_attempt_that_timed_out_leaves_the_outcome_unknown(
+    pos, make_adapter, operation, status, refusal
+):
+    """A retry refused (a 409 from a POS still busy with the first attempt, say) says nothing of
+    the first attempt, which may have acted: for a hold the service must compensate, and for an
+    invoice retry, never record the sale as refused (the buyer has paid)."""
+    adapter = make_adapter(timeout=0.3, budget=2.0)
+    if operation == "invoice":
+        hold(adapter)
+    pos.plan(operation, Step("slow", seconds=0.6, times=1), Step("status", status=status))
+    call = {"hold": hold, "invoice": invoice}[operation]
+    with pytest.raises(errors.PosTimeout, match=refusal):
+        call(adapter)
+    pos.wait_idle()
+    assert pos.state("g1") == {"hold": "held", "invoice": "invoiced"}[operation]
 
 
 # -- settings: custom paths and header, adapters by name ------------------------------------------

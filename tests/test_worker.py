@@ -316,6 +316,47 @@ def test_a_hold_whose_attempt_timed_out_and_whose_retry_failed_is_released_in_th
     assert pos.available("R") == 100
 
 
+def test_a_hold_the_pos_fails_with_a_5xx_is_compensated_in_case_it_acted(
+    pos, make_api, make_worker
+):
+    """A 5xx (or a gateway's 502/504) may come after the POS held the tickets: TEvo gets its
+    502, and the POS gets a release for the global_id, not silence."""
+    api = make_api(pos_retries=0)
+    pos.fail("hold", 502, times=1)
+    answer = api.hold("gw-1", qty=3)
+    assert answer.status_code == 502 and answer.json["code"] == "pos_error"
+    assert api.get("gw-1").json["status"] == "pending"
+    assert scheduled(api.service)["c"] == ["gw-1"]
+    worker = make_worker()
+    wait_until(worker.run_once, timeout=3, what="the compensation")
+    assert pos.count("release", global_id="gw-1", ok=True) == 1
+    assert api.get("gw-1").status_code == 404
+    assert scheduled(api.service) == NOTHING_SCHEDULED
+
+
+def test_tevo_retries_wait_while_a_compensating_release_may_still_land(pos, make_api, make_worker):
+    """The worker's compensating release times out (it may land later). A retry of the hold
+    taken over then would be acknowledged, and the late release would undo it in the POS: the
+    retry waits (409) until a release is confirmed, then holds afresh."""
+    api = make_api(pos_timeout=0.3, pos_budget=0.5, pos_retries=0, lease=1, retry_base=0.2)
+    pos.slow("hold", 0.6, times=1)  # the hold lands after its 504
+    assert api.hold("late-1", qty=4).status_code == 504
+    pos.wait_idle()
+    assert pos.state("late-1") == "held"
+    pos.slow("release", 0.8, times=1)  # the compensation lands after the worker gave up on it
+    worker = make_worker(pos_timeout=0.3, pos_budget=0.5, pos_retries=0, retry_base=0.2)
+    assert worker.run_once() == 1
+    retried = api.hold("late-1", qty=4)
+    assert retried.status_code == 409 and retried.json["code"] == "request_in_progress"
+    pos.wait_idle()
+    assert pos.state("late-1") == "released"
+    wait_until(worker.run_once, timeout=3, what="the confirmed compensation")
+    assert api.get("late-1").status_code == 404
+    again = api.hold("late-1", qty=4)
+    assert again.status_code == 201, again.json
+    assert pos.state("late-1") == "held" and pos.available("R") == 96
+
+
 # -- invoices the POS fails ------------------------------------------------------------------------
 
 

@@ -284,11 +284,20 @@ class InternalError(TevoHoldError):
 
 
 class PosError(TevoHoldError):
-    """The POS refused the call or failed (for example answered 5xx)."""
+    """The POS refused the call or failed (for example answered 5xx).
+
+    ``outcome_unknown`` is True when the POS may have acted before it failed (a 5xx answer, say):
+    a hold is then compensated (released in the POS) as after a :class:`PosTimeout`, where a
+    plain refusal leaves nothing to give back.
+    """
 
     code = "pos_error"
     status = 502
     title = "POS error"
+
+    def __init__(self, detail: str | None = None, *, outcome_unknown: bool = False) -> None:
+        super().__init__(detail)
+        self.outcome_unknown = outcome_unknown
 
 
 class Unavailable(TevoHoldError):

@@ -18,7 +18,9 @@ Retries: connection failures, timeouts and 5xx answers are retried with jittered
 backoff (tenacity), inside a deadline (``budget``) that bounds the whole call, so an endpoint
 answers TEvo in time even when the POS hangs. What is left when the budget runs out:
 unreachable → :class:`Unavailable` (nothing was sent); no answer in time → :class:`PosTimeout`
-(the outcome is unknown; tevo-hold compensates); 5xx → :class:`PosError`.
+(the outcome is unknown; tevo-hold compensates); 5xx → :class:`PosError` whose outcome is unknown
+too (the POS may have acted before it failed; a hold is compensated). Once an attempt has timed
+out, any later answer but a success leaves the outcome unknown: :class:`PosTimeout`.
 """
 
 from __future__ import annotations
@@ -150,14 +152,9 @@ class HttpPosAdapter(PosAdapter):
                         outcome_unknown |= isinstance(exc.final, errors.PosTimeout)
                         raise
         except _Retryable as exc:
-            final = exc.final
-            if outcome_unknown and not isinstance(final, errors.PosTimeout):
-                # An earlier attempt may have reached the POS: its outcome decides, and is unknown.
-                final = errors.PosTimeout(
-                    f"An attempt at the {operation} timed out and the retries failed "
-                    f"({final.code}): the outcome is unknown."
-                )
-            raise final from exc.__cause__
+            raise _unless_unknown(exc.final, operation, outcome_unknown) from exc.__cause__
+        except errors.TevoHoldError as exc:  # a refusal (404, 409, another 4xx): not retried
+            raise _unless_unknown(exc, operation, outcome_unknown) from exc
 
     def _attempt(self, operation: str, url: str, body: dict[str, Any], deadline: float) -> None:
         per_attempt = max(min(self.timeout, deadline - time.monotonic()), 0.05)
@@ -176,6 +173,20 @@ class HttpPosAdapter(PosAdapter):
                 errors.PosTimeout(f"The POS did not answer {operation} in {per_attempt:.1f} s.")
             ) from exc
         _check(operation, response)
+
+
+def _unless_unknown(
+    final: errors.TevoHoldError, operation: str, outcome_unknown: bool
+) -> errors.TevoHoldError:
+    """``final``, or PosTimeout if an earlier attempt timed out: that attempt may have reached the
+    POS, and whatever a retry was answered (a refusal, a 409 of a POS still busy with it, a 5xx)
+    says nothing of it. Its outcome decides, and is unknown."""
+    if not outcome_unknown or isinstance(final, errors.PosTimeout):
+        return final
+    return errors.PosTimeout(
+        f"An attempt at the {operation} timed out and a retry was answered {final.code}: "
+        "the outcome is unknown."
+    )
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
@@ -211,6 +222,7 @@ def _check(operation: str, response: requests.Response) -> None:
         raise errors.InsufficientQuantity(
             f"The POS has not enough tickets ({operation}: {text}).", available=available
         )
-    if status >= 500:
-        raise _Retryable(errors.PosError(f"The POS failed the {operation}: {status} {text}"))
+    if status >= 500:  # it may have acted before it failed (or a gateway lost its answer)
+        failed = f"The POS failed the {operation}: {status} {text}"
+        raise _Retryable(errors.PosError(failed, outcome_unknown=True))
     raise errors.PosError(f"The POS refused the {operation}: {status} {text}")
