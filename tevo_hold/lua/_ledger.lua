@@ -94,7 +94,9 @@ function ledger.check_hold(rid, qty, tok)
   -- a compensating release has started and may land after a new POS hold: none is made until
   -- the release is confirmed (the record then goes, and a retry starts afresh)
   if rec[6] then return fail('request_in_progress', math.max(wait(rec[4]), 1000)) end
-  if rec[5] ~= tok and tonumber(rec[4]) > now then return fail('request_in_progress', wait(rec[4])) end
+  if rec[5] ~= tok and tonumber(rec[4]) > now then
+    return fail('request_in_progress', wait(rec[4]))
+  end
   -- our own claim sent twice, or the claim of a request that died or timed out: take it over
   return nil, rec[5] ~= tok or rec[7] == '1'
 end
@@ -210,7 +212,9 @@ function ledger.release(retention, lease, track)
   local rec = redis.call('HMGET', K.rec, 'st', 'ea', 'lu', 'cp')
   local st = rec[1]
   if not st then return fail('hold_not_found') end
-  if st == 'pending' and rec[4] then return fail('request_in_progress', math.max(wait(rec[3]), 1000)) end
+  if st == 'pending' and rec[4] then -- being compensated
+    return fail('request_in_progress', math.max(wait(rec[3]), 1000))
+  end
   if st == 'invoicing' or (st == 'pending' and tonumber(rec[3]) > now) then
     return fail('request_in_progress', wait(rec[3]))
   end
