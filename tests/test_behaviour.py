@@ -597,20 +597,25 @@ def test_a_release_of_a_hold_whose_pos_call_had_no_outcome_gives_the_tickets_bac
 
 
 class _LateInventory(RedisInventoryAdapter):
-    """The reference inventory whose hold lands only after ``meanwhile`` ran (past the lease)."""
+    """The reference inventory whose hold lands only after ``meanwhile`` ran (past the lease),
+    and then, if ``fails``, raises a timeout as well."""
 
     meanwhile: Callable[[], None] = staticmethod(lambda: None)
+    fails = False
 
     def hold(self, **kwargs: Any) -> None:
         self.meanwhile()
         super().hold(**kwargs)
+        if self.fails:
+            raise e.PosTimeout("no answer in time")
 
 
+@pytest.mark.parametrize("answer", ["late", "timeout"])
 @pytest.mark.parametrize("meanwhile", ["compensated", "released", "compensating"])
-def test_a_hold_the_pos_answers_after_its_lease_is_released_again(client, meanwhile):
-    """The POS answers after the claim's lease ended, and meanwhile the worker compensated the
-    hold, TEvo released it, or the worker is compensating it: the tickets the late answer holds
-    are released again (by the worker), and TEvo gets a 504."""
+def test_a_hold_the_pos_answers_after_its_lease_is_released_again(client, meanwhile, answer):
+    """The POS call ends after the claim's lease, and meanwhile the worker compensated the
+    hold, TEvo released it, or the worker is compensating it: the tickets the call held are
+    released again (by the worker), and TEvo gets a 504."""
     from tevo_hold import KeySpace, Ledger
     from tevo_hold.worker import Worker
 
@@ -633,7 +638,8 @@ def test_a_hold_the_pos_answers_after_its_lease_is_released_again(client, meanwh
             inventory.release(global_id="g1", remote_id="L1", quantity=2)  # sent, unconfirmed
 
     inventory.meanwhile = in_the_meantime  # type: ignore[method-assign]
-    with pytest.raises(e.PosTimeout, match="after its lease"):
+    inventory.fails = answer == "timeout"
+    with pytest.raises(e.PosTimeout, match="after its lease" if answer == "late" else "in time"):
         hold(service)
     assert inventory.stock("L1").held == 2  # the late answer's tickets
     if meanwhile == "compensating":

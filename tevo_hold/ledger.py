@@ -136,13 +136,15 @@ class Ledger:
         """
         self._run(global_id, actor, "lost_hold", remote_id, quantity, _ms_of(ttl), detail)
 
-    def unknown_hold(self, global_id: str, token: str, detail: str, *, actor: str = "api") -> None:
+    def unknown_hold(self, global_id: str, token: str, detail: str, *, actor: str = "api") -> bool:
         """The POS call of ``token``'s hold has no known outcome: compensate it now.
 
         The lease ends at once, so a retry of the hold may take it over (the POS is idempotent per
-        global_id); unless one does, the worker releases the hold in the POS.
+        global_id); unless one does, the worker releases the hold in the POS. False when the
+        claim was lost meanwhile, as for :meth:`finish_hold`: call :meth:`lost_hold`.
         """
-        self._run(global_id, actor, "unknown_hold", token, detail)
+        outcome: str = self._run(global_id, actor, "unknown_hold", token, detail)[0]
+        return outcome != "lost"
 
     # -- release ---------------------------------------------------------------------------
     def release(

@@ -130,34 +130,35 @@ class HoldService:
                     self.ledger.abort_hold(global_id, token, describe_error(exc), actor=actor)
                 raise exc from None
             with contextlib.suppress(errors.Unavailable):
-                self.ledger.unknown_hold(global_id, token, describe_error(exc), actor=actor)
+                detail = describe_error(exc)
+                if not self.ledger.unknown_hold(global_id, token, detail, actor=actor):
+                    self._lost(global_id, remote_id, quantity, detail, actor)
             raise
         track = not self.adapter.lapses_on_its_own
         finished = self.ledger.finish_hold(global_id, token, track_lapse=track, actor=actor)
         if finished is None:
-            raise self._answered_late(global_id, remote_id, quantity, actor)
+            detail = (
+                f"The POS answered the hold after its lease of {self.lease:g} s had ended; "
+                "the hold is released again."
+            )
+            with contextlib.suppress(errors.Unavailable):
+                self._lost(global_id, remote_id, quantity, detail, actor)
+            raise errors.PosTimeout(detail)
         return Outcome(finished.hold.as_held())
 
-    def _answered_late(
-        self, global_id: str, remote_id: str, quantity: int, actor: str
-    ) -> errors.PosTimeout:
-        """The POS held ``global_id`` after the claim's lease ended, and the hold was
-        compensated or released meanwhile: have the worker release it in the POS once more."""
-        detail = (
-            f"The POS answered the hold after its lease of {self.lease:g} s had ended; "
-            "the hold is released again."
-        )
+    def _lost(self, global_id: str, remote_id: str, quantity: int, detail: str, actor: str) -> None:
+        """The POS call of a hold ended after its claim's lease, and the hold was compensated or
+        released meanwhile: have the worker release what the call held in the POS once more."""
         log.error(
-            "hold %r: the POS answered after the lease (%g s) ended: raise TEVO_HOLD_LEASE above "
-            "the POS's slowest hold call",
+            "hold %r: the POS call ended after the lease (%g s): raise TEVO_HOLD_LEASE above the "
+            "POS's slowest hold call (%s)",
             global_id,
             self.lease,
+            detail,
         )
-        with contextlib.suppress(errors.Unavailable):
-            self.ledger.lost_hold(
-                global_id, remote_id, quantity, ttl=self.hold_ttl, detail=detail, actor=actor
-            )
-        return errors.PosTimeout(detail)
+        self.ledger.lost_hold(
+            global_id, remote_id, quantity, ttl=self.hold_ttl, detail=detail, actor=actor
+        )
 
     @fail_fast()
     @metrics.counted(metrics.RELEASES)

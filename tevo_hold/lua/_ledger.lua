@@ -81,6 +81,10 @@ end
 
 local function wait(lease_until) return math.max(tonumber(lease_until) - now, 0) end
 
+-- Whether a request's claim on a hold was lost while its POS call ran: the hold was compensated
+-- (gone), released, or is being compensated (cp). What that call held in the POS is nobody's.
+local function claim_lost(st, cp) return not st or st == 'released' or st == 'expired' or cp end
+
 local function due(kind, at) redis.call('ZADD', K.due, at, kind .. ledger.gid) end
 local function done(kind) redis.call('ZREM', K.due, kind .. ledger.gid) end
 
@@ -142,7 +146,7 @@ end
 function ledger.finish_hold(tok, retention, track_lapse)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu', 'ea', 'cp')
   local st = rec[1]
-  if not st or st == 'released' or st == 'expired' or rec[5] then return fail('lost') end
+  if claim_lost(st, rec[5]) then return fail('lost') end
   if st ~= 'pending' then return ledger.reply('replay') end
   if rec[2] ~= tok then return fail('request_in_progress', wait(rec[3])) end
   redis.call('HSET', K.rec, 'st', 'held')
@@ -198,14 +202,17 @@ end
 
 -- The POS call's outcome is unknown (timeout): end the lease now, so that the compensation (a
 -- release in the POS) is due at once, and a retry of the hold may take over before it runs.
+-- 'lost' when the claim was lost meanwhile, as for finish_hold.
 function ledger.unknown_hold(tok, detail)
-  local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'cp')
   if rec[1] == 'pending' and rec[2] == tok then
     redis.call('HSET', K.rec, 'lu', now)
     due('c', now)
     event('hold_outcome_unknown', 'pending', detail)
+  elseif claim_lost(rec[1], rec[3]) then
+    return fail('lost')
   end
-  return ledger.reply('ok')
+  return {'ok', now, 0, '{}'}
 end
 
 function ledger.release(retention, lease, track)
