@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from tevo_hold import errors
 from tevo_hold.openapi import OPERATIONS
 from tevo_hold.settings import PREFIX, Settings
 
-from .servers import ROOT, gunicorn_server, redis_server
+from .servers import ROOT, free_port, gunicorn_server, redis_server
 
 DOCS = ROOT / "docs"
 DEMO_KEY = "demo-key"
@@ -185,6 +188,44 @@ def test_the_vendor_guide_examples_run_and_serve_through_their_adapter() -> None
         assert refused.get_json()["available"] == 7
         assert http.get("/tevo/healthz").status_code == 200
         assert http.get("/tevo/v1/openapi.json").get_json()["servers"][0]["url"] == "/tevo"
+
+
+def _guide_class(name: str) -> Any:
+    """A class of the vendor guide, defined by running the one Python block that defines it."""
+    [block] = [
+        text
+        for lang, text in _blocks(DOCS / "pos-vendors.md")
+        if lang == "python" and f"\nclass {name}(" in text
+    ]
+    namespace: dict[str, Any] = {"__name__": "pos_vendors_guide"}
+    exec(compile(block, "pos-vendors.md", "exec"), namespace)
+    return namespace[name]
+
+
+def test_the_guide_acme_adapter_tells_tevo_what_happened_and_logs_where(caplog) -> None:
+    """A refused connection changed nothing (503 unavailable); a request sent and never
+    answered may have (504 pos_timeout). TEvo's message names no address; the log does."""
+    acme_class = _guide_class("AcmePosAdapter")
+    refused = free_port()
+    with socket.socket() as silent:  # the kernel accepts connections; nobody ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        cases = [(refused, errors.Unavailable), (silent.getsockname()[1], errors.PosTimeout)]
+        for port, expected in cases:
+            acme = acme_class(f"http://127.0.0.1:{port}", "token", timeout=0.5)
+            caplog.clear()
+            try:
+                with caplog.at_level(logging.WARNING), pytest.raises(expected) as caught:
+                    acme.hold(
+                        global_id="g1",
+                        remote_id="L1",
+                        quantity=1,
+                        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+                    )
+            finally:
+                acme.close()
+            assert "127.0.0.1" not in caught.value.detail and str(port) not in caught.value.detail
+            assert f"port={port}" in caplog.text
 
 
 # -- the reference page, in a real browser ------------------------------------------------------

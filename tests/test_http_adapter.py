@@ -8,6 +8,7 @@ enough tickets; the key in a configurable header; retries only where safe, withi
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,9 @@ import fakeredis
 import pytest
 import requests
 
-from tevo_hold import PosAdapter, Settings, build_service, errors
+from tevo_hold import PosAdapter, Settings, build_service, create_app, errors
 from tevo_hold.adapters.http import HttpPosAdapter
+from tevo_hold.web import EXTENSION_KEY
 
 from .pos_double import PosDouble, Step, pos_double
 from .servers import free_port
@@ -300,6 +302,49 @@ def test_a_refused_connection_is_unavailable_with_a_tight_budget(make_adapter):
             answers.append((type(exc).__name__, round(time.monotonic() - started, 2)))
     assert all(name == "Unavailable" for name, _ in answers), answers
     assert all(elapsed < budget + SLACK for _, elapsed in answers), answers
+
+
+def test_an_unreachable_pos_is_named_in_the_log_never_in_the_error(make_adapter, caplog):
+    """TEvo reads the error's detail: it names neither the POS's address nor its password;
+    the log names the address, without the password."""
+    port = free_port()
+    url = f"http://posuser:s3cretpw@127.0.0.1:{port}/internal/tevo"
+    adapter = make_adapter(url, retries=0, timeout=1.0, budget=2.0)
+    with (
+        caplog.at_level(logging.WARNING, logger="tevo_hold"),
+        pytest.raises(errors.Unavailable) as caught,
+    ):
+        hold(adapter)
+    assert caught.value.detail == "The POS is unreachable."
+    assert f"http://posuser:***@127.0.0.1:{port}/internal/tevo/holds" in caplog.text
+    assert "s3cretpw" not in caplog.text
+
+
+def test_the_api_answers_an_unreachable_pos_without_its_address_or_password():
+    url = f"http://posuser:s3cretpw@127.0.0.1:{free_port()}/internal/tevo"
+    config = {
+        "TEVO_HOLD_API_KEYS": "k",
+        "TEVO_HOLD_ADAPTER": "http",
+        "TEVO_HOLD_POS_URL": url,
+        "TEVO_HOLD_POS_RETRIES": "0",
+    }
+    app = create_app(config)
+    try:
+        body = {"remote_id": "R", "quantity": 1, "global_id": "g1"}
+        answer = app.test_client().post("/v1/holds", json=body, headers={"X-API-Key": "k"})
+    finally:
+        app.extensions[EXTENSION_KEY].service.close()
+    assert answer.status_code == 503
+    assert answer.get_json()["detail"] == "The POS is unreachable."
+    text = answer.get_data(as_text=True)
+    assert "s3cretpw" not in text and "posuser" not in text and "127.0.0.1" not in text
+
+
+def test_a_bad_pos_url_is_named_without_its_password():
+    with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL") as caught:
+        HttpPosAdapter("ftp://posuser:s3cretpw@pos.example/tevo")
+    assert "s3cretpw" not in caught.value.detail
+    assert "ftp://posuser:***@pos.example/tevo" in caught.value.detail
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 
 from tevo_hold import Settings
 from tevo_hold.errors import ConfigurationError
-from tevo_hold.settings import DEMO_API_KEY
+from tevo_hold.settings import DEMO_API_KEY, redact_url
 
 
 def test_defaults_are_the_embedded_demo():
@@ -84,14 +84,31 @@ def test_repr_shows_no_secret():
             "TEVO_HOLD_REDIS_URL": "redis://:redis-password@h:1/0",
             "TEVO_HOLD_API_KEYS": "api-secret",
             "TEVO_HOLD_ADAPTER": "http",
-            "TEVO_HOLD_POS_URL": "http://pos",
+            "TEVO_HOLD_POS_URL": "http://posuser:pos-password@pos.internal/tevo",
             "TEVO_HOLD_POS_API_KEY": "pos-secret",
         }
     )
     text = repr(s)
-    assert "hold_ttl" in text
-    for secret in ("redis-password", "api-secret", "pos-secret"):
+    assert "hold_ttl" in text and "pos_timeout" in text
+    for secret in ("redis-password", "api-secret", "pos-password", "pos-secret"):
         assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:pw@h:1/p?q=1", "http://u:***@h:1/p?q=1"),
+        ("https://u:p@w@h/p", "https://u:***@h/p"),
+        ("http://:pw@h", "http://:***@h"),
+        ("redis://u:pw@h:6379/0", "redis://u:***@h:6379/0"),
+        ("http://user@h/p", "http://user@h/p"),
+        ("http://h/p@x", "http://h/p@x"),
+        ("http://h:8080/tevo", "http://h:8080/tevo"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url_hides_the_password_only(url, shown):
+    assert redact_url(url) == shown
 
 
 def test_unknown_url_scheme_is_named():

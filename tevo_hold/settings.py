@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 
-__all__ = ["DEMO_API_KEY", "EMBEDDED_URL", "PREFIX", "Settings"]
+__all__ = ["DEMO_API_KEY", "EMBEDDED_URL", "PREFIX", "Settings", "redact_url"]
 
 PREFIX = "TEVO_HOLD_"
 #: The URL of the embedded default: state in this process's memory (fakeredis running our Lua).
@@ -29,6 +29,21 @@ REDIS_SCHEMES = (
 DEMO_API_KEY = "demo-key"
 
 T = TypeVar("T")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo, if any, replaced by ``***`` (for logs).
+
+    ``http://user:pw@host/path`` → ``http://user:***@host/path``; other URLs are unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}{rest[end:]}"
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
@@ -87,7 +102,8 @@ class Settings:
     what it means; the README's table of settings is this class.
     """
 
-    # Secrets (and a URL that may carry a password) stay out of repr(): no log shows them.
+    # Secrets (and the URLs, which may carry a password: redis_url, pos_url) stay out of
+    # repr(): no log shows them.
     redis_url: str = field(
         default=EMBEDDED_URL,
         repr=False,
@@ -134,7 +150,7 @@ class Settings:
         },
     )
     pos_url: str | None = field(
-        default=None, metadata={"help": "http adapter: the POS API's base URL"}
+        default=None, repr=False, metadata={"help": "http adapter: the POS API's base URL"}
     )
     pos_api_key: str | None = field(
         default=None, repr=False, metadata={"help": "http adapter: the key sent to the POS"}

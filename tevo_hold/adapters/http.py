@@ -26,6 +26,7 @@ out, any later answer but a success leaves the outcome unknown: :class:`PosTimeo
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -36,6 +37,7 @@ import tenacity
 from urllib3.exceptions import NewConnectionError
 
 from .. import errors
+from ..settings import redact_url
 from .base import PosAdapter
 
 __all__ = ["DEFAULT_PATHS", "HttpPosAdapter"]
@@ -45,6 +47,8 @@ DEFAULT_PATHS: Mapping[str, str] = {
     "release": "/releases",
     "invoice": "/invoices",
 }
+
+log = logging.getLogger("tevo_hold")
 
 
 class _Retryable(Exception):
@@ -77,7 +81,7 @@ class HttpPosAdapter(PosAdapter):
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise errors.ConfigurationError(
-                f"TEVO_HOLD_POS_URL={base_url!r}: expected an http:// or https:// URL"
+                f"TEVO_HOLD_POS_URL={redact_url(base_url)!r}: expected an http:// or https:// URL"
             )
         self.base_url = base_url.rstrip("/")
         self.paths = {**DEFAULT_PATHS, **(paths or {})}
@@ -162,9 +166,9 @@ class HttpPosAdapter(PosAdapter):
             response = self.session.post(url, json=body, timeout=per_attempt)
         except requests.ConnectionError as exc:
             if _never_sent(exc):
-                raise _Retryable(
-                    errors.Unavailable(f"The POS at {self.base_url} is unreachable.")
-                ) from exc
+                # The address goes to the log (without a password), never to TEvo.
+                log.warning("The POS at %s is unreachable: %s", redact_url(url), exc)
+                raise _Retryable(errors.Unavailable("The POS is unreachable.")) from exc
             raise _Retryable(
                 errors.PosTimeout(f"The POS dropped the {operation} call: the outcome is unknown.")
             ) from exc
