@@ -143,3 +143,32 @@ def test_without_redis_url_the_command_fails_naming_the_setting():
     result = run(env, "inventory", "show", "R")
     assert result.exit_code != 0
     assert "TEVO_HOLD_REDIS_URL" in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["worker"],
+        ["invoices", "failed"],
+        ["invoices", "retry", "g1"],
+        ["holds", "list"],
+        ["holds", "show", "g1"],
+        ["keys", "list"],
+        ["inventory", "show", "R"],
+    ],
+    ids=" ".join,
+)
+def test_a_bad_setting_is_one_error_line_naming_it_for_every_command(env, command):
+    result = run({**env, "TEVO_HOLD_HOLD_TTL": "abc"}, *command)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # not a ConfigurationError's traceback
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: configuration_error: TEVO_HOLD_HOLD_TTL='abc'")
+    assert result.stdout == ""
+
+
+def test_an_adapter_that_cannot_be_built_is_one_error_line(env):
+    result = run({**env, "TEVO_HOLD_ADAPTER": "no_such_module_xyz:Adapter"}, "worker")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: configuration_error: TEVO_HOLD_ADAPTER=")

@@ -27,19 +27,27 @@ __all__ = ["main"]
 
 class _Context:
     def __init__(self) -> None:
+        self._settings: Settings | None = None
         self._service: HoldService | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The ``TEVO_HOLD_*`` settings of the environment (a bad one: an error line, exit 1)."""
+        if self._settings is None:
+            self._settings = _run(Settings.from_env)
+        return self._settings
 
     @property
     def service(self) -> HoldService:
         if self._service is None:
-            settings = Settings.from_env()
+            settings = self.settings
             if settings.embedded:
                 raise click.UsageError(
                     "TEVO_HOLD_REDIS_URL is unset: the embedded default keeps its state inside "
                     "the server's own process, where this command cannot reach it. Set "
                     "TEVO_HOLD_REDIS_URL to the Redis the server uses."
                 )
-            self._service = build_service(settings)
+            self._service = _run(lambda: build_service(settings))
         return self._service
 
     def close(self) -> None:
@@ -278,6 +286,14 @@ def worker(
     from .observability import configure_logging
     from .worker import Worker
 
+    # The settings and the service first: a mistake in them is one error line, before anything
+    # starts.
+    runner = Worker(
+        ctx.service,
+        lease=lease,
+        interval=ctx.settings.worker_interval,
+        name=name or f"worker-{os.getpid()}",
+    )
     configure_logging()
     if metrics_port is not None:
         from prometheus_client import start_http_server
@@ -286,13 +302,6 @@ def worker(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    settings = Settings.from_env()
-    runner = Worker(
-        ctx.service,
-        lease=lease,
-        interval=settings.worker_interval,
-        name=name or f"worker-{os.getpid()}",
-    )
     runner.run(stop)
 
 
