@@ -322,6 +322,34 @@ def test_ids_with_any_characters_are_distinct_holds_and_listings(service, invent
         assert inventory.stock(rid).on_hand == 10 + i
 
 
+@pytest.mark.parametrize("prefix", ["tevo_hold", "shop:g:1"])
+def test_scan_lists_every_hold_by_its_own_id_even_with_colon_g_colon(make_service, prefix):
+    """``tevo-hold holds list`` reads each id back from its key: ids (and prefixes) with
+    ``:g:`` in them are listed as they are, each once."""
+    service = make_service(key_prefix=prefix)
+    inventory = service.adapter
+    assert isinstance(inventory, RedisInventoryAdapter)
+    inventory.set_quantity("L1", 100)
+    gids = ["order:g:7", "7", "x:g:y", ":g:", "g:", ":g", *WEIRD]
+    for i, gid in enumerate(gids):
+        hold(service, gid, qty=1 + i % 3)
+    listed = sorted((h.global_id, h.quantity) for h in service.ledger.scan(count=5))
+    assert listed == sorted((gid, 1 + i % 3) for i, gid in enumerate(gids))
+
+
+def test_global_id_of_takes_only_the_keys_of_hold_records():
+    from tevo_hold.keys import KeySpace
+
+    keys = KeySpace("p:g:q")
+    for gid in ["order:g:7", "a}:g:b", "{h1}:g:", "%7D", ""]:
+        record, stream, due = keys.hold(gid)
+        assert keys.global_id_of(record) == gid
+        assert keys.global_id_of(stream) is None and keys.global_id_of(due) is None
+    assert keys.global_id_of(KeySpace("other").hold("x")[0]) is None
+    assert keys.global_id_of(keys.listing("x")[0]) is None
+    assert keys.global_id_of("p:g:q:{hx}:g:y") is None
+
+
 def test_keys_of_one_hold_and_one_listing_share_a_hash_slot(service):
     from redis.crc import key_slot
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["SHARDS", "KeySpace", "encode_id", "shard_of"]
+__all__ = ["SHARDS", "KeySpace", "decode_id", "encode_id", "shard_of"]
 
 #: How many shards holds are spread over. Part of the key layout: never change it on a live store.
 SHARDS = 256
@@ -38,6 +38,11 @@ _ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 def encode_id(value: str) -> str:
     """Encode an id for use inside a key: injective, and free of ``{`` and ``}``."""
     return value.translate(_ESCAPES)
+
+
+def decode_id(encoded: str) -> str:
+    """The id :func:`encode_id` encoded."""
+    return encoded.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
 
 
 def shard_of(global_id: str) -> int:
@@ -86,3 +91,17 @@ class KeySpace:
     def hold_pattern(self) -> str:
         """A SCAN pattern matching every hold record."""
         return f"{self.prefix}:{{h*}}:g:*"
+
+    def global_id_of(self, key: str) -> str | None:
+        """The ``global_id`` whose record :meth:`hold` names ``key``; None for any other key.
+
+        The known head (prefix, shard tag, ``:g:``) is taken off the front: an id may contain
+        ``:g:`` too.
+        """
+        head = f"{self.prefix}:{{h"
+        if not key.startswith(head):
+            return None
+        shard, sep, encoded = key[len(head) :].partition("}:g:")
+        if not sep or not shard.isdigit():
+            return None
+        return decode_id(encoded)

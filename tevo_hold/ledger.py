@@ -289,8 +289,9 @@ class Ledger:
         """Every hold record, in no order (a SCAN: for operators, not for the hot path)."""
         with translate_errors():
             for key in self.client.scan_iter(match=self.keys.hold_pattern(), count=count):
-                text = key.decode("utf-8") if isinstance(key, bytes) else key
-                global_id = _decode_id(text.rpartition(":g:")[2])
+                global_id = self.keys.global_id_of(_text(key))
+                if global_id is None:  # another key the pattern matched (a prefix with globs)
+                    continue
                 try:
                     yield self.get(global_id)
                 except errors.HoldNotFound:
@@ -328,10 +329,6 @@ def _ms_of(seconds: float) -> int:
 
 def _text(value: Any) -> Any:
     return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _decode_id(encoded: str) -> str:
-    return encoded.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
 
 
 def _event(entry: list[Any]) -> Event:
