@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import tomllib
+from pathlib import Path
+
 import fakeredis
 import pytest
 from flask import Flask
 
-from tevo_hold import Settings, TevoHold, build_service
-from tevo_hold.errors import ConfigurationError
+from tevo_hold import RedisInventoryAdapter, Settings, TevoHold, build_service, create_app
+from tevo_hold.adapters.redis_inventory import SAMPLE_INVENTORY
+from tevo_hold.errors import ConfigurationError, ListingNotFound
 from tevo_hold.web import EXTENSION_KEY
+
+from .servers import ROOT
 
 KEY = {"X-API-Key": "vendor-key"}
 
@@ -65,3 +73,83 @@ def test_init_app_twice_names_the_mistake():
     TevoHold(app)
     with pytest.raises(ConfigurationError, match="once per app"):
         TevoHold(app)
+
+
+# -- the embedded default's listings, however it is set up ------------------------------------
+
+DEMO = {"demo-1": 10, "demo-2": 4, "demo-sold-out": 0}
+
+
+def _stock(adapter: object, remote_ids: list[str]) -> dict[str, int]:
+    assert isinstance(adapter, RedisInventoryAdapter)
+    return {rid: adapter.stock(rid).on_hand for rid in remote_ids}
+
+
+def test_the_demo_listings_ship_inside_the_package_as_declared_package_data():
+    package = ROOT / "tevo_hold"
+    assert SAMPLE_INVENTORY.parent == package  # not in server/, which no wheel carries
+    listed = json.loads(SAMPLE_INVENTORY.read_text("utf-8"))["listings"]
+    assert {item["remote_id"]: item["quantity"] for item in listed} == DEMO
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["tevo_hold"]
+    relative = str(SAMPLE_INVENTORY.relative_to(package))
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns)
+
+
+def test_the_library_on_the_embedded_default_starts_with_the_demo_listings():
+    """The README's direct-core example, as written."""
+    service = build_service(Settings())
+    try:
+        outcome = service.hold(remote_id="demo-1", quantity=2, global_id="order-1")
+        assert outcome.hold.status == "held" and not outcome.replayed
+        assert _stock(service.adapter, list(DEMO)) == DEMO
+    finally:
+        service.close()
+
+
+def test_create_app_on_the_embedded_default_serves_the_demo_listings():
+    app = create_app({"TEVO_HOLD_API_KEYS": "k"})
+    try:
+        body = {"remote_id": "demo-1", "quantity": 2, "global_id": "order-1"}
+        answer = app.test_client().post("/v1/holds", json=body, headers={"X-API-Key": "k"})
+        assert answer.status_code == 201, answer.json
+    finally:
+        app.extensions[EXTENSION_KEY].service.close()
+
+
+def test_a_mounted_extension_on_the_embedded_default_stocks_the_inventory_file(tmp_path: Path):
+    path = tmp_path / "listings.json"
+    path.write_text(json.dumps({"listings": [{"remote_id": "mine", "quantity": 7}]}), "utf-8")
+    app = Flask("vendor")
+    app.config.update(TEVO_HOLD_API_KEYS="k", TEVO_HOLD_INVENTORY_FILE=str(path))
+    TevoHold(app, url_prefix="/tevo")
+    service = app.extensions[EXTENSION_KEY].service
+    try:
+        assert _stock(service.adapter, ["mine"]) == {"mine": 7}
+        with pytest.raises(ListingNotFound):  # the file's listings, not the demo's
+            _stock(service.adapter, ["demo-1"])
+        body = {"remote_id": "mine", "quantity": 7, "global_id": "g"}
+        answer = app.test_client().post("/tevo/v1/holds", json=body, headers={"X-API-Key": "k"})
+        assert answer.status_code == 201, answer.json
+    finally:
+        service.close()
+
+
+def test_a_bad_inventory_file_stops_the_start_naming_it(tmp_path: Path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"items": []}', "utf-8")
+    with pytest.raises(ConfigurationError, match=r"broken\.json"):
+        build_service(Settings(inventory_file=str(path)))
+
+
+def test_with_redis_no_listings_are_stocked(redis_url: str):
+    """The inventory file is the embedded default's: a real Redis keeps its own listings."""
+    service = build_service(Settings(redis_url=redis_url, api_keys=("k",)))
+    try:
+        service.ledger.client.delete(*service.ledger.keys.listing("demo-1"))
+        service.close()
+        service = build_service(Settings(redis_url=redis_url, api_keys=("k",)))
+        with pytest.raises(ListingNotFound):
+            _stock(service.adapter, ["demo-1"])
+    finally:
+        service.close()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from .adapters.redis_inventory import RedisInventoryAdapter
-from .errors import ConfigurationError
+from .adapters.redis_inventory import load_inventory
 from .service import HoldService
 from .settings import DEMO_API_KEY, PREFIX
 from .web import EXTENSION_KEY, TevoHold
@@ -28,8 +25,9 @@ def create_app(
     """A Flask app serving the API at its root.
 
     Settings come from ``TEVO_HOLD_*`` environment variables, overridden by ``config``; they are
-    read once, here. In the embedded mode (no Redis URL) the listings of
-    ``TEVO_HOLD_INVENTORY_FILE`` are stocked at start-up.
+    read once, here. In the embedded mode (no Redis URL) the in-memory store starts with the
+    listings of ``TEVO_HOLD_INVENTORY_FILE``, or the demo listings (see
+    :func:`tevo_hold.connection.connect`).
     """
     app = Flask("tevo_hold")
     app.config.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX)})
@@ -49,27 +47,4 @@ def create_app(
             "use Redis.%s",
             f" Demo API key: {DEMO_API_KEY}" if not settings.api_keys else "",
         )
-        if settings.inventory_file and isinstance(state.service.adapter, RedisInventoryAdapter):
-            load_inventory(state.service.adapter, settings.inventory_file)
     return app
-
-
-def load_inventory(adapter: RedisInventoryAdapter, path: str | Path) -> int:
-    """Stock the listings of a JSON file ``{"listings": [{"remote_id": ..., "quantity": ...}]}``.
-
-    Returns how many listings were set. Raises ConfigurationError naming the file if it is
-    unreadable or not of that shape.
-    """
-    try:
-        listings = json.loads(Path(path).read_text("utf-8"))["listings"]
-        pairs = [(str(item["remote_id"]), int(item["quantity"])) for item in listings]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(
-            f"inventory file {str(path)!r}: expected "
-            '{"listings": [{"remote_id": "...", "quantity": 10}]} ('
-            f"{type(exc).__name__}: {exc})"
-        ) from exc
-    for remote_id, quantity in pairs:
-        adapter.set_quantity(remote_id, quantity)
-    log.warning("tevo-hold stocked %d listings from %s", len(pairs), path)
-    return len(pairs)

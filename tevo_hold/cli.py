@@ -13,8 +13,7 @@ from typing import Any
 import click
 
 from . import errors
-from .adapters.redis_inventory import RedisInventoryAdapter
-from .app import load_inventory
+from .adapters.redis_inventory import RedisInventoryAdapter, load_inventory
 from .auth import ApiKey, KeyStore
 from .checker import Listing, Report, Result, prepare_listings, run_checks
 from .models import Hold, HoldStatus, Stock

@@ -35,7 +35,9 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ._redis import RedisClient, _is_outage
+from .adapters.redis_inventory import SAMPLE_INVENTORY, RedisInventoryAdapter, load_inventory
 from .errors import ConfigurationError
+from .keys import KeySpace
 from .settings import EMBEDDED_URL, Settings
 
 __all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "connect"]
@@ -53,14 +55,16 @@ def connect(settings: Settings) -> RedisClient:
     """A client for ``settings.redis_url``.
 
     ``memory://`` gives an in-process fakeredis that runs the same Lua scripts (the embedded
-    default: nothing is shared with other processes, nothing survives a restart). Other URLs
+    default: nothing is shared with other processes, nothing survives a restart), a new store
+    each call; with the reference adapter it starts with the listings of
+    ``TEVO_HOLD_INVENTORY_FILE``, or the demo listings the package ships. Other URLs
     give a redis-py client whose every attempt is bounded by ``redis_timeout`` seconds, with
     ``RETRIES`` retry on connection errors and timeouts. No client connects before its first
     command, so a process starts even while Redis is down, and works once it is back.
     """
     url = settings.redis_url
     if url == EMBEDDED_URL:
-        return _embedded()
+        return _embedded(settings)
     scheme = url.split("://", 1)[0].lower()
     if scheme in CLUSTER_SCHEMES:
         return _cluster(url, settings)
@@ -263,7 +267,7 @@ def _refresh_in_background(manager: NodesManager) -> None:
     manager.initialize = initialize  # type: ignore[method-assign]
 
 
-def _embedded() -> redis.Redis:
+def _embedded(settings: Settings) -> redis.Redis:
     try:
         import fakeredis
         import lupa  # noqa: F401 - fakeredis runs Lua only with lupa installed
@@ -274,4 +278,11 @@ def _embedded() -> redis.Redis:
             "In production, set TEVO_HOLD_REDIS_URL to your Redis instead."
         ) from exc
     client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    if settings.adapter == "reference":
+        # Stocked here, where the store is made, so that every way to the embedded default
+        # (create_app, a TevoHold of your own, build_service, connect) starts with the same.
+        inventory = RedisInventoryAdapter(
+            client, keys=KeySpace(settings.key_prefix), retention=settings.retention
+        )
+        load_inventory(inventory, settings.inventory_file or SAMPLE_INVENTORY)
     return client

@@ -80,8 +80,8 @@ _ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
 MAX_ORDER_NUMBER = 2**63 - 1
 _ORDER_NUMBER = {"type": "integer", "minimum": 1, "maximum": MAX_ORDER_NUMBER}
 
-#: The values the documented examples use. The demo server stocks this listing
-#: (server/sample_inventory.json), so the examples work as they are: the first checkout is held
+#: The values the documented examples use. The embedded default stocks this listing
+#: (tevo_hold/sample_inventory.json), so the examples work as they are: the first checkout is held
 #: then invoiced, the second held then released.
 EXAMPLE_REMOTE_ID = "demo-1"
 EXAMPLE_GLOBAL_ID = "tevo-checkout-1001"

@@ -140,7 +140,11 @@ class Settings:
     max_body: int = field(default=65536, metadata={"help": "largest request body, in bytes"})
     inventory_file: str | None = field(
         default=None,
-        metadata={"help": "embedded mode: JSON file of listings to stock at start-up"},
+        metadata={
+            "help": "embedded mode, reference adapter: JSON file of the listings the in-memory "
+            'store starts with ({"listings": [{"remote_id", "quantity"}]}); unset: the '
+            "demo listings demo-1 (10 tickets), demo-2 (4) and demo-sold-out (0)"
+        },
     )
     adapter: str = field(
         default="reference",

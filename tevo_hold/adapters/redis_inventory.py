@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
+from pathlib import Path
 
 from redis.cluster import RedisCluster
 
@@ -14,7 +16,13 @@ from ..ledger import Claim, Ledger
 from ..models import Hold, Stock
 from .base import PosAdapter
 
-__all__ = ["RedisInventoryAdapter"]
+__all__ = ["SAMPLE_INVENTORY", "RedisInventoryAdapter", "load_inventory"]
+
+log = logging.getLogger("tevo_hold")
+
+#: The demo listings the embedded default starts with (demo-1: 10 tickets, demo-2: 4,
+#: demo-sold-out: 0), shipped in the package so that an installed one has them too.
+SAMPLE_INVENTORY = Path(__file__).resolve().parent.parent / "sample_inventory.json"
 
 
 class RedisInventoryAdapter(PosAdapter):
@@ -203,3 +211,24 @@ class RedisInventoryAdapter(PosAdapter):
                 f"global_id {global_id!r} holds another quantity of listing {remote_id!r}."
             )
         raise errors.InternalError(f"inventory.lua answered an unknown outcome {outcome!r}")
+
+
+def load_inventory(adapter: RedisInventoryAdapter, path: str | Path) -> int:
+    """Stock the listings of a JSON file ``{"listings": [{"remote_id": ..., "quantity": ...}]}``.
+
+    Returns how many listings were set. Raises ConfigurationError naming the file if it is
+    unreadable or not of that shape.
+    """
+    try:
+        listings = json.loads(Path(path).read_text("utf-8"))["listings"]
+        pairs = [(str(item["remote_id"]), int(item["quantity"])) for item in listings]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise errors.ConfigurationError(
+            f"inventory file {str(path)!r}: expected "
+            '{"listings": [{"remote_id": "...", "quantity": 10}]} ('
+            f"{type(exc).__name__}: {exc})"
+        ) from exc
+    for remote_id, quantity in pairs:
+        adapter.set_quantity(remote_id, quantity)
+    log.warning("tevo-hold stocked %d listings from %s", len(pairs), path)
+    return len(pairs)
