@@ -5,13 +5,27 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import redis
 from click.testing import CliRunner, Result
+from flask import Flask
 
-from tevo_hold import RedisInventoryAdapter, Settings, build_service, errors
+from tevo_hold import (
+    HoldService,
+    KeySpace,
+    Ledger,
+    RedisInventoryAdapter,
+    Settings,
+    TevoHold,
+    build_service,
+    errors,
+)
 from tevo_hold.cli import main
+from tevo_hold.connection import connect
+
+from .recording_pos import RecordingPos
 
 
 @pytest.fixture
@@ -172,3 +186,109 @@ def test_an_adapter_that_cannot_be_built_is_one_error_line(env):
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert result.stderr.startswith("error: configuration_error: TEVO_HOLD_ADAPTER=")
+
+
+# -- the server's adapter and the commands that call the POS -----------------------------------
+
+
+class VendorPos(RecordingPos):
+    """A vendor's adapter, plugged in code. Its calls are kept on the class: the command builds
+    an instance of its own (TEVO_HOLD_ADAPTER=tests.test_cli:VendorPos)."""
+
+    calls: ClassVar[list[tuple[str, str]]] = []  # type: ignore[misc]
+    refuse_invoices: ClassVar[bool] = False
+
+    def invoice(
+        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+    ) -> None:
+        super().invoice(
+            global_id=global_id, remote_id=remote_id, quantity=quantity, tevo_order_id=tevo_order_id
+        )
+        if self.refuse_invoices:
+            raise errors.PosError("The vendor's POS refused the invoice.")
+
+
+VENDOR = "tests.test_cli:VendorPos"
+REFERENCE = "tevo_hold.adapters.redis_inventory:RedisInventoryAdapter"
+
+
+@pytest.fixture
+def vendor_server(redis_url: str, env: dict[str, str | None]) -> Iterator[HoldService]:
+    """The vendor guide's "Plug it in": a Flask app whose TevoHold serves VendorPos; with a
+    hold, g1, whose invoice VendorPos refused (invoice_failed)."""
+    VendorPos.calls.clear()
+    VendorPos.refuse_invoices = True
+    settings = Settings(redis_url=redis_url, api_keys=("k",))
+    client = connect(settings)
+    ledger = Ledger(client, keys=KeySpace(settings.key_prefix), retention=settings.retention)
+    service = HoldService(ledger, VendorPos(), hold_ttl=settings.hold_ttl, lease=settings.lease)
+    TevoHold(Flask("vendor"), service=service, settings=settings, url_prefix="/tevo")
+    try:
+        service.hold(remote_id="R", quantity=2, global_id="g1")
+        with pytest.raises(errors.PosError):
+            service.invoice(global_id="g1", tevo_order_id=4711)
+        assert VendorPos.calls == [("hold", "g1"), ("invoice", "g1")]
+        VendorPos.refuse_invoices = False
+        yield service
+    finally:
+        client.close()
+
+
+def _refused_naming_both(result: Result, theirs: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: configuration_error: The server uses the POS adapter ")
+    assert VENDOR in line and theirs in line
+    assert f"set TEVO_HOLD_ADAPTER={VENDOR}" in line
+    assert "from_settings(settings)" in line and "PYTHONPATH" in line
+
+
+@pytest.mark.parametrize("command", [["worker"], ["invoices", "retry", "g1"]], ids=" ".join)
+def test_a_command_that_calls_the_pos_refuses_another_adapter_than_the_servers(
+    env, vendor_server, command
+):
+    refused = run(env, *command)  # the environment alone: the reference adapter
+    _refused_naming_both(refused, f"{REFERENCE} (TEVO_HOLD_ADAPTER=reference)")
+    http = run(
+        {**env, "TEVO_HOLD_ADAPTER": "http", "TEVO_HOLD_POS_URL": "http://127.0.0.1:9"}, *command
+    )
+    _refused_naming_both(http, "tevo_hold.adapters.http:HttpPosAdapter (TEVO_HOLD_ADAPTER=http)")
+    # nothing was done: the hold is still invoice_failed, the vendor's POS saw nothing more
+    assert vendor_server.get(global_id="g1").status == "invoice_failed"
+    assert VendorPos.calls == [("hold", "g1"), ("invoice", "g1")]
+
+
+def test_with_the_servers_adapter_the_command_calls_the_vendors_pos(env, vendor_server):
+    retried = run({**env, "TEVO_HOLD_ADAPTER": VENDOR}, "invoices", "retry", "g1")
+    assert retried.exit_code == 0, retried.output
+    assert retried.stdout.strip() == "g1: invoiced"
+    assert VendorPos.calls == [("hold", "g1"), ("invoice", "g1"), ("invoice", "g1")]
+    assert vendor_server.get(global_id="g1").status == "invoiced"
+
+
+def test_inventory_commands_refuse_when_the_server_uses_another_adapter(env, vendor_server):
+    _refused_naming_both(run(env, "inventory", "set", "R", "5"), REFERENCE)
+    with pytest.raises(errors.ListingNotFound):
+        RedisInventoryAdapter(vendor_server.ledger.client).stock("R")
+
+
+def test_an_adapter_of_a_server_run_as_a_script_is_matched_by_its_class_name(
+    redis_url, env, vendor_server
+):
+    """``python app.py`` defines the class in __main__, which TEVO_HOLD_ADAPTER cannot name."""
+    script_pos = type("VendorPos", (VendorPos,), {"__module__": "__main__"})
+    ledger = vendor_server.ledger
+    TevoHold(Flask("script"), service=HoldService(ledger, script_pos()), url_prefix="/tevo")
+    retried = run({**env, "TEVO_HOLD_ADAPTER": VENDOR}, "invoices", "retry", "g1")
+    assert retried.exit_code == 0, retried.output
+    refused = run(env, "worker")
+    assert refused.exit_code == 1
+    assert "__main__:VendorPos" in refused.stderr
+    assert "move the class to a module and set TEVO_HOLD_ADAPTER=module:VendorPos" in refused.stderr
+
+
+def test_with_nothing_recorded_the_commands_run(env, redis_url, library):
+    """No server started on this Redis and prefix yet (the library alone): nothing to compare."""
+    library.set_quantity("R", 5)
+    assert run(env, "inventory", "show", "R").exit_code == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import tomllib
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tevo_hold.adapters.redis_inventory import SAMPLE_INVENTORY
 from tevo_hold.errors import ConfigurationError, ListingNotFound
 from tevo_hold.web import EXTENSION_KEY
 
-from .servers import ROOT
+from .servers import ROOT, free_port
 
 KEY = {"X-API-Key": "vendor-key"}
 
@@ -153,3 +154,28 @@ def test_with_redis_no_listings_are_stocked(redis_url: str):
             _stock(service.adapter, ["demo-1"])
     finally:
         service.close()
+
+
+# -- the adapter it records for the worker and the CLI ------------------------------------------
+
+
+def test_the_extension_records_its_adapter_class_under_the_key_prefix(vendor_app):
+    service = vendor_app.extensions[EXTENSION_KEY].service
+    key = service.ledger.keys.server_adapter()
+    assert key == "tevo_hold:{server}:adapter"  # hash-tagged: one slot on a cluster
+    recorded = service.ledger.client.get(key)
+    assert recorded == b"tevo_hold.adapters.redis_inventory:RedisInventoryAdapter"
+
+
+def test_a_redis_down_at_start_up_is_logged_and_the_app_still_starts(caplog):
+    app = Flask("vendor")
+    app.config.update(
+        TEVO_HOLD_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", TEVO_HOLD_API_KEYS="k"
+    )
+    with caplog.at_level(logging.WARNING, logger="tevo_hold"):
+        TevoHold(app)
+    try:
+        assert "could not record the POS adapter in Redis (Unavailable)" in caplog.text
+        assert app.test_client().get("/healthz").status_code == 200
+    finally:
+        app.extensions[EXTENSION_KEY].service.close()

@@ -23,6 +23,7 @@ from tevo_hold.adapters.http import HttpPosAdapter
 from tevo_hold.web import EXTENSION_KEY
 
 from .pos_double import PosDouble, Step, pos_double
+from .recording_pos import RecordingPos
 from .servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -480,27 +481,16 @@ def test_adapter_http_needs_a_pos_url():
         Settings.from_env({"TEVO_HOLD_API_KEYS": "k", "TEVO_HOLD_ADAPTER": "http"})
 
 
-class BuiltFromSettings(PosAdapter):
+class BuiltFromSettings(RecordingPos):
     """An adapter named by dotted path that builds itself from the settings."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.calls: list[tuple[str, str]] = []
+        self.calls = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BuiltFromSettings:
         return cls(settings)
-
-    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
-        self.calls.append(("hold", global_id))
-
-    def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
-        self.calls.append(("release", global_id))
-
-    def invoice(
-        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
-    ) -> None:
-        self.calls.append(("invoice", global_id))
 
 
 class BuiltPlain(BuiltFromSettings):

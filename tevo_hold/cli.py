@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from . import errors
+from .adapters.identity import check_adapter
 from .adapters.redis_inventory import RedisInventoryAdapter, load_inventory
 from .auth import ApiKey, KeyStore
 from .checker import Listing, Report, Result, prepare_listings, run_checks
@@ -28,6 +29,7 @@ class _Context:
     def __init__(self) -> None:
         self._settings: Settings | None = None
         self._service: HoldService | None = None
+        self._adapter_checked = False
 
     @property
     def settings(self) -> Settings:
@@ -49,6 +51,16 @@ class _Context:
             self._service = _run(lambda: build_service(settings))
         return self._service
 
+    @property
+    def pos_service(self) -> HoldService:
+        """The service, for a command that calls the POS: refused (an error line, exit 1) when
+        the server recorded another adapter (see :mod:`tevo_hold.adapters.identity`)."""
+        service = self.service
+        if not self._adapter_checked:
+            _run(lambda: check_adapter(service))
+            self._adapter_checked = True
+        return service
+
     def close(self) -> None:
         """Close the Redis connections the command opened."""
         if self._service is not None:
@@ -62,9 +74,10 @@ class _Context:
 
     @property
     def inventory(self) -> RedisInventoryAdapter:
-        adapter = self.service.adapter
-        if not isinstance(adapter, RedisInventoryAdapter):
+        if not isinstance(self.service.adapter, RedisInventoryAdapter):
             raise click.UsageError("inventory commands need the reference (Redis) adapter")
+        adapter = self.pos_service.adapter
+        assert isinstance(adapter, RedisInventoryAdapter)
         return adapter
 
 
@@ -184,8 +197,8 @@ def invoices_failed(ctx: _Context, as_json: bool) -> None:
 @click.argument("global_id")
 @pass_ctx
 def invoices_retry(ctx: _Context, global_id: str) -> None:
-    """Retry the failed invoice of GLOBAL_ID now."""
-    service = ctx.service
+    """Retry the failed invoice of GLOBAL_ID now, with the server's POS adapter."""
+    service = ctx.pos_service
     hold: Hold = _run(lambda: service.get(global_id=global_id))
     if hold.status is not HoldStatus.INVOICE_FAILED or hold.tevo_order_id is None:
         click.echo(f"error: the hold {global_id!r} is {hold.status}, not invoice_failed", err=True)
@@ -276,7 +289,9 @@ def worker(
     """Keep the POS in step: release lapsed holds, compensate, retry failed invoices.
 
     Runs until SIGTERM or SIGINT; run one or more beside the server, on any host. Logs are JSON
-    lines on standard error.
+    lines on standard error. It needs the server's settings, TEVO_HOLD_ADAPTER included (an
+    adapter plugged in code is named package.module:Class): it refuses to start when the server
+    recorded another adapter.
     """
     import os
     import signal
@@ -288,7 +303,7 @@ def worker(
     # The settings and the service first: a mistake in them is one error line, before anything
     # starts.
     runner = Worker(
-        ctx.service,
+        ctx.pos_service,
         lease=lease,
         interval=ctx.settings.worker_interval,
         name=name or f"worker-{os.getpid()}",

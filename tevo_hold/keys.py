@@ -15,6 +15,8 @@ read the listing's stock key from the hold's record (field ``lk``) and name the 
 - The managed API keys (:mod:`tevo_hold.auth`) share the tag ``{keys}``: a names hash and one
   record per key, named by the key's SHA-256 digest (never by the key).
 - An API key's rate-limit state (:mod:`tevo_hold.ratelimit`) has the tag ``{q:<key name>}``.
+- What the server records about itself for the commands (its POS adapter's class, see
+  :mod:`tevo_hold.adapters.identity`) has the tag ``{server}``.
 
 Ids are data, never structure: ``%``, ``{`` and ``}`` are percent-encoded before an id goes into
 a key. The encoding is injective and leaves no brace, so two ids never share a key and an id can
@@ -87,6 +89,10 @@ class KeySpace:
         """The rate-limit state of the API key named ``name`` under one limit (a GCRA's
         theoretical arrival time); a changed limit starts afresh."""
         return f"{self.prefix}:{{q:{encode_id(name)}}}:{amount}/{period_ms}"
+
+    def server_adapter(self) -> str:
+        """The class (``module:Class``) of the POS adapter the server last started with."""
+        return f"{self.prefix}:{{server}}:adapter"
 
     def hold_pattern(self) -> str:
         """A SCAN pattern matching every hold record."""

@@ -33,6 +33,7 @@ from werkzeug.routing import PathConverter
 
 from . import auth, errors, metrics, observability, ratelimit
 from ._redis import charge_next_call, translate_errors
+from .adapters.identity import record_adapter
 from .models import Outcome
 from .schemas import (
     HoldDetailSchema,
@@ -90,6 +91,10 @@ class TevoHold:
     ``settings`` replaces reading them from ``app.config``. ``url_prefix`` is where the API is
     mounted (``""`` for the whole app). Unknown paths and wrong methods under that prefix answer
     JSON problems too. Managed API keys and rate-limit counts live in the service's Redis.
+
+    At start it records its adapter's class in that Redis (one write), so that ``tevo-hold
+    worker`` and the commands that call the POS refuse to run with another
+    (:mod:`tevo_hold.adapters.identity`).
     """
 
     def __init__(
@@ -117,6 +122,8 @@ class TevoHold:
         app.extensions[EXTENSION_KEY] = _State(
             settings, service, key_store=auth.KeyStore(client, keys=service.ledger.keys)
         )
+        # For the worker and the CLI, which refuse to call another POS than this one.
+        record_adapter(service)
         # Request ids and the access log first, so that they see every request to the end.
         observability.install(app, self._url_prefix)
         blueprint = create_blueprint()

@@ -1,0 +1,99 @@
+"""Which POS adapter the server uses, recorded in Redis, so that the worker and the CLI use it too.
+
+A vendor who plugs an adapter in code (``TevoHold(app, service=HoldService(ledger, MyPos()))``)
+and starts ``tevo-hold worker`` with the environment alone would give the worker the default
+``reference`` adapter: it would "release" lapsed holds and "invoice" failed invoices in the Redis
+inventory, record success, and never call the vendor's POS. So the extension records its
+adapter's class (``module:Class``) under :meth:`~tevo_hold.keys.KeySpace.server_adapter` when it
+starts (one write), and the commands that call the POS read it when they start (one read) and
+refuse to run with another adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import redis
+
+from .. import errors
+from .._redis import translate_errors
+from ..settings import PREFIX
+from .base import PosAdapter
+
+if TYPE_CHECKING:
+    from ..service import HoldService
+
+__all__ = ["adapter_name", "check_adapter", "record_adapter"]
+
+log = logging.getLogger("tevo_hold")
+
+#: The TEVO_HOLD_ADAPTER values of the adapters tevo-hold ships, by class.
+_SETTINGS = {
+    "tevo_hold.adapters.redis_inventory:RedisInventoryAdapter": "reference",
+    "tevo_hold.adapters.http:HttpPosAdapter": "http",
+}
+
+
+def adapter_name(adapter: PosAdapter) -> str:
+    """The adapter's class as ``module:Class``: what TEVO_HOLD_ADAPTER names it by."""
+    cls = type(adapter)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _setting(name: str) -> str:
+    return f"{PREFIX}ADAPTER={_SETTINGS.get(name, name)}"
+
+
+def record_adapter(service: HoldService) -> None:
+    """Record the service's adapter as the server's (at start-up: one write).
+
+    Redis down does not stop the start (the server serves once Redis is back); it is logged,
+    since the commands then check against what an earlier start recorded, if anything.
+    """
+    ledger = service.ledger
+    try:
+        with translate_errors():
+            ledger.client.set(ledger.keys.server_adapter(), adapter_name(service.adapter))
+    except (errors.TevoHoldError, redis.RedisError) as exc:
+        log.warning(
+            "could not record the POS adapter in Redis (%s): the tevo-hold commands that call "
+            "the POS (worker, invoices retry, inventory) cannot check that they use the same "
+            "one until the next start",
+            type(exc).__name__,
+        )
+
+
+def check_adapter(service: HoldService) -> None:
+    """Raise ConfigurationError if the server recorded an adapter other than the service's.
+
+    For the commands that call the POS (one read). Nothing recorded (no server started on this
+    Redis and key prefix yet): nothing to compare, no error.
+    """
+    ledger = service.ledger
+    with translate_errors():
+        raw = ledger.client.get(ledger.keys.server_adapter())
+    if raw is None:
+        return
+    server = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    ours = adapter_name(service.adapter)
+    server_module, _, server_class = server.partition(":")
+    if server == ours or (server_module == "__main__" and ours.endswith(":" + server_class)):
+        return
+    if server_module == "__main__":
+        fix = (
+            f"the server's adapter, {server_class}, is defined in the script it runs as "
+            f"__main__: move the class to a module and set {PREFIX}ADAPTER=module:{server_class}"
+        )
+    else:
+        fix = f"set {_setting(server)}"
+    raise errors.ConfigurationError(
+        f"The server uses the POS adapter {server}, but this command would use {ours} "
+        f"({_setting(ours)}): it would move tickets in another system than the server's "
+        f"POS. Give the command the server's settings: {fix} (a class that needs "
+        "arguments builds itself in a classmethod from_settings(settings); its module must be "
+        "importable here: installed, or on PYTHONPATH), and the same TEVO_HOLD_REDIS_URL, "
+        "TEVO_HOLD_KEY_PREFIX and POS settings. (The server records its adapter in Redis when "
+        "it starts, under the key "
+        f"{ledger.keys.server_adapter()!r}.)"
+    )
