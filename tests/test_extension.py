@@ -179,3 +179,38 @@ def test_a_redis_down_at_start_up_is_logged_and_the_app_still_starts(caplog):
         assert app.test_client().get("/healthz").status_code == 200
     finally:
         app.extensions[EXTENSION_KEY].service.close()
+
+
+# -- the embedded default in several processes -------------------------------------------------
+
+MULTIPROCESS = {"wsgi.multiprocess": True}  # what gunicorn says with more than one worker
+
+
+def test_memory_mode_refuses_every_call_when_served_by_several_processes(caplog):
+    app = create_app({"TEVO_HOLD_API_KEYS": "k"})
+    http = app.test_client()
+    body = {"remote_id": "demo-1", "quantity": 1, "global_id": "g"}
+    try:
+        with caplog.at_level(logging.ERROR, logger="tevo_hold"):
+            for path in ("/v1/holds", "/v1/holds/g", "/readyz"):
+                answer = (http.post if path == "/v1/holds" else http.get)(
+                    path, json=body, headers={"X-API-Key": "k"}, environ_overrides=MULTIPROCESS
+                )
+                assert answer.status_code == 503, (path, answer.json)
+                assert answer.json["code"] == "unavailable"
+                assert "several processes" in answer.json["detail"]
+        assert "TEVO_HOLD_REDIS_URL" in caplog.text
+        assert http.get("/healthz", environ_overrides=MULTIPROCESS).status_code == 200  # it is up
+        one = http.post("/v1/holds", json=body, headers={"X-API-Key": "k"})
+        assert one.status_code == 201, one.json  # one process: served
+    finally:
+        app.extensions[EXTENSION_KEY].service.close()
+
+
+def test_with_redis_several_processes_are_served(redis_url: str):
+    app = create_app({"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": "k"})
+    try:
+        answer = app.test_client().get("/healthz", environ_overrides=MULTIPROCESS)
+        assert answer.status_code == 200
+    finally:
+        app.extensions[EXTENSION_KEY].service.close()

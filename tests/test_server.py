@@ -7,10 +7,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
+from pathlib import Path
 
 import pytest
 import requests
@@ -196,6 +198,25 @@ def gunicorn(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
     return subprocess.run(
         cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def test_memory_mode_under_several_workers_refuses_every_call_and_says_why() -> None:
+    """``gunicorn --workers 2`` on the embedded default: each worker would have a store of its
+    own and sell the same tickets again, so every call answers 503 and the log says why."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "gunicorn.log"
+        with gunicorn_process({}, workers=2, threads=2, output=log) as server:
+            for _ in range(4):  # a new connection each: to whichever worker the kernel picks
+                with requests.Session() as http:
+                    answer = hold(http, server.base, "two-workers")
+                    assert answer.status_code == 503, answer.text
+                    assert answer.headers["Content-Type"] == PROBLEM
+                    assert "several processes" in answer.json()["detail"]
+                    assert http.get(f"{server.base}/readyz", timeout=10).status_code == 503
+                    assert http.get(f"{server.base}/healthz", timeout=10).status_code == 200
+        text = log.read_text("utf-8")
+    assert "runs it in several processes" in text
+    assert "gunicorn --workers 1" in text and "TEVO_HOLD_REDIS_URL" in text
 
 
 def printed(setting: str, output: str) -> str:

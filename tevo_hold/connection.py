@@ -21,6 +21,7 @@ Query parameters are passed to redis-py as ``redis://`` URLs pass them (``?ssl_c
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -40,7 +41,7 @@ from .errors import ConfigurationError
 from .keys import KeySpace
 from .settings import EMBEDDED_URL, Settings
 
-__all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "connect"]
+__all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "connect", "in_process"]
 
 log = logging.getLogger("tevo_hold")
 
@@ -265,6 +266,13 @@ def _refresh_in_background(manager: NodesManager) -> None:
         threading.Thread(target=run, name="tevo-hold-cluster-refresh", daemon=True).start()
 
     manager.initialize = initialize  # type: ignore[method-assign]
+
+
+def in_process(client: RedisClient) -> bool:
+    """True when ``client``'s store lives in this process's memory (``memory://``: fakeredis),
+    where no other process can see it."""
+    fakeredis = sys.modules.get("fakeredis")  # not imported: no client can be one of its
+    return fakeredis is not None and isinstance(client, fakeredis.FakeRedis)
 
 
 def _embedded(settings: Settings) -> redis.Redis:

@@ -34,6 +34,7 @@ from werkzeug.routing import PathConverter
 from . import auth, errors, metrics, observability, ratelimit
 from ._redis import charge_next_call, translate_errors
 from .adapters.identity import record_adapter
+from .connection import in_process
 from .models import Outcome
 from .schemas import (
     HoldDetailSchema,
@@ -127,6 +128,9 @@ class TevoHold:
         # Request ids and the access log first, so that they see every request to the end.
         observability.install(app, self._url_prefix)
         blueprint = create_blueprint()
+        if in_process(client):
+            # Each process would have a store of its own, and sell the same tickets again.
+            blueprint.before_request(_one_process_only)
         app.register_blueprint(blueprint, url_prefix=self._url_prefix or None)
         prefix = self._url_prefix.rstrip("/")
 
@@ -265,6 +269,39 @@ def _authenticate() -> None:
             query=req.query_string.decode("latin-1"),
             body=_body(req, state.settings.max_body),
         )
+
+
+#: Whether this process has logged that it refuses to serve (see _one_process_only).
+_refusal_logged = False
+
+
+#: What a server that refuses to serve (see _one_process_only) still answers: no state in them.
+_STATELESS_VIEWS = PUBLIC_VIEWS - {"readyz"}
+
+
+def _one_process_only() -> None:
+    """With the state in this process's memory, refuse every call (and ``/readyz``) if the
+    server runs the app in several processes (WSGI's ``wsgi.multiprocess``: gunicorn sets it
+    with more than one worker), rather than let each process sell the same tickets from a store
+    of its own. ``/healthz`` still answers: the process is up."""
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    if not req.environ.get("wsgi.multiprocess"):
+        return
+    if (req.endpoint or "").rpartition(".")[2] in _STATELESS_VIEWS:
+        return
+    global _refusal_logged
+    if not _refusal_logged:
+        _refusal_logged = True
+        log.error(
+            "tevo-hold keeps its state in this process's memory (TEVO_HOLD_REDIS_URL unset), but "
+            "the server runs it in several processes, each with a store of its own, which "
+            "would sell the same tickets again: every call is refused. Run one process "
+            "(gunicorn --workers 1) or set TEVO_HOLD_REDIS_URL."
+        )
+    raise errors.Unavailable(
+        "This server keeps its state in memory but runs in several processes: it refuses every "
+        "call until it runs one process or uses Redis (TEVO_HOLD_REDIS_URL)."
+    )
 
 
 def _raw_path(req: Request) -> str:
