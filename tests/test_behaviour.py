@@ -675,3 +675,13 @@ def test_a_hold_the_pos_answers_after_its_lease_is_released_again(client, meanwh
     assert worker.run_once() == 1
     assert inventory.stock("L1").held == 0
     assert list(ledger.scheduled("c")) == list(ledger.scheduled("l")) == []
+
+
+def test_the_audit_trail_names_a_foreign_error_by_its_type_alone():
+    """What the audit trail records reaches TEvo (GET /v1/holds): an adapter's own exception may
+    carry the POS's address or data in its message, which only the log gets."""
+    from tevo_hold.service import describe_error
+
+    leaky = ConnectionError("HTTPConnectionPool(host='pos.internal', port=8443): refused")
+    assert describe_error(leaky) == "ConnectionError (see the log)"
+    assert describe_error(e.PosTimeout("no answer")) == "pos_timeout: no answer"

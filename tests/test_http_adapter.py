@@ -341,6 +341,28 @@ def test_the_api_answers_an_unreachable_pos_without_its_address_or_password():
     assert "s3cretpw" not in text and "posuser" not in text and "127.0.0.1" not in text
 
 
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (404, errors.ListingNotFound),
+        (409, errors.InsufficientQuantity),
+        (400, errors.PosError),
+        (500, errors.PosError),
+    ],
+)
+def test_what_the_pos_answered_goes_to_the_log_not_to_tevo(
+    pos, make_adapter, caplog, status, error
+):
+    """An error's detail reaches TEvo (and the audit trail TEvo reads); a POS's error page may
+    show its internals, so its text goes to the seller's log only."""
+    adapter = make_adapter(retries=0)
+    pos.fail("hold", status)
+    with caplog.at_level(logging.WARNING, logger="tevo_hold"), pytest.raises(error) as caught:
+        hold(adapter)
+    assert "told to answer" not in caught.value.detail and str(status) in caught.value.detail
+    assert any("told to answer" in r.getMessage() for r in caplog.records)
+
+
 def test_a_bad_pos_url_is_named_without_its_password():
     with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL") as caught:
         HttpPosAdapter("ftp://posuser:s3cretpw@pos.example/tevo")

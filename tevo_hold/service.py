@@ -308,10 +308,12 @@ _REFUSED = (
 
 
 def describe_error(exc: BaseException) -> str:
-    """An error as the audit trail records it: its code and its message."""
+    """An error as the audit trail records it: its code and its message, which tevo-hold writes
+    for TEvo to read. Another exception (an adapter's bug, a driver's error) is named by its type
+    alone: its message may carry the POS's address or data, which only the log gets."""
     if isinstance(exc, errors.TevoHoldError):
         return f"{exc.code}: {exc.detail}"
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__} (see the log)"
 
 
 def build_service(

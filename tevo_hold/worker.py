@@ -102,7 +102,14 @@ class Worker:
                     adapter.release(global_id=gid, remote_id=hold.remote_id, quantity=hold.quantity)
         except Exception as exc:
             detail = describe_error(exc)
-            log.warning("%s: %s of %r failed: %s", actor, _WHAT[item.kind], gid, detail)
+            log.warning(
+                "%s: %s of %r failed: %s",
+                actor,
+                _WHAT[item.kind],
+                gid,
+                detail,
+                exc_info=not isinstance(exc, errors.TevoHoldError),
+            )
             if item.kind == "i":
                 metrics.INVOICE_FAILURES.labels("worker").inc()
                 retry_in = self.service.retry_delay(hold.invoice_attempts + 1)

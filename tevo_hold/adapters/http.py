@@ -212,9 +212,11 @@ def _check(operation: str, response: requests.Response) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    text = response.text[:200].strip()
+    # What the POS said goes to the log, for its operators: the errors' details reach TEvo (and
+    # the audit trail), and a POS's error page may show its internals.
+    log.warning("the POS answered %s %s: %s", operation, status, response.text[:500].strip())
     if status == 404:
-        raise errors.ListingNotFound(f"The POS knows no such listing ({operation}: {text}).")
+        raise errors.ListingNotFound(f"The POS knows no such listing ({operation}: {status}).")
     if status == 409:
         available = None
         try:
@@ -224,9 +226,9 @@ def _check(operation: str, response: requests.Response) -> None:
         except ValueError:
             pass
         raise errors.InsufficientQuantity(
-            f"The POS has not enough tickets ({operation}: {text}).", available=available
+            f"The POS has not enough tickets ({operation}: {status}).", available=available
         )
     if status >= 500:  # it may have acted before it failed (or a gateway lost its answer)
-        failed = f"The POS failed the {operation}: {status} {text}"
+        failed = f"The POS failed the {operation}: {status}."
         raise _Retryable(errors.PosError(failed, outcome_unknown=True))
-    raise errors.PosError(f"The POS refused the {operation}: {status} {text}")
+    raise errors.PosError(f"The POS refused the {operation}: {status}.")
