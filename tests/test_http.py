@@ -510,6 +510,17 @@ def test_bearer_key_is_accepted(http, stocked):
     assert_ok(resp, 200)
 
 
+def test_an_empty_x_api_key_counts_as_absent_beside_a_bearer_key(http, stocked):
+    both = {"X-API-Key": "", "Authorization": f"Bearer {API_KEY}"}
+    body = {"remote_id": "L1", "quantity": 2, "global_id": "g1"}
+    assert_ok(http.post("/v1/holds", json=body, headers=both), 201)
+    assert_ok(http.get("/v1/holds/g1", headers=both), 200)
+    # ... but a wrong one still decides, whatever the Authorization header says
+    wrong = {**both, "X-API-Key": "wrong"}
+    assert_unauthorized(http.post("/v1/releases", json={"global_id": "g1"}, headers=wrong))
+    assert assert_ok(get_hold(http), 200)["status"] == "held"
+
+
 # -- 404 ---------------------------------------------------------------------------------------
 
 

@@ -246,7 +246,7 @@ def _authenticate() -> None:
     if (req.endpoint or "").rpartition(".")[2] in PUBLIC_VIEWS:
         return
     given = req.environ.get("HTTP_X_API_KEY")  # req.headers.get("X-API-Key"), without its cost
-    if given is None:
+    if not given:  # absent or empty: an empty X-API-Key hides no Authorization header
         header = req.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
