@@ -452,6 +452,21 @@ def test_hold_malformed_json(http, stocked, raw):
         assert problem["detail"] == f"The body is not valid UTF-8 JSON: {exc}"
 
 
+@pytest.mark.parametrize("nested", ["[", '{"a":'], ids=["arrays", "objects"])
+@pytest.mark.parametrize("path", ["/v1/holds", "/v1/releases", "/v1/invoices"])
+def test_body_nested_too_deeply_is_malformed_json(http, stocked, path, nested):
+    """An ignored extra member nested deeper than the decoder recurses (a RecursionError)."""
+    closing = "]" if nested == "[" else "}"
+    deep = nested * 5000 + "1" + closing * 5000
+    raw = f'{{"remote_id": "L1", "quantity": 2, "global_id": "g1", "pad": {deep}}}'
+    assert len(raw) < 65536
+    before = stocked.stock("L1")
+    problem = assert_problem(post_raw(http, path, raw), 400, "malformed_json")
+    assert "nested too deeply" in problem["detail"]
+    assert stocked.stock("L1") == before
+    assert_no_hold(http)
+
+
 @pytest.mark.parametrize("path", ["/v1/releases", "/v1/invoices"])
 def test_release_and_invoice_malformed_json(http, stocked, path):
     hold(http)

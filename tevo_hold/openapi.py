@@ -126,7 +126,14 @@ def _invalid(body: bool = True) -> list[Answer]:
         )
     ]
     if body:
-        answers.append(Answer(errors.MalformedJSON, _FIX))
+        answers.append(
+            Answer(
+                errors.MalformedJSON,
+                _FIX,
+                "The body is not a well-formed JSON document (or not UTF-8, uses NaN/Infinity, "
+                "or nests arrays and objects too deeply to read).",
+            )
+        )
     return answers
 
 

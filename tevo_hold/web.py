@@ -385,6 +385,8 @@ def _load(schema: RequestLoader, state: _State) -> dict[str, Any]:
         body = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise errors.MalformedJSON(f"The body is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested about a thousand deep
+        raise errors.MalformedJSON("The body is nested too deeply to read as JSON.") from None
     if not isinstance(body, dict):
         raise errors.InvalidRequest("The body must be a JSON object.")
     data = schema(body)
