@@ -122,7 +122,7 @@ def _invalid(body: bool = True) -> list[Answer]:
             errors.InvalidRequest,
             f"{_FIX} `errors` maps each offending field to its messages.",
             "A field is missing, of the wrong type or out of bounds"
-            + (", or the body is not a JSON object." if body else "."),
+            + (", or the body is not a JSON object or names a member twice." if body else "."),
         )
     ]
     if body:
@@ -682,10 +682,12 @@ header `X-API-Key: <key>` (or `Authorization: Bearer <key>`). A missing or wrong
 `401 unauthorized`.
 
 **Requests and answers.** Bodies are JSON objects sent with `Content-Type: application/json`;
-unknown members are ignored. Successful answers are JSON (`application/json`): the hold as it
-now stands. Every error is an [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem
-document (`application/problem+json`) with a stable machine `code`; branch on `code`, not on
-`title` or `detail`. Each operation lists every status it can answer, each code it can carry,
+unknown members are ignored; a member named twice in one object is refused
+(`400 invalid_request`), since JSON leaves open which of the two counts. Successful answers are
+JSON (`application/json`): the hold as it now stands. Every error is an
+[RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem document
+(`application/problem+json`) with a stable machine `code`; branch on `code`, not on `title` or
+`detail`. Each operation lists every status it can answer, each code it can carry,
 what it means and what to do. Besides those, an unknown path answers `404 not_found` and a
 method a path does not take answers `405 method_not_allowed` with an `Allow` header.
 

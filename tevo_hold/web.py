@@ -342,8 +342,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _DuplicateMember(Exception):
+    """An object of the body names a member twice (``args[0]``): JSON leaves open which one
+    counts (json.loads keeps the last, other parsers the first), so the body is refused."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Each JSON object of a body, refused if it names a member twice. (A quarter of a
+    microsecond per object over json's own dict, measured on a hold's body.)"""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateMember(name)
+            seen.add(name)
+    return obj
+
+
 #: The decoder of every body, made once: json.loads with arguments builds a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object)
 
 
 def _read_body(req: Request, limit: int) -> bytes:
@@ -387,6 +405,10 @@ def _load(schema: RequestLoader, state: _State) -> dict[str, Any]:
         raise errors.MalformedJSON(f"The body is not valid UTF-8 JSON: {exc}") from None
     except RecursionError:  # arrays or objects nested about a thousand deep
         raise errors.MalformedJSON("The body is nested too deeply to read as JSON.") from None
+    except _DuplicateMember as exc:
+        raise errors.InvalidRequest(
+            f"The body names the member {exc.args[0][:100]!r} more than once: send each once."
+        ) from None
     if not isinstance(body, dict):
         raise errors.InvalidRequest("The body must be a JSON object.")
     data = schema(body)
