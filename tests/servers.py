@@ -3,6 +3,7 @@ gunicorn, on free loopback ports, never 6379."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -391,6 +392,39 @@ def gunicorn_process(
             raise
         finally:
             stop_process(proc, timeout=20)
+
+
+class RawAnswer:
+    """An HTTP/1.1 answer as it came over the wire: status, headers (names lower-cased), body."""
+
+    def __init__(self, raw: bytes) -> None:
+        head, sep, self.body = raw.partition(b"\r\n\r\n")
+        assert sep, f"no complete answer: {raw[:500]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        self.status_line = status_line
+        self.status = int(status_line.split()[1])
+        self.headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def raw_http(base: str, data: bytes, *, timeout: float = 20.0) -> RawAnswer:
+    """Send ``data`` as it is over a new connection to ``base`` (``http://host:port``) and read
+    until the server closes it (send ``Connection: close`` with a request it answers well)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:  # closed with our bytes unread: what came before stands
+            pass
+    return RawAnswer(b"".join(chunks))
 
 
 # -- the TCP sockets of gunicorn's workers (Linux /proc) ----------------------------------------

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.serving import DechunkedInput
 from werkzeug.test import TestResponse
 
 from tevo_hold import (
@@ -830,6 +831,31 @@ def test_chunked_body_under_64_kib_is_accepted(http, stocked):
         environ_overrides={"wsgi.input_terminated": True},
     )
     assert_ok(resp, 201)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [(b"ZZ\r\n{}\r\n0\r\n\r\n", "Invalid chunk header"), (b"-5\r\n", "Negative chunk length")],
+    ids=["chunk-size", "negative-size"],
+)
+def test_malformed_chunked_body_under_werkzeug_is_invalid_request(http, stocked, raw, said):
+    """werkzeug's own server de-chunks with DechunkedInput (gunicorn's case: test_server.py)."""
+    problem = assert_problem(
+        http.post(
+            "/v1/holds",
+            content_type="application/json",
+            headers={**AUTH, "Transfer-Encoding": "chunked"},
+            environ_overrides={
+                "wsgi.input": DechunkedInput(io.BytesIO(raw)),
+                "wsgi.input_terminated": True,
+            },
+        ),
+        400,
+        "invalid_request",
+    )
+    assert problem["detail"].startswith("The body could not be read: ")
+    assert said in problem["detail"]
+    assert_no_hold(http)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .servers import ROOT, gunicorn_process, gunicorn_server, worker_sockets
+from .servers import ROOT, gunicorn_process, gunicorn_server, raw_http, worker_sockets
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +173,39 @@ def test_embedded_server_does_not_oversell_under_threads(base: str) -> None:
     refused = [a for a in answers if a.status_code != 201]
     assert all(a.status_code == 409 for a in refused), [a.text for a in refused][:5]
     assert {a.json()["code"] for a in refused} == {"insufficient_quantity"}
+
+
+def _post(path: str, body: bytes, headers: str = "") -> bytes:
+    """A POST request with the demo key, as raw bytes; ``headers`` end with CRLF each."""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nX-API-Key: {DEMO_KEY}\r\n"
+        f"Content-Type: application/json\r\n{headers}\r\n"
+    ).encode() + body
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"ZZ\r\n" + b'{"global_id": "srv-chunks"}' + b"\r\n0\r\n\r\n", "Invalid chunk size"),
+        (b"5\r\nabcdefgh\r\n0\r\n\r\n", "chunk terminator"),
+    ],
+    ids=["chunk-size", "chunk-terminator"],
+)
+def test_a_malformed_chunked_body_is_a_400_and_the_connection_closes(
+    http: requests.Session, base: str, body: bytes, said: str
+) -> None:
+    assert hold(http, base, "srv-chunks").status_code == 201
+    answer = raw_http(base, _post("/v1/releases", body, "Transfer-Encoding: chunked\r\n"))
+    assert answer.status == 400, answer.body
+    assert answer.headers["content-type"] == PROBLEM
+    problem = answer.json()
+    assert (problem["status"], problem["code"]) == (400, "invalid_request")
+    assert problem["detail"].startswith("The body could not be read: ")
+    assert said in problem["detail"]
+    # raw_http read to the end: gunicorn closed the connection (where a next request would
+    # start is unknown), and nothing was released
+    got = http.get(f"{base}/v1/holds/srv-chunks", headers=DEMO, timeout=10)
+    assert got.json()["status"] == "held"
 
 
 # -- gunicorn.conf.py --------------------------------------------------------------------------

@@ -122,7 +122,12 @@ def _invalid(body: bool = True) -> list[Answer]:
             errors.InvalidRequest,
             f"{_FIX} `errors` maps each offending field to its messages.",
             "A field is missing, of the wrong type or out of bounds"
-            + (", or the body is not a JSON object or names a member twice." if body else "."),
+            + (
+                ", or the body is not a JSON object, names a member twice or cannot be read "
+                "(a malformed chunked encoding)."
+                if body
+                else "."
+            ),
         )
     ]
     if body:

@@ -426,7 +426,15 @@ def _body(req: Request, limit: int) -> bytes:
     """The request's body, read once (for the signature and the view) within ``limit`` bytes."""
     body = _BODY.get()
     if body is None:
-        body = _read_body(req, limit)
+        try:
+            body = _read_body(req, limit)
+        except (errors.TevoHoldError, HTTPException):
+            raise
+        except Exception as exc:
+            # The server could not read the body as it was sent: a malformed chunk (gunicorn's
+            # InvalidChunkSize or ChunkMissingTerminator, werkzeug's "Invalid chunk header"),
+            # or a client gone mid-body. The client's doing, and nothing was read: a 400.
+            raise errors.InvalidRequest(f"The body could not be read: {exc}") from exc
         _BODY.set(body)
     return body
 
