@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import DechunkedInput
 from werkzeug.test import TestResponse
@@ -26,6 +27,7 @@ from tevo_hold import (
     PosAdapter,
     RedisInventoryAdapter,
     Settings,
+    TevoHold,
     build_service,
     create_app,
 )
@@ -1096,3 +1098,55 @@ def test_global_ids_with_slashes_anywhere_are_read_back(http, stocked, gid):
     assert_ok(hold(http, gid=gid, qty=1), 201)
     got = assert_ok(get_hold(http, gid), 200)
     assert got["global_id"] == gid
+
+
+def get_raw_path(http: FlaskClient, raw: bytes, prefix: str = "/v1/holds/") -> TestResponse:
+    """GET of a path whose id is ``raw``, the bytes a client percent-encoded (``%FF`` is 0xFF),
+    handed over as a WSGI server does (latin-1 text): werkzeug's test client would replace them.
+    """
+    path = prefix + raw.decode("latin-1")
+    return http.get("/v1/holds/x", headers=AUTH, environ_overrides={"PATH_INFO": path})
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"a\xc3", b"\xef\xbf\xbd\xff"], ids=repr)
+def test_get_of_an_id_that_is_not_utf8_is_invalid_request(http, inventory, raw):
+    """werkzeug decodes the path replacing bytes that are not UTF-8 with U+FFFD: %FF%FE read as
+    the hold "\ufffd\ufffd". An id is never read as another one: it is refused."""
+    inventory.set_quantity("L1", 5)
+    replaced = raw.decode("utf-8", "replace")
+    assert_ok(hold(http, gid=replaced, qty=1), 201)
+    problem = assert_problem(get_raw_path(http, raw), 400, "invalid_request")
+    assert problem["errors"] == {
+        "global_id": ["must be valid UTF-8 (percent-encode its UTF-8 bytes)"]
+    }
+    # the hold whose id really is made of U+FFFD is read with its own bytes
+    assert assert_ok(get_raw_path(http, replaced.encode()), 200)["global_id"] == replaced
+
+
+def test_get_of_a_lone_surrogate_is_refused_as_in_a_body(http, stocked):
+    """A lone surrogate, UTF-8-encoded as some encoders do (%ED%A0%80), is refused in the path
+    with the same code and field error as the same surrogate in a body ("\\ud800")."""
+    in_body = post_raw(http, "/v1/releases", '{"global_id": "\\ud800"}')
+    in_path = get_raw_path(http, "\ud800".encode("utf-8", "surrogatepass"))
+    errors = {"global_id": ["must be valid Unicode (no lone surrogates)"]}
+    assert assert_problem(in_body, 400, "invalid_request")["errors"] == errors
+    assert assert_problem(in_path, 400, "invalid_request")["errors"] == errors
+
+
+def test_an_id_that_is_not_utf8_is_refused_under_a_prefix_too(service, stocked):
+    """Under a prefix of the vendor's (not ASCII, even), the id is what follows it."""
+    app = Flask("vendor")
+    settings = Settings(redis_url="redis://unused", api_keys=(API_KEY,))
+    TevoHold(app, service=service, settings=settings, url_prefix="/tévo")
+    http = app.test_client()
+    assert_ok(
+        http.post(
+            "/tévo/v1/holds",
+            json={"remote_id": "L1", "quantity": 1, "global_id": "é"},
+            headers=AUTH,
+        ),
+        201,
+    )
+    prefix = "/tévo/v1/holds/".encode().decode("latin-1")
+    assert_problem(get_raw_path(http, b"\xff", prefix=prefix), 400, "invalid_request")
+    assert assert_ok(get_raw_path(http, "é".encode(), prefix=prefix), 200)["global_id"] == "é"

@@ -208,6 +208,21 @@ def test_a_malformed_chunked_body_is_a_400_and_the_connection_closes(
     assert got.json()["status"] == "held"
 
 
+def test_an_id_that_is_not_utf8_is_refused_not_read_as_another(
+    http: requests.Session, base: str
+) -> None:
+    """gunicorn percent-decodes the path to bytes; %FF%FE is no id, and not "\ufffd\ufffd"."""
+    assert hold(http, base, "\ufffd\ufffd").status_code == 201
+    request = f"GET /v1/holds/%ff%fe HTTP/1.1\r\nHost: x\r\nX-API-Key: {DEMO_KEY}\r\n"
+    answer = raw_http(base, (request + "Connection: close\r\n\r\n").encode())
+    assert answer.status == 400, answer.body
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.json()["code"] == "invalid_request"
+    assert "global_id" in answer.json()["errors"]
+    got = http.get(f"{base}/v1/holds/%EF%BF%BD%EF%BF%BD", headers=DEMO, timeout=10)
+    assert got.json()["global_id"] == "\ufffd\ufffd"
+
+
 # -- gunicorn.conf.py --------------------------------------------------------------------------
 
 

@@ -121,12 +121,13 @@ def _invalid(body: bool = True) -> list[Answer]:
         Answer(
             errors.InvalidRequest,
             f"{_FIX} `errors` maps each offending field to its messages.",
-            "A field is missing, of the wrong type or out of bounds"
-            + (
-                ", or the body is not a JSON object, names a member twice or cannot be read "
-                "(a malformed chunked encoding)."
+            (
+                "A field is missing, of the wrong type or out of bounds, or the body is not a "
+                "JSON object, names a member twice or cannot be read (a malformed chunked "
+                "encoding)."
                 if body
-                else "."
+                else "The global_id is longer than 255 characters, or its bytes are not UTF-8 "
+                "(or encode a lone surrogate)."
             ),
         )
     ]
@@ -542,7 +543,8 @@ OPERATIONS: tuple[Operation, ...] = (
         description=(
             "The hold of `global_id` as it stands now, to check the outcome of a call whose "
             "answer was lost. Not one of TEvo's three calls; it changes nothing. Percent-encode "
-            "the global_id (a `/` as `%2F`)."
+            "the global_id's UTF-8 bytes (a `/` as `%2F`); bytes that are not UTF-8 are refused "
+            "(`400 invalid_request`), never read as another id."
         ),
         parameters=(
             {

@@ -7,7 +7,14 @@ from typing import Any
 
 from .errors import InvalidRequest
 
-__all__ = ["MAX_ID_LENGTH", "MAX_QUANTITY", "check_id", "check_order_id", "check_quantity"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_QUANTITY",
+    "check_id",
+    "check_id_bytes",
+    "check_order_id",
+    "check_quantity",
+]
 
 #: Longest id (remote_id, global_id, a string tevo_order_id), in characters.
 MAX_ID_LENGTH = 255
@@ -32,6 +39,23 @@ def check_id(field: str, value: Any) -> str:
     except UnicodeEncodeError:
         raise _fail(field, "must be valid Unicode (no lone surrogates)") from None
     return value
+
+
+def check_id_bytes(field: str, raw: bytes) -> str:
+    """An id sent as bytes (a percent-decoded URL path segment): strict UTF-8, then check_id.
+
+    Bytes that are not UTF-8 are refused, never replaced (two different ids would read as the
+    same one); a lone surrogate's encoding (``%ED%A0%80``) is refused as check_id refuses the
+    same surrogate in a JSON body (``"\\ud800"``).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            text = raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise _fail(field, "must be valid UTF-8 (percent-encode its UTF-8 bytes)") from None
+    return check_id(field, text)
 
 
 def _integer(value: Any) -> int | None:

@@ -46,6 +46,7 @@ from .schemas import (
 )
 from .service import HoldService, build_service
 from .settings import Settings
+from .validation import check_id_bytes
 
 __all__ = ["EXTENSION_KEY", "TevoHold", "create_blueprint", "problem_response"]
 
@@ -184,6 +185,8 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
 
     @bp.get("/v1/holds/<anyid:global_id>", merge_slashes=False, strict_slashes=False)
     def get_hold(global_id: str) -> Response:
+        if "\ufffd" in global_id:  # werkzeug decodes the path replacing bytes that are not UTF-8
+            global_id = _path_id(global_id)
         observability.current().global_id = global_id
         hold = _service().get(global_id=global_id, history=True)
         return _json(_HOLD_DETAIL_SCHEMA.dump(hold), 200)
@@ -229,6 +232,20 @@ class _AnyId(PathConverter):
 
 def _register_converters(setup: BlueprintSetupState) -> None:
     setup.app.url_map.converters.setdefault("anyid", _AnyId)
+
+
+def _path_id(decoded: str) -> str:
+    """The id at the end of this request's path, decoded strictly from the bytes that were sent:
+    werkzeug decodes them with replacement characters, so that ``%FF%FE`` read as the id
+    ``"\ufffd\ufffd"`` (that is, ``%EF%BF%BD%EF%BF%BD``). InvalidRequest unless valid UTF-8."""
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    rule = req.url_rule.rule if req.url_rule is not None else ""
+    # WSGI hands the path over as latin-1 text: the bytes that were sent, percent-decoded.
+    raw = req.environ.get("PATH_INFO", "").encode("latin-1", "replace")
+    before = rule.partition("<")[0].encode("utf-8")  # the rule's text before the id
+    if not raw.startswith(before):
+        return decoded  # not the path the rule matched (a middleware rewrote it): as decoded
+    return check_id_bytes("global_id", raw[len(before) :])
 
 
 def _state() -> _State:
