@@ -192,6 +192,25 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed(
     } - META_VIEWS
 
 
+def test_allow_lists_exactly_the_documented_methods_and_options_is_not_one(
+    spec: dict[str, Any], http: FlaskClient
+) -> None:
+    """Every path answers OPTIONS (a method the document does not give it) with the 405 problem,
+    whose Allow lists the documented methods, and HEAD with GET (as the description says)."""
+    assert "also answers `HEAD`" in spec["info"]["description"]
+    for path, item in spec["paths"].items():
+        methods = {method.upper() for method in item}
+        if "GET" in methods:
+            methods.add("HEAD")
+        response = http.open(path.replace("{global_id}", "g1"), method="OPTIONS")
+        assert response.status_code == 405, path
+        assert response.mimetype == "application/problem+json"
+        assert response.get_json()["code"] == "method_not_allowed"
+        assert response.headers["Allow"] == ", ".join(sorted(methods)), path
+    for rule in _app().url_map.iter_rules():
+        assert "OPTIONS" not in (rule.methods or ()), rule
+
+
 def test_each_operation_answers_exactly_the_contracts_statuses_and_codes(
     spec: dict[str, Any],
 ) -> None:

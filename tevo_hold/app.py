@@ -29,7 +29,8 @@ def create_app(
     listings of ``TEVO_HOLD_INVENTORY_FILE``, or the demo listings (see
     :func:`tevo_hold.connection.connect`).
     """
-    app = Flask("tevo_hold")
+    # No static folder: the app serves the API only (Flask would route /static/<filename>).
+    app = Flask("tevo_hold", static_folder=None)
     app.config.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX)})
     app.config.update(config or {})
     TevoHold(app, service=service)

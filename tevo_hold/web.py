@@ -159,21 +159,26 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     bp.register_error_handler(HTTPException, _http_problem)
     bp.register_error_handler(Exception, _internal_error)
 
+    # No route answers OPTIONS by itself (Flask's automatic answer was an empty 200 text/html):
+    # OPTIONS is a method the API does not take, a 405 problem whose Allow lists the methods
+    # the path does take. GET paths take HEAD too (werkzeug adds it to every GET rule), as HTTP
+    # requires: the same answer without its body.
+    #
     # The state is looked up once per view and handed on: each use of flask's current_app or
     # request is a proxy lookup (most of a microsecond).
-    @bp.post("/v1/holds")
+    @bp.post("/v1/holds", provide_automatic_options=False)
     def create_hold() -> Response:
         state = _state()
         data = _load(_HOLD_REQUEST, state)
         return _hold_response(state.service.hold(**data), 201)
 
-    @bp.post("/v1/releases")
+    @bp.post("/v1/releases", provide_automatic_options=False)
     def create_release() -> Response:
         state = _state()
         data = _load(_RELEASE_REQUEST, state)
         return _hold_response(state.service.release(**data), 200)
 
-    @bp.post("/v1/invoices")
+    @bp.post("/v1/invoices", provide_automatic_options=False)
     def create_invoice() -> Response:
         state = _state()
         data = _load(_INVOICE_REQUEST, state)
@@ -183,7 +188,12 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     # path as sent, and slashes are neither merged nor redirected.
     bp.record_once(_register_converters)
 
-    @bp.get("/v1/holds/<anyid:global_id>", merge_slashes=False, strict_slashes=False)
+    @bp.get(
+        "/v1/holds/<anyid:global_id>",
+        merge_slashes=False,
+        strict_slashes=False,
+        provide_automatic_options=False,
+    )
     def get_hold(global_id: str) -> Response:
         if "\ufffd" in global_id:  # werkzeug decodes the path replacing bytes that are not UTF-8
             global_id = _path_id(global_id)
@@ -191,28 +201,28 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
         hold = _service().get(global_id=global_id, history=True)
         return _json(_HOLD_DETAIL_SCHEMA.dump(hold), 200)
 
-    @bp.get("/healthz")
+    @bp.get("/healthz", provide_automatic_options=False)
     def healthz() -> Response:
         return _json({"status": "ok"}, 200)
 
-    @bp.get("/v1/openapi.json")
+    @bp.get("/v1/openapi.json", provide_automatic_options=False)
     def openapi_json() -> Response:
         from . import openapi  # imported here: tevo_hold.openapi imports this module
 
         return openapi.document_response()
 
-    @bp.get("/docs")
-    @bp.get("/docs/<path:asset>")
+    @bp.get("/docs", provide_automatic_options=False)
+    @bp.get("/docs/<path:asset>", provide_automatic_options=False)
     def docs(asset: str | None = None) -> Response:
         from . import openapi
 
         return openapi.docs_response(asset)
 
-    @bp.get("/readyz")
+    @bp.get("/readyz", provide_automatic_options=False)
     def readyz() -> Response:
         return _readiness()
 
-    @bp.get("/metrics", endpoint="metrics")
+    @bp.get("/metrics", endpoint="metrics", provide_automatic_options=False)
     def metrics_view() -> Response:
         body, content_type = metrics.exposition()
         return current_app.response_class(body, 200, content_type=content_type)
