@@ -10,7 +10,7 @@ from pathlib import Path
 
 import fakeredis
 import pytest
-from flask import Flask
+from flask import Flask, abort, request
 
 from tevo_hold import RedisInventoryAdapter, Settings, TevoHold, build_service, create_app
 from tevo_hold.adapters.redis_inventory import SAMPLE_INVENTORY
@@ -59,6 +59,23 @@ def test_errors_under_the_prefix_are_problems_and_the_rest_of_the_app_is_untouch
     assert http.get("/").data == b"<h1>vendor home</h1>"
     theirs = http.get("/elsewhere")
     assert theirs.status_code == 404 and theirs.mimetype == "text/html"
+
+
+def test_an_http_error_the_vendors_app_raises_keeps_its_status_with_code_http_error(vendor_app):
+    """The one code no operation lists, as the document's description says: the vendor's own."""
+
+    @vendor_app.before_request
+    def closed_on_sundays() -> None:
+        if request.headers.get("X-Day") == "sunday":
+            abort(403)
+
+    http = vendor_app.test_client()
+    refused = http.get("/tevo/v1/holds/g", headers={**KEY, "X-Day": "sunday"})
+    assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
+    assert refused.json["code"] == "http_error"
+    assert refused.json["type"] == "urn:tevo-hold:problem:http_error"
+    description = http.get("/tevo/v1/openapi.json").json["info"]["description"]
+    assert "the code `http_error`" in description
 
 
 def test_state_lives_in_app_extensions_and_config_is_read_from_app_config():

@@ -94,9 +94,12 @@ CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
     ("get", "/healthz"): {200: set()},
     ("get", "/readyz"): {200: set(), 503: {"unavailable"}},
     ("get", "/metrics"): {200: set()},
+    ("get", "/v1/openapi.json"): {200: set()},
+    ("get", "/docs"): {200: set()},
+    ("get", "/docs/{asset}"): {200: set(), 404: {"not_found"}},
 }
-#: Views that serve the contract itself rather than being part of it.
-META_VIEWS = {"openapi_json", "docs"}
+#: The paths that need no API key.
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/docs", "/docs/{asset}"}
 
 
 def _app(**config: Any) -> Flask:
@@ -179,8 +182,7 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed(
 ) -> None:
     routed = set()
     for rule in _app().url_map.iter_rules():
-        blueprint, _, view = rule.endpoint.rpartition(".")
-        if blueprint != "tevo_hold" or view in META_VIEWS:
+        if not rule.endpoint.startswith("tevo_hold."):
             continue
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         routed |= {(m.lower(), path) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
@@ -189,7 +191,7 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed(
         rule.endpoint.rpartition(".")[2]
         for rule in _app().url_map.iter_rules()
         if rule.endpoint.startswith("tevo_hold.")
-    } - META_VIEWS
+    }
 
 
 def test_allow_lists_exactly_the_documented_methods_and_options_is_not_one(
@@ -287,8 +289,9 @@ def test_success_answers_have_schema_example_and_replay_header(
     operation = _operations(spec)[key]
     (status,) = [s for s in operation["responses"] if int(s) < 300]
     response = operation["responses"][status]
-    (media,) = response["content"].values()
-    _validator(media["schema"], spec).validate(media["example"])
+    first, *others = response["content"].values()
+    _validator(first["schema"], spec).validate(first["example"])
+    assert all(media["schema"] == first["schema"] for media in others)
     replays = key[1] in ("/v1/holds", "/v1/releases", "/v1/invoices")
     assert ("Idempotent-Replayed" in response.get("headers", {})) == replays
 
@@ -362,7 +365,7 @@ def test_api_key_security_is_declared_and_only_operations_probes_are_public(
     assert schemes["Bearer"]["scheme"] == "bearer"
     assert spec["security"] == [{"ApiKey": []}, {"Bearer": []}]
     for (method, path), operation in _operations(spec).items():
-        public = path in ("/healthz", "/readyz", "/metrics")
+        public = path in PUBLIC
         assert ("security" in operation) == public, (method, path)
         assert ("401" in operation["responses"]) != public
 
@@ -405,6 +408,25 @@ def test_the_reference_page_is_served_without_a_key_and_loads_only_local_files(
         with http.get(url) as response:  # closes the file it streams
             assert response.status_code == 200, url
     assert "validatorUrl: null" in html
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Range": "bytes=5-1"}, {"Range": "bytes=0-9"}, {"If-None-Match": "*"}, {}],
+    ids=["bad-range", "range", "if-none-match", "plain"],
+)
+def test_the_page_files_come_whole_as_the_document_says(
+    http: FlaskClient, spec: dict[str, Any], headers: dict[str, str]
+) -> None:
+    """Only 200 (or 404) is documented for them: no 206, 304 or 416 (and no http_error code)."""
+    content = spec["paths"]["/docs/{asset}"]["get"]["responses"]["200"]["content"]
+    for asset, media in oa.DOCS_ASSETS.items():
+        with http.get(f"/docs/{asset}", headers=headers) as response:
+            assert response.status_code == 200, (asset, response.get_data()[:200])
+            assert response.mimetype == media and media in content
+            whole = (oa._swagger_ui_dir() / asset).read_bytes()
+            assert response.get_data() == whole
+            assert response.headers["Cache-Control"] == "public, max-age=3600"
 
 
 def test_only_the_swagger_ui_files_are_served_under_docs(http: FlaskClient) -> None:

@@ -51,10 +51,14 @@ __all__ = ["OPERATIONS", "Answer", "Operation", "build_spec", "document", "main"
 OPENAPI_VERSION = "3.1.0"
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
-#: The Swagger UI files GET /docs/<asset> serves, from the flask-swagger-ui package.
-DOCS_ASSETS = frozenset(
-    {"swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png", "favicon-16x16.png"}
-)
+#: The Swagger UI files GET /docs/<asset> serves, from the flask-swagger-ui package, with the
+#: media type each is served as (named here: mimetypes' guess depends on the host's tables).
+DOCS_ASSETS: Mapping[str, str] = {
+    "swagger-ui.css": "text/css",
+    "swagger-ui-bundle.js": "text/javascript",
+    "favicon-32x32.png": "image/png",
+    "favicon-16x16.png": "image/png",
+}
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,9 @@ class Operation:
     replays: bool = False
     public: bool = False
     success_media: str = "application/json"
+    #: Further media types the success answer may come as (same schema; the example is
+    #: success_media's).
+    other_media: Sequence[str] = ()
 
 
 # -- what each code means to the caller ---------------------------------------------------------
@@ -670,6 +677,85 @@ OPERATIONS: tuple[Operation, ...] = (
         success_example={"status": "ok"},
         public=True,
     ),
+    Operation(
+        view="openapi_json",
+        method="get",
+        path="/v1/openapi.json",
+        operation_id="openapi",
+        tag="Reference",
+        summary="This document",
+        description=(
+            "This OpenAPI 3.1 document, its `servers` URL being where the API is mounted; needs "
+            "no API key. Generated from the code, so it states what the server does."
+        ),
+        success=200,
+        success_description="The document.",
+        success_schema={
+            "type": "object",
+            "properties": {"openapi": {"const": OPENAPI_VERSION}},
+            "required": ["openapi", "info", "paths"],
+        },
+        success_example={
+            "openapi": OPENAPI_VERSION,
+            "info": {"title": "tevo-hold: TEvo order integration"},
+            "paths": {"/v1/holds": {"post": {"operationId": "holdInventory"}}},
+        },
+        public=True,
+    ),
+    Operation(
+        view="docs",
+        method="get",
+        path="/docs",
+        operation_id="docs",
+        tag="Reference",
+        summary="This document, as a page",
+        description=(
+            "This document rendered for people by Swagger UI, from files this server serves "
+            "(`GET /docs/{asset}`: no CDN, no other host); needs no API key."
+        ),
+        success=200,
+        success_description="The page.",
+        success_schema={"type": "string"},
+        success_example='<!DOCTYPE html>\n<html lang="en">…',
+        success_media="text/html",
+        public=True,
+    ),
+    Operation(
+        view="docs",
+        method="get",
+        path="/docs/{asset}",
+        operation_id="docsAsset",
+        tag="Reference",
+        summary="A file of the page",
+        description=(
+            "One of the Swagger UI files `GET /docs` loads, whole (no ranges, no conditional "
+            "answers), cacheable for an hour; needs no API key."
+        ),
+        parameters=(
+            {
+                "name": "asset",
+                "in": "path",
+                "required": True,
+                "description": "The file's name.",
+                "schema": {"type": "string", "enum": sorted(DOCS_ASSETS)},
+                "example": "swagger-ui.css",
+            },
+        ),
+        success=200,
+        success_description="The file.",
+        success_schema={"type": "string"},
+        success_example=".swagger-ui{…}",
+        success_media="text/css",
+        other_media=sorted(set(DOCS_ASSETS.values()) - {"text/css"}),
+        answers=(
+            Answer(
+                errors.NotFound,
+                "Do not retry: ask only for the files the page loads.",
+                "No such file under `/docs`.",
+            ),
+        ),
+        public=True,
+    ),
 )
 
 
@@ -684,9 +770,9 @@ served by the seller's **tevo-hold**: TEvo **holds** tickets of a listing at che
 **Base URL.** The seller gives you their server's base URL (for example
 `https://tevo.seller.example`); every path below is relative to it.
 
-**Authentication.** Every call but `GET /healthz` needs one of the seller's API keys, in the
-header `X-API-Key: <key>` (or `Authorization: Bearer <key>`). A missing or wrong key is a
-`401 unauthorized`.
+**Authentication.** Every call of the order integration needs one of the seller's API keys, in
+the header `X-API-Key: <key>` (or `Authorization: Bearer <key>`). A missing or wrong key is a
+`401 unauthorized`. The operations probes and this document (with its page) need none.
 
 **Requests and answers.** Bodies are JSON objects sent with `Content-Type: application/json`;
 unknown members are ignored; a member named twice in one object is refused
@@ -699,6 +785,8 @@ what it means and what to do. Besides those, an unknown path answers `404 not_fo
 method a path does not take answers `405 method_not_allowed` with an `Allow` header that lists
 the methods it does take. Every `GET` path also answers `HEAD` (the same status and headers,
 without the body), as HTTP requires; `Allow` lists it. No path takes `OPTIONS`: it is a `405`.
+(Mounted in a seller's own Flask app, an HTTP error that app raises on these paths keeps its
+status, with the code `http_error`.)
 
 **Retries.** Every call is idempotent per `global_id`: after a timeout or a `5xx`, retry with
 the *same body*; a call that already succeeded answers its success again with the header
@@ -858,7 +946,10 @@ def _error_response(answers: Sequence[Answer]) -> dict[str, Any]:
 def _operation(op: Operation) -> dict[str, Any]:
     success: dict[str, Any] = {
         "description": op.success_description,
-        "content": {op.success_media: {"schema": op.success_schema, "example": op.success_example}},
+        "content": {
+            op.success_media: {"schema": op.success_schema, "example": op.success_example},
+            **{media: {"schema": op.success_schema} for media in op.other_media},
+        },
     }
     if op.replays:
         success["headers"] = {"Idempotent-Replayed": {"$ref": "#/components/headers/Replayed"}}
@@ -922,6 +1013,7 @@ def build_spec(server_url: str = "/") -> dict[str, Any]:
         tags=[
             {"name": "Order integration", "description": "The calls TEvo makes."},
             {"name": "Operations", "description": "For the seller's monitoring."},
+            {"name": "Reference", "description": "This document, and its page for people."},
         ],
         security=[{"ApiKey": []}, {"Bearer": []}],
     )
@@ -1016,7 +1108,16 @@ def docs_response(asset: str | None) -> Response:
         return current_app.response_class(html, 200, mimetype="text/html")
     if asset not in DOCS_ASSETS:
         raise errors.NotFound(f"No file {asset!r} under /docs.")
-    return send_from_directory(_swagger_ui_dir(), asset, max_age=3600)
+    # Whole files only: no ranges and no conditional answers (206, 304, 416 would be statuses
+    # the document does not give this path); an hour in the browser's cache instead.
+    return send_from_directory(
+        _swagger_ui_dir(),
+        asset,
+        mimetype=DOCS_ASSETS[asset],
+        max_age=3600,
+        conditional=False,
+        etag=False,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -526,7 +526,9 @@ def _forget(exc: BaseException | None = None) -> None:
 
 
 def _http_problem(exc: HTTPException) -> Response:
-    """A werkzeug HTTP error (routing, body size, ...) as a problem document."""
+    """A werkzeug HTTP error (routing, body size, ...) as a problem document. Ours are all in
+    _HTTP_ERRORS; ``http_error`` (documented as such) is for what an app that mounts the
+    blueprint raises itself (``abort(403)`` in a hook of its own, say)."""
     make = _HTTP_ERRORS.get(exc.code or 500)
     if make is not None:
         return problem_response(make(exc))
