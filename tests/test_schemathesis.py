@@ -108,7 +108,10 @@ def test_schemathesis_finds_no_failure_authenticated_or_not(tmp_path: Path) -> N
         workdir = tmp_path / name
         report = _report(workdir, "json")
         assert report["complete"] and report["failures"] == [] and report["errors"] == []
-        assert report["operations"]["tested"] == report["operations"]["total"] == len(OPERATIONS)
+        # every operation but GET /v1/openapi.json: Schemathesis, given a document's URL, leaves
+        # out the operation at that URL
+        tested = len(OPERATIONS) - 1
+        assert report["operations"]["tested"] == report["operations"]["total"] == tested
         phases = {phase: data["status"] for phase, data in report["phases"].items()}
         expected = {"examples", "coverage", "fuzzing"} | (
             {"stateful"} if name == "authenticated" else set()
