@@ -286,7 +286,19 @@ def test_pos_calls_failed_invoices_and_lapses_are_counted(
 def test_readyz_answers_200_with_its_checks_without_a_key(http: FlaskClient) -> None:
     resp = http.get("/readyz")
     assert resp.status_code == 200
-    assert resp.json == {"status": "ok", "checks": {"redis": "ok", "pos": "unknown"}}
+    assert resp.json == {
+        "status": "ok",
+        "store": "redis",
+        "checks": {"redis": "ok", "pos": "unknown"},
+    }
+
+
+def test_readyz_in_the_embedded_mode_says_the_store_is_memory_not_redis() -> None:
+    """There is no Redis to check: "redis": "ok" said so of one that does not exist."""
+    app = create_app({"TEVO_HOLD_REDIS_URL": "memory://", "TESTING": True})
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 200
+    assert resp.json == {"status": "ok", "store": "memory", "checks": {"pos": "unknown"}}
 
 
 def test_readyz_answers_503_json_when_redis_does_not_answer() -> None:

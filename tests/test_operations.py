@@ -292,7 +292,11 @@ def test_readyz_is_200_while_redis_answers_and_503_json_once_it_is_stopped() -> 
         with gunicorn_server(env, workers=2, threads=2) as base:
             ready = requests.get(base + "/readyz", timeout=15)
             assert ready.status_code == 200
-            assert ready.json() == {"status": "ok", "checks": {"redis": "ok", "pos": "unknown"}}
+            assert ready.json() == {
+                "status": "ok",
+                "store": "redis",
+                "checks": {"redis": "ok", "pos": "unknown"},
+            }
 
             stopper = redis.Redis.from_url(url)
             stopper.shutdown(nosave=True)

@@ -51,6 +51,12 @@ def test_healthz(http: requests.Session, base: str) -> None:
     assert response.json() == {"status": "ok"}
 
 
+def test_readyz_says_the_demo_keeps_its_state_in_memory(http: requests.Session, base: str) -> None:
+    response = http.get(f"{base}/readyz", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "store": "memory", "checks": {"pos": "unknown"}}
+
+
 def test_hold_then_release_on_the_sample_listing(http: requests.Session, base: str) -> None:
     response = hold(http, base, "srv-release", qty=2)
     assert response.status_code == 201, response.text

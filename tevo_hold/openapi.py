@@ -615,19 +615,27 @@ OPERATIONS: tuple[Operation, ...] = (
             "API key. For load balancers: take the server out of rotation on `503`."
         ),
         success=200,
-        success_description="Ready: `checks` says what was checked.",
+        success_description=(
+            "Ready: `store` says where the state lives (`redis`, or `memory` in the embedded "
+            "demo mode, which has no Redis to check); `checks` says what was checked."
+        ),
         success_schema={
             "type": "object",
             "properties": {
                 "status": {"type": "string", "enum": ["ok"]},
+                "store": {"type": "string", "enum": ["redis", "memory"]},
                 "checks": {
                     "type": "object",
                     "additionalProperties": {"enum": ["ok", "unavailable", "unknown"]},
                 },
             },
-            "required": ["status", "checks"],
+            "required": ["status", "store", "checks"],
         },
-        success_example={"status": "ok", "checks": {"redis": "ok", "pos": "unknown"}},
+        success_example={
+            "status": "ok",
+            "store": "redis",
+            "checks": {"redis": "ok", "pos": "unknown"},
+        },
         answers=(
             Answer(
                 errors.NotReady,
