@@ -41,7 +41,9 @@ bind = os.environ.get("TEVO_HOLD_BIND", "127.0.0.1:8000")
 workers = (
     1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
 )
-worker_class = "gthread"
+# gunicorn's gthread worker, but its own error answers (a request it cannot read: 400, 414,
+# 417, 431, 501) are JSON problem documents like the app's, not HTML pages.
+worker_class = "server.gunicorn_worker.JsonErrorWorker"
 threads = int(os.environ.get("TEVO_HOLD_THREADS", "8"))
 # TEvo wants answers well within 5 s; a request still running after 30 s is stuck.
 timeout = 30

@@ -36,6 +36,7 @@ import pytest
 from tevo_hold import errors
 from tevo_hold.openapi import OPERATIONS
 from tevo_hold.settings import PREFIX, Settings
+from tevo_hold.web import SERVER_PROBLEMS
 
 from .servers import ROOT, free_port, gunicorn_server, redis_server
 
@@ -86,6 +87,15 @@ def test_the_integration_guide_has_every_code_of_every_endpoint(site: Path) -> N
             assert row in section[1], (op.operation_id, answer.code)
     for cls in (errors.HoldExpired, errors.MethodNotAllowed, errors.PosTimeout):
         assert f"<code>{cls.code}</code>" in html
+    # what the HTTP server answers by itself, in its own table, in the README's too
+    section = re.search(
+        r"<h3 [^>]*>Requests the server cannot read.*?</h3>(.*?)<h[23] ", html, re.DOTALL
+    )
+    assert section
+    readme = (ROOT / "README.md").read_text("utf-8")
+    for problem in SERVER_PROBLEMS:
+        assert f"<td>{problem.status}</td>\n<td><code>{problem.code}</code></td>" in section[1]
+        assert f"| {problem.status} | `{problem.code}` |" in readme
 
 
 def test_the_operations_guide_lists_every_setting(site: Path) -> None:

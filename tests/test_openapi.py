@@ -30,6 +30,7 @@ from tevo_hold.schemas import (
 )
 from tevo_hold.settings import Settings
 from tevo_hold.validation import check_order_id
+from tevo_hold.web import SERVER_PROBLEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED_IN = ROOT / "docs" / "openapi.json"
@@ -243,6 +244,9 @@ def test_every_code_the_api_can_answer_is_documented(spec: dict[str, Any]) -> No
     assert "`404 not_found`" in description
     assert "`405 method_not_allowed`" in description
     assert answered - in_operations == {"method_not_allowed"}
+    # What the HTTP server answers by itself (before any operation): the description lists it.
+    for problem in SERVER_PROBLEMS:
+        assert f"- `{problem.status} {problem.code}`: " in description
 
 
 # -- every answer explained, typed and exemplified ----------------------------------------------

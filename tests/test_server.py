@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from .servers import ROOT, gunicorn_process, gunicorn_server, raw_http, worker_sockets
+from tevo_hold.web import SERVER_PROBLEMS, server_problem
+
+from .servers import ROOT, Gunicorn, gunicorn_process, raw_http, worker_sockets
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +29,15 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture(scope="module")
-def base() -> Iterator[str]:
+def demo() -> Iterator[Gunicorn]:
     """``gunicorn server.wsgi:app`` with no TEVO_HOLD_* set: what ``make run`` starts."""
-    with gunicorn_server({}, workers=1, threads=8) as url:
-        yield url
+    with gunicorn_process({}, workers=1, threads=8) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base(demo: Gunicorn) -> str:
+    return demo.base
 
 
 @pytest.fixture
@@ -229,6 +236,107 @@ def test_an_id_that_is_not_utf8_is_refused_not_read_as_another(
     assert got.json()["global_id"] == "\ufffd\ufffd"
 
 
+# -- what gunicorn answers by itself -------------------------------------------------------------
+
+_GET = "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+_POST = "POST /v1/holds HTTP/1.1\r\nHost: x\r\n"
+#: Requests gunicorn refuses before the app runs: (the bytes, status, code, words of the detail).
+UNREADABLE = {
+    "garbage": ("GARBAGE\r\n\r\n", 400, "invalid_request", "request line"),
+    "header-name": (_GET + "Bad Name: 1\r\n\r\n", 400, "invalid_request", "header name"),
+    "obs-fold": (_GET + "X-A: 1\r\n  folded\r\n\r\n", 400, "invalid_request", "folding"),
+    "lower-case-method": (
+        "get /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+        "invalid_request",
+        "method",
+    ),
+    "http-2.0": ("GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 400, "invalid_request", "Version"),
+    "length-and-chunked": (
+        _POST + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "invalid_request",
+        "CONTENT-LENGTH",
+    ),
+    "bad-length": (_POST + "Content-Length: abc\r\n\r\n", 400, "invalid_request", "CONTENT-LENGTH"),
+    "two-lengths": (
+        _POST + "Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        400,
+        "invalid_request",
+        "CONTENT-LENGTH",
+    ),
+    "chunked-on-http-1.0": (
+        "POST /v1/holds HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "invalid_request",
+        "TRANSFER-ENCODING",
+    ),
+    "request-line-over-4094": (
+        "GET /" + "a" * 5000 + " HTTP/1.1\r\nHost: x\r\n\r\n",
+        414,
+        "uri_too_long",
+        "too large",
+    ),
+    "header-over-8190": (
+        _GET + "X-A: " + "a" * 9000 + "\r\n\r\n",
+        431,
+        "headers_too_large",
+        "size",
+    ),
+    "over-100-headers": (
+        _GET + "".join(f"X-{i}: 1\r\n" for i in range(120)) + "\r\n",
+        431,
+        "headers_too_large",
+        "fields",
+    ),
+    "expect": (
+        _POST + "Expect: foo\r\nContent-Length: 0\r\n\r\n",
+        417,
+        "expectation_failed",
+        "foo",
+    ),
+    "transfer-coding": (
+        _POST + "Transfer-Encoding: foo\r\n\r\n",
+        501,
+        "unsupported_transfer_coding",
+        "foo",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_what_gunicorn_refuses_is_a_problem_document_too(demo: Gunicorn, case: str) -> None:
+    """gunicorn answers these itself, before the app runs; server/gunicorn_worker.py makes its
+    HTML page the API's problem document, and keeps its status and its log line."""
+    request, status, code, said = UNREADABLE[case]
+    answer = raw_http(demo.base, request.encode("latin-1"))
+    assert answer.status == status, answer.body
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.headers["connection"] == "close"
+    assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["x-request-id"])
+    assert int(answer.headers["content-length"]) == len(answer.body)
+    problem = answer.json()
+    assert problem.keys() == {"type", "title", "status", "detail", "code"}
+    assert (problem["status"], problem["code"]) == (status, code)
+    assert problem["type"] == "urn:tevo-hold:problem:" + code
+    assert said in problem["detail"]
+    assert len(problem["detail"]) <= 300
+    # gunicorn's own warning, as it logs it
+    assert f"Invalid request from ip=127.0.0.1: {problem['detail'][:40]}" in demo.output()
+    # every status gunicorn chose is one the docs list
+    assert (status, code) in {(p.status, p.code) for p in SERVER_PROBLEMS}
+
+
+def test_the_server_never_says_why_it_failed_and_maps_other_statuses_to_documented_ones() -> None:
+    problem, body = server_problem(500, "Traceback: secret")
+    assert (problem.status, problem.code) == (500, "internal_error")
+    assert b"secret" not in body
+    # gunicorn's 403s (PROXY protocol, TLS client certificates: both off here) and any status
+    # it may add later fall back to a documented code by their class
+    assert server_problem(403, "Proxy request from '10.0.0.1' not allowed")[0].status == 400
+    assert server_problem(505, "?")[0].code == "internal_error"
+
+
 # -- gunicorn.conf.py --------------------------------------------------------------------------
 
 
@@ -290,7 +398,7 @@ def test_gunicorn_conf_embedded_runs_one_worker(redis_url: str) -> None:
     result = gunicorn(["--print-config"], env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert printed("workers", result.stdout) == "1"
-    assert printed("worker_class", result.stdout) == "gthread"
+    assert printed("worker_class", result.stdout) == "server.gunicorn_worker.JsonErrorWorker"
 
 
 def test_gunicorn_conf_with_redis_runs_several_workers(redis_url: str) -> None:

@@ -44,7 +44,7 @@ from .schemas import (
     ReleaseRequestSchema,
 )
 from .validation import MAX_ID_LENGTH
-from .web import PROBLEM_TYPE
+from .web import PROBLEM_TYPE, SERVER_PROBLEMS
 
 __all__ = ["OPERATIONS", "Answer", "Operation", "build_spec", "document", "main"]
 
@@ -796,6 +796,8 @@ without the body), as HTTP requires; `Allow` lists it. No path takes `OPTIONS`: 
 (Mounted in a seller's own Flask app, an HTTP error that app raises on these paths keeps its
 status, with the code `http_error`.)
 
+{server_answers}
+
 **Retries.** Every call is idempotent per `global_id`: after a timeout or a `5xx`, retry with
 the *same body*; a call that already succeeded answers its success again with the header
 `Idempotent-Replayed: true` and changes nothing. `409 request_in_progress` and
@@ -806,6 +808,18 @@ each code says what to do.
 each hold's `expires_at` says when it lapses. Invoice before then: a lapsed hold is still sold
 if the tickets are there, otherwise the invoice answers `410 hold_expired`.
 """
+
+
+def server_answers() -> str:
+    """The description's paragraph on what the HTTP server answers by itself, from
+    :data:`tevo_hold.web.SERVER_PROBLEMS`."""
+    lines = [
+        "**Requests the server cannot read.** The HTTP server answers these itself, on any path, "
+        "before any operation runs, with problem documents too (and `Connection: close`). Do "
+        "not retry them unchanged; a `500` may be retried."
+    ]
+    lines += [f"- `{p.status} {p.code}`: {p.meaning}" for p in SERVER_PROBLEMS]
+    return "\n".join(lines)
 
 
 def _problem_schema() -> dict[str, Any]:
@@ -1014,7 +1028,7 @@ def build_spec(server_url: str = "/") -> dict[str, Any]:
         plugins=[MarshmallowPlugin()],
         info={
             "summary": "Hold, release and invoice tickets for Ticket Evolution.",
-            "description": _DESCRIPTION,
+            "description": _DESCRIPTION.format(server_answers=server_answers()),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         servers=[{"url": server_url, "description": "The seller's tevo-hold server."}],

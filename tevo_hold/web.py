@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -48,10 +49,20 @@ from .service import HoldService, build_service
 from .settings import Settings
 from .validation import check_id_bytes
 
-__all__ = ["EXTENSION_KEY", "TevoHold", "create_blueprint", "problem_response"]
+__all__ = [
+    "EXTENSION_KEY",
+    "SERVER_PROBLEMS",
+    "ServerProblem",
+    "TevoHold",
+    "create_blueprint",
+    "problem_document",
+    "problem_response",
+    "server_problem",
+]
 
 EXTENSION_KEY = "tevo_hold"
 PROBLEM_TYPE = "urn:tevo-hold:problem:"
+PROBLEM_JSON = "application/problem+json"
 #: Views answered without an API key (and without a rate limit).
 PUBLIC_VIEWS = frozenset({"healthz", "readyz", "metrics", "openapi_json", "docs"})
 #: The header of a request's signature (when TEVO_HOLD_REQUIRE_SIGNATURE is on).
@@ -497,18 +508,25 @@ def _hold_response(outcome: Outcome, status: int) -> Response:
     return response
 
 
+def problem_document(
+    code: str, title: str, status: int, detail: str, **extra: Any
+) -> dict[str, Any]:
+    """The members of an RFC 9457 problem document, as every error answer has them."""
+    return {
+        "type": PROBLEM_TYPE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+
+
 def problem_response(exc: errors.TevoHoldError) -> Response:
     """``exc`` as an RFC 9457 problem document, with the headers its status calls for."""
     observability.current().code = exc.code
-    body = {
-        "type": PROBLEM_TYPE + exc.code,
-        "title": exc.title,
-        "status": exc.status,
-        "detail": exc.detail,
-        "code": exc.code,
-        **exc.extra(),
-    }
-    response = _json(body, exc.status, mimetype="application/problem+json")
+    body = problem_document(exc.code, exc.title, exc.status, exc.detail, **exc.extra())
+    response = _json(body, exc.status, mimetype=PROBLEM_JSON)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
@@ -545,18 +563,85 @@ def _http_problem(exc: HTTPException) -> Response:
     make = _HTTP_ERRORS.get(exc.code or 500)
     if make is not None:
         return problem_response(make(exc))
-    response = _json(
-        {
-            "type": PROBLEM_TYPE + "http_error",
-            "title": exc.name,
-            "status": exc.code,
-            "detail": exc.description,
-            "code": "http_error",
-        },
-        exc.code or 500,
-        mimetype="application/problem+json",
-    )
-    return response
+    status = exc.code or 500
+    body = problem_document("http_error", exc.name, status, exc.description or exc.name)
+    return _json(body, status, mimetype=PROBLEM_JSON)
+
+
+# -- what the HTTP server answers by itself -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerProblem:
+    """An answer the HTTP server gives by itself, as a problem document like the app's: to a
+    request it cannot read (``server/gunicorn_worker.py``), before any view runs, on any path.
+    ``meaning`` says when (for the docs); gunicorn decides the status."""
+
+    status: int
+    code: str
+    title: str
+    meaning: str
+
+
+#: Each status gunicorn answers a request it cannot read with (its worker's handle_error).
+SERVER_PROBLEMS: tuple[ServerProblem, ...] = (
+    ServerProblem(
+        400,
+        errors.InvalidRequest.code,
+        errors.InvalidRequest.title,
+        "The request is not valid HTTP/1.1: a malformed request line, method or header name, "
+        "an HTTP version other than 1.0 or 1.1, a folded header, a bad or repeated "
+        "Content-Length, Content-Length with Transfer-Encoding, Transfer-Encoding on HTTP/1.0.",
+    ),
+    ServerProblem(
+        414,
+        "uri_too_long",
+        "URI too long",
+        "The request line (method, path and query) is longer than 4094 bytes.",
+    ),
+    ServerProblem(
+        417,
+        "expectation_failed",
+        "Expectation failed",
+        "An `Expect` header other than `100-continue`.",
+    ),
+    ServerProblem(
+        431,
+        "headers_too_large",
+        "Request header fields too large",
+        "A header line is longer than 8190 bytes, or the request has more than 100 headers.",
+    ),
+    ServerProblem(
+        500,
+        errors.InternalError.code,
+        errors.InternalError.title,
+        "The server failed to read the request; the log has the details.",
+    ),
+    ServerProblem(
+        501,
+        "unsupported_transfer_coding",
+        "Unsupported transfer coding",
+        "A `Transfer-Encoding` the server does not know (it knows `chunked`, `gzip`, "
+        "`deflate`, `compress` and `identity`).",
+    ),
+)
+_SERVER_PROBLEMS = {problem.status: problem for problem in SERVER_PROBLEMS}
+#: The longest ``detail`` of a server's answer: the request line or header it quotes is cut.
+_SERVER_DETAIL_MAX = 300
+
+
+def server_problem(status: int, detail: str) -> tuple[ServerProblem, bytes]:
+    """The answer the HTTP server sends for a request it refused with ``status``, and its body
+    (UTF-8 JSON). A status not in SERVER_PROBLEMS (gunicorn's 403 with the PROXY protocol or
+    TLS client certificates, neither of which server/gunicorn.conf.py turns on) falls back to
+    400 or 500 by its class. A 500 never says why."""
+    problem = _SERVER_PROBLEMS.get(status) or _SERVER_PROBLEMS[500 if status >= 500 else 400]
+    if problem.status == 500:
+        detail = "An unexpected error occurred; it was logged."
+    elif len(detail) > _SERVER_DETAIL_MAX:
+        detail = detail[: _SERVER_DETAIL_MAX - 1] + "…"
+    body = problem_document(problem.code, problem.title, problem.status, detail)
+    return problem, _ENCODER.encode(body).encode("utf-8")
 
 
 def _internal_error(exc: Exception) -> Response:

@@ -6,7 +6,9 @@ A page asks for a part with an HTML comment on a line of its own:
   code with what it means and what to do (from :data:`tevo_hold.openapi.OPERATIONS`, the table
   the OpenAPI document is generated from);
 - ``<!-- tevo-hold:codes -->``: every problem code of the API, with its status and title
-  (from :mod:`tevo_hold.errors`);
+  (from :mod:`tevo_hold.errors`, and the HTTP server's own answers);
+- ``<!-- tevo-hold:server -->``: what the HTTP server answers by itself to a request it cannot
+  read (from :data:`tevo_hold.web.SERVER_PROBLEMS`);
 - ``<!-- tevo-hold:settings -->``: every ``TEVO_HOLD_*`` setting with its default and meaning
   (from :class:`tevo_hold.settings.Settings`).
 
@@ -24,6 +26,7 @@ from mkdocs.exceptions import PluginError
 from tevo_hold import errors
 from tevo_hold.openapi import OPERATIONS, Operation
 from tevo_hold.settings import PREFIX, Settings
+from tevo_hold.web import SERVER_PROBLEMS
 
 _MARKER = re.compile(r"^<!-- tevo-hold:(?P<part>[a-z]+)(?: (?P<arg>\S+))? -->$", re.MULTILINE)
 
@@ -68,10 +71,23 @@ def codes() -> str:
         for cls in [errors.InternalError, *_subclasses(errors.TevoHoldError)]
         if cls not in (errors.ConfigurationError, errors.Conflict)
     ]
-    answered = list({cls.code: cls for cls in answered}.values())
-    answered.sort(key=lambda cls: (cls.status, cls.code))
+    rows = {cls.code: (cls.status, cls.code, cls.title) for cls in answered}
+    for problem in SERVER_PROBLEMS:
+        rows.setdefault(problem.code, (problem.status, problem.code, problem.title))
     head = "| Status | `code` | Title |\n| --- | --- | --- |"
-    return "\n".join([head, *(f"| {c.status} | `{c.code}` | {c.title} |" for c in answered)])
+    return "\n".join([head, *(f"| {s} | `{c}` | {t} |" for s, c, t in sorted(rows.values()))])
+
+
+def server() -> str:
+    """What the HTTP server answers by itself, before any endpoint runs."""
+    rows = ["| Status | `code` | When | What to do |", "| --- | --- | --- | --- |"]
+    for p in SERVER_PROBLEMS:
+        if p.code == errors.InternalError.code:
+            advice = "Retry after a short back-off; if it persists, call the seller."
+        else:
+            advice = "Do not retry it unchanged: fix the request."
+        rows.append(f"| {p.status} | `{p.code}` | {_cell(p.meaning)} | {advice} |")
+    return "\n".join(rows)
 
 
 def _default(value: Any) -> str:
@@ -101,6 +117,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             return codes()
         if part == "settings" and not arg:
             return settings()
+        if part == "server" and not arg:
+            return server()
         raise PluginError(f"{page.file.src_path}: unknown generated part {match[0]!r}")
 
     return _MARKER.sub(fill, markdown)
