@@ -13,6 +13,11 @@ once) can all land on the worker that woke first: it serves them alone, on one c
 others idle. The price: a connection still waiting in a stopping worker's queue is reset, and
 its client retries. ``TEVO_HOLD_REUSE_PORT=0`` goes back to one shared socket.
 
+Control socket (gunicorn 25.1+, for ``gunicornc``): one of this master's own, in the temporary
+directory, named after its pid (the log says where). gunicorn's default, one path per user
+(``~/.gunicorn/gunicorn.ctl``), would be taken over by the next master started on the host, and
+removed by the first to stop.
+
 Metrics: prometheus_client's multiprocess mode, so that ``/metrics`` sums every worker's counts.
 ``PROMETHEUS_MULTIPROC_DIR`` is set here, before anything imports prometheus_client (gunicorn's
 logging set-up below imports tevo_hold); unset, it is a directory of this master's own, made at
@@ -61,6 +66,7 @@ def _flag(name: str, default: bool) -> bool:
 
 
 reuse_port = _flag("TEVO_HOLD_REUSE_PORT", True)
+control_socket = str(Path(tempfile.gettempdir()) / f"tevo-hold-{os.getpid()}.ctl")
 accesslog = None
 errorlog = "-"
 # Workers import the app after forking, so no Redis connection is shared across a fork.

@@ -469,6 +469,10 @@ def test_kept_alive_connections_spread_over_the_workers(redis_url: str, reuse_po
                 conn.close()
         said = f"Workers listen at 127.0.0.1:{server.port}, each on a socket of its own"
         assert (said in server.output()) == (reuse_port == "on"), server.output()[-2000:]
+        # a control socket of this master's own, not the one path every gunicorn of the user shares
+        control = Path(tempfile.gettempdir()) / f"tevo-hold-{server.proc.pid}.ctl"
+        assert f"Control socket listening at {control}" in server.output()
+        assert control.is_socket()
     assert [status for _, status in answered] == [200] * 16
     assert sum(len(s) for s in accepted.values()) == 16, accepted
     if reuse_port == "on":
