@@ -102,7 +102,9 @@ class ConfigurationError(TevoHoldError):
 
 
 class InvalidRequest(TevoHoldError):
-    """A field is missing, of the wrong type or out of bounds. ``errors`` maps field → messages."""
+    """A field is missing, of the wrong type or out of bounds, the body names a member twice, or
+    the body or a path id cannot be read (a broken chunked body, an id that is not UTF-8).
+    ``errors`` maps field → messages."""
 
     code = "invalid_request"
     status = 400
@@ -117,7 +119,8 @@ class InvalidRequest(TevoHoldError):
 
 
 class MalformedJSON(InvalidRequest):
-    """The body is not a well-formed JSON document (or not UTF-8, or uses NaN/Infinity)."""
+    """The body is not a well-formed JSON document (or not UTF-8, uses NaN/Infinity, or nests
+    deeper than the decoder goes)."""
 
     code = "malformed_json"
     title = "Malformed JSON"
