@@ -19,7 +19,7 @@ import requests
 
 from tevo_hold.web import SERVER_PROBLEMS, server_problem
 
-from .servers import ROOT, Gunicorn, gunicorn_process, raw_http, worker_sockets
+from .servers import ROOT, Gunicorn, gunicorn_process, raw_http, wait_for, worker_sockets
 
 pytestmark = pytest.mark.slow
 
@@ -469,9 +469,11 @@ def test_kept_alive_connections_spread_over_the_workers(redis_url: str, reuse_po
                 conn.close()
         said = f"Workers listen at 127.0.0.1:{server.port}, each on a socket of its own"
         assert (said in server.output()) == (reuse_port == "on"), server.output()[-2000:]
-        # a control socket of this master's own, not the one path every gunicorn of the user shares
+        # a control socket of this master's own, not the one path every gunicorn of the user
+        # shares (opened by a thread of the master's: it may come after the workers are ready)
         control = Path(tempfile.gettempdir()) / f"tevo-hold-{server.proc.pid}.ctl"
-        assert f"Control socket listening at {control}" in server.output()
+        said = f"Control socket listening at {control}"
+        wait_for(lambda: said in server.output(), timeout=10, what="the control socket")
         assert control.is_socket()
     assert [status for _, status in answered] == [200] * 16
     assert sum(len(s) for s in accepted.values()) == 16, accepted
