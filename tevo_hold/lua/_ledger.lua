@@ -88,6 +88,14 @@ local function claim_lost(st, cp) return not st or st == 'released' or st == 'ex
 local function due(kind, at) redis.call('ZADD', K.due, at, kind .. ledger.gid) end
 local function done(kind) redis.call('ZREM', K.due, kind .. ledger.gid) end
 
+-- The pending hold's POS call has no known outcome: its lease ends now, and its compensation (a
+-- release in the POS) is due at once, unless a retry of the hold takes it over first.
+local function compensate_now(detail)
+  redis.call('HSET', K.rec, 'lu', now)
+  due('c', now)
+  event('hold_outcome_unknown', 'pending', detail)
+end
+
 -- A hold's verdict before any write: nil to go ahead, else the final reply.
 -- The second value is true when the hold takes over a claim whose POS call has no known outcome.
 function ledger.check_hold(rid, qty, tok)
@@ -165,10 +173,7 @@ function ledger.abort_hold(tok, detail)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'uk')
   if rec[1] == 'pending' and rec[2] == tok then
     if rec[3] then
-      redis.call('HSET', K.rec, 'lu', now)
-      due('c', now)
-      event('hold_outcome_unknown', 'pending', 'refused after an attempt of unknown outcome: ' ..
-        (detail or ''))
+      compensate_now('refused after an attempt of unknown outcome: ' .. (detail or ''))
     else
       redis.call('DEL', K.rec, K.events)
       done('c')
@@ -206,9 +211,7 @@ end
 function ledger.unknown_hold(tok, detail)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'cp')
   if rec[1] == 'pending' and rec[2] == tok then
-    redis.call('HSET', K.rec, 'lu', now)
-    due('c', now)
-    event('hold_outcome_unknown', 'pending', detail)
+    compensate_now(detail)
   elseif claim_lost(rec[1], rec[3]) then
     return fail('lost')
   end
