@@ -32,6 +32,7 @@ from tevo_hold import (
     create_app,
     errors,
     metrics,
+    observability,
 )
 from tevo_hold.adapters.http import HttpPosAdapter
 from tevo_hold.observability import PIPE_BUF, JsonFormatter, LineHandler
@@ -54,7 +55,25 @@ def stocked(http: FlaskClient, service: HoldService) -> FlaskClient:
     return http
 
 
+def in_a_forked_child(run: Callable[[], str]) -> str:
+    """What ``run`` answers in a child process forked from this one."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, run().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 1000).decode()
+    finally:
+        os.waitpid(pid, 0)
+        os.close(read)
+
+
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    observability.flush_access_log()  # the lines the flushing thread has not logged yet
     return [r for r in caplog.records if r.name == "tevo_hold.access"]
 
 
@@ -114,6 +133,45 @@ def test_one_json_access_line_per_request_with_key_name_and_global_id(
         assert "wrong" not in JsonFormatter().format(record)
 
 
+def test_an_access_line_is_logged_by_a_thread_as_if_in_its_request(
+    stocked: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tevo_hold.access")
+    before = time.time()
+    stocked.post("/v1/holds", json=HOLD, headers={**AUTH, "X-Request-ID": "rid-later"})
+    answered = time.time()
+
+    def logged() -> list[logging.LogRecord]:
+        return [
+            r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "rid-later"
+        ]
+
+    # not flushed by hand: the flushing thread logs it within ACCESS_LOG_INTERVAL
+    deadline = time.monotonic() + observability.ACCESS_LOG_INTERVAL * 50
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(observability.ACCESS_LOG_INTERVAL / 4)
+    (record,) = logged()
+    assert before <= record.created <= answered  # the request's time, not the flush's
+    assert record.msecs == int((record.created - int(record.created)) * 1000)
+    # the thread that served the request (the test client's, this one), not the flusher's
+    assert (record.thread, record.threadName) == (
+        threading.get_ident(),
+        threading.current_thread().name,
+    )
+    assert record.getMessage() == "POST /v1/holds 201"
+
+
+def test_a_forked_child_logs_its_own_access_lines_only() -> None:
+    info = observability.RequestInfo(request_id="parent-line", started=0.0)
+    observability._ACCESS_LINES.append(
+        (time.time(), threading.current_thread(), info, "GET", "/p", 200, 0.001, None)
+    )
+    # the child: the parent's waiting line is not its to log
+    assert in_a_forked_child(lambda: str(len(observability._ACCESS_LINES))) == "0"
+    assert len(observability._ACCESS_LINES) == 1  # the parent's is still the parent's
+    observability.flush_access_log()
+
+
 def test_json_lines_are_stamped_with_their_own_time_in_utc() -> None:
     formatter = JsonFormatter()  # one formatter, as a handler has: it remembers the last second
     for created in (1_800_000_000.5, 1_800_000_000.999, 1_800_000_001.0, 1_700_000_000.25):
@@ -147,6 +205,7 @@ def test_every_log_line_during_a_request_is_json_with_its_id(service: HoldServic
     try:
         headers = {**AUTH, "X-Request-ID": "r9"}
         resp = app.test_client().post("/v1/holds", json=HOLD, headers=headers)
+        observability.flush_access_log()
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
@@ -203,14 +262,81 @@ def test_requests_and_outcomes_are_counted(stocked: FlaskClient) -> None:
     assert value("tevo_hold_holds_total", outcome="global_id_conflict") == before["conflict"] + 1
 
 
-def test_metric_children_are_those_of_labels_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_metric_children_are_batches_of_those_of_labels_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     children = metrics.Children(metrics.POS_CALLS)
-    assert children("hold", "ok") is metrics.POS_CALLS.labels("hold", "ok")
+    assert children("hold", "ok").child is metrics.POS_CALLS.labels("hold", "ok")
     assert children("hold", "ok") is children("hold", "ok")
     monkeypatch.setattr(metrics, "MAX_CHILDREN", 1)
     # past the bound a child is still the right one, just not remembered
-    assert children("hold", "pos_error") is metrics.POS_CALLS.labels("hold", "pos_error")
+    assert children("hold", "pos_error").child is metrics.POS_CALLS.labels("hold", "pos_error")
     assert len(children._children) == 1
+
+
+def samples(metric: Any) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for family in metric.collect() for s in family.samples]
+
+
+def test_a_batched_histogram_reads_as_one_observed_call_by_call() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()  # private metrics: nothing else counts in them
+    direct = Histogram("direct_seconds", "d", ["a"], buckets=(0.01, 0.1, 1.0), registry=registry)
+    batched = Histogram("batched_seconds", "b", ["a"], buckets=(0.01, 0.1, 1.0), registry=registry)
+    counter = Counter("batched_calls", "c", ["a"], registry=registry)
+    amounts = [0.0, 0.005, 0.01, 0.0100001, 0.1, 0.5, 1.0, 1.5, 99.0, 0.01]
+    histogram, calls = metrics.Children(batched), metrics.Children(counter)
+    for amount in amounts:
+        direct.labels("x").observe(amount)
+        histogram("x").observe(amount)
+        calls("x").inc()
+    metrics.flush()
+    got = {(name, labels.get("le")): v for name, labels, v in samples(batched)}
+    want = {
+        (name.replace("direct", "batched"), labels.get("le")): v
+        for name, labels, v in samples(direct)
+    }
+    # a flush may come between two observations: the sum is then added up in another order
+    assert got.pop(("batched_seconds_sum", None)) == pytest.approx(sum(amounts))
+    del want[("batched_seconds_sum", None)], want[("batched_seconds_created", None)]
+    del got[("batched_seconds_created", None)]
+    assert got == want
+    assert ("batched_calls_total", {"a": "x"}, 10.0) in samples(counter)
+
+
+def test_batched_counts_are_read_at_once_and_flushed_by_a_thread_anyway() -> None:
+    endpoint = {"endpoint": "/batched", "method": "GET", "status": "200"}
+    before = value("tevo_hold_http_requests_total", **endpoint)
+    metrics.Children(metrics.REQUESTS)(*endpoint.values()).inc()
+    # reading the registry flushes this process's counts first
+    assert value("tevo_hold_http_requests_total", **endpoint) == before + 1
+
+    # unread, they reach prometheus_client's value within FLUSH_INTERVAL all the same
+    child = metrics.REQUESTS.labels(*endpoint.values())
+    metrics.Children(metrics.REQUESTS)(*endpoint.values()).inc(2)
+    deadline = time.monotonic() + metrics.FLUSH_INTERVAL * 5
+    while child._value.get() != before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child._value.get() == before + 3
+
+
+def test_a_forked_child_flushes_its_own_counts_only() -> None:
+    endpoint = {"endpoint": "/forked", "method": "GET", "status": "200"}
+    batch = metrics.Children(metrics.REQUESTS)(*endpoint.values())
+    child = metrics.REQUESTS.labels(*endpoint.values())
+    batch.inc(5)  # the parent's, not yet flushed
+
+    def in_the_child() -> str:  # its copy of the parent's 5 is not its own; its 1 is
+        batch.inc()
+        deadline = time.monotonic() + metrics.FLUSH_INTERVAL * 5
+        while child._value.get() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)  # its own flushing thread writes it
+        return str(child._value.get())
+
+    assert float(in_a_forked_child(in_the_child)) == 1.0
+    metrics.flush()
+    assert child._value.get() == 5.0
 
 
 class FailingInvoices(PosAdapter):
@@ -457,3 +583,82 @@ def test_the_line_handler_reports_a_failed_write_and_goes_on(
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "lost", (), None)
     handler.handle(record)  # does not raise: logging reports it on stderr
     assert "Logging error" in capsys.readouterr().err
+
+
+class Writes:
+    """A LineHandler's write(2) calls, recorded (each one's bytes) instead of made."""
+
+    def __init__(self, handler: LineHandler) -> None:
+        self.calls: list[bytes] = []
+        handler._write = self.calls.append  # type: ignore[method-assign,assignment]
+
+    def lines(self) -> list[str]:
+        return [json.loads(line)["message"] for call in self.calls for line in call.splitlines()]
+
+
+def _logger_with(handler: LineHandler, name: str) -> logging.Logger:
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger(name)
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    return log
+
+
+def test_a_line_handler_with_a_flush_interval_gathers_lines_into_whole_pipe_writes() -> None:
+    handler = LineHandler(1, flush_interval=60)  # no timed flush within this test
+    writes = Writes(handler)
+    log = _logger_with(handler, "tevo_hold.test_gathered")
+    for n in range(100):
+        log.info("line %d %s", n, "x" * 50)
+    assert writes.calls, "written as the gathered lines fill PIPE_BUF"
+    assert all(len(call) <= PIPE_BUF and call.endswith(b"\n") for call in writes.calls)
+    assert len(writes.calls) < 100 / 5  # many lines per write
+    handler.flush()
+    assert writes.lines() == [f"line {n} {'x' * 50}" for n in range(100)]
+
+
+def test_a_warning_is_written_at_once_after_the_lines_gathered_before_it() -> None:
+    handler = LineHandler(1, flush_interval=60)
+    writes = Writes(handler)
+    log = _logger_with(handler, "tevo_hold.test_warning")
+    log.info("first")
+    log.info("second")
+    assert writes.calls == []
+    log.warning("third")
+    assert writes.lines() == ["first", "second", "third"]
+    assert len(writes.calls) == 2  # the gathered lines in one write, the warning in its own
+
+
+def test_gathered_lines_are_written_within_the_flush_interval() -> None:
+    handler = LineHandler(1, flush_interval=0.05)
+    writes = Writes(handler)
+    log = _logger_with(handler, "tevo_hold.test_interval")
+    log.info("waits for the thread")
+    deadline = time.monotonic() + 5
+    while not writes.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writes.lines() == ["waits for the thread"]
+
+
+def test_a_forked_child_does_not_write_its_parents_gathered_lines() -> None:
+    read_fd, write_fd = os.pipe()
+    handler = LineHandler(write_fd, flush_interval=60)
+    log = _logger_with(handler, "tevo_hold.test_fork")
+    log.info("the parent's")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            log.info("the child's")
+            handler.flush()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    handler.flush()
+    os.close(write_fd)
+    text = _read_slowly(read_fd).decode()
+    os.close(read_fd)
+    assert [json.loads(line)["message"] for line in text.splitlines()] == [
+        "the child's",
+        "the parent's",
+    ]

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import requests
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from tevo_hold import RedisInventoryAdapter, Settings, build_service
+from tevo_hold import RedisInventoryAdapter, Settings, build_service, metrics
 from tevo_hold.cli import main
 
 from .redis_dump import everything_in
@@ -93,11 +94,21 @@ class Server:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def access(self, request_ids: set[str]) -> list[dict[str, Any]]:
-        return [
-            line
-            for line in self.log_lines()
-            if line.get("logger") == "tevo_hold.access" and line.get("request_id") in request_ids
-        ]
+        """The access lines of these requests, once there is one for each (or after 10 s):
+        the server logs them in batches, a fraction of a second after its answers."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [
+                line
+                for line in self.log_lines()
+                if line.get("logger") == "tevo_hold.access"
+                and line.get("request_id") in request_ids
+            ]
+            if {line["request_id"] for line in lines} >= request_ids:
+                return lines
+            if time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
     def metrics(self) -> dict[Sample, float]:
         text = requests.get(self.base + "/metrics", headers={"Connection": "close"}, timeout=15)
@@ -240,13 +251,23 @@ def test_metrics_sum_every_worker(server: Server, cli: CliRunner) -> None:
     latency = sample(
         "tevo_hold_http_request_duration_seconds_count", endpoint="/v1/holds", method="POST"
     )
+    time.sleep(metrics.FLUSH_INTERVAL * 2)  # every worker's earlier counts flushed
     before = server.metrics()
     answers = parallel([lambda: requests.get(server.base + "/healthz", timeout=15)] * 40)
     assert {a.status_code for a in answers} == {200}
     key = create_key(cli, server, "tevo-metrics")
     assert [server.hold(key, f"metrics-{n}").status_code for n in range(3)] == [201] * 3
 
-    # Whichever worker answers /metrics, it answers the sum over all of them.
+    # Whichever worker answers /metrics, it answers the sum over all of them, each worker's
+    # counts at most FLUSH_INTERVAL old (batched): once they are all in, every scrape has them.
+    deadline = time.monotonic() + metrics.FLUSH_INTERVAL * 10
+    while time.monotonic() < deadline:
+        scrape = server.metrics()
+        if scrape.get(healthz, 0) - before.get(healthz, 0) == 40 and (
+            scrape.get(held, 0) - before.get(held, 0) == 3
+        ):
+            break
+        time.sleep(metrics.FLUSH_INTERVAL / 4)
     scrapes = [server.metrics() for _ in range(8)]
     for scrape in scrapes:
         assert scrape[healthz] - before.get(healthz, 0) == 40

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -130,9 +131,12 @@ def _measure(requests: int) -> dict[str, Any]:
     from tevo_hold.ledger import Ledger
     from tevo_hold.observability import ACCESS_LOG, JsonFormatter, LineHandler
 
-    # the access log as under gunicorn: JSON lines appended to a file
+    # the access log as under gunicorn (its handler's settings): JSON lines appended to a file
     log_file = tempfile.NamedTemporaryFile(prefix="bench-stages-", suffix=".log")  # noqa: SIM115
-    handler = LineHandler(os.open(log_file.name, os.O_WRONLY | os.O_APPEND))
+    conf = runpy.run_path(str(ROOT / "server" / "gunicorn.conf.py"))
+    flush_interval = conf["logconfig_dict"]["handlers"]["stderr"].get("flush_interval", 0)
+    fd = os.open(log_file.name, os.O_WRONLY | os.O_APPEND)
+    handler = LineHandler(fd, flush_interval=flush_interval)
     handler.setFormatter(JsonFormatter())
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)

@@ -1,0 +1,80 @@
+"""A thread of each process's own that flushes a batch every so often.
+
+What every request adds to (the metrics' counts, the access log's lines, a log handler's
+gathered lines) is kept in memory and handed on in batches: a request's share of a batch costs
+a fraction of doing the same work on its own, between two system calls, with cold caches. A
+:class:`Flusher` is what hands each batch on: a daemon thread, started with the first item
+(:meth:`Flusher.start` is cheap to call on every item), that calls ``flush`` every ``interval``
+seconds. A forked child (a gunicorn worker) starts a thread of its own with its first item;
+whatever its parent had not flushed is the parent's to flush, and ``after_fork`` drops the
+child's copy of it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+__all__ = ["Flusher"]
+
+
+class Flusher:
+    """Calls ``flush`` every ``interval`` seconds from a daemon thread named ``name``.
+
+    ``flush`` must not raise (an error is its own to report); should it raise anyway, the thread
+    goes on. ``after_fork`` runs in a forked child, before anything else there.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        flush: Callable[[], None],
+        *,
+        after_fork: Callable[[], None] | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"{name}: the interval must be positive (seconds), not {interval!r}")
+        self.name = name
+        self.interval = interval
+        self._flush = flush
+        self._after_fork_of = after_fork
+        self._lock = threading.Lock()
+        #: Whether this process's thread runs: read on every item, so a plain attribute.
+        self.running = False
+        os.register_at_fork(after_in_child=_after_fork_of(weakref.ref(self)))
+
+    def start(self) -> None:
+        """Start this process's thread, unless it runs already (callers on a hot path check
+        ``running`` first: a plain attribute read, where this takes a lock)."""
+        with self._lock:
+            if self.running:
+                return
+            self.running = True
+        threading.Thread(target=self._run, name=self.name, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                self._flush()
+            except Exception:  # see the class's doc: the next flush tries again
+                continue
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+        self.running = False
+        if self._after_fork_of is not None:
+            self._after_fork_of()
+
+
+def _after_fork_of(flusher: weakref.ref[Flusher]) -> Callable[[], None]:
+    def after_fork() -> None:
+        alive = flusher()
+        if alive is not None:
+            alive._forked()
+
+    return after_fork
