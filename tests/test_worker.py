@@ -179,14 +179,15 @@ def scheduled(service: HoldService) -> dict[str, list[str]]:
 NOTHING_SCHEDULED = {"l": [], "c": [], "i": []}
 
 
-def stream_events(redis_url: str, gid: str) -> list[str]:
-    """The audit stream of ``gid`` read straight from Redis (GET forgets compensated holds)."""
+def trail_events(redis_url: str, gid: str) -> list[str]:
+    """The audit trail of ``gid`` read straight from Redis (GET forgets compensated holds):
+    each entry a JSON array [at, event, status, by, detail]."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        entries = client.xrange(KeySpace().hold(gid)[1])
+        entries = client.lrange(KeySpace().hold(gid)[1], 0, -1)
     finally:
         client.close()
-    return [fields["event"] for _, fields in entries]
+    return [json.loads(entry)[1] for entry in entries]
 
 
 # -- lapsed holds ----------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def test_a_pos_that_hangs_on_hold_gets_a_504_in_time_and_later_one_release(
     assert pos.available("R") == 100
     gone = api.get("hang-1")
     assert gone.status_code == 404 and gone.json["code"] == "hold_not_found"
-    assert stream_events(redis_url, "hang-1")[-1] == "compensated"
+    assert trail_events(redis_url, "hang-1")[-1] == "compensated"
     assert scheduled(api.service) == NOTHING_SCHEDULED
 
 

@@ -6,7 +6,7 @@ exception is ``fused.lua``, which runs only on one Redis (never a cluster): it c
 its listing (two slots) at once, and its release and invoice, sent with the ``global_id`` alone,
 read the listing's stock key from the hold's record (field ``lk``) and name the others after it.
 
-- A hold's record, its audit stream, and the due set (the worker's outbox) of its shard share the
+- A hold's record, its audit trail, and the due set (the worker's outbox) of its shard share the
   hash tag ``{h<n>}``, where ``n`` is one of :data:`SHARDS` shards picked by a CRC32 of the
   ``global_id``: holds spread over the cluster's masters, and each record can be written in the
   same atomic step as the work it schedules.
@@ -59,10 +59,14 @@ class KeySpace:
     prefix: str = "tevo_hold"
 
     def hold(self, global_id: str) -> tuple[str, str, str]:
-        """A hold's keys: its record hash, its audit stream, its shard's due set."""
+        """A hold's keys: its record hash, its audit trail (a list), its shard's due set.
+
+        (``:a:``: the trail was a stream, under ``:e:``, before it was a list; a name of its own,
+        so that no script meets an old stream where it expects a list.)
+        """
         base = f"{self.prefix}:{{h{shard_of(global_id)}}}"
         gid = encode_id(global_id)
-        return f"{base}:g:{gid}", f"{base}:e:{gid}", f"{base}:due"
+        return f"{base}:g:{gid}", f"{base}:a:{gid}", f"{base}:due"
 
     def due(self, shard: int) -> str:
         """The due set (the worker's outbox) of one shard."""

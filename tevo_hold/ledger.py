@@ -41,7 +41,7 @@ def _ms(value: str) -> datetime:
 
 
 class Ledger:
-    """Hold records in Redis, each in its own hash, with its audit stream and its shard's outbox.
+    """Hold records in Redis, each in its own hash, with its audit trail and its shard's outbox.
 
     Every method is one script call: one round trip, atomic, and safe to repeat with the same
     arguments. Times come from the Redis server's clock, so every process agrees on them.
@@ -331,10 +331,10 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def _event(entry: list[Any]) -> Event:
-    flat = [_text(v) for v in entry[1]]
-    f = dict(zip(flat[0::2], flat[1::2], strict=True))
-    return Event(_ms(f["at"]), f["event"], f["status"], f["by"], f.get("detail", ""))
+def _event(entry: str | bytes) -> Event:
+    """One entry of the audit trail: the JSON array [at, event, status, by, detail]."""
+    at, name, status, by, detail = json.loads(entry)
+    return Event(_ms(at), name, status, by, detail)
 
 
 def _to_hold(global_id: str, f: dict[str, str], now: int, events: tuple[Event, ...]) -> Hold:

@@ -1,7 +1,7 @@
 -- _ledger.lua: the hold records. Three keys per call, all in one hash slot (the global_id's
 -- shard, {h<n>}), bound by ledger.bind(first): K.rec, K.events, K.due =
 --   KEYS[first]      the record hash     {prefix}:{h<n>}:g:<global_id>
---   KEYS[first + 1]  its audit stream    {prefix}:{h<n>}:e:<global_id>
+--   KEYS[first + 1]  its audit trail     {prefix}:{h<n>}:a:<global_id>
 --   KEYS[first + 2]  the shard's due set {prefix}:{h<n>}:due
 --
 -- Record fields: rid remote_id, qty quantity, st status (pending|held|released|expired|invoicing|
@@ -34,7 +34,7 @@
 -- still holds its lease (request_in_progress); record is the record's fields as one JSON object
 -- (one string: the client decodes it in one step, not field by field), '{}' for none. A function
 -- validates before its first write and is safe to run twice with the same arguments. Every change
--- appends an event to the audit stream: at, event, status (the one it leaves the record in), by
+-- appends an event to the audit trail: at, event, status (the one it leaves the record in), by
 -- (the actor), detail.
 local ledger = {}
 local K = {}
@@ -61,10 +61,14 @@ end
 local function fail(code, extra) return {code, now, extra or 0, '{}'} end
 ledger.fail = fail
 
--- Append an event: its name, the status the record is left in ('' for none), a detail.
+-- Append an event: its name, the status the record is left in ('' for none), a detail. The
+-- trail is a list of JSON arrays [at, event, status, by, detail], the last AUDIT_MAX of them. (A
+-- list: a stream's first node costs Redis 4 KB whatever it holds, and XADD three times RPUSH.)
+local AUDIT_MAX = 1000
 local function event(name, status, detail)
-  redis.call('XADD', K.events, 'MAXLEN', '~', 1000, '*', 'at', now, 'event', name,
-    'status', status or '', 'by', K.actor, 'detail', detail or '')
+  local n = redis.call('RPUSH', K.events,
+    cjson.encode({tostring(now), name, status or '', K.actor, detail or ''}))
+  if n > AUDIT_MAX then redis.call('LTRIM', K.events, -AUDIT_MAX, -1) end
 end
 
 local function keep(expires_at, retention)
@@ -201,7 +205,7 @@ function ledger.lost_hold(rid, qty, ttl, detail)
     return {'ok', now, 0, '{}'}
   end
   event('hold_answered_late', st or 'pending', detail)
-  if not st then owe() end -- the stream's TTL, from the compensation
+  if not st then owe() end -- the trail's TTL, from the compensation
   return {'ok', now, 0, '{}'}
 end
 

@@ -2,7 +2,7 @@
 -- for deployments where both live in one Redis that is not a cluster (a hold's keys and its
 -- listing's lie in two hash slots). Assembled from _prelude.lua, _ledger.lua, _inventory.lua.
 --
--- KEYS[1..3]  the hold's record hash, audit stream and shard's due set (see _ledger.lua)
+-- KEYS[1..3]  the hold's record hash, audit trail and shard's due set (see _ledger.lua)
 -- KEYS[4..7]  hold and settle only: the listing's stock hash, holds hash, deadlines zset, and
 --             the global_id's sale marker (see _inventory.lua)
 -- ARGV[1]     command; ARGV[2] global_id; ARGV[3] actor; then the command's arguments:

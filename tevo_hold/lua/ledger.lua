@@ -1,6 +1,6 @@
 -- ledger.lua: one ledger command per call. Assembled from _prelude.lua and _ledger.lua.
 --
--- KEYS[1..3]  the hold's record hash, its audit stream, its shard's due set (one slot)
+-- KEYS[1..3]  the hold's record hash, its audit trail, its shard's due set (one slot)
 -- ARGV[1]     command; ARGV[2] global_id; ARGV[3] actor (who: 'api', 'worker', 'cli', ...);
 --             then the command's arguments:
 --   claim_hold      remote_id, quantity, ttl_ms, lease_ms, token, retention_ms
@@ -18,15 +18,15 @@
 --   released_in_pos -
 --   compensated     token, retention_ms
 --   retry_due       kind, token, detail, retry_ms
---   get             history ('1' to add the audit stream to the reply)
+--   get             history ('1' to add the audit trail to the reply)
 -- Reply: {outcome, now_ms, extra, {field, value, ...}} (see _ledger.lua); get with history adds
--- the stream's entries as a fifth element.
+-- the trail's entries as a fifth element.
 local cmd, a = ARGV[1], ARGV
 ledger.bind(1, a[2], a[3])
 
 if cmd == 'get' then
   local r = ledger.reply('ok')
-  if a[4] == '1' then r[5] = redis.call('XRANGE', KEYS[2], '-', '+') end
+  if a[4] == '1' then r[5] = redis.call('LRANGE', KEYS[2], 0, -1) end
   return r
 end
 if cmd == 'claim_hold' then
