@@ -1164,3 +1164,20 @@ def test_an_id_that_is_not_utf8_is_refused_under_a_prefix_too(service, stocked):
     prefix = "/tévo/v1/holds/".encode().decode("latin-1")
     assert_problem(get_raw_path(http, b"\xff", prefix=prefix), 400, "invalid_request")
     assert assert_ok(get_raw_path(http, "é".encode(), prefix=prefix), 200)["global_id"] == "é"
+
+
+def test_answers_are_the_json_modules_compact_utf8_even_where_orjson_refuses():
+    from tevo_hold.web import _encode_json
+
+    def as_json_module(body):
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    for body in (
+        {"global_id": "g-1", "quantity": 2, "status": "held", "tevo_order_id": 2**63 - 1},
+        {"detail": 'quote " slash / back \\ newline \n tab \t nul \x00 ünï 🎟', "x": None},
+        {"nested": [1, 2.5, True, False, {"a": []}], "checks": {"redis": "ok"}},
+        {"past 64 bits": 2**70, "negative": -(2**70)},  # orjson refuses these: json writes them
+        {1: "a key that is not a string"},
+    ):
+        assert json.loads(_encode_json(body)) == json.loads(as_json_module(body))
+    assert _encode_json({"a": 1, "b": "ü"}) == as_json_module({"a": 1, "b": "ü"})

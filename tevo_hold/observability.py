@@ -32,6 +32,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import Flask, Request, Response, request
 
 from . import metrics
@@ -206,7 +207,8 @@ _ACCESS_FLUSHER = Flusher(
 atexit.register(flush_access_log)  # before logging.shutdown, which atexit calls after it
 
 
-#: The encoder of every log line, made once: json.dumps with arguments builds a new one per call.
+#: The encoder of the log lines orjson refuses, made once: json.dumps with arguments builds a new
+#: one per call.
 _LOG_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
@@ -246,7 +248,10 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
-        return _LOG_ENCODER.encode(entry)
+        try:
+            return orjson.dumps(entry, default=str).decode("utf-8")
+        except TypeError:  # what orjson refuses (an integer past 64 bits, a key not a string)
+            return _LOG_ENCODER.encode(entry)
 
 
 #: Bytes a write(2) to a pipe delivers whole, never interleaved with another writer's (Linux).

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from flask import Blueprint, Flask, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
@@ -493,12 +494,25 @@ def _body(req: Request, limit: int) -> bytes:
 # -- responses -------------------------------------------------------------------------------
 
 
-#: The encoder of every answer, made once: json.dumps with arguments builds a new one per call.
+#: The encoder of what orjson refuses, made once: json.dumps with arguments builds a new one per
+#: call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
+def _encode_json(body: Any) -> bytes:
+    """``body`` as compact UTF-8 JSON, as every answer is sent.
+
+    orjson writes it in a tenth of the json module's time; what orjson refuses (an integer past
+    64 bits, a key that is not a string) is written by the json module, as it was before.
+    """
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _ENCODER.encode(body).encode("utf-8")
+
+
 def _json(body: Any, status: int, *, mimetype: str = "application/json") -> Response:
-    return current_app.response_class(_ENCODER.encode(body), status, mimetype=mimetype)
+    return current_app.response_class(_encode_json(body), status, mimetype=mimetype)
 
 
 def _hold_response(outcome: Outcome, status: int) -> Response:
@@ -641,7 +655,7 @@ def server_problem(status: int, detail: str) -> tuple[ServerProblem, bytes]:
     elif len(detail) > _SERVER_DETAIL_MAX:
         detail = detail[: _SERVER_DETAIL_MAX - 1] + "…"
     body = problem_document(problem.code, problem.title, problem.status, detail)
-    return problem, _ENCODER.encode(body).encode("utf-8")
+    return problem, _encode_json(body)
 
 
 def _internal_error(exc: Exception) -> Response:
