@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import uuid
+import secrets
 
 from . import errors, metrics
 from ._redis import RedisClient, fail_fast
@@ -102,7 +102,7 @@ class HoldService:
                 actor=actor,
             )
             return Outcome(done.hold.as_held(), replayed=not done.changed)
-        token = uuid.uuid4().hex
+        token = secrets.token_hex(16)
         claim = self.ledger.claim_hold(
             global_id,
             remote_id,
@@ -211,7 +211,7 @@ class HoldService:
         """
         global_id = check_id("global_id", global_id)
         tevo_order_id = check_order_id(tevo_order_id)
-        token = uuid.uuid4().hex
+        token = secrets.token_hex(16)
         if self._fused is not None:
             try:
                 fused = self._fused.invoice_recorded(

@@ -34,10 +34,11 @@ def check_id(field: str, value: Any) -> str:
         raise _fail(field, "must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise _fail(field, f"must be at most {MAX_ID_LENGTH} characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _fail(field, "must be valid Unicode (no lone surrogates)") from None
+    if not value.isascii():  # (isascii is a flag CPython keeps: no scan, no copy)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail(field, "must be valid Unicode (no lone surrogates)") from None
     return value
 
 
