@@ -22,8 +22,8 @@ import atexit
 import json
 import logging
 import os
+import random
 import re
-import secrets
 import sys
 import threading
 import time
@@ -82,10 +82,17 @@ def current() -> RequestInfo:
     return info
 
 
+def _new_request_id() -> str:
+    """32 hex digits: 128 random bits from :mod:`random` (which every forked worker reseeds from
+    the system), not :mod:`secrets`: an id must be unique, not unguessable, and ``os.urandom``
+    is a system call on every request."""
+    return f"{random.getrandbits(128):032x}"
+
+
 def _begin(req: Request) -> RequestInfo:
     """A new RequestInfo for ``req``, now the current one."""
     given = req.environ.get(_REQUEST_ID_ENVIRON, "")
-    request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(16)
+    request_id = given if _REQUEST_ID.match(given) else _new_request_id()
     info = RequestInfo(request_id=request_id, started=time.perf_counter())
     _INFO.set(info)
     return info
