@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.resources
@@ -184,8 +185,12 @@ class Charge:
     limits: tuple[tuple[int, int], ...]
     names: tuple[str, ...]
 
-    def argv(self) -> list[str | int]:
-        return ["!charge", len(self.keys), *(n for limit in self.limits for n in limit)]
+    #: The arguments that precede the script's own (see _charge.lua), made once per charge.
+    argv: tuple[str | int, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        argv = ("!charge", len(self.keys), *(n for limit in self.limits for n in limit))
+        object.__setattr__(self, "argv", argv)  # frozen: set once, here
 
     def refused(self, reply: Sequence[Any]) -> errors.RateLimited:
         """The error for _charge.lua's ``{'rate_limited', now, retry_ms, i}``."""
@@ -243,9 +248,9 @@ class Script:
         if self._alone:
             if self._charger is None:
                 self._charger = Script(self._client, "charge")
-            self._check(charge, self._charger._run(charge.keys, charge.argv()))
+            self._check(charge, self._charger._run(charge.keys, charge.argv))
             return self._run(keys, args)
-        return self._check(charge, self._run([*keys, *charge.keys], [*charge.argv(), *args]))
+        return self._check(charge, self._run([*keys, *charge.keys], [*charge.argv, *args]))
 
     def _run(self, keys: Sequence[str], args: Sequence[str | int | float]) -> list[Any]:
         outage = _outage_so_far()  # translate_errors, inlined: this is every script call

@@ -101,10 +101,11 @@ local function compensate_now(detail)
 end
 
 -- A hold's verdict before any write: nil to go ahead, else the final reply.
--- The second value is true when the hold takes over a claim whose POS call has no known outcome.
+-- The second value is true when the hold takes over a claim whose POS call has no known outcome;
+-- the third, when going ahead, whether a record is there (a claim to take over).
 function ledger.check_hold(rid, qty, tok)
   local rec = redis.call('HMGET', K.rec, 'rid', 'qty', 'st', 'lu', 'tok', 'cp', 'uk')
-  if not rec[3] then return nil, false end
+  if not rec[3] then return nil, false, false end
   if rec[1] ~= rid or rec[2] ~= qty then return fail('global_id_conflict') end
   if rec[3] ~= 'pending' then return ledger.reply('replay') end
   -- a compensating release has started and may land after a new POS hold: none is made until
@@ -114,14 +115,15 @@ function ledger.check_hold(rid, qty, tok)
     return fail('request_in_progress', wait(rec[4]))
   end
   -- our own claim sent twice, or the claim of a request that died or timed out: take it over
-  return nil, rec[5] ~= tok or rec[7] == '1'
+  return nil, rec[5] ~= tok or rec[7] == '1', true
 end
 
 -- Write a new hold: 'pending' leased to tok (lease > 0, its compensation scheduled at the
 -- lease's end; unknown: it takes over a claim of unknown outcome), or straight 'held' (lease = 0:
 -- the POS step already happened atomically). lk, if given, is recorded as the listing's stock
--- key. Answers the 'ok' reply with the record.
-function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk, unknown)
+-- key. replacing: false when check_hold found no record (nothing to delete first). Answers the
+-- 'ok' reply with the record.
+function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk, unknown, replacing)
   local f = {'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl, 'st', 'held'}
   if lease > 0 then f[10], f[11], f[12], f[13], f[14] = 'pending', 'lu', now + lease, 'tok', tok end
   if lk then
@@ -132,7 +134,9 @@ function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk
     f[#f + 1] = 'uk'
     f[#f + 1] = '1'
   end
-  redis.call('DEL', K.rec) -- what a claim taken over left (a new record is written whole)
+  if replacing ~= false then
+    redis.call('DEL', K.rec) -- what a claim taken over left (a new record is written whole)
+  end
   redis.call('HSET', K.rec, unpack(f))
   if lease > 0 then
     due('c', now + lease)
@@ -147,9 +151,9 @@ function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk
 end
 
 function ledger.claim_hold(rid, qty, ttl, lease, tok, retention)
-  local verdict, unknown = ledger.check_hold(rid, qty, tok)
+  local verdict, unknown, replacing = ledger.check_hold(rid, qty, tok)
   if verdict then return verdict end
-  return ledger.write_hold(rid, qty, ttl, lease, tok, retention, '0', nil, unknown)
+  return ledger.write_hold(rid, qty, ttl, lease, tok, retention, '0', nil, unknown, replacing)
 end
 
 -- 'lost' when the lease of tok ended while its POS call ran and the hold was compensated,

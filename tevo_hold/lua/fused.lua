@@ -54,14 +54,14 @@ end
 if cmd == 'hold' then
   local L = inventory.keys(4)
   local rid, qty, ttl, retention = a[4], tonumber(a[5]), tonumber(a[6]), tonumber(a[7])
-  local verdict = ledger.check_hold(rid, a[5], '')
+  local verdict, _, replacing = ledger.check_hold(rid, a[5], '')
   if verdict then return verdict end
   local taken = inventory.take(L, gid, qty, now + ttl)
   if taken == 'insufficient_quantity' then
     return ledger.fail(taken, math.max(inventory.available(L), 0))
   end
   if taken ~= 'ok' then return ledger.fail(taken) end
-  return ledger.write_hold(rid, a[5], ttl, 0, '', retention, '0', KEYS[4])
+  return ledger.write_hold(rid, a[5], ttl, 0, '', retention, '0', KEYS[4], nil, replacing)
 end
 
 if cmd == 'settle' then
