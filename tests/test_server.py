@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -482,3 +484,26 @@ def test_kept_alive_connections_spread_over_the_workers(redis_url: str, reuse_po
     assert sum(len(s) for s in accepted.values()) == 16, accepted
     if reuse_port == "on":
         assert all(accepted.values()), {pid: len(s) for pid, s in accepted.items()}
+
+
+def test_a_stopping_server_logs_every_request_it_answered() -> None:
+    """Access lines wait up to 0.1 s to be logged and again to be written (in batches): a worker
+    that stops, even at once (SIGQUIT), logs and writes those it still holds."""
+    ids = [f"last-words-{n}" for n in range(60)]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "gunicorn.log"
+        with gunicorn_process({}, workers=1, threads=4, output=log) as server:
+            with requests.Session() as http:
+                for rid in ids:
+                    answer = http.get(f"{server.base}/healthz", headers={"X-Request-ID": rid})
+                    assert answer.status_code == 200
+            # gunicorn's quick shutdown, at once: the last lines are still waiting
+            server.proc.send_signal(signal.SIGQUIT)
+            assert server.proc.wait(timeout=30) == 0
+        lines = [json.loads(line) for line in log.read_text("utf-8").splitlines() if line]
+    logged = [
+        line["request_id"]
+        for line in lines
+        if line.get("logger") == "tevo_hold.access" and line["request_id"] in ids
+    ]  # (not the start-up's readiness checks)
+    assert sorted(logged) == sorted(ids)
