@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
+
 from . import errors
 from ._redis import SCRIPT_ERRORS, RedisClient, Script, translate_errors
 from .keys import SHARDS, KeySpace
@@ -314,9 +316,9 @@ class Ledger:
         outcome, now, extra = reply[0], int(reply[1]), int(reply[2])
         if outcome not in ("ok", "replay"):
             if remote_id is None and reply[3] != "{}":  # a record came with the error
-                remote_id = json.loads(reply[3]).get("rid")
+                remote_id = orjson.loads(reply[3]).get("rid")
             raise _script_error(outcome, global_id, remote_id, extra)
-        fields: dict[str, str] = json.loads(reply[3])
+        fields: dict[str, str] = orjson.loads(reply[3])
         if not fields:
             raise errors.HoldNotFound(f"No hold has global_id {global_id!r}.")
         events = tuple(_event(entry) for entry in reply[4]) if len(reply) > 4 else ()
@@ -333,12 +335,16 @@ def _text(value: Any) -> Any:
 
 def _event(entry: str | bytes) -> Event:
     """One entry of the audit trail: the JSON array [at, event, status, by, detail]."""
-    at, name, status, by, detail = json.loads(entry)
+    at, name, status, by, detail = orjson.loads(entry)
     return Event(_ms(at), name, status, by, detail)
 
 
+#: Each status by its value: a dict lookup, where HoldStatus(value) goes through Enum's machinery.
+_STATUS = {status.value: status for status in HoldStatus}
+
+
 def _to_hold(global_id: str, f: dict[str, str], now: int, events: tuple[Event, ...]) -> Hold:
-    status = HoldStatus(f["st"])
+    status = _STATUS[f["st"]]
     if status is HoldStatus.HELD and now >= int(f["ea"]):
         status = HoldStatus.EXPIRED
     invoicing = status in (HoldStatus.INVOICING, HoldStatus.INVOICED, HoldStatus.INVOICE_FAILED)
@@ -349,7 +355,7 @@ def _to_hold(global_id: str, f: dict[str, str], now: int, events: tuple[Event, .
         status=status,
         created_at=_ms(f["ca"]),
         expires_at=_ms(f["ea"]),
-        tevo_order_id=json.loads(f["oj"]) if invoicing and "oj" in f else None,
+        tevo_order_id=orjson.loads(f["oj"]) if invoicing and "oj" in f else None,
         invoiced_at=_ms(f["ia"]) if "ia" in f else None,
         released_at=_ms(f["ra"]) if "ra" in f else None,
         last_error=f.get("le") if status is HoldStatus.INVOICE_FAILED else None,
