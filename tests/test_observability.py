@@ -167,6 +167,21 @@ def test_an_access_line_is_logged_by_a_thread_as_if_in_its_request(
     assert record.getMessage() == "POST /v1/holds 201"
 
 
+def test_past_the_backlog_a_request_logs_the_waiting_lines_itself(
+    stocked: FlaskClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log that cannot keep up slows requests down rather than fill memory: with no backlog
+    allowed, each request's line is logged before its answer returns (twenty in a row: the
+    flushing thread, every 0.1 s, would not be there first each time)."""
+    caplog.set_level(logging.INFO, logger="tevo_hold.access")
+    monkeypatch.setattr(observability, "ACCESS_LOG_BACKLOG", 0)
+    for n in range(20):
+        stocked.get("/healthz", headers={"X-Request-ID": f"backlog-{n}"})
+        logged = [getattr(r, "fields", {}).get("request_id") for r in caplog.records]
+        assert f"backlog-{n}" in logged
+        assert len(observability._ACCESS_LINES) == 0
+
+
 def test_a_forked_child_logs_its_own_access_lines_only() -> None:
     info = observability.RequestInfo(request_id="parent-line", started=0.0)
     observability._ACCESS_LINES.append(

@@ -40,6 +40,7 @@ from ._flusher import Flusher
 
 __all__ = [
     "ACCESS_LOG",
+    "ACCESS_LOG_BACKLOG",
     "ACCESS_LOG_INTERVAL",
     "REQUEST_ID_HEADER",
     "JsonFormatter",
@@ -144,10 +145,16 @@ def _finish(info: RequestInfo, response: Response) -> None:
         )  # fmt: skip
         if not _ACCESS_FLUSHER.running:
             _ACCESS_FLUSHER.start()
+        if len(_ACCESS_LINES) > ACCESS_LOG_BACKLOG:
+            flush_access_log()  # the log cannot keep up: wait for it, as an unbatched line would
 
 
 #: Seconds an access line may wait before it is logged (see flush_access_log).
 ACCESS_LOG_INTERVAL = 0.1
+#: Access lines that may wait at most. Past it (a log whose reader has stalled, say), the request
+#: that finds it so logs the waiting lines itself: requests slow down with the log, as they did
+#: when each logged its own line, rather than fill the process's memory.
+ACCESS_LOG_BACKLOG = 10_000
 
 #: The access lines of requests answered, not yet logged: (when, the thread that served it,
 #: its RequestInfo, method, path, status, seconds, client address). A deque: its append and
