@@ -298,7 +298,6 @@ class LineHandler(logging.Handler):
     ) -> None:
         super().__init__(level)
         self.fd = sys.stderr.fileno() if fd is None else fd
-        self.flush_interval = flush_interval
         self._write_lock = threading.Lock()
         self._gathered: list[bytes] = []  # lines not yet written (under _write_lock)
         self._size = 0  # their bytes
