@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -529,6 +530,84 @@ def test_each_call_is_one_round_trip_on_the_fused_path(service, stocked):
         if fused
         else {"hold": 3, "invoice": 3, "hold2": 3, "release": 2}
     )
+
+
+def _state(client: Any, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix``: its type, value and TTL (to the second), the prefix left out
+    and every time in ms since the epoch (13 digits) written as "T": two runs a moment apart,
+    under two prefixes, compare."""
+    import re
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return re.sub(rb"\b1\d{12}\b", b"T", value.replace(prefix.encode(), b""))
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {plain(k): plain(v) for k, v in value.items()}
+        return value
+
+    state = {}
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        kind = client.type(key)
+        value = {
+            b"string": client.get,
+            b"hash": client.hgetall,
+            b"list": lambda k: client.lrange(k, 0, -1),
+            b"zset": lambda k: client.zrange(k, 0, -1),
+        }[kind](key)
+        ttl = client.pttl(key)
+        state[key.decode().removeprefix(prefix)] = (
+            kind,
+            plain(value),
+            ttl if ttl < 0 else round(ttl / 1000),
+        )
+    return state
+
+
+@pytest.mark.parametrize("client", ["fakeredis", "redis"], indirect=True)
+@pytest.mark.parametrize("lapsed", [False, True], ids=["live", "lapsed"])
+def test_the_one_step_invoice_leaves_what_the_three_steps_leave(client, lapsed):
+    """fused.lua invoices a hold held and never invoiced before in one step (claim, sale and
+    finish at once): every key, value and TTL it leaves is what the steps leave, one after
+    another, as every other invoice still takes them. Also for a hold past its deadline that is
+    still on the listing's books (sold: an invoice the ledger accepts never lapses)."""
+    from tevo_hold import Settings, build_service
+    from tevo_hold._redis import Script
+
+    services = {}
+    for prefix in ("one", "steps"):
+        settings = Settings(
+            redis_url="redis://unused", key_prefix=prefix, hold_ttl=0.05 if lapsed else 900
+        )
+        services[prefix] = build_service(settings, client=client)
+        services[prefix].adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+        hold(services[prefix], "other", qty=1)
+    steps = services["steps"].adapter
+    script = Script(client, "fused")  # the same script, its one-step invoice switched off
+    one_step = "if L and ledger.fresh_held("
+    assert one_step in script._text
+    script._text = script._text.replace(one_step, "if false and ledger.fresh_held(")
+    script._sha = hashlib.sha1(script._text.encode()).hexdigest()
+    steps._fused = script  # type: ignore[attr-defined]
+    for service in services.values():
+        hold(service)
+    if lapsed:
+        time.sleep(0.1)
+    answers = {p: s.invoice(global_id="g1", tevo_order_id=7) for p, s in services.items()}
+    assert answers["one"].hold.status is HoldStatus.INVOICED
+    same = ("global_id", "remote_id", "quantity", "status", "tevo_order_id", "released_at")
+    same += ("last_error", "invoice_attempts")
+    for outcome in answers.values():
+        assert not outcome.replayed
+        assert outcome.hold.invoiced_at is not None
+        got = {name: getattr(outcome.hold, name) for name in same}
+        assert got == {name: getattr(answers["one"].hold, name) for name in same}
+    one, stepwise = _state(client, "one"), _state(client, "steps")
+    assert one == stepwise
+    assert one[":{l:L1}"][1] == {b"on_hand": b"3", b"held": b"1", b"sold": b"2"}
+    trail = [entry.event for entry in services["one"].get(global_id="g1", history=True).events]
+    assert trail == ["held", "invoice_requested", "invoiced"]
 
 
 # -- work owed is never lost; unknown outcomes are always compensated ------------------------------

@@ -85,25 +85,24 @@ function inventory.release(L, gid)
   return 'ok'
 end
 
--- Can gid's qty tickets be sold now? 'ok', 'again' (sold before), or an error. Writes nothing
--- but the purge of lapsed holds.
+-- Can gid's qty tickets be sold now? 'ok' and the quantity gid holds on the books (nil if its
+-- hold lapsed and was purged), 'again' (sold before), or an error. Writes nothing but the purge
+-- of lapsed holds.
 function inventory.check_sell(L, gid, qty)
   if not inventory.exists(L) then return 'listing_not_found' end
   if redis.call('EXISTS', L.sale) == 1 then return 'again' end
   -- a hold still on the books is sold even if its deadline passed a moment ago: an invoice the
   -- ledger accepted never lapses
-  if redis.call('HEXISTS', L.holds, gid) == 1 then return 'ok' end
+  local mine = tonumber(redis.call('HGET', L.holds, gid))
+  if mine then return 'ok', mine end
   -- the hold lapsed and was purged: take the same quantity again if it is there
   inventory.purge(L)
   if inventory.available(L) < qty then return 'insufficient_quantity' end
   return 'ok'
 end
 
-function inventory.sell(L, gid, qty, retention)
-  local verdict = inventory.check_sell(L, gid, qty)
-  if verdict == 'again' then return 'ok' end
-  if verdict ~= 'ok' then return verdict end
-  local mine = tonumber(redis.call('HGET', L.holds, gid))
+-- Sell gid's qty tickets, once check_sell said 'ok' (mine: the quantity it said gid holds).
+function inventory.sold(L, gid, qty, mine, retention)
   if mine then
     redis.call('HDEL', L.holds, gid)
     redis.call('ZREM', L.due, gid)
@@ -112,6 +111,13 @@ function inventory.sell(L, gid, qty, retention)
   redis.call('HINCRBY', L.stock, 'on_hand', -qty)
   redis.call('HINCRBY', L.stock, 'sold', qty)
   redis.call('SET', L.sale, qty, 'PX', retention)
+end
+
+function inventory.sell(L, gid, qty, retention)
+  local verdict, mine = inventory.check_sell(L, gid, qty)
+  if verdict == 'again' then return 'ok' end
+  if verdict ~= 'ok' then return verdict end
+  inventory.sold(L, gid, qty, mine, retention)
   return 'ok'
 end
 

@@ -305,6 +305,23 @@ function ledger.finish_invoice(tok, retention)
   return ledger.reply('ok')
 end
 
+-- Whether the record can be invoiced at once (invoice_at_once): held, never invoiced before
+-- (no order, no failed attempt, no lease). From the fields {st, ok, na, tok} of the record.
+function ledger.fresh_held(f) return f[1] == 'held' and not (f[2] or f[3] or f[4]) end
+
+-- claim_invoice then finish_invoice in one step, for a fresh_held record whose tickets this
+-- script has just sold: the record, its trail, the due set and its TTL end as those two leave
+-- them (both events, at the same time), with no lease and no retry ever scheduled.
+function ledger.invoice_at_once(order_key, order_json, retention)
+  redis.call('HSET', K.rec, 'st', 'invoiced', 'ok', order_key, 'oj', order_json, 'ia', now)
+  done('l')
+  event('invoice_requested', 'invoicing', order_json)
+  event('invoiced', 'invoiced')
+  redis.call('PEXPIRE', K.rec, retention)
+  redis.call('PEXPIRE', K.events, retention)
+  return ledger.reply('ok')
+end
+
 -- Give the hold back the state it had before the invoice of tok: the POS said its tickets are
 -- gone ('lapsed': the deadline moves to now, the hold reads expired) or the invoice never
 -- reached the POS ('held').
