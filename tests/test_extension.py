@@ -231,3 +231,31 @@ def test_with_redis_several_processes_are_served(redis_url: str):
         assert answer.status_code == 200
     finally:
         app.extensions[EXTENSION_KEY].service.close()
+
+
+def test_the_apps_hooks_run_on_every_request_and_coroutine_hooks_are_never_taken_as_plain():
+    """create_app's app remembers which hooks and views are plain functions (Flask would ask
+    on every request): each still runs on every request, and a coroutine function is handed
+    to Flask's async support every time (here: refused, asgiref is not installed)."""
+    app = create_app()
+    try:
+        calls: list[str] = []
+
+        @app.before_request
+        def counted() -> None:
+            calls.append(request.path)
+
+        client = app.test_client()
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+        assert calls == ["/healthz"] * 3
+        assert app.ensure_sync(counted) is counted
+
+        async def later() -> None:
+            return None
+
+        for _ in range(2):  # never remembered as plain
+            with pytest.raises(RuntimeError, match="async"):
+                app.ensure_sync(later)
+    finally:
+        app.extensions[EXTENSION_KEY].service.close()

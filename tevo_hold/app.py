@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -19,6 +20,25 @@ __all__ = ["create_app", "load_inventory"]
 log = logging.getLogger("tevo_hold")
 
 
+class _App(Flask):
+    """Flask, remembering which hooks and views are plain functions: Flask's ``ensure_sync``
+    asks ``inspect.iscoroutinefunction`` of each one on every request (six per API call, about
+    half a microsecond each). Coroutine functions, and callables that are not functions, are
+    still wrapped or passed on by Flask on every call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_functions: set[types.FunctionType] = set()
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        if type(func) is types.FunctionType and func in self._sync_functions:
+            return func
+        sync = super().ensure_sync(func)
+        if sync is func and type(func) is types.FunctionType:
+            self._sync_functions.add(func)
+        return sync
+
+
 def create_app(
     config: Mapping[str, Any] | None = None, *, service: HoldService | None = None
 ) -> Flask:
@@ -30,7 +50,7 @@ def create_app(
     :func:`tevo_hold.connection.connect`).
     """
     # No static folder: the app serves the API only (Flask would route /static/<filename>).
-    app = Flask("tevo_hold", static_folder=None)
+    app = _App("tevo_hold", static_folder=None)
     app.config.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX)})
     app.config.update(config or {})
     TevoHold(app, service=service)
