@@ -95,10 +95,14 @@ def test_a_missing_or_unusable_request_id_is_replaced_by_a_new_one(
     assert re.fullmatch(r"[0-9a-f]{32}", first) and first != second
 
 
-def test_new_request_ids_differ_in_every_forked_worker() -> None:
-    ids = {in_a_forked_child(observability._new_request_id) for _ in range(3)}
-    ids.add(observability._new_request_id())
-    assert len(ids) == 4 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+def test_new_request_ids_and_lease_tokens_differ_in_every_forked_worker() -> None:
+    """Both come from random (not os.urandom), which each forked worker must reseed."""
+    from tevo_hold import _unique, service
+
+    assert observability._new_request_id is service.unique_hex is _unique.unique_hex
+    ids = {in_a_forked_child(_unique.unique_hex) for _ in range(3)}
+    ids |= {_unique.unique_hex(), _unique.unique_hex()}
+    assert len(ids) == 5 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
 
 
 def test_errors_and_public_endpoints_carry_a_request_id_too(stocked: FlaskClient) -> None:

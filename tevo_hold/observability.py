@@ -22,7 +22,6 @@ import atexit
 import json
 import logging
 import os
-import random
 import re
 import sys
 import threading
@@ -37,6 +36,7 @@ from flask import Flask, Request, Response, request
 
 from . import metrics
 from ._flusher import Flusher
+from ._unique import unique_hex
 
 __all__ = [
     "ACCESS_LOG",
@@ -83,11 +83,8 @@ def current() -> RequestInfo:
     return info
 
 
-def _new_request_id() -> str:
-    """32 hex digits: 128 random bits from :mod:`random` (which every forked worker reseeds from
-    the system), not :mod:`secrets`: an id must be unique, not unguessable, and ``os.urandom``
-    is a system call on every request."""
-    return f"{random.getrandbits(128):032x}"
+#: A new request id: 32 hex digits, unique across threads and forked workers.
+_new_request_id = unique_hex
 
 
 def _begin(req: Request) -> RequestInfo:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import secrets
 
 from . import errors, metrics
 from ._redis import RedisClient, fail_fast
+from ._unique import unique_hex
 from .adapters.base import PosAdapter
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .connection import connect
@@ -102,7 +102,7 @@ class HoldService:
                 actor=actor,
             )
             return Outcome(done.hold.as_held(), replayed=not done.changed)
-        token = secrets.token_hex(16)
+        token = unique_hex()
         claim = self.ledger.claim_hold(
             global_id,
             remote_id,
@@ -211,7 +211,7 @@ class HoldService:
         """
         global_id = check_id("global_id", global_id)
         tevo_order_id = check_order_id(tevo_order_id)
-        token = secrets.token_hex(16)
+        token = unique_hex()
         if self._fused is not None:
             try:
                 fused = self._fused.invoice_recorded(
