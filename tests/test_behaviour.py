@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tevo_hold import HoldService, HoldStatus, RedisInventoryAdapter
+from tevo_hold import HoldService, HoldStatus, RedisInventoryAdapter, Settings, build_service
 from tevo_hold import errors as e
+from tevo_hold._redis import Script
 from tevo_hold.ledger import DueItem
 
 
@@ -532,11 +534,10 @@ def test_each_call_is_one_round_trip_on_the_fused_path(service, stocked):
     )
 
 
-def _state(client: Any, prefix: str) -> dict[str, Any]:
-    """Every key under ``prefix``: its type, value and TTL (to the second), the prefix left out
-    and every time in ms since the epoch (13 digits) written as "T": two runs a moment apart,
-    under two prefixes, compare."""
-    import re
+def _state(client: Any, prefix: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Every key under ``prefix``, without the prefix: its type and value, with every time in
+    ms since the epoch (13 digits) written as "T", so that two runs a moment apart, under two
+    prefixes, compare; and apart, each key's PTTL."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, bytes):
@@ -547,22 +548,18 @@ def _state(client: Any, prefix: str) -> dict[str, Any]:
             return {plain(k): plain(v) for k, v in value.items()}
         return value
 
-    state = {}
+    read = {
+        b"string": client.get,
+        b"hash": client.hgetall,
+        b"list": lambda k: client.lrange(k, 0, -1),
+        b"zset": lambda k: client.zrange(k, 0, -1),
+    }
+    values, ttls = {}, {}
     for key in client.scan_iter(match=f"{prefix}:*"):
-        kind = client.type(key)
-        value = {
-            b"string": client.get,
-            b"hash": client.hgetall,
-            b"list": lambda k: client.lrange(k, 0, -1),
-            b"zset": lambda k: client.zrange(k, 0, -1),
-        }[kind](key)
-        ttl = client.pttl(key)
-        state[key.decode().removeprefix(prefix)] = (
-            kind,
-            plain(value),
-            ttl if ttl < 0 else round(ttl / 1000),
-        )
-    return state
+        name, kind = key.decode().removeprefix(prefix), client.type(key)
+        values[name] = (kind, plain(read[kind](key)))
+        ttls[name] = int(client.pttl(key))
+    return values, ttls
 
 
 @pytest.mark.parametrize("client", ["fakeredis", "redis"], indirect=True)
@@ -572,9 +569,6 @@ def test_the_one_step_invoice_leaves_what_the_three_steps_leave(client, lapsed):
     finish at once): every key, value and TTL it leaves is what the steps leave, one after
     another, as every other invoice still takes them. Also for a hold past its deadline that is
     still on the listing's books (sold: an invoice the ledger accepts never lapses)."""
-    from tevo_hold import Settings, build_service
-    from tevo_hold._redis import Script
-
     services = {}
     for prefix in ("one", "steps"):
         settings = Settings(
@@ -603,8 +597,11 @@ def test_the_one_step_invoice_leaves_what_the_three_steps_leave(client, lapsed):
         assert outcome.hold.invoiced_at is not None
         got = {name: getattr(outcome.hold, name) for name in same}
         assert got == {name: getattr(answers["one"].hold, name) for name in same}
-    one, stepwise = _state(client, "one"), _state(client, "steps")
+    (one, one_ttls), (stepwise, stepwise_ttls) = _state(client, "one"), _state(client, "steps")
     assert one == stepwise
+    assert one_ttls.keys() == stepwise_ttls.keys()
+    for key, ttl in one_ttls.items():  # the same TTL (-1: none), to the time between the runs
+        assert abs(ttl - stepwise_ttls[key]) < 2000 and (ttl < 0) == (stepwise_ttls[key] < 0), key
     assert one[":{l:L1}"][1] == {b"on_hand": b"3", b"held": b"1", b"sold": b"2"}
     trail = [entry.event for entry in services["one"].get(global_id="g1", history=True).events]
     assert trail == ["held", "invoice_requested", "invoiced"]
