@@ -305,9 +305,9 @@ function ledger.finish_invoice(tok, retention)
   return ledger.reply('ok')
 end
 
--- Whether the record can be invoiced at once (invoice_at_once): held, never invoiced before
--- (no order, no failed attempt, no lease). From the fields {st, ok, na, tok} of the record.
-function ledger.fresh_held(f) return f[1] == 'held' and not (f[2] or f[3] or f[4]) end
+-- Whether the record can be invoiced at once (invoice_at_once), from its fields st, ok, na and
+-- tok: held, never invoiced before (no order, no failed attempt, no lease).
+function ledger.fresh_held(st, ok, na, tok) return st == 'held' and not (ok or na or tok) end
 
 -- claim_invoice then finish_invoice in one step, for a fresh_held record whose tickets this
 -- script has just sold: the record, its trail, the due set and its TTL end as those two leave

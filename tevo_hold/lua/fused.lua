@@ -100,7 +100,7 @@ if cmd == 'invoice' then
   -- listing's books, is sold and recorded invoiced in one step, which leaves what the claim,
   -- sale and finish below leave, in two thirds of the commands. Any other case takes those
   -- steps (check_sell may have purged lapsed holds first, as the sale below would).
-  if L and ledger.fresh_held({f[2], f[3], f[4], f[5]}) then
+  if L and ledger.fresh_held(f[2], f[3], f[4], f[5]) then
     local qty = tonumber(f[6])
     local verdict, mine = inventory.check_sell(L, gid, qty)
     if verdict == 'ok' and mine then
