@@ -8,6 +8,8 @@
 - gunicorn's graceful shutdown (SIGTERM) finishes the requests in flight; a worker killed with
   SIGKILL mid-request leaves its hold to the retry, which completes it after the lease (or to
   the worker, which gives its tickets back if no retry comes).
+- The worker waits out a Redis outage, logging each round that met it, and does the work that
+  came due once Redis is back.
 
 The server runs the reference inventory through ``tests.slow_pos:SlowInventory``: the
 step-by-step path every POS of one's own takes (claim, POS call, finish), with a POS call that
@@ -18,6 +20,7 @@ has every write it acknowledged.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -399,6 +402,37 @@ def test_a_hold_killed_mid_request_and_never_retried_is_given_back(
         stop.set()
         thread.join(timeout=10)
     assert stock.stock("slow-L").held == 0
+
+
+def test_the_worker_waits_out_a_redis_outage_then_does_the_work_due(
+    redis_up: RedisProcess, service: HoldService, stock: RedisInventoryAdapter
+) -> None:
+    """Redis stops while a compensation is coming due: the worker logs each failed round and
+    carries on (it never dies of an outage); once Redis is back, with what its append-only file
+    kept, the worker compensates the hold (releases it in the POS and forgets it)."""
+    service.ledger.claim_hold("outage", "L", 2, ttl=60, lease=LEASE, token="t-1", actor="test")
+    redis_up.stop()
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    worker_log = logging.getLogger("tevo_hold.worker")
+    worker_log.addHandler(handler)
+    worker = Worker(service, lease=5, interval=0.05)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: len(warnings) >= 2, 10, what="two rounds of the worker meeting the outage")
+        assert thread.is_alive()
+        assert all("Redis is unavailable" in line and "retrying" in line for line in warnings)
+        redis_up.start()
+        wait_for(lambda: not _exists(service, "outage"), LEASE + 10, what="the compensation")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        worker_log.removeHandler(handler)
+    assert not thread.is_alive()
+    assert stock.stock("L").held == 0
 
 
 def _exists(service: HoldService, gid: str) -> bool:
