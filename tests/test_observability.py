@@ -23,6 +23,7 @@ import redis
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import TestResponse
 
 from tevo_hold import (
     HoldService,
@@ -35,11 +36,12 @@ from tevo_hold import (
     observability,
 )
 from tevo_hold.adapters.http import HttpPosAdapter
+from tevo_hold.ledger import Backlog
 from tevo_hold.observability import PIPE_BUF, JsonFormatter, LineHandler
 from tevo_hold.worker import Worker
 
 from .conftest import API_KEY, AUTH
-from .servers import free_port
+from .servers import free_port, wait_for
 
 HOLD = {"remote_id": "L1", "quantity": 1, "global_id": "obs-1"}
 
@@ -262,6 +264,8 @@ def test_metrics_is_prometheus_text_without_a_key(http: FlaskClient) -> None:
         "tevo_hold_pos_calls_total",
         "tevo_hold_holds_lapsed_total",
         "tevo_hold_invoice_failures_total",
+        "tevo_hold_due_items",
+        "tevo_hold_due_oldest_seconds",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
 
@@ -431,6 +435,82 @@ def test_pos_calls_failed_invoices_and_lapses_are_counted(
     }
 
 
+# -- the worker's backlog in /metrics -------------------------------------------------------------
+
+
+def backlog_in(http: FlaskClient) -> dict[str, float]:
+    """The backlog gauges that GET /metrics answers now."""
+    text = http.get("/metrics").get_data(as_text=True)
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("tevo_hold_due_")
+    }
+
+
+def test_due_work_is_in_metrics_with_its_age_until_a_worker_does_it(
+    service: HoldService, http: FlaskClient
+) -> None:
+    """Two claims whose requests died: their compensations are due at the lease's end, work for
+    the worker. /metrics counts them and how long the oldest has waited, until a worker has done
+    them (each reading serves for a second)."""
+    for n in (1, 2):
+        service.ledger.claim_hold(f"bk-{n}", "L1", 1, ttl=60, lease=0.05, token="t", actor="t")
+    time.sleep(0.3)
+    waiting = backlog_in(http)
+    assert waiting["tevo_hold_due_items"] == 2
+    assert 0.2 <= waiting["tevo_hold_due_oldest_seconds"] < 10
+
+    assert Worker(service).run_once() == 2  # both compensated
+    assert backlog_in(http) == waiting  # the reading of a moment ago
+    done = {"tevo_hold_due_items": 0.0, "tevo_hold_due_oldest_seconds": 0.0}
+    wait_for(lambda: backlog_in(http) == done, 5, what="the backlog read again, empty")
+
+
+def test_work_a_worker_has_taken_or_not_yet_due_is_no_backlog(service: HoldService) -> None:
+    service.ledger.claim_hold("later", "L1", 1, ttl=60, lease=60, token="t", actor="t")
+    service.ledger.claim_hold("taken", "L1", 1, ttl=60, lease=0.01, token="t", actor="t")
+    time.sleep(0.05)
+    [item] = service.ledger.due_items()
+    assert service.ledger.claim_due(item, "worker-token", lease=60) is not None
+    assert service.ledger.backlog() == Backlog(items=0, oldest_seconds=0.0)
+
+
+def test_a_flood_of_scrapes_reads_the_backlog_once_per_max_age() -> None:
+    reads: list[int] = []
+
+    def read() -> Backlog:
+        reads.append(1)
+        return Backlog(items=3, oldest_seconds=1.5)
+
+    collector = metrics.BacklogCollector(read, max_age=60)
+    for _ in range(100):
+        body, _ = metrics.exposition(collector)
+    assert len(reads) == 1
+    assert b"tevo_hold_due_items 3.0" in body
+    assert b"tevo_hold_due_oldest_seconds 1.5" in body
+
+
+def get_without_redis(path: str) -> TestResponse:
+    """GET ``path`` of an app whose Redis does not answer (nothing listens on its port)."""
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.2)
+    service = build_service(settings)
+    http = create_app({"TEVO_HOLD_API_KEYS": "k", "TESTING": True}, service=service)
+    try:
+        return http.test_client().get(path)
+    finally:
+        service.close()
+
+
+def test_metrics_without_redis_answer_200_without_the_backlog() -> None:
+    resp = get_without_redis("/metrics")
+    assert resp.status_code == 200
+    text = resp.get_data(as_text=True)
+    assert "tevo_hold_http_requests_total" in text
+    assert "tevo_hold_due_" not in text
+
+
 # -- /readyz -------------------------------------------------------------------------------------
 
 
@@ -453,13 +533,7 @@ def test_readyz_in_the_embedded_mode_says_the_store_is_memory_not_redis() -> Non
 
 
 def test_readyz_answers_503_json_when_redis_does_not_answer() -> None:
-    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.2)
-    service = build_service(settings)
-    http = create_app({"TEVO_HOLD_API_KEYS": "k", "TESTING": True}, service=service)
-    try:
-        resp = http.test_client().get("/readyz")
-    finally:
-        service.close()
+    resp = get_without_redis("/readyz")
     assert resp.status_code == 503
     assert resp.mimetype == "application/problem+json"
     assert resp.json is not None

@@ -26,8 +26,10 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tevo_hold import HoldService, Settings, build_service, create_app, errors
 from tevo_hold.cli import main
@@ -36,7 +38,7 @@ from tevo_hold.web import EXTENSION_KEY
 from tevo_hold.worker import Worker
 
 from .pos_double import PosDouble, Step, pos_double
-from .servers import ROOT, stop_process
+from .servers import ROOT, free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -494,8 +496,11 @@ def test_a_release_the_pos_fails_is_made_later_by_the_worker(
 
 
 @contextmanager
-def worker_process(env: dict[str, str], name: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``tevo-hold worker --lease 1`` as a process (from this checkout), output to a temp file."""
+def worker_process(
+    env: dict[str, str], name: str, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``tevo-hold worker --lease 1`` (and ``options``) as a process (from this checkout),
+    output to a temp file."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
     full_env.update(env)
     cmd = [
@@ -507,6 +512,7 @@ def worker_process(env: dict[str, str], name: str) -> Iterator[subprocess.Popen[
         "1",
         "--name",
         name,
+        *options,
     ]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
@@ -550,6 +556,36 @@ def test_nothing_is_lost_when_a_worker_is_killed_mid_call(pos, env, make_api):
         assert pos.state(gid) == "released"
         assert api.get(gid).json["status"] == "expired"
     assert pos.available("R") == 100
+
+
+def test_a_worker_serves_its_metrics_with_the_backlog_of_due_work(pos, env, make_api):
+    """``tevo-hold worker --metrics-port``: its own counts and the backlog gauges, read from
+    Redis (their values are tested in test_observability.py)."""
+    api = make_api(hold_ttl=0.2)
+    assert api.hold("bk-1", qty=1).status_code == 201
+    time.sleep(0.4)  # lapsed while no worker ran: its release in the POS is due
+    assert api.service.ledger.backlog().items == 1
+    port = free_port()
+
+    def scrape() -> dict[str, float]:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    with worker_process(env, "wm", "--metrics-port", str(port)) as proc:
+        wait_until(lambda: ("lapsed", "wm") in api.events("bk-1"), what="the release made")
+        done = wait_until(
+            lambda: (seen := scrape()).get("tevo_hold_due_items") == 0 and seen,
+            timeout=5,
+            what="an empty backlog on the worker's metrics port",
+        )
+        assert done["tevo_hold_due_oldest_seconds"] == 0
+        assert done["tevo_hold_pos_calls_total"] >= 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

@@ -277,7 +277,8 @@ def _when(moment: datetime | None) -> str | None:
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Serve its Prometheus metrics (POS calls, lapsed holds, failed invoices) on this port.",
+    help="Serve its Prometheus metrics (POS calls, lapsed holds, failed invoices, the backlog of "
+    "due work) on this port.",
 )
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port."
@@ -310,8 +311,11 @@ def worker(
     )
     configure_logging()
     if metrics_port is not None:
-        from prometheus_client import start_http_server
+        from prometheus_client import REGISTRY, start_http_server
 
+        from .metrics import BacklogCollector
+
+        REGISTRY.register(BacklogCollector(runner.service.ledger.backlog))
         start_http_server(metrics_port, addr=metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

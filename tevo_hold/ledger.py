@@ -16,7 +16,7 @@ from ._redis import SCRIPT_ERRORS, RedisClient, Script, translate_errors
 from .keys import SHARDS, KeySpace
 from .models import Event, Hold, HoldStatus
 
-__all__ = ["Claim", "DueItem", "Ledger"]
+__all__ = ["Backlog", "Claim", "DueItem", "Ledger"]
 
 #: Kinds of due work: release a lapsed hold, compensate an unknown outcome, retry an invoice.
 DueKind = Literal["l", "c", "i"]
@@ -36,6 +36,15 @@ class DueItem:
 
     kind: DueKind
     global_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The worker's outstanding work: ``items`` due now that no worker has taken, and how long
+    the oldest of them has waited past its time, in seconds (``oldest_seconds``, 0 for none)."""
+
+    items: int
+    oldest_seconds: float
 
 
 def _ms(value: str) -> datetime:
@@ -223,11 +232,15 @@ class Ledger:
         return self._call(global_id, actor, "fail_invoice", token, detail, _ms_of(retry_in))
 
     # -- the worker's outbox ---------------------------------------------------------------
+    def _now_ms(self) -> int:
+        """This Redis's clock in ms, as the scripts read it."""
+        seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def due_items(self, *, limit: int = 100) -> list[DueItem]:
         """Due work across every shard, oldest first within a shard (two round trips)."""
         with translate_errors():
-            seconds, micros = self.client.time()
-            now = seconds * 1000 + micros // 1000  # the Redis clock, as the scripts use
+            now = self._now_ms()
             pipe = self.client.pipeline(transaction=False)
             for shard in range(SHARDS):
                 pipe.zrangebyscore(self.keys.due(shard), "-inf", now, 0, limit)
@@ -238,6 +251,23 @@ class Ledger:
                 text = member.decode("utf-8") if isinstance(member, bytes) else member
                 items.append(DueItem(text[0], text[1:]))  # type: ignore[arg-type]
         return items
+
+    def backlog(self) -> Backlog:
+        """How much due work waits for a worker, across every shard (two round trips; for
+        monitoring, not the hot path). An item a worker has taken is not due until its lease
+        ends, and one whose POS call failed not until its retry, so a backlog that grows old
+        means no worker is doing the work (none runs, or each is stuck). Raises Unavailable.
+        """
+        with translate_errors():
+            now = self._now_ms()
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(SHARDS):
+                due = self.keys.due(shard)
+                pipe.zcount(due, "-inf", now)
+                pipe.zrangebyscore(due, "-inf", now, 0, 1, withscores=True)
+            replies = pipe.execute()
+        oldest = min((score for first in replies[1::2] for _, score in first), default=now)
+        return Backlog(sum(replies[0::2]), max(now - oldest, 0) / 1000)
 
     def scheduled(self, kind: DueKind) -> Iterator[str]:
         """The global_ids with work of ``kind`` scheduled, due or not (e.g. failed invoices)."""

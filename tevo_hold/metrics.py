@@ -41,12 +41,16 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from . import errors
 from ._flusher import Flusher
+from .ledger import Backlog
 from .models import Outcome
 
 __all__ = [
+    "BACKLOG_MAX_AGE",
     "FLUSH_INTERVAL",
     "HOLDS",
     "INVOICES",
@@ -57,6 +61,7 @@ __all__ = [
     "RELEASES",
     "REQUESTS",
     "REQUEST_LATENCY",
+    "BacklogCollector",
     "Children",
     "counted",
     "exposition",
@@ -66,6 +71,8 @@ __all__ = [
 
 #: Seconds between two flushes of a process's batched counts (see the module's doc).
 FLUSH_INTERVAL = 1.0
+#: Seconds a process serves one reading of the worker's backlog (see BacklogCollector).
+BACKLOG_MAX_AGE = 1.0
 
 
 class _FlushOnRead:
@@ -255,8 +262,64 @@ class Children(Generic[M]):
         return child
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics in Prometheus' text format, and its content type.
+class BacklogCollector(Collector):
+    """The worker's backlog (:meth:`tevo_hold.ledger.Ledger.backlog`), read from Redis each time
+    the metrics are read: ``tevo_hold_due_items`` and ``tevo_hold_due_oldest_seconds``.
+
+    Gauges of the shared state, not of a process: every process that serves them reads the same
+    figures, so they are read at scrape time rather than written to multiprocess files. A reading
+    serves for ``max_age`` seconds (:data:`BACKLOG_MAX_AGE`): ``/metrics`` needs no key, and one
+    reading is a round trip of two commands per shard, which a flood of scrapes must not
+    multiply. When Redis does not answer the gauges are left out and the rest is served
+    (``/readyz`` says why).
+    """
+
+    def __init__(self, read: Callable[[], Backlog], *, max_age: float | None = None) -> None:
+        self._read = read
+        self._max_age = BACKLOG_MAX_AGE if max_age is None else max_age
+        #: The last reading (None: Redis did not answer) and when it was made.
+        self._last: tuple[float, Backlog | None] | None = None
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families()  # registering reads no Redis
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        backlog = self._reading()
+        return [] if backlog is None else self._families(backlog)
+
+    def _reading(self) -> Backlog | None:
+        now = time.monotonic()
+        last = self._last
+        if last is not None and now - last[0] < self._max_age:
+            return last[1]
+        try:
+            backlog: Backlog | None = self._read()
+        except errors.Unavailable:
+            backlog = None
+        self._last = (now, backlog)  # threads racing here each read once: harmless
+        return backlog
+
+    @staticmethod
+    def _families(backlog: Backlog | None = None) -> list[GaugeMetricFamily]:
+        items = GaugeMetricFamily(
+            "tevo_hold_due_items",
+            "Work due now that no worker has taken: POS releases of lapsed or released holds, "
+            "compensations, invoice retries (tevo-hold worker does them).",
+        )
+        oldest = GaugeMetricFamily(
+            "tevo_hold_due_oldest_seconds",
+            "Seconds the oldest of those has waited past its time (0 for none): alert when it "
+            "grows past a few minutes, no worker is doing the work.",
+        )
+        if backlog is not None:
+            items.add_metric([], backlog.items)
+            oldest.add_metric([], backlog.oldest_seconds)
+        return [items, oldest]
+
+
+def exposition(*extra: Collector) -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format, and its content type; ``extra`` collectors'
+    metrics follow this process's registry's.
 
     In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) the sum over every process's files,
     this process's batched counts flushed first.
@@ -265,8 +328,15 @@ def exposition() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    if extra:
+        more = CollectorRegistry(auto_describe=False)
+        for collector in extra:
+            more.register(collector)
+        text += generate_latest(more)
+    return text, CONTENT_TYPE_LATEST
 
 
 def outcome_of(outcome: Outcome) -> str:

@@ -93,6 +93,8 @@ class _State:
         #: Where the state lives: "redis", or "memory" (the embedded mode's in-process store).
         self.store = store
         self.authenticator = auth.Authenticator(settings.accepted_keys, key_store)
+        #: The worker's backlog, read from the service's Redis when /metrics is.
+        self.backlog = metrics.BacklogCollector(service.ledger.backlog)
         #: The rate limits of every API key (None: TEVO_HOLD_RATE_LIMIT=off).
         self.limits = (
             None
@@ -243,7 +245,7 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
 
     @bp.get("/metrics", endpoint="metrics", provide_automatic_options=False)
     def metrics_view() -> Response:
-        body, content_type = metrics.exposition()
+        body, content_type = metrics.exposition(_state().backlog)
         return current_app.response_class(body, 200, content_type=content_type)
 
     return bp
