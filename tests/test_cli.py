@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -179,6 +180,35 @@ def test_a_bad_setting_is_one_error_line_naming_it_for_every_command(env, comman
     [line] = result.stderr.splitlines()
     assert line.startswith("error: configuration_error: TEVO_HOLD_HOLD_TTL='abc'")
     assert result.stdout == ""
+
+
+def test_backlog_counts_the_work_due_and_fails_past_max_age(env, redis_url):
+    empty = run(env, "backlog", "--max-age", "0")
+    assert empty.exit_code == 0, empty.output
+    assert empty.stdout == "0 items due, the oldest waiting 0.0 s\n"
+
+    # a claim whose request died: its compensation is due at the lease's end
+    service = build_service(Settings(redis_url=redis_url))
+    try:
+        service.ledger.claim_hold("bk-1", "R", 1, ttl=60, lease=0.01, token="t", actor="test")
+    finally:
+        service.close()
+    time.sleep(0.3)
+    waiting = run(env, "backlog", "--json")
+    assert waiting.exit_code == 0, waiting.output
+    found = json.loads(waiting.stdout)
+    assert found["items"] == 1 and 0.25 <= found["oldest_seconds"] < 10
+    late = run(env, "backlog", "--max-age", "0.1")
+    assert late.exit_code == 1
+    assert late.stdout.startswith("1 item due, the oldest waiting ")
+    assert "over --max-age 0.1: is a tevo-hold worker running?" in late.stderr
+    assert run(env, "backlog", "--max-age", "60").exit_code == 0
+
+
+def test_backlog_without_redis_is_one_error_line(env):
+    result = run({**env, "TEVO_HOLD_REDIS_URL": "redis://127.0.0.1:1/0"}, "backlog")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: unavailable: ")
 
 
 def test_an_adapter_that_cannot_be_built_is_one_error_line(env):

@@ -17,6 +17,7 @@ from .adapters.identity import check_adapter
 from .adapters.redis_inventory import RedisInventoryAdapter, load_inventory
 from .auth import ApiKey, KeyStore
 from .checker import Listing, Report, Result, prepare_listings, run_checks
+from .ledger import Backlog
 from .models import Hold, HoldStatus, Stock
 from .schemas import HoldDetailSchema
 from .service import HoldService, build_service
@@ -262,6 +263,36 @@ def keys_revoke(ctx: _Context, name: str) -> None:
     """Revoke the key NAME: every process refuses it from the next request on."""
     key: ApiKey = _run(lambda: ctx.key_store.revoke(name))
     click.echo(f"revoked API key {key.name!r} ({key.prefix}...) at {_when(key.revoked_at)}")
+
+
+@main.command("backlog")
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Exit 1 when the oldest item has waited longer than this many seconds (a check for "
+    "cron or a monitoring agent).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def backlog(ctx: _Context, max_age: float | None, as_json: bool) -> None:
+    """The worker's backlog: work due now that no worker has taken, and how long the oldest has
+    waited past its time (what /metrics serves as tevo_hold_due_items and
+    tevo_hold_due_oldest_seconds). A backlog that grows old means no worker is doing the work.
+    """
+    found: Backlog = _run(ctx.service.ledger.backlog)
+    if as_json:
+        click.echo(json.dumps({"items": found.items, "oldest_seconds": found.oldest_seconds}))
+    else:
+        items = "1 item" if found.items == 1 else f"{found.items} items"
+        click.echo(f"{items} due, the oldest waiting {found.oldest_seconds:.1f} s")
+    if max_age is not None and found.oldest_seconds > max_age:
+        click.echo(
+            f"error: backlog: the oldest item has waited {found.oldest_seconds:.1f} s, over "
+            f"--max-age {max_age:g}: is a tevo-hold worker running?",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _when(moment: datetime | None) -> str | None:
