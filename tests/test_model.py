@@ -226,6 +226,7 @@ def machine(service: HoldService) -> type[RuleBasedStateMachine]:
     return Contract
 
 
+@pytest.mark.timeout(60 + 12 * EXAMPLES)  # both paths' sequences, mostly waiting
 def test_random_call_sequences_follow_the_contract(client: RedisClient) -> None:
     """Both paths on fakeredis and a redis-server; on a cluster the step-by-step one only (where
     the service always takes it)."""
