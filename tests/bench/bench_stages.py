@@ -20,8 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from tests.servers import ROOT
@@ -102,20 +101,17 @@ def _environ(path: str, body: bytes) -> dict[str, Any]:
 
 
 class _Clock:
-    """CPU time per stage, summed while ``on``."""
+    """CPU time per stage, summed while ``on``, and how many times each stage was timed."""
 
     def __init__(self) -> None:
         self.ns: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
         self.on = False
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        started = time.thread_time_ns()
-        try:
-            yield
-        finally:
-            if self.on:
-                self.ns[name] = self.ns.get(name, 0) + time.thread_time_ns() - started
+    def add(self, name: str, ns: int) -> None:
+        if self.on:
+            self.ns[name] = self.ns.get(name, 0) + ns
+            self.calls[name] = self.calls.get(name, 0) + 1
 
 
 def _measure(requests: int) -> dict[str, Any]:
@@ -149,82 +145,164 @@ def _measure(requests: int) -> dict[str, Any]:
         service.adapter.set_quantity(f"sl-{i}", 10**9)
 
     clocks = {kind: _Clock() for kind in KINDS}
-    current = {"clock": clocks["hold"]}
+    current: dict[str, Any] = {"clock": clocks["hold"], "kind": "hold"}
+    thread_ns = time.thread_time_ns
 
     def timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            with current["clock"].stage(name):
+            started = thread_ns()
+            try:
                 return func(*args, **kwargs)
+            finally:
+                current["clock"].add(name, thread_ns() - started)
 
         return call
 
-    for hooks, name in (
-        (app.before_request_funcs, "before"),
-        (app.after_request_funcs, "after"),
-        (app.teardown_request_funcs, "teardown"),
-    ):
-        for key, funcs in hooks.items():
-            hooks[key] = [timed(name, f) for f in funcs]  # type: ignore[index]
+    # The timers, put in place for the first pass and taken out for the others: (owner, name,
+    # the original, the timed one).
+    hooks = {
+        name: {key: list(funcs) for key, funcs in table.items()}
+        for table, name in (
+            (app.before_request_funcs, "before"),
+            (app.after_request_funcs, "after"),
+            (app.teardown_request_funcs, "teardown"),
+        )
+    }
+    tables = {
+        "before": app.before_request_funcs,
+        "after": app.after_request_funcs,
+        "teardown": app.teardown_request_funcs,
+    }
+    # Each kind's last reply from Redis is kept, for the pass with Redis's answers canned.
+    replies: dict[str, Any] = {}
+    evalsha, floor_script = Script._evalsha, floor_app.script
+
+    def recorded(script: Script, keys: Any, args: Any) -> Any:
+        replies[current["kind"]] = evalsha(script, keys, args)
+        return replies[current["kind"]]
+
+    def floor_recorded(keys: Any, args: Any) -> Any:
+        replies["floor"] = floor_script(keys=keys, args=args)
+        return replies["floor"]
+
+    patches: list[tuple[Any, str, Any, Any]] = [
+        (web, "_load", web._load, timed("load", web._load)),
+        (web, "_hold_response", web._hold_response, timed("answer", web._hold_response)),
+        (Script, "_evalsha", recorded, timed("redis", recorded)),
+        (
+            Ledger,
+            "claim_from_reply",
+            Ledger.claim_from_reply,
+            timed("reply", Ledger.claim_from_reply),
+        ),
+        (floor_app, "script", floor_recorded, timed("redis", floor_recorded)),
+    ]
+    patches += [
+        (service, op, getattr(service, op), timed("service", getattr(service, op)))
+        for op in ("hold", "release", "invoice")
+    ]
+
+    def instrument(on: bool) -> None:
+        for owner, name, plain, with_timer in patches:
+            setattr(owner, name, with_timer if on else plain)
+        for stage, saved in hooks.items():
+            for key, funcs in saved.items():
+                tables[stage][key] = [timed(stage, f) for f in funcs] if on else list(funcs)
+
     # The access lines are logged in batches by a thread of the process's own; here the batch
     # of each block of requests is logged at the block's end instead, in this thread, so that its
     # CPU is counted, for the kind of request it belongs to (the thread never starts).
     observability._ACCESS_FLUSHER.running = True
     flush_access_log = timed("log", observability.flush_access_log)
-    web._load = timed("load", web._load)  # type: ignore[assignment]
-    web._hold_response = timed("answer", web._hold_response)  # type: ignore[assignment]
-    for op in ("hold", "release", "invoice"):
-        setattr(service, op, timed("service", getattr(service, op)))
-    Script._evalsha = timed("redis", Script._evalsha)  # type: ignore[method-assign]
-    Ledger.claim_from_reply = timed("reply", Ledger.claim_from_reply)  # type: ignore[method-assign]
-    floor_app.script = timed("redis", floor_app.script)  # type: ignore[assignment]
-    apps = {"tevo": timed("whole", app.wsgi_app), "floor": timed("whole", floor_app.app.wsgi_app)}
+    apps = {"tevo": app.wsgi_app, "floor": floor_app.app.wsgi_app}
 
-    def call(kind: str, n: int) -> None:
-        gid = f"{kind}-{n}"
+    def call(kind: str, n: int, tag: str) -> None:
+        gid = f"{tag}{kind}-{n}"
         if kind == "release":
-            gid, path, body = f"hold-{n}", "/v1/releases", {"global_id": f"hold-{n}"}
+            gid = f"{tag}hold-{n}"  # the hold of the same block
+            path, body = "/v1/releases", {"global_id": gid}
         elif kind == "invoice":
-            gid = f"inv-{n}"
+            gid = f"{tag}inv-{n}"
             path, body = "/v1/invoices", {"global_id": gid, "tevo_order_id": n + 1}
         else:
             path = "/v1/holds"
             body = {"remote_id": f"sl-{n % LISTINGS}", "quantity": 1, "global_id": gid}
         statuses: list[str] = []
-        target = apps["floor" if kind == "floor" else "tevo"]
         environ = _environ(path, json.dumps(body).encode())
-        answer = target(environ, lambda status, headers, exc=None: statuses.append(status))
+        started = thread_ns()
+        answer = apps["floor" if kind == "floor" else "tevo"](
+            environ, lambda status, headers, exc=None: statuses.append(status)
+        )
         for _ in answer:
             pass
         answer.close()
+        current["clock"].add("whole", thread_ns() - started)
         if not statuses[0].startswith("20"):
             raise RuntimeError(f"bench_stages: {kind} {gid} answered {statuses[0]}")
 
     warm = 500
     total = warm + requests
-    for n in range(total):  # the holds that invoices will sell (releases take the bench's own)
-        service.hold(remote_id=f"sl-{n % LISTINGS}", quantity=1, global_id=f"inv-{n}")
+
+    # Three ways, taking turns block by block (so that a slow spell of the machine hits all alike):
+    # "timed", every stage timed (each timer costs CPU of its own, two system calls, in the stage
+    # it times and in any stage around it); "untimed", no timer but the one around the request,
+    # so what a request costs with the timers' share left out; "canned", untimed too, with each
+    # script call answered at once with the reply Redis gave the last request of its kind: the
+    # app's own work with no wait for Redis in it, so on warm caches. Beside "untimed" it shows
+    # what the wait costs the code that runs after it.
+    modes = ("timed", "untimed", "canned")
+    clocks = {mode: {kind: _Clock() for kind in KINDS} for mode in modes}
+    for mode in ("timed", "untimed"):  # the holds that invoices sell (releases sell their own)
+        for n in range(total):
+            service.hold(remote_id=f"sl-{n % LISTINGS}", quantity=1, global_id=f"{mode}-inv-{n}")
+
+    def answer_at_once(script: Script, keys: Any, args: Any) -> Any:
+        return replies[current["kind"]]
+
+    def floor_at_once(keys: Any, args: Any) -> Any:
+        return replies["floor"]
+
     for lo in range(0, total, BLOCK):
-        for kind in KINDS:
-            current["clock"] = clocks[kind]
-            clocks[kind].on = lo >= warm
-            for n in range(lo, min(lo + BLOCK, total)):
-                call(kind, n)
-            flush_access_log()  # this block's lines (as the thread would, every 0.1 s)
+        for mode in modes:
+            instrument(mode == "timed")
+            if mode == "canned":
+                Script._evalsha = answer_at_once  # type: ignore[method-assign]
+                floor_app.script = floor_at_once  # type: ignore[assignment]
+            for kind in KINDS:
+                current["clock"], current["kind"] = clocks[mode][kind], kind
+                clocks[mode][kind].on = lo >= warm
+                for n in range(lo, min(lo + BLOCK, total)):
+                    call(kind, n, f"{mode}-")
+                flush_access_log()  # this block's lines (as the thread would, every 0.1 s)
+    instrument(False)
     handler.flush()
     log_file.close()
+    staged, untimed, canned = (clocks[mode] for mode in modes)
+
+    def per_request(clock: _Clock, name: str) -> float:
+        return clock.ns.get(name, 0) / requests / 1000
+
+    def whole(clock: _Clock) -> float:
+        # the access lines are logged after the requests: their share is added
+        return per_request(clock, "whole") + per_request(clock, "log")
 
     us: dict[str, dict[str, float]] = {}
-    for kind, clock in clocks.items():
-        got = {k: v / requests / 1000 for k, v in clock.ns.items()}
-        stages = {k: got.get(k, 0.0) for k in ("before", "load", "redis", "reply", "answer")}
-        stages.update({k: got.get(k, 0.0) for k in ("after", "log", "teardown")})
+    for kind in KINDS:
+        clock = staged[kind]
+        stages = {k: per_request(clock, k) for k in ("before", "load", "redis", "reply", "answer")}
+        stages.update({k: per_request(clock, k) for k in ("after", "log", "teardown")})
         if kind != "floor":
-            stages["keys_args"] = got["service"] - got["redis"] - got["reply"]
-        whole = got["whole"] + stages["log"]  # the lines are logged after the requests
-        stages["rest"] = whole - sum(stages.values())
-        stages["whole"] = whole
+            stages["keys_args"] = per_request(clock, "service") - stages["redis"] - stages["reply"]
+        stages["rest"] = whole(clock) - sum(stages.values())
+        stages["whole"] = whole(clock)
         us[kind] = stages
-    return {"requests": requests, "block": BLOCK, "us": us}
+    return {
+        "requests": requests,
+        "block": BLOCK,
+        "us": us,
+        "untimed_us": {kind: whole(clock) for kind, clock in untimed.items()},
+        "canned_us": {kind: whole(clock) for kind, clock in canned.items()},
+    }
 
 
 if __name__ == "__main__":
