@@ -5,9 +5,11 @@ one JSON line), as gunicorn's workers run them: prometheus_client in multiproces
 access log written to a file. Requests are WSGI calls made in process, no HTTP server: what is
 measured is the app's own work, the part of a request that differs between tevo-hold and the
 floor (gunicorn's share is the same for both). Each stage is timed in CPU time of the calling
-thread (``time.thread_time_ns``), so waiting for Redis counts only for the system calls it costs;
-each timing wrapper's own cost (well under a microsecond) falls into the stage it wraps.
-The kinds of request take turns in blocks, so a slow spell of the machine hits all of them alike.
+thread (``time.thread_time_ns``), so waiting for Redis counts only for the system calls it costs.
+Each timer costs CPU of its own (two system calls), in the stage it times and in any stage around
+it, so each request also runs untimed, for what a request costs without them, and untimed with
+Redis's answers canned, for the app's own work with no wait in it. The kinds of request and the
+three ways take turns in blocks, so a slow spell of the machine hits all of them alike.
 """
 
 from __future__ import annotations
@@ -144,8 +146,8 @@ def _measure(requests: int) -> dict[str, Any]:
     for i in range(LISTINGS):
         service.adapter.set_quantity(f"sl-{i}", 10**9)
 
-    clocks = {kind: _Clock() for kind in KINDS}
-    current: dict[str, Any] = {"clock": clocks["hold"], "kind": "hold"}
+    #: The clock and the kind of request that the timers count for now.
+    current: dict[str, Any] = {"clock": _Clock(), "kind": "hold"}
     thread_ns = time.thread_time_ns
 
     def timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -158,20 +160,14 @@ def _measure(requests: int) -> dict[str, Any]:
 
         return call
 
-    # The timers, put in place for the first pass and taken out for the others: (owner, name,
-    # the original, the timed one).
-    hooks = {
-        name: {key: list(funcs) for key, funcs in table.items()}
-        for table, name in (
-            (app.before_request_funcs, "before"),
-            (app.after_request_funcs, "after"),
-            (app.teardown_request_funcs, "teardown"),
-        )
-    }
+    # The app's hooks by stage, and each stage's functions as registered.
     tables = {
         "before": app.before_request_funcs,
         "after": app.after_request_funcs,
         "teardown": app.teardown_request_funcs,
+    }
+    hooks = {
+        stage: {key: list(funcs) for key, funcs in table.items()} for stage, table in tables.items()
     }
     # Each kind's last reply from Redis is kept, for the pass with Redis's answers canned.
     replies: dict[str, Any] = {}
@@ -185,6 +181,8 @@ def _measure(requests: int) -> dict[str, Any]:
         replies["floor"] = floor_script(keys=keys, args=args)
         return replies["floor"]
 
+    # The timers, put in place in the timed requests only: (owner, name, the function untimed,
+    # the timed one).
     patches: list[tuple[Any, str, Any, Any]] = [
         (web, "_load", web._load, timed("load", web._load)),
         (web, "_hold_response", web._hold_response, timed("answer", web._hold_response)),
