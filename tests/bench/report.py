@@ -226,13 +226,23 @@ def _stages_section(stages: dict[str, Any]) -> str:
         ["the whole request, Redis's answer canned (no wait)", *(f"{canned[k]:.0f}" for k in KINDS)]
     )
     extra = {k: untimed[k] - untimed["floor"] for k in KINDS if k != "floor"}
+    timers = stages.get("timers")  # not in results made before it was counted
+    if timers:
+        # What a timed request cost beyond the same request untimed, over the timers it ran.
+        each = statistics.median(
+            (us[k]["whole"] - untimed[k]) / timers[k] for k in KINDS if timers[k]
+        )
+        timer_cost = f"two system calls, {each:.1f} µs here"
+    else:
+        timer_cost = "two system calls"
     return (
         "Where a request's CPU goes: each stage of a request, timed in the thread's CPU time "
         f"over {stages['requests']:,} requests of each kind, called in process as gunicorn's "
         "workers call the app (prometheus_client in multiprocess mode, the access log "
         "appended to a file; `tests/bench/bench_stages.py`). Gunicorn's own share of a request "
         "(the HTTP parsing, the socket) is not in it, and is the same for both. Each timer "
-        "costs CPU of its own (two system calls, about a microsecond), counted in the stage it "
+        f"costs CPU of its own ({timer_cost}: a timed request's cost beyond the same request "
+        "untimed, over the timers it ran), counted in the stage it "
         "times and in any stage around it, so the stages add up to more than a request costs "
         "without them: the same requests run untimed too, and canned, with each script call "
         "answered at once with the reply Redis gave the last request of its kind (the app's "
