@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ from tevo_hold import (
     build_service,
     errors,
 )
+from tevo_hold.adapters.http import HttpPosAdapter
+from tevo_hold.adapters.identity import check_adapter
 from tevo_hold.cli import main
 from tevo_hold.connection import connect
 
@@ -316,6 +319,90 @@ def test_an_adapter_of_a_server_run_as_a_script_is_matched_by_its_class_name(
     assert refused.exit_code == 1
     assert "__main__:VendorPos" in refused.stderr
     assert "move the class to a module and set TEVO_HOLD_ADAPTER=module:VendorPos" in refused.stderr
+
+
+POS_URL = "https://user:secret@POS.prod.example:443/api/tevo/"
+
+
+@pytest.fixture
+def http_server(redis_url: str, env: dict[str, str | None]) -> Iterator[HoldService]:
+    """A server whose adapter is ``http``, calling the POS at POS_URL (never reached here)."""
+    settings = Settings(redis_url=redis_url, api_keys=("k",), adapter="http", pos_url=POS_URL)
+    service = build_service(settings)
+    try:
+        TevoHold(Flask("http"), service=service, settings=settings)
+        yield service
+    finally:
+        service.close()
+
+
+def test_the_server_records_which_pos_its_adapter_calls_without_its_credentials(http_server):
+    keys, client = http_server.ledger.keys, http_server.ledger.client
+    recorded = client.get(keys.server_adapter_target())
+    assert recorded == b"https://pos.prod.example/api/tevo"
+
+
+@pytest.mark.parametrize("command", [["worker"], ["invoices", "retry", "g1"]], ids=" ".join)
+def test_a_command_whose_adapter_calls_another_pos_than_the_servers_refuses_to_run(
+    env, http_server, command
+):
+    """The right class, the wrong POS: a staging worker on production's Redis."""
+    staging = {**env, "TEVO_HOLD_ADAPTER": "http", "TEVO_HOLD_POS_URL": "https://pos.staging/api"}
+    refused = run(staging, *command)
+    assert refused.exit_code == 1, refused.output
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(
+        "error: configuration_error: The server's POS adapter, "
+        "tevo_hold.adapters.http:HttpPosAdapter, calls https://pos.prod.example/api/tevo, but "
+        "this command's would call https://pos.staging/api: it would move tickets in another "
+        "system than the server's POS."
+    ), line
+    assert "set TEVO_HOLD_POS_URL to the server's (https://pos.prod.example/api/tevo" in line
+    assert "secret" not in line
+
+
+def test_the_same_pos_spelled_otherwise_is_the_same_pos(http_server):
+    """Credentials, a default port, the host's case and a trailing slash name no other POS."""
+    for spelling in (
+        "https://pos.prod.example/api/tevo",
+        "https://other-user:other@pos.PROD.example/api/tevo/",
+        "https://pos.prod.example:443/api/tevo?token=x",
+    ):
+        http_server.adapter = HttpPosAdapter(spelling)
+        check_adapter(http_server)  # no error
+    for other in ("https://pos.prod.example/api", "http://pos.prod.example/api/tevo"):
+        http_server.adapter = HttpPosAdapter(other)
+        with pytest.raises(errors.ConfigurationError, match="would call " + re.escape(other)):
+            check_adapter(http_server)
+
+
+def test_a_record_of_an_earlier_version_without_a_target_is_compared_by_class(env, http_server):
+    keys, client = http_server.ledger.keys, http_server.ledger.client
+    client.delete(keys.server_adapter_target())
+    http_server.adapter = HttpPosAdapter("https://pos.staging/api")
+    check_adapter(http_server)  # the class matches: no error
+
+
+def test_a_vendors_adapter_names_its_pos_with_target(redis_url, env, vendor_server):
+    """A vendor's class whose target() depends on its configuration is checked by it too."""
+    ledger = vendor_server.ledger
+
+    class Located(VendorPos):
+        def __init__(self, where: str) -> None:
+            self.where = where
+
+        def target(self) -> str:
+            return self.where
+
+    Located.__module__, Located.__qualname__ = VendorPos.__module__, "VendorPos"
+    TevoHold(Flask("located"), service=HoldService(ledger, Located("pos-a")), url_prefix="/t")
+    check_adapter(HoldService(ledger, Located("pos-a")))
+    with pytest.raises(errors.ConfigurationError) as refused:
+        check_adapter(HoldService(ledger, Located("pos-b")))
+    assert "calls pos-a, but this command's would call pos-b" in str(refused.value)
+    assert "configure the adapter as the server's, so that its target() answers the same" in str(
+        refused.value
+    )
 
 
 def test_with_nothing_recorded_the_commands_run(env, redis_url, library):

@@ -27,6 +27,8 @@ from tevo_hold import (
     build_service,
 )
 from tevo_hold import errors as e
+from tevo_hold.adapters.http import HttpPosAdapter
+from tevo_hold.adapters.identity import check_adapter, record_adapter
 from tevo_hold.connection import RedisClient
 from tevo_hold.keys import SHARDS, KeySpace
 from tevo_hold.worker import Worker
@@ -237,3 +239,18 @@ def test_a_cluster_unreachable_as_a_whole_answers_503_quickly(outage: str) -> No
             assert {service.get(global_id=g).status for g in gids} == {HoldStatus.HELD}
         finally:
             service.close()
+
+
+# -- the adapter the server records, for the worker and the CLI ----------------------------------
+
+
+def test_the_servers_adapter_and_its_pos_are_recorded_and_checked_in_one_slot(
+    cluster_client: RedisClient,
+) -> None:
+    """Its class and its target lie in one slot: one MSET writes both, one MGET reads both."""
+    ledger = Ledger(cluster_client, keys=KEYS)
+    record_adapter(HoldService(ledger, HttpPosAdapter("https://pos.prod.example/api")))
+    assert cluster_client.get(KEYS.server_adapter_target()) == b"https://pos.prod.example/api"
+    check_adapter(HoldService(ledger, HttpPosAdapter("https://POS.prod.example:443/api/")))
+    with pytest.raises(e.ConfigurationError, match=r"would call https://pos\.staging/api"):
+        check_adapter(HoldService(ledger, HttpPosAdapter("https://pos.staging/api")))

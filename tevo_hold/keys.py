@@ -100,6 +100,11 @@ class KeySpace:
         """The class (``module:Class``) of the POS adapter the server last started with."""
         return f"{self.prefix}:{{server}}:adapter"
 
+    def server_adapter_target(self) -> str:
+        """Which POS that adapter calls (its ``target()``; ``""`` for none): in the slot of
+        :meth:`server_adapter`, so that both are written by one MSET and read by one MGET."""
+        return f"{self.prefix}:{{server}}:adapter:target"
+
     def hold_pattern(self) -> str:
         """A SCAN pattern matching every hold record."""
         return f"{self.prefix}:{{h*}}:g:*"

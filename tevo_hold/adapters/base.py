@@ -79,5 +79,17 @@ class PosAdapter(abc.ABC):
         """
         return None
 
+    def target(self) -> str | None:
+        """Which POS this adapter moves tickets in, as text with no secret in it (its base URL,
+        say), or None when its class says it all. Optional; the default is None.
+
+        The server records it in Redis beside the adapter's class when it starts, and
+        ``tevo-hold worker`` and the commands that call the POS refuse to run when theirs is
+        another: a worker pointed at a staging POS would otherwise release production's lapsed
+        holds and retry its failed invoices there, and record them done. Answer the same text
+        wherever the adapter runs (the server's hosts and the worker's).
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract on purpose
         """Release the adapter's resources (connections, sessions). Optional."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -129,6 +130,15 @@ class HttpPosAdapter(PosAdapter):
             return False
         with response:
             return response.ok
+
+    def target(self) -> str:
+        """The base URL without its credentials, query or fragment, the host in lower case
+        and a default port left out: ``https://user:pw@POS.example:443/api/`` is
+        ``https://pos.example/api``."""
+        url = urllib.parse.urlsplit(self.base_url)  # its scheme is http or https (__init__)
+        host = url.netloc.rpartition("@")[2].lower()
+        host = host.removesuffix({"http": ":80", "https": ":443"}[url.scheme])
+        return f"{url.scheme}://{host}{url.path.rstrip('/')}"
 
     def close(self) -> None:
         self.session.close()

@@ -7,6 +7,12 @@ inventory, record success, and never call the vendor's POS. So the extension rec
 adapter's class (``module:Class``) under :meth:`~tevo_hold.keys.KeySpace.server_adapter` when it
 starts (one write), and the commands that call the POS read it when they start (one read) and
 refuse to run with another adapter.
+
+With it the extension records which POS that adapter calls, its ``target()`` (the ``http``
+adapter's base URL, say): a worker given the right class but another POS's address, a staging
+POS against production's Redis, would release holds and retry invoices in the wrong system and
+record them done. A record without a target (a server of an earlier version) is compared by
+class alone.
 """
 
 from __future__ import annotations
@@ -51,10 +57,14 @@ def record_adapter(service: HoldService) -> None:
     Redis down does not stop the start (the server serves once Redis is back); it is logged,
     since the commands then check against what an earlier start recorded, if anything.
     """
-    ledger = service.ledger
+    ledger, keys = service.ledger, service.ledger.keys
+    record = {
+        keys.server_adapter(): adapter_name(service.adapter),
+        keys.server_adapter_target(): service.adapter.target() or "",
+    }
     try:
         with translate_errors():
-            ledger.client.set(ledger.keys.server_adapter(), adapter_name(service.adapter))
+            ledger.client.mset(record)  # both keys in one slot: one atomic write
     except (errors.TevoHoldError, redis.RedisError) as exc:
         log.warning(
             "could not record the POS adapter in Redis (%s): the tevo-hold commands that call "
@@ -70,15 +80,18 @@ def check_adapter(service: HoldService) -> None:
     For the commands that call the POS (one read). Nothing recorded (no server started on this
     Redis and key prefix yet): nothing to compare, no error.
     """
-    ledger = service.ledger
+    ledger, keys = service.ledger, service.ledger.keys
     with translate_errors():
-        raw = ledger.client.get(ledger.keys.server_adapter())
+        raw, raw_target = ledger.client.mget(keys.server_adapter(), keys.server_adapter_target())
     if raw is None:
         return
-    server = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    server = _text(raw)
     ours = adapter_name(service.adapter)
     server_module, _, server_class = server.partition(":")
     if server == ours or (server_module == "__main__" and ours.endswith(":" + server_class)):
+        if raw_target is not None:  # None: recorded by a server that did not record targets
+            target = service.adapter.target() or ""
+            _check_target(_text(raw_target), target, ours, keys.server_adapter_target())
         return
     if server_module == "__main__":
         fix = (
@@ -96,4 +109,25 @@ def check_adapter(service: HoldService) -> None:
         "TEVO_HOLD_KEY_PREFIX and POS settings. (The server records its adapter in Redis when "
         "it starts, under the key "
         f"{ledger.keys.server_adapter()!r}.)"
+    )
+
+
+def _text(raw: object) -> str:
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+
+def _check_target(server: str, ours: str, adapter: str, key: str) -> None:
+    """Raise ConfigurationError unless the command's adapter calls the server's POS."""
+    if server == ours:
+        return
+    if adapter == "tevo_hold.adapters.http:HttpPosAdapter":
+        fix = f"set {PREFIX}POS_URL to the server's ({server}, with its credentials if any)"
+    else:
+        fix = "configure the adapter as the server's, so that its target() answers the same"
+    raise errors.ConfigurationError(
+        f"The server's POS adapter, {adapter}, calls {server or 'no particular POS'}, but this "
+        f"command's would call {ours or 'no particular POS'}: it would move tickets in another "
+        f"system than the server's POS. Give the command the server's settings: {fix}. (The "
+        "server records its adapter's target in Redis when it starts, under the key "
+        f"{key!r}.)"
     )
