@@ -12,7 +12,9 @@ that says why, and make the command exit non-zero.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +34,7 @@ from tevo_hold import RedisInventoryAdapter, Settings, build_service, create_app
 from tevo_hold.checker import Listing
 from tevo_hold.cli import main
 
-from .servers import free_port
+from .servers import ROOT, free_port
 
 API_KEY = "checker-key"
 ROW = re.compile(r"^(?P<name>\S.*?)\s{2,}(?P<result>PASS|FAIL|SKIP)\b(?P<rest>.*)$")
@@ -128,6 +130,25 @@ def test_our_server_passes_with_prepared_listings(
     assert expiry[0] == "SKIP" and "not run: TTL too long (holds live 900 s" in expiry[1]
     assert {r for r, _ in table.values()} == {"PASS"}, result.output
     assert "PASS: 22 of 23 checks passed, 1 not run" in result.output
+
+
+def test_the_readmes_check_of_a_fresh_demo_server_passes(monkeypatch) -> None:
+    """The README's ``tevo-hold check`` line, as written, against a fresh embedded demo server
+    (``make run``'s: no Redis, the demo key and listings), served here on another port."""
+    readme = (ROOT / "README.md").read_text("utf-8")
+    [line] = [x for x in readme.splitlines() if x.startswith(".venv/bin/tevo-hold check ")]
+    command, url, *args = shlex.split(line)[1:]
+    assert (command, url) == ("check", "http://127.0.0.1:8000")
+    for name in [k for k in os.environ if k.startswith("TEVO_HOLD_")]:
+        monkeypatch.delenv(name)
+    app = create_app()
+    try:
+        with serve(app) as served:
+            result = CliRunner().invoke(main, [command, served, *args])
+    finally:
+        app.extensions["tevo_hold"].service.close()
+    assert result.exit_code == 0, result.output
+    assert "PASS: 22 of 23 checks passed, 1 not run" in result.output, result.output
 
 
 @pytest.mark.slow
