@@ -383,7 +383,7 @@ def test_a_record_of_an_earlier_version_without_a_target_is_compared_by_class(en
     check_adapter(http_server)  # the class matches: no error
 
 
-def test_a_vendors_adapter_names_its_pos_with_target(redis_url, env, vendor_server):
+def test_a_vendors_adapter_names_its_pos_with_target(vendor_server):
     """A vendor's class whose target() depends on its configuration is checked by it too."""
     ledger = vendor_server.ledger
 
@@ -394,7 +394,6 @@ def test_a_vendors_adapter_names_its_pos_with_target(redis_url, env, vendor_serv
         def target(self) -> str:
             return self.where
 
-    Located.__module__, Located.__qualname__ = VendorPos.__module__, "VendorPos"
     TevoHold(Flask("located"), service=HoldService(ledger, Located("pos-a")), url_prefix="/t")
     check_adapter(HoldService(ledger, Located("pos-a")))
     with pytest.raises(errors.ConfigurationError) as refused:
