@@ -69,6 +69,11 @@ function inventory.take(L, gid, qty, deadline)
     return 'ok'
   elseif verdict ~= 'again' then
     return verdict
+  elseif (tonumber(redis.call('ZSCORE', L.due, gid)) or 0) >= deadline then
+    -- gid holds them already, until a later deadline: an attempt that stalled past its lease
+    -- lands after the retry that took its claim over (and holds until the ledger's newer
+    -- deadline). A deadline only ever moves later, or the hold would lapse here first.
+    return 'ok'
   end
   redis.call('ZADD', L.due, deadline, gid)
   return 'ok'
