@@ -14,16 +14,60 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 import pytest
 
-from tevo_hold import HoldService
+from tevo_hold import HoldService, Settings, build_service, errors
 from tevo_hold.adapters.redis_inventory import RedisInventoryAdapter
+from tevo_hold.connection import RedisClient
+from tevo_hold.keys import KeySpace
+from tevo_hold.ledger import Ledger
 from tevo_hold.models import HoldStatus
+from tevo_hold.worker import Worker
+
+from .recording_pos import RecordingPos
 
 #: Long enough past a lease of LEASE seconds for it to have ended, whatever the machine's pace.
 LEASE = 0.05
 PAST_LEASE = 0.15
+
+
+class Pos(RecordingPos):
+    """A POS whose answers a test scripts: each operation's list of exceptions is raised, one per
+    call, before the calls succeed; ``during`` runs inside a call (another attempt meanwhile)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail: dict[str, list[Exception]] = {"hold": [], "release": [], "invoice": []}
+        self.during: dict[str, Callable[[], None]] = {}
+
+    def _answer(self, operation: str, global_id: str) -> None:
+        self.calls.append((operation, global_id))
+        if operation in self.during:
+            self.during.pop(operation)()
+        if self.fail[operation]:
+            raise self.fail[operation].pop(0)
+
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        self._answer("hold", global_id)
+
+    def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
+        self._answer("release", global_id)
+
+    def invoice(
+        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+    ) -> None:
+        self._answer("invoice", global_id)
+
+
+def pos_service(client: RedisClient, pos: Pos, **options: Any) -> HoldService:
+    """A service on ``client`` with ``pos`` as its adapter (the step-by-step path, and a POS
+    whose holds do not lapse on their own: the worker releases lapsed holds there)."""
+    retention = options.pop("retention", 3600.0)
+    ledger = Ledger(client, keys=KeySpace("stale"), retention=retention)
+    return HoldService(ledger, pos, **{"lease": LEASE, "retry_base": 0.01, **options})
 
 
 # -- holds -------------------------------------------------------------------------------------
@@ -50,3 +94,95 @@ def test_a_stalled_hold_attempt_never_moves_the_hold_s_deadline_back(
     due = inventory.client.zscore(inventory.keys.listing("L")[2], "g")
     assert due == pytest.approx(b.expires_at.timestamp() * 1000, abs=1)
     assert inventory.stock("L").held == 1
+
+
+# -- invoices ----------------------------------------------------------------------------------
+
+
+def test_a_retried_invoice_that_the_pos_has_no_tickets_for_is_kept(client: RedisClient) -> None:
+    """An invoice failed (TEvo was told it is kept and retried); the POS then answers that the
+    tickets are gone. The sale must stay on the books as failed, for the seller to resolve,
+    whoever retries it (TEvo, `tevo-hold invoices retry`, the worker); never dropped as a hold
+    that lapsed."""
+    pos = Pos()
+    pos.fail["invoice"] += [errors.PosError("POS failed", outcome_unknown=True)]
+    pos.fail["invoice"] += [errors.InsufficientQuantity("POS: 0 tickets", available=0)] * 2
+    service = pos_service(client, pos)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    with pytest.raises(errors.PosError):
+        service.invoice(global_id="g", tevo_order_id=7)
+
+    with pytest.raises(errors.PosError, match="kept and retried"):
+        service.invoice(global_id="g", tevo_order_id=7, actor="cli")
+
+    hold = service.get(global_id="g")
+    assert (hold.status, hold.tevo_order_id, hold.invoice_attempts) == (
+        HoldStatus.INVOICE_FAILED,
+        7,
+        2,
+    )
+    assert list(service.ledger.scheduled("i")) == ["g"]
+    time.sleep(0.1)  # past the retry's backoff
+    assert Worker(service, lease=5).run_once() == 1  # the POS still has none: still kept
+    assert service.get(global_id="g").status is HoldStatus.INVOICE_FAILED
+    time.sleep(0.2)  # past the next backoff
+    assert Worker(service, lease=5).run_once() == 1  # the POS has them again
+    assert service.get(global_id="g").status is HoldStatus.INVOICED
+
+
+def test_a_first_invoice_of_a_live_hold_that_the_pos_has_no_tickets_for_is_kept(
+    client: RedisClient,
+) -> None:
+    """The POS lost the tickets of a hold that has not lapsed: the buyer is committed, so the
+    failed sale is kept for the seller (502, invoice_failed), not answered as a lapse."""
+    pos = Pos()
+    pos.fail["invoice"].append(errors.InsufficientQuantity("POS: 0 tickets", available=0))
+    service = pos_service(client, pos)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    with pytest.raises(errors.PosError):
+        service.invoice(global_id="g", tevo_order_id=7)
+    assert service.get(global_id="g").status is HoldStatus.INVOICE_FAILED
+
+
+def test_a_first_invoice_of_a_lapsed_hold_whose_tickets_are_gone_is_hold_expired(
+    client: RedisClient,
+) -> None:
+    pos = Pos()
+    pos.fail["invoice"].append(errors.InsufficientQuantity("POS: 0 tickets", available=0))
+    service = pos_service(client, pos, hold_ttl=0.05)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    time.sleep(PAST_LEASE)
+    with pytest.raises(errors.HoldExpired):
+        service.invoice(global_id="g", tevo_order_id=7)
+    hold = service.get(global_id="g")
+    assert (hold.status, hold.tevo_order_id) == (HoldStatus.EXPIRED, None)
+
+
+# (the fused path runs on one Redis, never on a cluster: test_behaviour checks the fallback)
+@pytest.mark.parametrize("client", ["fakeredis", "redis"], indirect=True)
+def test_a_retried_fused_invoice_whose_tickets_are_gone_is_kept(client: RedisClient) -> None:
+    """The same with the reference inventory on one Redis (its sale and record in one script):
+    the listing vanished, the invoice failed; the listing is back without those tickets."""
+    service = build_service(
+        Settings(redis_url="redis://unused", api_keys=("k",), hold_ttl=0.05, retry_base=0.01),
+        client=client,
+    )
+    inventory = service.adapter
+    assert isinstance(inventory, RedisInventoryAdapter) and inventory.fuses_with(service.ledger)
+    inventory.set_quantity("L", 1)
+    service.hold(remote_id="L", quantity=1, global_id="g")
+    client.delete(*inventory.keys.listing("L"))  # the listing is removed
+    with pytest.raises(errors.ListingNotFound):
+        service.invoice(global_id="g", tevo_order_id=7)
+    time.sleep(PAST_LEASE)  # the hold's deadline passes
+    inventory.set_quantity("L", 0)  # the listing is back, with no tickets
+
+    with pytest.raises(errors.PosError, match="kept and retried"):
+        service.invoice(global_id="g", tevo_order_id=7)
+
+    hold = service.get(global_id="g")
+    assert (hold.status, hold.tevo_order_id, hold.invoice_attempts) == (
+        HoldStatus.INVOICE_FAILED,
+        7,
+        2,
+    )

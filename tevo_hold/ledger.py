@@ -24,10 +24,14 @@ DueKind = Literal["l", "c", "i"]
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A ledger reply: the record as it now stands, and whether the call changed it."""
+    """A ledger reply: the record as it now stands, and whether the call changed it.
+
+    ``at`` is when the call ran, in ms since the epoch by the Redis server's clock.
+    """
 
     hold: Hold
     changed: bool
+    at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +356,7 @@ class Ledger:
         if not fields:
             raise errors.HoldNotFound(f"No hold has global_id {global_id!r}.")
         events = tuple(_event(entry) for entry in reply[4]) if len(reply) > 4 else ()
-        return Claim(_to_hold(global_id, fields, now, events), changed=outcome == "ok")
+        return Claim(_to_hold(global_id, fields, now, events), changed=outcome == "ok", at=now)
 
 
 def _ms_of(seconds: float) -> int:

@@ -205,7 +205,9 @@ class HoldService:
         ``tevo_order_id`` 4711 and "4711" name the same order. A lapsed hold is sold if the POS
         still has the tickets; otherwise HoldExpired, and the hold is as it was. Any other failure
         of the POS is never dropped: the hold becomes ``invoice_failed``, the worker retries it
-        with backoff, and a retry of this call tries the POS again; the error is raised.
+        with backoff, and a retry of this call tries the POS again; the error is raised. That
+        includes a POS that has no tickets for a hold that had not lapsed, or for an invoice
+        that failed before (PosError: the buyer has paid, and the seller must resolve it).
         Raises InvalidRequest, HoldNotFound, HoldReleased, OrderIdConflict, RequestInProgress,
         HoldExpired, and what the adapter raises.
         """
@@ -227,6 +229,9 @@ class HoldService:
             except errors.ListingNotFound:  # the sale failed: invoice_failed, retried
                 metrics.INVOICE_FAILURES.labels("api").inc()
                 raise
+            except errors.InsufficientQuantity as exc:  # an invoice that failed before: kept
+                metrics.INVOICE_FAILURES.labels("api").inc()
+                raise _sale_refused(global_id, exc) from exc
             if fused is not None:
                 return Outcome(fused.hold, replayed=not fused.changed)
         claim = self.ledger.claim_invoice(
@@ -235,23 +240,28 @@ class HoldService:
         if not claim.changed:
             return Outcome(claim.hold, replayed=True)
         try:
-            return Outcome(self._settle(claim.hold, token, actor))
+            return Outcome(self._settle(claim, token, actor))
         except errors.HoldExpired:
             raise
         except Exception:
             metrics.INVOICE_FAILURES.labels("api").inc()
             raise
 
-    def _settle(self, hold: Hold, token: str, actor: str) -> Hold:
-        """Sell ``hold``'s tickets in the POS for the invoice ``token`` claimed; record it."""
+    def _settle(self, claim: Claim, token: str, actor: str) -> Hold:
+        """Sell the claimed hold's tickets in the POS for the invoice ``token`` claimed; record
+        it."""
+        hold = claim.hold
         gid = hold.global_id
         retry_in = self.retry_delay(hold.invoice_attempts + 1)
         if self._fused is not None:
             # Should this call fail (Redis unreachable), the claim's lease ends and the invoice
             # is due for the worker then; a no-op if the settle did run.
-            return self._fused.settle_recorded(
-                self.ledger, hold=hold, token=token, retry_in=retry_in, actor=actor
-            ).hold
+            try:
+                return self._fused.settle_recorded(
+                    self.ledger, hold=hold, token=token, retry_in=retry_in, actor=actor
+                ).hold
+            except errors.InsufficientQuantity as exc:  # an invoice that failed before: kept
+                raise _sale_refused(gid, exc) from exc
         assert hold.tevo_order_id is not None
         try:
             with metrics.pos_call("invoice"):
@@ -262,12 +272,23 @@ class HoldService:
                     tevo_order_id=hold.tevo_order_id,
                 )
         except errors.InsufficientQuantity as exc:
-            self.ledger.abort_invoice(
-                gid, token, lapsed=True, detail=describe_error(exc), actor=actor
-            )
-            raise errors.HoldExpired(
-                f"The hold {gid!r} lapsed and its tickets are no longer available."
-            ) from exc
+            lapsed = claim.at >= int(hold.expires_at.timestamp() * 1000)
+            if hold.invoice_attempts == 0 and lapsed:
+                # a first invoice of a lapsed hold whose tickets are gone: nobody bought them
+                # yet, and the hold is given back lapsed (TEvo is told at once, 410)
+                self.ledger.abort_invoice(
+                    gid, token, lapsed=True, detail=describe_error(exc), actor=actor
+                )
+                raise errors.HoldExpired(
+                    f"The hold {gid!r} lapsed and its tickets are no longer available."
+                ) from exc
+            # The POS lost the tickets of a live hold, or of a sale already answered as kept
+            # and retried: a failed sale like any other, never dropped.
+            with contextlib.suppress(errors.Unavailable):
+                self.ledger.fail_invoice(
+                    gid, token, describe_error(exc), retry_in=retry_in, actor=actor
+                )
+            raise _sale_refused(gid, exc) from exc
         except Exception as exc:
             # The buyer has paid: the invoice is retried until the POS takes it. If even this
             # write fails, the claim's lease ends and the invoice is due for the worker then.
@@ -305,6 +326,15 @@ _REFUSED = (
     errors.PosError,
     errors.Unavailable,
 )
+
+
+def _sale_refused(global_id: str, exc: errors.InsufficientQuantity) -> errors.PosError:
+    """The error of a sale the POS refused for want of tickets, when the invoice is kept
+    (``invoice_failed``, retried): the seller's to resolve, as any failed sale."""
+    return errors.PosError(
+        f"The POS has not the tickets to sell for the hold {global_id!r} ({exc.detail}): the "
+        "invoice is kept and retried; the seller must resolve it."
+    )
 
 
 def describe_error(exc: BaseException) -> str:

@@ -42,10 +42,13 @@ local function listing(encoded_gid)
 end
 
 -- Sell the tickets of the invoice tok claimed and record it; the buyer has paid, so a failure
--- other than 'the tickets are gone' leaves the invoice due for a retry in retry_ms.
-local function settle(L, tok, qty, retention, retry)
+-- leaves the invoice due for a retry in retry_ms. But for a first attempt (failed: how many
+-- attempts failed before) whose hold lapsed and whose tickets are gone: the hold is given back
+-- lapsed (hold_expired). An invoice that failed before was answered as kept and retried: it is
+-- never dropped, whatever the listing says now.
+local function settle(L, tok, qty, retention, retry, failed)
   local sold = inventory.sell(L, gid, qty, retention)
-  if sold == 'insufficient_quantity' then
+  if sold == 'insufficient_quantity' and failed == 0 then
     ledger.abort_invoice(tok, 'lapsed', 'hold_expired: the tickets are gone', retention)
     return ledger.fail('hold_expired')
   end
@@ -72,13 +75,13 @@ end
 if cmd == 'settle' then
   local L = inventory.keys(4)
   local tok, qty, retention, retry = a[4], tonumber(a[5]), tonumber(a[6]), tonumber(a[7])
-  local rec = redis.call('HMGET', KEYS[1], 'st', 'ea')
+  local rec = redis.call('HMGET', KEYS[1], 'st', 'ea', 'na')
   if rec[1] == 'held' and now >= tonumber(rec[2]) then
     return ledger.fail('hold_expired') -- this settle ran before and gave the claim back lapsed
   end
   local verdict = ledger.check_invoice_owner(tok)
   if verdict then return verdict end
-  return settle(L, tok, qty, retention, retry)
+  return settle(L, tok, qty, retention, retry, tonumber(rec[3]) or 0)
 end
 
 if cmd == 'release' then
@@ -112,7 +115,7 @@ if cmd == 'invoice' then
   if reply[1] ~= 'ok' then return reply end
   local g = redis.call('HMGET', KEYS[1], 'qty', 'na')
   local retry = math.floor(math.min(tonumber(a[11]), tonumber(a[10]) * 2 ^ (tonumber(g[2]) or 0)))
-  return settle(L, tok, tonumber(g[1]), retention, retry)
+  return settle(L, tok, tonumber(g[1]), retention, retry, tonumber(g[2]) or 0)
 end
 
 return redis.error_reply('fused.lua: unknown command ' .. tostring(cmd))
