@@ -23,7 +23,7 @@ from tevo_hold import HoldService, Settings, build_service, errors
 from tevo_hold.adapters.redis_inventory import RedisInventoryAdapter
 from tevo_hold.connection import RedisClient
 from tevo_hold.keys import KeySpace
-from tevo_hold.ledger import Ledger
+from tevo_hold.ledger import DueItem, Ledger
 from tevo_hold.models import HoldStatus
 from tevo_hold.worker import Worker
 
@@ -70,6 +70,10 @@ def pos_service(client: RedisClient, pos: Pos, **options: Any) -> HoldService:
     return HoldService(ledger, pos, **{"lease": LEASE, "retry_base": 0.01, **options})
 
 
+def record_ttl_ms(service: HoldService, global_id: str) -> int:
+    return int(service.ledger.client.pttl(service.ledger.keys.hold(global_id)[0]))
+
+
 # -- holds -------------------------------------------------------------------------------------
 
 
@@ -94,6 +98,101 @@ def test_a_stalled_hold_attempt_never_moves_the_hold_s_deadline_back(
     due = inventory.client.zscore(inventory.keys.listing("L")[2], "g")
     assert due == pytest.approx(b.expires_at.timestamp() * 1000, abs=1)
     assert inventory.stock("L").held == 1
+
+
+def test_a_compensation_that_outlived_its_lease_leaves_the_item_to_the_worker_that_took_it_over(
+    client: RedisClient,
+) -> None:
+    """Worker 1's compensating release outlives its lease; worker 2 takes the item over (and
+    dies, say). Worker 1's late confirmation must not drop the item worker 2 now owns: the
+    compensation is still due, a worker makes it, and TEvo's retry of the hold then works."""
+    pos = Pos()
+    pos.fail["hold"].append(errors.PosTimeout("no answer"))
+    service = pos_service(client, pos)
+    with pytest.raises(errors.PosTimeout):
+        service.hold(remote_id="R", quantity=1, global_id="g")
+    ledger, item = service.ledger, DueItem("c", "g")
+    assert ledger.claim_due(item, "worker-1", lease=LEASE) is not None
+    time.sleep(PAST_LEASE)
+    assert ledger.claim_due(item, "worker-2", lease=LEASE) is not None
+
+    ledger.compensated("g", "worker-1")  # worker 1's release returns, after its lease
+
+    assert list(ledger.scheduled("c")) == ["g"]
+    time.sleep(PAST_LEASE)  # worker 2 never comes back: its lease ends
+    assert Worker(service, lease=5).run_once() == 1
+    assert pos.calls[-1] == ("release", "g")
+    assert list(ledger.scheduled("c")) == []
+    assert service.hold(remote_id="R", quantity=1, global_id="g").hold.status is HoldStatus.HELD
+
+
+def test_a_pos_release_that_began_before_a_late_hold_landed_does_not_confirm_the_release(
+    client: RedisClient,
+) -> None:
+    """TEvo releases a hold whose POS call has outlived its lease. The POS release reaches the
+    POS before the POS hold does (nothing to give back yet); then the hold lands, and the ledger
+    asks for the release again (lost_hold). The first release's confirmation arrives last: it
+    must not mark the release done, or the tickets stay held in the POS for good."""
+    pos = Pos()
+    service = pos_service(client, pos)
+    ledger = service.ledger
+    ledger.claim_hold("g", "R", 1, ttl=60, lease=LEASE, token="attempt-a")
+    time.sleep(PAST_LEASE)
+    release = ledger.release("g", lease=5, track_release=True)  # TEvo's release, then its POS call
+    assert ledger.finish_hold("g", "attempt-a") is None  # the POS hold lands: its claim is lost
+    ledger.lost_hold("g", "R", 1, ttl=60, detail="answered late")
+
+    ledger.released_in_pos("g", since=release.at)  # the early POS release's confirmation
+
+    assert list(ledger.scheduled("l")) == ["g"]
+    time.sleep(0.005)  # a claim after the lost hold, by this Redis's clock
+    assert Worker(service, lease=5).run_once() == 1
+    assert pos.calls == [("release", "g")]
+    assert list(ledger.scheduled("l")) == []
+    trail = [e.event for e in ledger.get("g", history=True).events]
+    assert trail[-2:] == ["hold_answered_late", "pos_released"]
+
+
+def test_a_record_owing_a_pos_release_outlives_its_retention_until_the_release_is_made(
+    client: RedisClient,
+) -> None:
+    """A POS whose holds do not lapse on their own is down for longer than the retention
+    period. The hold's record, which the worker needs to release it there, must not expire
+    meanwhile (the release would be dropped); once the release is made it expires as usual."""
+    pos = Pos()
+    service = pos_service(client, pos, retention=0.3, hold_ttl=0.05)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    assert record_ttl_ms(service, "g") == -1  # no TTL: the POS release at lapse is owed
+    time.sleep(PAST_LEASE)  # the hold lapses; the POS is down
+    pos.fail["release"] += [errors.Unavailable("POS down")] * 3
+    worker = Worker(service, lease=5)
+    for _ in range(3):
+        assert worker.run_once() == 1
+        time.sleep(0.2)  # 0.6 s in all: twice the retention period
+    assert record_ttl_ms(service, "g") == -1
+
+    assert worker.run_once() == 1  # the POS is back
+
+    assert pos.calls.count(("release", "g")) == 4
+    assert list(service.ledger.scheduled("l")) == []
+    assert 0 < record_ttl_ms(service, "g") <= 300
+    assert service.get(global_id="g").status is HoldStatus.EXPIRED
+
+
+def test_a_release_has_no_ttl_until_its_pos_release_is_confirmed(client: RedisClient) -> None:
+    pos = Pos()
+    pos.fail["release"].append(errors.Unavailable("POS down"))
+    service = pos_service(client, pos, retention=60)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    with pytest.raises(errors.Unavailable):
+        service.release(global_id="g")
+    assert record_ttl_ms(service, "g") == -1
+    assert list(service.ledger.scheduled("l")) == ["g"]
+
+    service.release(global_id="g")  # TEvo's retry: the POS takes it this time
+
+    assert list(service.ledger.scheduled("l")) == []
+    assert 0 < record_ttl_ms(service, "g") <= (900 + 60) * 1000  # the hold's end + retention
 
 
 # -- invoices ----------------------------------------------------------------------------------

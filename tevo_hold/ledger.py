@@ -26,7 +26,8 @@ DueKind = Literal["l", "c", "i"]
 class Claim:
     """A ledger reply: the record as it now stands, and whether the call changed it.
 
-    ``at`` is when the call ran, in ms since the epoch by the Redis server's clock.
+    ``at`` is when the call ran, in ms since the epoch by the Redis server's clock (what
+    :meth:`Ledger.released_in_pos` is told of the release or claim before its POS call).
     """
 
     hold: Hold
@@ -180,9 +181,13 @@ class Ledger:
         track = "1" if track_release else "0"
         return self._call(global_id, actor, "release", self.retention_ms, _ms_of(lease), track)
 
-    def released_in_pos(self, global_id: str, *, actor: str = "api") -> None:
-        """The hold was released in the POS: no POS release is due any more."""
-        self._run(global_id, actor, "released_in_pos")
+    def released_in_pos(self, global_id: str, *, since: int, actor: str = "api") -> None:
+        """The hold was released in the POS, by a call made after the ledger call whose
+        :attr:`Claim.at` is ``since`` (the release, or the worker's claim): no POS release is due
+        any more. Unless a POS hold that answered late asked for the release again after
+        ``since`` (:meth:`lost_hold`): that call may have reached the POS first, and the release
+        stays due."""
+        self._run(global_id, actor, "released_in_pos", since, self.retention_ms)
 
     # -- invoice ---------------------------------------------------------------------------
     def claim_invoice(
@@ -295,7 +300,15 @@ class Ledger:
         worker that dies loses nothing). For a compensation or an invoice retry the record is
         leased to ``token`` too, so TEvo's own retries wait (``request_in_progress``).
         """
-        reply = self._run(item.global_id, actor, "claim_due", item.kind, token, _ms_of(lease))
+        reply = self._run(
+            item.global_id,
+            actor,
+            "claim_due",
+            item.kind,
+            token,
+            _ms_of(lease),
+            self.retention_ms,
+        )
         if reply[0] == "skip":
             return None
         return self.claim_from_reply(reply, item.global_id)

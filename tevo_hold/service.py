@@ -188,7 +188,7 @@ class HoldService:
                 global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity
             )
         if track:
-            self.ledger.released_in_pos(global_id, actor=actor)
+            self.ledger.released_in_pos(global_id, since=claim.at, actor=actor)
         return outcome
 
     @staticmethod

@@ -123,7 +123,7 @@ class Worker:
         elif item.kind == "c":
             ledger.compensated(gid, token, actor=actor)
         else:
-            ledger.released_in_pos(gid, actor=actor)
+            ledger.released_in_pos(gid, since=claim.at, actor=actor)
             if hold.status is HoldStatus.EXPIRED:
                 metrics.LAPSED.labels("worker").inc()
         log.info("%s: %s of %r done", actor, _WHAT[item.kind], gid)

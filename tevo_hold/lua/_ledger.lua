@@ -8,15 +8,16 @@
 -- invoiced|invoice_failed), ca created_at, ea expires_at, ra released_at, ia invoiced_at,
 -- pr released in the POS after lapsing (ms since the epoch, by this Redis's clock), ok/oj the order
 -- id (canonical / JSON), lu lease until and tok the token of the request holding the lease while
--- st is pending or invoicing, na failed invoice attempts, le last error; lk the listing's stock
+-- st is pending or invoicing, na failed invoice attempts, le last error, rq when a POS release
+-- was asked for again (lost_hold); lk the listing's stock
 -- key, on holds made by fused.lua (its release and invoice find the listing by it). While st is
 -- pending: uk '1' when an earlier attempt's POS call has no known outcome (a claim taken over),
 -- cp '1' once the worker has started to compensate (no new POS hold until it is confirmed), ag
 -- '1' when a POS hold answered during that compensation (compensate once more).
 --
 -- A record that work is owed on (pending: a compensation; invoicing or invoice_failed: the
--- invoice) has no TTL: it outlives the work, however long the POS is down. It expires
--- retention ms after its hold's end once it is finished.
+-- invoice; a POS release due, 'l' below) has no TTL: it outlives the work, however long the POS
+-- or the worker is down. It expires retention ms after its hold's end once it is finished.
 --
 -- The due set is an outbox of work a worker must do, each member scored by when it is due:
 --   'l' .. global_id  release the hold in the POS: at its deadline if it lapses, or at the lease's
@@ -143,9 +144,13 @@ function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk
     event('hold_requested', 'pending')
     owe()
   else
-    if track_lapse == '1' then due('l', now + ttl) end
     event('held', 'held')
-    keep(now + ttl, retention)
+    if track_lapse == '1' then
+      due('l', now + ttl)
+      owe()
+    else
+      keep(now + ttl, retention)
+    end
   end
   return written('ok', f)
 end
@@ -168,9 +173,13 @@ function ledger.finish_hold(tok, retention, track_lapse)
   redis.call('HSET', K.rec, 'st', 'held')
   redis.call('HDEL', K.rec, 'lu', 'tok', 'uk')
   done('c')
-  if track_lapse == '1' then due('l', tonumber(rec[4])) end
   event('held', 'held')
-  keep(tonumber(rec[4]), retention)
+  if track_lapse == '1' then
+    due('l', tonumber(rec[4]))
+    owe()
+  else
+    keep(tonumber(rec[4]), retention)
+  end
   return ledger.reply('ok')
 end
 
@@ -203,8 +212,12 @@ function ledger.lost_hold(rid, qty, ttl, detail)
   elseif st == 'pending' and rec[2] then -- being compensated: once more when that is done
     redis.call('HSET', K.rec, 'ag', '1')
   elseif st == 'released' or st == 'expired' then
+    -- rq: when the POS release was asked for again; a release whose POS call began before
+    -- then may have reached the POS before this hold did, and confirms nothing (released_in_pos)
     redis.call('HDEL', K.rec, 'pr')
+    redis.call('HSET', K.rec, 'rq', now)
     due('l', now)
+    owe()
   else
     return {'ok', now, 0, '{}'}
   end
@@ -248,10 +261,16 @@ function ledger.release(retention, lease, track)
   local ea = tonumber(rec[2])
   local became = (now >= ea) and 'expired' or 'released'
   redis.call('HSET', K.rec, 'st', became, 'ra', now)
-  -- the POS release follows this call; should it not happen, the worker makes it
-  if track == '1' then due('l', now + lease) else done('l') end
   event(became, became)
-  keep(ea, retention)
+  -- the POS release follows this call; should it not happen, the worker makes it (work owed:
+  -- the record stays until released_in_pos confirms it)
+  if track == '1' then
+    due('l', now + lease)
+    owe()
+  else
+    done('l')
+    keep(ea, retention)
+  end
   return ledger.reply('ok')
 end
 
@@ -358,7 +377,7 @@ end
 
 -- A worker takes the due item kind .. gid for lease ms (the item is hidden until then: if the
 -- worker dies, another takes it after). 'skip' when nothing is to be done (the item is removed).
-function ledger.claim_due(kind, tok, lease)
+function ledger.claim_due(kind, tok, lease, retention)
   local score = redis.call('ZSCORE', K.due, kind .. ledger.gid)
   if not score or tonumber(score) > now then return fail('skip') end
   local rec = redis.call('HMGET', K.rec, 'st', 'ea', 'lu', 'pr')
@@ -366,7 +385,13 @@ function ledger.claim_due(kind, tok, lease)
   if kind == 'l' then
     local lapsed = st == 'held' and now >= tonumber(rec[2])
     if rec[4] or not (lapsed or st == 'released' or st == 'expired') then
-      done('l'); return fail('skip')
+      done('l')
+      -- no POS release owed any more: the record lives as long as a finished one (the other
+      -- statuses keep the lifetime their own work gives them)
+      if st == 'held' or st == 'released' or st == 'expired' then
+        keep(tonumber(rec[2]), retention)
+      end
+      return fail('skip')
     end
   elseif kind == 'c' then
     if st ~= 'pending' then done('c'); return fail('skip') end
@@ -386,13 +411,20 @@ function ledger.claim_due(kind, tok, lease)
   return ledger.reply('ok')
 end
 
--- The hold was released in the POS (by the worker after a lapse, or after a release call).
-function ledger.released_in_pos()
-  local rec = redis.call('HMGET', K.rec, 'st', 'pr')
+-- The hold was released in the POS (by the worker after a lapse, or after a release call), by a
+-- POS call that began after started (ms, this Redis's clock: the now of the release or claim
+-- that led to it). Unless the release was asked for again since (rq, by lost_hold: a POS hold
+-- that landed late), when that call may have come too early to undo it: the release stays due.
+function ledger.released_in_pos(started, retention)
+  local rec = redis.call('HMGET', K.rec, 'st', 'pr', 'rq', 'ea')
+  if rec[3] and started <= tonumber(rec[3]) then return {'ok', now, 0, '{}'} end
   done('l')
   if rec[1] and not rec[2] then
     redis.call('HSET', K.rec, 'pr', now)
     event(rec[1] == 'held' and 'lapsed' or 'pos_released', rec[1], 'released in the POS')
+  end
+  if rec[1] == 'held' or rec[1] == 'released' or rec[1] == 'expired' then
+    keep(tonumber(rec[4]), retention) -- no work owed any more
   end
   return {'ok', now, 0, '{}'}
 end
@@ -415,7 +447,10 @@ function ledger.compensated(tok, retention)
     redis.call('PEXPIRE', K.events, retention)
     return {'ok', now, 0, '{}'}
   end
-  done('c')
+  -- Not our claim any more. Pending: another worker took the item over when our lease ended,
+  -- and its claim is the item now (its worker may die: the item must stay due). Otherwise no
+  -- compensation is owed.
+  if rec[1] ~= 'pending' then done('c') end
   return {'ok', now, 0, '{}'}
 end
 

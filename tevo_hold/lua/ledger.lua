@@ -14,8 +14,9 @@
 --   finish_invoice  token, retention_ms
 --   abort_invoice   token, 'lapsed' or 'held' (what the hold becomes), detail, retention_ms
 --   fail_invoice    token, detail, retry_ms
---   claim_due       kind ('l', 'c' or 'i'), token, lease_ms
---   released_in_pos -
+--   claim_due       kind ('l', 'c' or 'i'), token, lease_ms, retention_ms
+--   released_in_pos started_ms (the now of the release or claim before the POS call),
+--                   retention_ms
 --   compensated     token, retention_ms
 --   retry_due       kind, token, detail, retry_ms
 --   get             history ('1' to add the audit trail to the reply)
@@ -45,8 +46,10 @@ if cmd == 'abort_invoice' then
   return ledger.abort_invoice(a[4], a[5], a[6], tonumber(a[7]))
 end
 if cmd == 'fail_invoice' then return ledger.fail_invoice(a[4], a[5], tonumber(a[6])) end
-if cmd == 'claim_due' then return ledger.claim_due(a[4], a[5], tonumber(a[6])) end
-if cmd == 'released_in_pos' then return ledger.released_in_pos() end
+if cmd == 'claim_due' then
+  return ledger.claim_due(a[4], a[5], tonumber(a[6]), tonumber(a[7]))
+end
+if cmd == 'released_in_pos' then return ledger.released_in_pos(tonumber(a[4]), tonumber(a[5])) end
 if cmd == 'compensated' then return ledger.compensated(a[4], tonumber(a[5])) end
 if cmd == 'retry_due' then return ledger.retry_due(a[4], a[5], a[6], tonumber(a[7])) end
 return redis.error_reply('ledger.lua: unknown command ' .. tostring(cmd))
