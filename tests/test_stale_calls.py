@@ -12,6 +12,8 @@ Every test runs on fakeredis, a real redis-server and a Redis Cluster.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -285,3 +287,56 @@ def test_a_retried_fused_invoice_whose_tickets_are_gone_is_kept(client: RedisCli
         7,
         2,
     )
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+
+def test_a_worker_whose_invoice_call_outlived_its_lease_goes_on(
+    client: RedisClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's POS call for an invoice retry outlives its lease, and another worker takes
+    the item over meanwhile. Recording the sale then finds the claim gone: the worker logs it
+    and goes on (it used to die), and the item stays with the worker that owns it now."""
+    pos = Pos()
+    pos.fail["invoice"].append(errors.PosError("POS failed"))
+    service = pos_service(client, pos)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    with pytest.raises(errors.PosError):
+        service.invoice(global_id="g", tevo_order_id=7)
+    time.sleep(PAST_LEASE)
+    ledger = service.ledger
+
+    def taken_over() -> None:
+        time.sleep(PAST_LEASE)
+        assert ledger.claim_due(DueItem("i", "g"), "worker-2", lease=30) is not None
+
+    pos.during["invoice"] = taken_over
+    with caplog.at_level(logging.WARNING, logger="tevo_hold.worker"):
+        assert Worker(service, lease=LEASE, name="worker-1").run_once() == 1
+
+    assert "ended after its lease" in caplog.text
+    assert service.get(global_id="g").status is HoldStatus.INVOICING  # worker 2's claim
+    assert list(ledger.scheduled("i")) == ["g"]
+
+
+def test_a_worker_round_that_fails_unexpectedly_is_logged_and_the_worker_goes_on(
+    client: RedisClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = pos_service(client, Pos())
+    worker = Worker(service, interval=0.01)
+    stop = threading.Event()
+    rounds: list[int] = []
+
+    def run_once() -> int:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise RuntimeError("a bug")
+        stop.set()
+        return 0
+
+    worker.run_once = run_once  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="tevo_hold.worker"):
+        worker.run(stop)
+    assert len(rounds) == 2
+    assert "a round failed" in caplog.text and "RuntimeError: a bug" in caplog.text

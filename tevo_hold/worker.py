@@ -64,7 +64,9 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Process items until ``stop`` is set; the item in hand is finished first.
 
-        Redis being unreachable is logged and waited out, never fatal.
+        Nothing stops it but ``stop``: Redis being unreachable is logged and waited out, and so
+        is any other error (with its traceback: a bug, or a Redis that refuses a command), so
+        that one bad item never ends the work owed on all the others.
         """
         log.info("%s started", self.name)
         while not stop.is_set():
@@ -72,6 +74,10 @@ class Worker:
                 busy = self.run_once()
             except errors.Unavailable as exc:
                 log.warning("%s: %s; retrying", self.name, exc)
+                busy = 0
+                stop.wait(max(self.interval, 1.0))
+            except Exception:
+                log.exception("%s: a round failed; retrying", self.name)
                 busy = 0
                 stop.wait(max(self.interval, 1.0))
             if not busy:
@@ -118,14 +124,29 @@ class Worker:
                 retry_in = self.service.retry_delay(2)
                 ledger.retry_due(item, token, detail, retry_in=retry_in, actor=actor)
             return True
-        if item.kind == "i":
-            ledger.finish_invoice(gid, token, actor=actor)
-        elif item.kind == "c":
-            ledger.compensated(gid, token, actor=actor)
-        else:
-            ledger.released_in_pos(gid, since=claim.at, actor=actor)
-            if hold.status is HoldStatus.EXPIRED:
-                metrics.LAPSED.labels("worker").inc()
+        try:
+            if item.kind == "i":
+                ledger.finish_invoice(gid, token, actor=actor)
+            elif item.kind == "c":
+                ledger.compensated(gid, token, actor=actor)
+            else:
+                ledger.released_in_pos(gid, since=claim.at, actor=actor)
+                if hold.status is HoldStatus.EXPIRED:
+                    metrics.LAPSED.labels("worker").inc()
+        except (errors.RequestInProgress, errors.HoldNotFound) as exc:
+            # The POS call outlived the lease, and another worker (or TEvo's retry) took the
+            # item over meanwhile: the item is that one's now, and it calls the POS again
+            # (adapters are idempotent per global_id), so nothing is lost.
+            log.warning(
+                "%s: %s of %r ended after its lease (%g s), and the item was taken over: %s; "
+                "raise --lease above the POS's slowest call",
+                actor,
+                _WHAT[item.kind],
+                gid,
+                self.lease,
+                exc,
+            )
+            return True
         log.info("%s: %s of %r done", actor, _WHAT[item.kind], gid)
         return True
 
