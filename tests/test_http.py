@@ -1004,6 +1004,27 @@ def test_pos_failure_on_release_answers_its_status(client, exc, status, code):
     assert_problem(release(http), status, code)
 
 
+@pytest.mark.parametrize(
+    "exc",
+    [
+        e.InsufficientQuantity("POS: 0 tickets", available=0),
+        e.ListingNotFound("POS: no such listing"),
+        e.GlobalIdConflict("POS: another hold"),
+    ],
+    ids=lambda exc: exc.code,
+)
+def test_a_pos_refusing_a_release_otherwise_answers_502_and_the_release_stands(client, exc):
+    """The release's documented answer for a POS that failed to take the tickets back is 502;
+    a refusal whose code means something else for a hold (a 409 insufficient_quantity, say)
+    must not reach TEvo as that code, after the hold was released here."""
+    http = stub_http(client, exc, "release")
+    assert_ok(hold(http), 201)
+    resp = release(http)
+    assert_problem(resp, 502, "pos_error")
+    assert exc.code in resp.get_json()["detail"]
+    assert assert_ok(get_hold(http), 200)["status"] == "released"
+
+
 @pytest.fixture
 def redis_down_http() -> Iterator[FlaskClient]:
     """An app whose Redis is a closed loopback port."""

@@ -170,7 +170,9 @@ class HoldService:
         the worker makes it later. A hold whose POS call had no known outcome, with no request at
         work on it, is released the same way. Raises InvalidRequest, HoldNotFound,
         HoldAlreadyInvoiced, RequestInProgress (a hold or invoice call is running, or the worker
-        is releasing the hold), and what the adapter raises.
+        is releasing the hold), and, once the hold is released here, PosError, PosTimeout or
+        Unavailable for a POS release that failed (any other refusal by the adapter is raised as
+        PosError).
         """
         global_id = check_id("global_id", global_id)
         if self._fused is not None:
@@ -183,10 +185,22 @@ class HoldService:
         claim = self.ledger.release(global_id, lease=self.lease, track_release=track, actor=actor)
         outcome = self._released(claim)
         hold = claim.hold
-        with metrics.pos_call("release"):
-            self.adapter.release(
-                global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity
-            )
+        try:
+            with metrics.pos_call("release"):
+                self.adapter.release(
+                    global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity
+                )
+        except (errors.PosError, errors.PosTimeout, errors.Unavailable):
+            raise
+        except errors.TevoHoldError as exc:
+            # The POS refused the release with an answer that means something else for a hold
+            # (insufficient_quantity, say): the hold is released here all the same, and the
+            # caller is told the POS failed to take the tickets back, as documented.
+            later = " and the worker asks the POS again" if track else ""
+            raise errors.PosError(
+                f"The POS refused to release the hold {global_id!r} ({exc.code}: {exc.detail}); "
+                f"it is released here{later}."
+            ) from exc
         if track:
             self.ledger.released_in_pos(global_id, since=claim.at, actor=actor)
         return outcome
