@@ -61,6 +61,21 @@ def test_errors_under_the_prefix_are_problems_and_the_rest_of_the_app_is_untouch
     assert theirs.status_code == 404 and theirs.mimetype == "text/html"
 
 
+@pytest.mark.parametrize(
+    "path", ["/tevo/v1//holds", "/tevo//v1/holds", "/tevo//healthz", "/tevo/docs//x.css"]
+)
+def test_a_doubled_slash_under_the_prefix_is_a_not_found_problem_not_a_redirect(vendor_app, path):
+    """The vendor's app merges slashes in its own paths as Flask does by default; the API's
+    paths are as written, else a 404 problem (werkzeug's 308 redirect was an HTML page)."""
+    http = vendor_app.test_client()
+    for method in ("GET", "POST"):
+        body = {"remote_id": "L", "quantity": 1, "global_id": "g"}
+        resp = http.open(path, method=method, json=body, headers=KEY)
+        assert resp.status_code == 404 and resp.mimetype == "application/problem+json"
+        assert resp.json["code"] == "not_found" and "Location" not in resp.headers
+    assert http.get("/tevo/v1/holds/g", headers=KEY).json["code"] == "hold_not_found"
+
+
 def test_an_http_error_the_vendors_app_raises_keeps_its_status_with_code_http_error(vendor_app):
     """The one code no operation lists, as the document's description says: the vendor's own."""
 

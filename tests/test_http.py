@@ -619,6 +619,31 @@ def test_unknown_path_without_a_key_still_answers_a_problem_document(http):
     )
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1//holds",
+        "//v1/holds",
+        "/v1//releases",
+        "/v1//invoices",
+        "/v1//openapi.json",
+        "/docs//swagger-ui.css",
+        "//healthz",
+        "/v1//holds/g1",
+    ],
+)
+def test_a_path_with_a_doubled_slash_is_not_found_and_never_redirected(http, stocked, path):
+    """werkzeug merges "//" into "/" and answers a 308 redirect (an HTML page that no error
+    handler sees), or a 405 naming the methods of the merged path: the API's paths are exactly
+    as documented, any other is a 404 problem whatever the method, and nothing is held."""
+    body = {"remote_id": "L1", "quantity": 1, "global_id": "g1"}
+    for method in ("GET", "POST", "PUT"):
+        resp = http.open(path, method=method, headers=AUTH, json=body)
+        assert_problem(resp, 404, "not_found")
+        assert "Location" not in resp.headers
+    assert_no_hold(http)
+
+
 def test_get_of_over_long_global_id_is_invalid_request(http):
     assert_problem(http.get("/v1/holds/" + "g" * 256, headers=AUTH), 400, "invalid_request")
 

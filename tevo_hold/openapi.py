@@ -789,7 +789,8 @@ JSON (`application/json`): the hold as it now stands. Every error is an
 [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem document
 (`application/problem+json`) with a stable machine `code`; branch on `code`, not on `title` or
 `detail`. Each operation lists every status it can answer, each code it can carry,
-what it means and what to do. Besides those, an unknown path answers `404 not_found` and a
+what it means and what to do. Besides those, an unknown path answers `404 not_found` (paths
+are taken as written: `/v1//holds` is unknown, never redirected to `/v1/holds`) and a
 method a path does not take answers `405 method_not_allowed` with an `Allow` header that lists
 the methods it does take. Every `GET` path also answers `HEAD` (the same status and headers,
 without the body), as HTTP requires; `Allow` lists it. No path takes `OPTIONS`: it is a `405`.

@@ -31,7 +31,7 @@ import orjson
 from flask import Blueprint, Flask, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import PathConverter
+from werkzeug.routing import PathConverter, RoutingException
 
 from . import auth, errors, metrics, observability, ratelimit
 from ._redis import charge_next_call, translate_errors
@@ -69,6 +69,11 @@ PUBLIC_VIEWS = frozenset({"healthz", "readyz", "metrics", "openapi_json", "docs"
 #: The header of a request's signature (when TEVO_HOLD_REQUIRE_SIGNATURE is on).
 SIGNATURE_HEADER = "X-Signature"
 log = logging.getLogger("tevo_hold")
+
+#: The options of every route: no automatic OPTIONS answer, and no 308 redirect of a path with
+#: "//" in it to the path with one "/" (werkzeug's default, a text/html answer): each path is
+#: the API's exactly as written, else a 404 problem.
+_RULE: dict[str, Any] = {"provide_automatic_options": False, "merge_slashes": False}
 
 _HOLD_DETAIL_SCHEMA = HoldDetailSchema()
 _HOLD_REQUEST = RequestLoader(HoldRequestSchema())
@@ -183,38 +188,35 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     # No route answers OPTIONS by itself (Flask's automatic answer was an empty 200 text/html):
     # OPTIONS is a method the API does not take, a 405 problem whose Allow lists the methods
     # the path does take. GET paths take HEAD too (werkzeug adds it to every GET rule), as HTTP
-    # requires: the same answer without its body.
+    # requires: the same answer without its body. No route merges slashes either: werkzeug
+    # would answer "/v1//holds" with a 308 redirect to "/v1/holds" (an HTML page that no error
+    # handler sees); such a path is unknown, a 404 problem like any other (see _RULE).
     #
     # The state is looked up once per view and handed on: each use of flask's current_app or
     # request is a proxy lookup (most of a microsecond).
-    @bp.post("/v1/holds", provide_automatic_options=False)
+    @bp.post("/v1/holds", **_RULE)
     def create_hold() -> Response:
         state = _state()
         data = _load(_HOLD_REQUEST, state)
         return _hold_response(state.service.hold(**data), 201)
 
-    @bp.post("/v1/releases", provide_automatic_options=False)
+    @bp.post("/v1/releases", **_RULE)
     def create_release() -> Response:
         state = _state()
         data = _load(_RELEASE_REQUEST, state)
         return _hold_response(state.service.release(**data), 200)
 
-    @bp.post("/v1/invoices", provide_automatic_options=False)
+    @bp.post("/v1/invoices", **_RULE)
     def create_invoice() -> Response:
         state = _state()
         data = _load(_INVOICE_REQUEST, state)
         return _hold_response(state.service.invoice(**data), 201)
 
     # Any id is data: "/x", "a//b" and "x/" are global_ids too, so the id takes the rest of the
-    # path as sent, and slashes are neither merged nor redirected.
+    # path as sent, and a trailing slash is not redirected either.
     bp.record_once(_register_converters)
 
-    @bp.get(
-        "/v1/holds/<anyid:global_id>",
-        merge_slashes=False,
-        strict_slashes=False,
-        provide_automatic_options=False,
-    )
+    @bp.get("/v1/holds/<anyid:global_id>", strict_slashes=False, **_RULE)
     def get_hold(global_id: str) -> Response:
         if "\ufffd" in global_id:  # werkzeug decodes the path replacing bytes that are not UTF-8
             global_id = _path_id(global_id)
@@ -222,28 +224,28 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
         hold = _service().get(global_id=global_id, history=True)
         return _json(_HOLD_DETAIL_SCHEMA.dump(hold), 200)
 
-    @bp.get("/healthz", provide_automatic_options=False)
+    @bp.get("/healthz", **_RULE)
     def healthz() -> Response:
         return _json({"status": "ok"}, 200)
 
-    @bp.get("/v1/openapi.json", provide_automatic_options=False)
+    @bp.get("/v1/openapi.json", **_RULE)
     def openapi_json() -> Response:
         from . import openapi  # imported here: tevo_hold.openapi imports this module
 
         return openapi.document_response()
 
-    @bp.get("/docs", provide_automatic_options=False)
-    @bp.get("/docs/<path:asset>", provide_automatic_options=False)
+    @bp.get("/docs", **_RULE)
+    @bp.get("/docs/<path:asset>", **_RULE)
     def docs(asset: str | None = None) -> Response:
         from . import openapi
 
         return openapi.docs_response(asset)
 
-    @bp.get("/readyz", provide_automatic_options=False)
+    @bp.get("/readyz", **_RULE)
     def readyz() -> Response:
         return _readiness()
 
-    @bp.get("/metrics", endpoint="metrics", provide_automatic_options=False)
+    @bp.get("/metrics", endpoint="metrics", **_RULE)
     def metrics_view() -> Response:
         body, content_type = metrics.exposition(_state().backlog)
         return current_app.response_class(body, 200, content_type=content_type)
@@ -553,13 +555,37 @@ def problem_response(exc: errors.TevoHoldError) -> Response:
     return response
 
 
+def _not_found() -> errors.TevoHoldError:
+    return errors.NotFound(f"No endpoint at {request.method} {request.path}.")
+
+
+def _method_not_allowed(exc: HTTPException) -> errors.TevoHoldError:
+    """405 with the methods the path takes, in Allow; or 404 for a path with "//" that no method
+    routes: werkzeug, finding no route, tries the path with its slashes merged, and reports the
+    methods of the route found that way ("/v1//holds" was a 405 for GET, Allow: POST, while
+    POST answered 404), a route that does not take the path as sent (see _RULE)."""
+    allowed = list(getattr(exc, "valid_methods", None) or [])
+    if "//" in request.path and not any(map(_routes, allowed)):
+        return _not_found()
+    return errors.MethodNotAllowed(
+        f"{request.path} does not take {request.method}.", allowed=allowed
+    )
+
+
+def _routes(method: str) -> bool:
+    """Whether the app routes this request's path for ``method``."""
+    adapter = current_app.create_url_adapter(request)
+    try:
+        adapter.match(method=method)  # type: ignore[union-attr]  # None only outside a request
+    except (HTTPException, RoutingException):
+        return False
+    return True
+
+
 _HTTP_ERRORS: Mapping[int, Callable[[HTTPException], errors.TevoHoldError]] = {
     400: lambda e: errors.InvalidRequest(e.description),
-    404: lambda e: errors.NotFound(f"No endpoint at {request.method} {request.path}."),
-    405: lambda e: errors.MethodNotAllowed(
-        f"{request.path} does not take {request.method}.",
-        allowed=list(getattr(e, "valid_methods", None) or []),
-    ),
+    404: lambda e: _not_found(),
+    405: _method_not_allowed,
     413: lambda e: errors.PayloadTooLarge(e.description),
     415: lambda e: errors.UnsupportedMediaType(e.description),
 }
