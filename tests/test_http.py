@@ -1160,6 +1160,20 @@ def test_global_ids_with_slashes_anywhere_are_read_back(http, stocked, gid):
     assert got["global_id"] == gid
 
 
+@pytest.mark.parametrize(
+    "gid",
+    ["a\nb", "\n", "x\n", "\r\n", "a\rb", "/\n", "\n/\n", "a\tb", "\x00", "\x0b\x0c", "\x85\u2028"],
+    ids=repr,
+)
+def test_global_ids_with_line_breaks_and_control_characters_are_read_back(http, inventory, gid):
+    """Ids are data, whatever characters they hold: a hold made with "a\nb" is read back at
+    /v1/holds/a%0Ab (the path's id once matched up to the first newline only, a 404)."""
+    inventory.set_quantity("L1", 5)
+    assert_ok(hold(http, gid=gid, qty=1), 201)
+    got = assert_ok(get_hold(http, gid), 200)
+    assert got["global_id"] == gid
+
+
 def get_raw_path(http: FlaskClient, raw: bytes, prefix: str = "/v1/holds/") -> TestResponse:
     """GET of a path whose id is ``raw``, the bytes a client percent-encoded (``%FF`` is 0xFF),
     handed over as a WSGI server does (latin-1 text): werkzeug's test client would replace them.

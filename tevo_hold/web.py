@@ -257,9 +257,11 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
 
 
 class _AnyId(PathConverter):
-    """A path segment that may contain, start or end with any number of slashes."""
+    """A path segment of any characters: it may contain, start or end with any number of
+    slashes, and line breaks ("." would stop before a newline, so that "a%0Ab" read no id).
+    ``[\\s\\S]`` rather than an inline ``(?s)``, which werkzeug's combined pattern cannot take."""
 
-    regex = ".+"
+    regex = r"[\s\S]+"
     part_isolating = False
 
 
