@@ -367,7 +367,21 @@ def test_a_bad_pos_url_is_named_without_its_password():
     with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL") as caught:
         HttpPosAdapter("ftp://posuser:s3cretpw@pos.example/tevo")
     assert "s3cretpw" not in caught.value.detail
-    assert "ftp://posuser:***@pos.example/tevo" in caught.value.detail
+    assert "has the scheme 'ftp'" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("posuser:s3cret@pos.internal/tevo", "is not a URL"),
+        ("ftp://s3cret@pos.internal/tevo", "has the scheme 'ftp'"),
+        ("tcp://pos.internal/tevo?key=s3cret", "has the scheme 'tcp'"),
+    ],
+)
+def test_a_refused_base_url_is_named_by_its_scheme_never_with_its_password(url, named):
+    with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL") as caught:
+        HttpPosAdapter(url)
+    assert named in str(caught.value) and "s3cret" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -116,6 +116,39 @@ def test_unknown_url_scheme_is_named():
         Settings.from_env({"TEVO_HOLD_REDIS_URL": "mysql://x", "TEVO_HOLD_API_KEYS": "k"})
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("tcp://:s3cret@host:6379/0", "has the scheme 'tcp'"),
+        ("tcp://user:s3cret@host:6379/0", "has the scheme 'tcp'"),
+        ("http://s3cret@host:6379/0?password=s3cret", "has the scheme 'http'"),
+        (":s3cret@host:6379", "is not a URL"),
+        ("s3cret@host:6379", "is not a URL"),
+        ("redis:/:s3cret@host:6379/0", "is not a URL"),
+        (":s3cret@host://x", "is not a URL"),
+    ],
+)
+def test_a_refused_redis_url_is_named_by_its_scheme_never_with_its_password(url, named):
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_REDIS_URL") as caught:
+        Settings.from_env({"TEVO_HOLD_REDIS_URL": url, "TEVO_HOLD_API_KEYS": "k"})
+    message = str(caught.value)
+    assert named in message and "redis://host:port/db" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "keys", [{"topsecret-key"}, frozenset({"topsecret-key"}), b"topsecret-key", 123456789]
+)
+def test_api_keys_of_a_wrong_type_are_named_by_their_type_never_shown(keys):
+    """Flask config may hold typed values: a set of keys is the likely mistake, and the message
+    says what to give instead, without the keys."""
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_API_KEYS") as caught:
+        Settings.from_mapping({"TEVO_HOLD_API_KEYS": keys})
+    message = str(caught.value)
+    assert f"given as {type(keys).__name__}" in message and "list of strings" in message
+    assert "topsecret" not in message and "123456789" not in message
+
+
 def test_the_lease_must_outlast_a_pos_call():
     env = {"TEVO_HOLD_ADAPTER": "http", "TEVO_HOLD_POS_URL": "http://pos", "TEVO_HOLD_LEASE": "2"}
     with pytest.raises(ConfigurationError, match="TEVO_HOLD_LEASE"):

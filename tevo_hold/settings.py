@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 
-__all__ = ["DEMO_API_KEY", "EMBEDDED_URL", "PREFIX", "Settings", "redact_url"]
+__all__ = [
+    "DEMO_API_KEY",
+    "EMBEDDED_URL",
+    "PREFIX",
+    "Settings",
+    "redact_url",
+    "url_scheme",
+]
 
 PREFIX = "TEVO_HOLD_"
 #: The URL of the embedded default: state in this process's memory (fakeredis running our Lua).
@@ -244,7 +252,9 @@ class Settings:
             try:
                 values[f.name] = parse(raw) if isinstance(raw, str) else _typed(f.name, raw)
             except (TypeError, ValueError) as exc:
-                raise ConfigurationError(f"{key}={raw!r}: {f.metadata['help']} ({exc})") from None
+                # A secret (a field kept out of repr) is named by its type, never shown.
+                given = f"={raw!r}" if f.repr else f" (given as {type(raw).__name__}, not shown)"
+                raise ConfigurationError(f"{key}{given}: {f.metadata['help']} ({exc})") from None
         settings = cls(**values)
         settings.check()
         return settings
@@ -261,15 +271,26 @@ class Settings:
                 "a request's lease must outlast its POS call, or the worker may compensate a hold "
                 "whose call is still running"
             )
-        scheme = self.redis_url.split("://", 1)[0].lower()
-        if "://" not in self.redis_url or scheme not in REDIS_SCHEMES:
+        url = self.redis_url
+        scheme = url.split("://", 1)[0].lower()
+        if "://" not in url or scheme not in REDIS_SCHEMES:
             raise ConfigurationError(
-                f"{PREFIX}REDIS_URL={self.redis_url!r}: expected redis://host:port/db (rediss:// "
+                f"{PREFIX}REDIS_URL {url_scheme(url)}: expected redis://host:port/db (rediss:// "
                 "for TLS), unix:///path.sock, redis+cluster://host:port[,host:port...] "
                 "(rediss+cluster:// for TLS) for a Redis Cluster, "
                 "redis+sentinel://host:port[,host:port...]/service_name[/db] for a master "
                 "found through Sentinel, or memory:// for the embedded default"
             )
+
+
+def url_scheme(url: str) -> str:
+    """How an error names a URL setting it refuses: by its scheme (the part before ``://``)
+    only, since the rest may hold a password in whatever shape a mistaken URL has (``user:pw@``
+    with or without a scheme, a query's ``password=``), where :func:`redact_url` finds none."""
+    scheme, sep, _ = url.partition("://")
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,30}", scheme):
+        return f"has the scheme {scheme!r}"
+    return "is not a URL (scheme://...)"
 
 
 def _typed(name: str, value: Any) -> Any:

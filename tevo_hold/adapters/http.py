@@ -38,7 +38,7 @@ import tenacity
 from urllib3.exceptions import NewConnectionError
 
 from .. import errors
-from ..settings import redact_url
+from ..settings import redact_url, url_scheme
 from .base import PosAdapter
 
 __all__ = ["DEFAULT_PATHS", "HttpPosAdapter"]
@@ -82,7 +82,7 @@ class HttpPosAdapter(PosAdapter):
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise errors.ConfigurationError(
-                f"TEVO_HOLD_POS_URL={redact_url(base_url)!r}: expected an http:// or https:// URL"
+                f"TEVO_HOLD_POS_URL {url_scheme(base_url)}: expected an http:// or https:// URL"
             )
         self.base_url = base_url.rstrip("/")
         self.paths = {**DEFAULT_PATHS, **(paths or {})}
