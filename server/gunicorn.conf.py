@@ -35,13 +35,22 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-_embedded = os.environ.get("TEVO_HOLD_REDIS_URL", "") in ("", "memory://")
-
 _DEFAULT_METRICS_DIR = str(Path(tempfile.gettempdir()) / f"tevo-hold-metrics-{os.getpid()}")
 # (Equal to the default too when the config is reloaded, on SIGHUP.)
 _OWN_METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "") in ("", _DEFAULT_METRICS_DIR)
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _DEFAULT_METRICS_DIR
+
+# Imported only now, with PROMETHEUS_MULTIPROC_DIR set: tevo_hold imports prometheus_client.
+from tevo_hold.errors import ConfigurationError  # noqa: E402
+from tevo_hold.settings import embedded_url  # noqa: E402
+
+try:
+    # As the app reads it: memory:// (or unset) is the embedded default, one worker; MEMORY://
+    # or memory:/// stop here, rather than start several workers that each refuse the URL.
+    _embedded = embedded_url(os.environ.get("TEVO_HOLD_REDIS_URL", ""))
+except ConfigurationError as exc:
+    raise SystemExit(str(exc)) from None
 
 bind = os.environ.get("TEVO_HOLD_BIND", "127.0.0.1:8000")
 workers = (

@@ -404,6 +404,18 @@ def test_gunicorn_conf_embedded_runs_one_worker(redis_url: str) -> None:
     assert printed("worker_class", result.stdout) == "server.gunicorn_worker.JsonErrorWorker"
 
 
+@pytest.mark.parametrize("redis_url", ["MEMORY://", "memory:///"])
+def test_gunicorn_conf_refuses_another_spelling_of_memory_before_starting_workers(
+    redis_url: str,
+) -> None:
+    """As the app refuses it (tevo_hold.settings.embedded_url): not taken for Redis, with one
+    worker per core each refusing it in turn."""
+    result = gunicorn(["--print-config"], {"TEVO_HOLD_REDIS_URL": redis_url})
+    assert result.returncode != 0
+    assert "spelled memory:// exactly" in result.stdout + result.stderr
+    assert not re.search(r"^workers\s*=", result.stdout, re.MULTILINE), result.stdout
+
+
 def test_gunicorn_conf_with_redis_runs_several_workers(redis_url: str) -> None:
     env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": "k"}
     result = gunicorn(["--check-config"], env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tevo_hold import Settings
+from tevo_hold.connection import connect
 from tevo_hold.errors import ConfigurationError
 from tevo_hold.settings import DEMO_API_KEY, redact_url
 
@@ -147,6 +148,20 @@ def test_api_keys_of_a_wrong_type_are_named_by_their_type_never_shown(keys):
     message = str(caught.value)
     assert f"given as {type(keys).__name__}" in message and "list of strings" in message
     assert "topsecret" not in message and "123456789" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["MEMORY://", "Memory://", "memory:///", "memory://localhost", "memory://:pw@x"]
+)
+def test_the_embedded_default_has_one_spelling(url):
+    """Another spelling of memory:// once passed for a Redis URL, and failed later with
+    redis-py's own ValueError: it is refused at start-up, saying the spelling, as the library
+    refuses it when handed such settings directly."""
+    with pytest.raises(ConfigurationError, match="spelled memory:// exactly") as caught:
+        Settings.from_env({"TEVO_HOLD_REDIS_URL": url})
+    assert "pw" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="spelled memory:// exactly"):
+        connect(Settings(redis_url=url))
 
 
 def test_the_lease_must_outlast_a_pos_call():

@@ -39,7 +39,7 @@ from ._redis import RedisClient, _is_outage
 from .adapters.redis_inventory import SAMPLE_INVENTORY, RedisInventoryAdapter, load_inventory
 from .errors import ConfigurationError
 from .keys import KeySpace
-from .settings import EMBEDDED_URL, Settings
+from .settings import Settings, embedded_url
 
 __all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "connect", "in_process"]
 
@@ -64,7 +64,7 @@ def connect(settings: Settings) -> RedisClient:
     command, so a process starts even while Redis is down, and works once it is back.
     """
     url = settings.redis_url
-    if url == EMBEDDED_URL:
+    if embedded_url(url):  # memory:// only: another spelling is a ConfigurationError
         return _embedded(settings)
     scheme = url.split("://", 1)[0].lower()
     if scheme in CLUSTER_SCHEMES:

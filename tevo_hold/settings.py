@@ -16,6 +16,7 @@ __all__ = [
     "EMBEDDED_URL",
     "PREFIX",
     "Settings",
+    "embedded_url",
     "redact_url",
     "url_scheme",
 ]
@@ -117,7 +118,8 @@ class Settings:
         repr=False,
         metadata={
             "help": "Redis URL (redis://, rediss://, unix://, redis+cluster://, "
-            "rediss+cluster://, redis+sentinel://); unset: memory:// (embedded)"
+            "rediss+cluster://, redis+sentinel://); unset: memory:// (embedded; that "
+            "spelling only)"
         },
     )
     api_keys: tuple[str, ...] = field(
@@ -281,6 +283,23 @@ class Settings:
                 "redis+sentinel://host:port[,host:port...]/service_name[/db] for a master "
                 "found through Sentinel, or memory:// for the embedded default"
             )
+        embedded_url(url)
+
+
+def embedded_url(url: str) -> bool:
+    """Whether ``url``, a TEVO_HOLD_REDIS_URL (``""``: unset), is the embedded default.
+
+    Its one spelling is ``memory://``: any other URL of the scheme memory (``MEMORY://``,
+    ``memory:///``) raises ConfigurationError, rather than pass for Redis. Settings and
+    server/gunicorn.conf.py (one worker for the embedded default) both ask this.
+    """
+    if url.split("://", 1)[0].lower() == "memory" and url != EMBEDDED_URL:
+        raise ConfigurationError(
+            f"{PREFIX}REDIS_URL: the embedded default is spelled {EMBEDDED_URL} exactly (lower "
+            f"case, nothing after it), or leave {PREFIX}REDIS_URL unset; for Redis, use "
+            "redis://host:port/db"
+        )
+    return url in ("", EMBEDDED_URL)
 
 
 def url_scheme(url: str) -> str:
