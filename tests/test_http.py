@@ -766,6 +766,21 @@ def test_invoice_while_another_invoice_runs_is_request_in_progress(http, service
 TTL = 0.2
 
 
+def test_the_longest_durations_the_settings_take_work_end_to_end(make_service):
+    """100 years (MAX_SECONDS) of hold, lease and retention: every time still reads back."""
+    from tevo_hold.settings import MAX_SECONDS
+
+    longest = make_service(hold_ttl=MAX_SECONDS, lease=MAX_SECONDS, retention=MAX_SECONDS)
+    longest.adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+    http = app_for(longest)
+    held = assert_ok(hold(http, gid="g1", qty=1), 201)
+    assert parse_time(held["expires_at"]).year >= datetime.now().year + 99
+    assert assert_ok(get_hold(http, "g1"), 200)["status"] == "held"
+    assert assert_ok(invoice(http, "g1"), 201)["status"] == "invoiced"
+    assert_ok(hold(http, gid="g2", qty=1), 201)
+    assert assert_ok(release(http, "g2"), 200)["status"] == "released"
+
+
 @pytest.fixture
 def short(make_service: Callable[..., HoldService]) -> HoldService:
     """A service on the test's Redis whose holds live TTL seconds."""

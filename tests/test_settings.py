@@ -46,6 +46,43 @@ def test_bad_values_name_their_key(key, value):
         Settings.from_env({key: value})
 
 
+#: Every setting given in seconds.
+DURATIONS = [
+    "hold_ttl",
+    "lease",
+    "retention",
+    "redis_timeout",
+    "pos_timeout",
+    "pos_budget",
+    "retry_base",
+    "retry_cap",
+    "worker_interval",
+]
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+@pytest.mark.parametrize(
+    "value", ["inf", "-inf", "nan", "Infinity", "1e308", "1e400", "3153600001", "0.0009", "0"]
+)
+def test_durations_must_be_finite_and_fit_a_redis_time_in_milliseconds(name, value):
+    """TEVO_HOLD_HOLD_TTL=inf was taken, and every hold answered 500 (OverflowError);
+    TEVO_HOLD_RETENTION=1e308 stopped the start with a raw OverflowError."""
+    key = "TEVO_HOLD_" + name.upper()
+    with pytest.raises(ConfigurationError, match=key) as caught:
+        Settings.from_env({key: value})
+    assert "seconds" in str(caught.value)
+    with pytest.raises(ConfigurationError, match=key):  # typed, as in Flask config
+        Settings.from_mapping({key: float(value)})
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_durations_from_a_millisecond_to_100_years_are_taken(name):
+    key = "TEVO_HOLD_" + name.upper()
+    for value in (0.001, 3153600000):
+        settings = Settings.from_env({key: str(value)})
+        assert getattr(settings, name) == value
+
+
 def test_a_real_redis_without_api_keys_accepts_managed_keys_only():
     s = Settings.from_env({"TEVO_HOLD_REDIS_URL": "redis://localhost:6379/0"})
     assert s.api_keys == () and s.accepted_keys == ()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import ConfigurationError
 
@@ -37,8 +38,6 @@ REDIS_SCHEMES = (
 #: The API key the embedded default accepts when TEVO_HOLD_API_KEYS is unset. Demo use only.
 DEMO_API_KEY = "demo-key"
 
-T = TypeVar("T")
-
 
 def redact_url(url: str) -> str:
     """``url`` with the password of its userinfo, if any, replaced by ``***`` (for logs).
@@ -55,14 +54,31 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}{rest[end:]}"
 
 
-def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
-    def parse(raw: str) -> T:
-        value = kind(raw)
-        if not value > 0:  # type: ignore[operator]
-            raise ValueError("must be positive")
-        return value
+#: The longest duration a setting takes, in seconds: 100 years. Each becomes a Redis time in
+#: milliseconds, added to the clock's by the Lua scripts, which write a time from 10^14 ms on
+#: in exponent notation (1.0179601941847e+14), and Python cannot read that back: a hold TTL of
+#: 3,000 years answered 500, inf every hold, and a retention of 1e308 stopped the start.
+MAX_SECONDS = 100 * 365 * 24 * 3600
+#: The shortest: a millisecond, Redis's unit (a shorter one is a TTL of 0, which Redis refuses).
+MIN_SECONDS = 0.001
 
-    return parse
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number of seconds")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise ValueError(
+            f"must be {MIN_SECONDS:g} (a millisecond) to {MAX_SECONDS} (100 years) seconds"
+        )
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
 
 
 def _non_negative_int(raw: str) -> int:
@@ -326,12 +342,12 @@ def _typed(name: str, value: Any) -> Any:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": str,
     "api_keys": _keys,
-    "hold_ttl": _positive(float),
-    "lease": _positive(float),
-    "retention": _positive(float),
+    "hold_ttl": _seconds,
+    "lease": _seconds,
+    "retention": _seconds,
     "key_prefix": str,
-    "redis_timeout": _positive(float),
-    "max_body": _positive(int),
+    "redis_timeout": _seconds,
+    "max_body": _positive_int,
     "inventory_file": _optional_str,
     "adapter": str,
     "pos_url": _optional_str,
@@ -340,12 +356,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "pos_hold_path": str,
     "pos_release_path": str,
     "pos_invoice_path": str,
-    "pos_timeout": _positive(float),
-    "pos_budget": _positive(float),
+    "pos_timeout": _seconds,
+    "pos_budget": _seconds,
     "pos_retries": _non_negative_int,
-    "retry_base": _positive(float),
-    "retry_cap": _positive(float),
-    "worker_interval": _positive(float),
+    "retry_base": _seconds,
+    "retry_cap": _seconds,
+    "worker_interval": _seconds,
     "pos_health_path": _optional_str,
     "require_signature": _bool,
     "rate_limit": _rate_limit,
