@@ -1,7 +1,8 @@
 """Request signing (TEVO_HOLD_REQUIRE_SIGNATURE), with signatures computed here, independently.
 
 The signature is TEvo's: base64 of HMAC-SHA256, keyed with the API key, of
-``METHOD host path?`` followed by the body, or by the query string when there is no body.
+``METHOD host path?`` followed by the body, or by the query string when there is no body (a
+GET's body is never read).
 This file computes it with nothing but the standard library, from the README's definition.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.serving import DechunkedInput
 from werkzeug.test import TestResponse
 
 from tevo_hold import HoldService, create_app
@@ -146,6 +149,39 @@ def test_get_signs_the_path_as_sent_and_the_query(http: FlaskClient) -> None:
     assert with_query.status_code == 200
     assert_invalid_signature(get(signature(API_KEY, b"GET pos.example.com/v1/holds/a/b?")))
     assert_invalid_signature(get(signature(API_KEY, b"GET pos.example.com/v1/holds/a%2Fb?"), "x=1"))
+
+
+def test_a_get_never_reads_a_body_and_signs_its_query(http: FlaskClient) -> None:
+    """A GET's body has no meaning (the API never reads one, signing or not): a GET signs its
+    query string, and answers as documented for getHold, never 413 for an oversized body or 400
+    for a malformed chunked one (which it did once signing read every body)."""
+    made = post(
+        http,
+        "/v1/holds",
+        hold_body(),
+        sig=signature(API_KEY, b"POST pos.example.com/v1/holds?" + hold_body()),
+    )
+    assert made.status_code == 201, made.get_data(as_text=True)
+    signed = signature(API_KEY, b"GET pos.example.com/v1/holds/g1?")
+    headers = {"X-API-Key": API_KEY, "X-Signature": signed}
+    base = f"https://{HOST}"
+    oversized = http.get("/v1/holds/g1", data=b"x" * 70000, headers=headers, base_url=base)
+    assert oversized.status_code == 200, oversized.get_data(as_text=True)
+    chunked = http.get(  # as werkzeug's own server de-chunks it
+        "/v1/holds/g1",
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        base_url=base,
+        environ_overrides={
+            "wsgi.input": DechunkedInput(io.BytesIO(b"ZZ\r\n{}\r\n0\r\n\r\n")),
+            "wsgi.input_terminated": True,
+        },
+    )
+    assert chunked.status_code == 200, chunked.get_data(as_text=True)
+    body_signed = signature(API_KEY, b"GET pos.example.com/v1/holds/g1?" + b"x" * 10)
+    headers = {"X-API-Key": API_KEY, "X-Signature": body_signed}
+    assert_invalid_signature(
+        http.get("/v1/holds/g1", data=b"x" * 10, headers=headers, base_url=base)
+    )
 
 
 def test_managed_keys_sign_with_themselves(

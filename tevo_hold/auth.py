@@ -242,7 +242,8 @@ def string_to_sign(method: str, host: str, path: str, query: str, body: bytes) -
     - ``path`` as sent, percent-encoding and all, without the query (``/v1/holds``);
     - then ``?`` always, even with no query and no body;
     - then the body's bytes exactly as sent, or, with no body, the query string as sent (without
-      its ``?``; may be empty).
+      its ``?``; may be empty). A GET has no body here: the API never reads one (HTTP gives it no
+      meaning), so it signs its query string whatever was sent.
 
     ``POST /v1/holds`` with body ``{"a":1}`` on ``pos.example.com:8443`` signs
     ``POST pos.example.com/v1/holds?{"a":1}``; ``GET /v1/holds/g1`` signs
@@ -275,7 +276,8 @@ def verify_signature(
     if not signature:
         raise errors.InvalidSignature(
             "Sign the request: X-Signature must be the base64 HMAC-SHA256, under your API key, "
-            "of 'METHOD host path?' followed by the body (or, with no body, the query string)."
+            "of 'METHOD host path?' followed by a POST's body (or, with none, and for a GET, "
+            "the query string)."
         )
     expected = sign(key, method, host, path, query, body)
     if not hmac.compare_digest(signature.strip().encode("latin-1", "replace"), expected.encode()):

@@ -157,8 +157,9 @@ _UNAUTHORIZED = Answer(
 )
 _SIGNATURE = Answer(
     errors.InvalidSignature,
-    "Do not retry until the signature is fixed: sign `METHOD host path?` and the body with the "
-    "key, base64 HMAC-SHA256, in `X-Signature`.",
+    "Do not retry until the signature is fixed: sign `METHOD host path?` and the body (for a "
+    "`GET`, the query string: its body is never read) with the key, base64 HMAC-SHA256, in "
+    "`X-Signature`.",
     "The seller requires signed requests (TEVO_HOLD_REQUIRE_SIGNATURE) and `X-Signature` is "
     "missing or does not match the request.",
 )

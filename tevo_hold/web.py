@@ -319,7 +319,9 @@ def _authenticate() -> None:
             host=req.host,
             path=_raw_path(req),
             query=req.query_string.decode("latin-1"),
-            body=_body(req, state.settings.max_body),
+            # Only a POST has a body to sign: a GET (or HEAD) signs its query string, and any
+            # body sent with one is never read (HTTP gives it no meaning), signing or not.
+            body=_body(req, state.settings.max_body) if req.method == "POST" else b"",
         )
 
 
