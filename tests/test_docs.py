@@ -105,6 +105,20 @@ def test_the_operations_guide_lists_every_setting(site: Path) -> None:
     assert "maxmemory-policy noeviction" in html
 
 
+def test_the_integration_guide_says_429_is_retried_after_retry_after() -> None:
+    """The guide once had Retry-After come with 409 and 503 only, and its Retries table put 429
+    under "any other 4xx: do not retry unchanged", though the server sends Retry-After on it
+    and the call then goes through unchanged."""
+    guide = (DOCS / "tevo-integration.md").read_text("utf-8")
+    header = guide.split("Two headers matter")[1].split("\n\n")[0]
+    for answer in ("409 request_in_progress", "429 rate_limited", "503 unavailable"):
+        assert f"`{answer}`" in header, header
+    table = guide.split("## Retries")[1].split("\n\n")[2]
+    rows = [row for row in table.splitlines() if row.startswith("| `429")]
+    assert len(rows) == 1 and "Retry-After" in rows[0] and "same body" in rows[0], table
+    assert table.index("| `429") < table.index("| any other `4xx`")
+
+
 # -- the TEvo guide's curl examples -------------------------------------------------------------
 
 

@@ -279,6 +279,22 @@ def test_every_error_answer_is_a_typed_explained_problem(
         assert ("WWW-Authenticate" in headers) == (status == "401")
 
 
+#: The answers that carry Retry-After, as the app sends them (tests/test_ratelimit.py checks 429's).
+RETRY_AFTER = {"409 request_in_progress", "429 rate_limited", "503 unavailable"}
+
+
+def test_the_document_says_which_answers_carry_retry_after_429_included(
+    spec: dict[str, Any],
+) -> None:
+    """The description and the header's own text once named 409 and 503 only, so a client
+    reading them would not wait out a 429 before retrying it."""
+    retries = spec["info"]["description"].split("**Retries.**")[1].split("\n\n")[0]
+    header = spec["components"]["headers"]["Retry-After"]["description"]
+    for answer in RETRY_AFTER:
+        assert f"`{answer}`" in retries, retries
+        assert f"`{answer}`" in header, header
+
+
 def test_errors_explanations_come_from_errors_py() -> None:
     answers = {a.error: a for op in oa.OPERATIONS for a in op.answers if a.meaning is None}
     for cls, answer in answers.items():

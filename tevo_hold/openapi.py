@@ -802,14 +802,28 @@ status, with the code `http_error`.)
 
 **Retries.** Every call is idempotent per `global_id`: after a timeout or a `5xx`, retry with
 the *same body*; a call that already succeeded answers its success again with the header
-`Idempotent-Replayed: true` and changes nothing. `409 request_in_progress` and
-`503 unavailable` carry `Retry-After` (seconds). Other `4xx` answers call for a change first:
-each code says what to do.
+`Idempotent-Replayed: true` and changes nothing. {retry_after} carry `Retry-After` (seconds):
+retry after that long with the same body. Other `4xx` answers call for a change first: each
+code says what to do.
 
 **Hold lifetime.** A hold lasts 15 minutes by default (the seller's `TEVO_HOLD_HOLD_TTL`);
 each hold's `expires_at` says when it lapses. Invoice before then: a lapsed hold is still sold
 if the tickets are there, otherwise the invoice answers `410 hold_expired`.
 """
+
+
+#: The errors whose answers carry ``Retry-After``: retried unchanged after that many seconds.
+RETRY_AFTER: tuple[type[errors.TevoHoldError], ...] = (
+    errors.RequestInProgress,
+    errors.RateLimited,
+    errors.Unavailable,
+)
+
+
+def _retry_after_answers() -> str:
+    """The answers that carry ``Retry-After``: "`409 request_in_progress`, ... and ..."."""
+    named = [f"`{e.status} {e.code}`" for e in RETRY_AFTER]
+    return ", ".join(named[:-1]) + " and " + named[-1]
 
 
 def server_answers() -> str:
@@ -955,10 +969,7 @@ def _error_response(answers: Sequence[Answer]) -> dict[str, Any]:
         "x-problem-codes": codes,
     }
     headers: dict[str, Any] = {}
-    if any(
-        issubclass(a.error, errors.RequestInProgress | errors.Unavailable | errors.RateLimited)
-        for a in answers
-    ):
+    if any(issubclass(a.error, RETRY_AFTER) for a in answers):
         headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
     if status == 401:
         headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}
@@ -1030,7 +1041,9 @@ def build_spec(server_url: str = "/") -> dict[str, Any]:
         plugins=[MarshmallowPlugin()],
         info={
             "summary": "Hold, release and invoice tickets for Ticket Evolution.",
-            "description": _DESCRIPTION.format(server_answers=server_answers()),
+            "description": _DESCRIPTION.format(
+                server_answers=server_answers(), retry_after=_retry_after_answers()
+            ),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         servers=[{"url": server_url, "description": "The seller's tevo-hold server."}],
@@ -1072,8 +1085,8 @@ def build_spec(server_url: str = "/") -> dict[str, Any]:
     spec.components.header(
         "Retry-After",
         {
-            "description": "Seconds to wait before retrying (on request_in_progress and "
-            "unavailable).",
+            "description": "Seconds to wait before retrying with the same body: on "
+            f"{_retry_after_answers()} only.",
             "schema": {"type": "integer", "minimum": 1},
         },
     )
