@@ -97,6 +97,18 @@ def test_a_missing_or_unusable_request_id_is_replaced_by_a_new_one(
     assert re.fullmatch(r"[0-9a-f]{32}", first) and first != second
 
 
+@pytest.mark.parametrize("given", ["abc\n", "abc\r\n", "a\nb"], ids=repr)
+def test_a_request_id_with_a_line_break_is_replaced_not_a_500(
+    stocked: FlaskClient, given: str
+) -> None:
+    """ "abc\n" once passed the check ("$" matches before a final newline), and setting the
+    answer's header then failed: a 500 http_error instead of the hold's answer."""
+    environ = {"HTTP_X_REQUEST_ID": given}  # as a WSGI server hands it over, newline and all
+    resp = stocked.post("/v1/holds", json=HOLD, headers=AUTH, environ_overrides=environ)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-ID"])
+
+
 def test_new_request_ids_and_lease_tokens_differ_in_every_forked_worker() -> None:
     """Both come from random (not os.urandom), which each forked worker must reseed."""
     from tevo_hold import _unique, service

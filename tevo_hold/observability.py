@@ -54,7 +54,9 @@ __all__ = [
 
 ACCESS_LOG = logging.getLogger("tevo_hold.access")
 REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+#: Matched whole (fullmatch): "$" also matches before a final newline, and "abc\n" passed, to
+#: fail as the answer's header (a 500).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 #: Where the WSGI environ has the header, as is: request.headers.get() costs more than reading it.
 _REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 
@@ -90,7 +92,7 @@ _new_request_id = unique_hex
 def _begin(req: Request) -> RequestInfo:
     """A new RequestInfo for ``req``, now the current one."""
     given = req.environ.get(_REQUEST_ID_ENVIRON, "")
-    request_id = given if _REQUEST_ID.match(given) else _new_request_id()
+    request_id = given if _REQUEST_ID.fullmatch(given) else _new_request_id()
     info = RequestInfo(request_id=request_id, started=time.perf_counter())
     _INFO.set(info)
     return info
