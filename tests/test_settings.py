@@ -107,6 +107,14 @@ def test_rate_limit_takes_its_notation_or_off():
     assert Settings.from_env({"TEVO_HOLD_RATE_LIMIT": "off"}).rate_limit is None
 
 
+def test_a_rate_limit_of_0_is_refused_rather_than_read_as_off():
+    """ "0" turned the limit off, the most permissive reading of a value that reads as "no
+    calls" too (and "0 per minute" is refused): it says to write off, or a limit."""
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_RATE_LIMIT='0'") as caught:
+        Settings.from_env({"TEVO_HOLD_RATE_LIMIT": "0"})
+    assert "'off'" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("TEVO_HOLD_REQUIRE_SIGNATURE", "maybe"), ("TEVO_HOLD_RATE_LIMIT", "lots per minute")],

@@ -109,10 +109,12 @@ def _bool(raw: str) -> bool:
 
 def _rate_limit(raw: str) -> str | None:
     """Limits as :func:`tevo_hold.ratelimit.parse` reads them, checked now; ``off`` (or
-    ``none``) for no limit."""
+    ``none``) for no limit. ``0`` is refused: it reads as "no calls" as well as "no limit"."""
     text = raw.strip()
-    if text.lower() in ("off", "none", "0"):
+    if text.lower() in ("off", "none"):
         return None
+    if text == "0":
+        raise ValueError("'0' is not a limit: write 'off' for no limit, or a limit")
     from .ratelimit import parse
 
     parse(text)
