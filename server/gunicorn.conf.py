@@ -52,14 +52,24 @@ try:
 except ConfigurationError as exc:
     raise SystemExit(str(exc)) from None
 
+
+def _count(name: str, default: int) -> int:
+    """A whole number of at least 1 from the environment; empty counts as unset, as it does for
+    the TEVO_HOLD_* settings."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"{name}={raw!r}: expected a whole number of at least 1, or unset")
+    return int(raw)
+
+
 bind = os.environ.get("TEVO_HOLD_BIND", "127.0.0.1:8000")
-workers = (
-    1 if _embedded else int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
-)
+workers = 1 if _embedded else _count("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1)
 # gunicorn's gthread worker, but its own error answers (a request it cannot read: 400, 414,
 # 417, 431, 501) are JSON problem documents like the app's, not HTML pages.
 worker_class = "server.gunicorn_worker.JsonErrorWorker"
-threads = int(os.environ.get("TEVO_HOLD_THREADS", "8"))
+threads = _count("TEVO_HOLD_THREADS", 8)
 # TEvo wants answers well within 5 s; a request still running after 30 s is stuck.
 timeout = 30
 graceful_timeout = 30

@@ -432,6 +432,29 @@ def test_gunicorn_conf_with_redis_runs_several_workers(redis_url: str) -> None:
     assert printed("workers", result.stdout) == "3"
 
 
+def test_gunicorn_conf_threads_empty_is_unset_and_a_bad_count_is_named() -> None:
+    """An empty TEVO_HOLD_THREADS crashed the config with int('')."""
+    empty = gunicorn(["--print-config"], {"TEVO_HOLD_THREADS": ""})
+    assert empty.returncode == 0, empty.stdout + empty.stderr
+    assert printed("threads", empty.stdout) == "8"
+    for bad in ("many", "0", "-2", "2.5"):
+        wrong = gunicorn(["--check-config"], {"TEVO_HOLD_THREADS": bad})
+        assert wrong.returncode != 0
+        output = wrong.stdout + wrong.stderr
+        assert f"TEVO_HOLD_THREADS={bad!r}: expected a whole number" in output
+        assert "Traceback" not in output
+
+
+def test_gunicorn_conf_refuses_zero_workers(redis_url: str) -> None:
+    """WEB_CONCURRENCY=0 made a master with no worker, that answered nothing. (gunicorn reads
+    WEB_CONCURRENCY itself before any config, and stops on an empty, negative or non-integer
+    one with an error of its own.)"""
+    env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": "k", "WEB_CONCURRENCY": "0"}
+    wrong = gunicorn(["--print-config"], env)
+    assert wrong.returncode != 0
+    assert "WEB_CONCURRENCY='0': expected a whole number" in wrong.stdout + wrong.stderr
+
+
 def test_gunicorn_conf_gives_each_worker_a_socket_unless_told_not_to() -> None:
     assert printed("reuse_port", gunicorn(["--print-config"], {}).stdout) == "True"
     off = gunicorn(["--print-config"], {"TEVO_HOLD_REUSE_PORT": "off"})
