@@ -340,3 +340,24 @@ def test_a_worker_round_that_fails_unexpectedly_is_logged_and_the_worker_goes_on
         worker.run(stop)
     assert len(rounds) == 2
     assert "a round failed" in caplog.text and "RuntimeError: a bug" in caplog.text
+
+
+def test_an_invoice_the_pos_has_failed_for_days_is_still_retried(client: RedisClient) -> None:
+    """Doubling the backoff per attempt overflowed a float after 1,024 failed attempts (about
+    3.5 days of a POS failing every 5 minutes): the worker then failed every round on that
+    invoice and never retried it again. The backoff stays at its cap however many attempts."""
+    pos = Pos()
+    pos.fail["invoice"] += [errors.PosError("POS down")] * 2
+    service = pos_service(client, pos, retry_cap=0.05)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    with pytest.raises(errors.PosError):
+        service.invoice(global_id="g", tevo_order_id=7)
+    client.hset(service.ledger.keys.hold("g")[0], "na", 5000)  # days of failed attempts
+    assert service.retry_delay(5001) == 0.05
+
+    time.sleep(PAST_LEASE)
+    assert Worker(service, lease=5).run_once() == 1  # fails once more, retried after the cap
+    assert service.get(global_id="g").invoice_attempts == 5001
+    time.sleep(PAST_LEASE)
+    assert Worker(service, lease=5).run_once() == 1
+    assert service.get(global_id="g").status is HoldStatus.INVOICED

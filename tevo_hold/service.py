@@ -314,8 +314,11 @@ class HoldService:
         return self.ledger.finish_invoice(gid, token, actor=actor).hold
 
     def retry_delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1, 2, ...) of a failed POS call."""
-        return float(min(self.retry_cap, self.retry_base * 2 ** max(attempt - 1, 0)))
+        """Seconds to wait before retry number ``attempt`` (1, 2, ...) of a failed POS call:
+        ``retry_base`` doubled per attempt, at most ``retry_cap``, however many attempts (the
+        exponent is bounded: 2 ** 1024 is past any float, and an invoice the POS fails every few
+        minutes for days reaches that many)."""
+        return float(min(self.retry_cap, self.retry_base * 2.0 ** min(max(attempt - 1, 0), 64)))
 
     @fail_fast()
     def get(self, *, global_id: str, history: bool = False) -> Hold:
