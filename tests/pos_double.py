@@ -8,7 +8,9 @@ an invoice gives nothing back), checks the API key header, and records every cal
 Tests steer it per operation with a plan of steps, each for ``times`` calls (None: for good):
 answer normally, be slow (sleep N s, then answer normally), hang until :meth:`PosDouble.unhang`
 (then answer normally: a hold that hung still holds, as a real POS would once it gets to it),
-or answer a status (500 fails, 409/404/400 refuse) without doing anything.
+answer a status (500 fails, 409/404/400 refuse) without doing anything, or act and then answer a
+status all the same (``acted``: a POS that failed after it acted, or a gateway that lost its
+answer).
 
 Usage::
 
@@ -44,7 +46,7 @@ MAX_HANG = 30.0
 class Step:
     """What the double does for the next ``times`` calls of an operation (None: every call)."""
 
-    kind: Literal["normal", "slow", "hang", "status"]
+    kind: Literal["normal", "slow", "hang", "status", "acted"]
     seconds: float = 0.0
     status: int = 200
     times: int | None = None
@@ -326,6 +328,13 @@ class PosDouble:
             hang.wait(MAX_HANG)
         elif step.kind == "status":
             return step.status, {"error": f"told to answer {step.status}"}
+        elif step.kind == "acted":
+            effect = self._act(operation, body)[1].get("_effect", "")
+            return step.status, {"error": f"told to answer {step.status}", "_effect": effect}
+        return self._act(operation, body)
+
+    def _act(self, operation: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """Do ``operation`` as the contract says; its status and answer."""
         if not isinstance(body, dict):
             return 400, {"error": "expected a JSON object"}
         try:

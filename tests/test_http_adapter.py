@@ -18,9 +18,20 @@ import fakeredis
 import pytest
 import requests
 
-from tevo_hold import PosAdapter, Settings, build_service, create_app, errors
+from tevo_hold import (
+    HoldService,
+    HoldStatus,
+    KeySpace,
+    Ledger,
+    PosAdapter,
+    Settings,
+    build_service,
+    create_app,
+    errors,
+)
 from tevo_hold.adapters.http import HttpPosAdapter
 from tevo_hold.web import EXTENSION_KEY
+from tevo_hold.worker import Worker
 
 from .pos_double import PosDouble, Step, pos_double
 from .recording_pos import RecordingPos
@@ -449,6 +460,93 @@ def test_a_refusal_after_an_attempt_that_timed_out_leaves_the_outcome_unknown(
         call(adapter)
     pos.wait_idle()
     assert pos.state("g1") == {"hold": "held", "invoice": "invoiced"}[operation]
+
+
+#: An answer the POS gave after it acted: it failed late, or a gateway lost what it answered.
+ACTED_THEN_502 = Step("acted", status=502, times=1)
+
+
+@pytest.mark.parametrize(
+    ("status", "refusal"),
+    [(409, "insufficient_quantity"), (404, "listing_not_found"), (400, "pos_error")],
+)
+@pytest.mark.parametrize("operation", ["hold", "invoice"])
+def test_a_refusal_after_a_5xx_leaves_the_outcome_unknown(
+    pos, make_adapter, operation, status, refusal
+):
+    """The POS acts and its answer is lost to a 502; the retry is refused. The refusal says
+    nothing of the first attempt: the outcome stays unknown, or the service forgets a hold the
+    POS keeps for good, and drops an invoice the POS made (the buyer has paid)."""
+    adapter = make_adapter(retries=2, budget=3.0)
+    if operation == "invoice":
+        hold(adapter)
+    pos.plan(operation, ACTED_THEN_502, Step("status", status=status))
+    with pytest.raises(errors.PosError, match=refusal) as caught:
+        {"hold": hold, "invoice": invoice}[operation](adapter)
+    assert caught.value.outcome_unknown
+    assert [c.status for c in pos.calls(operation)][-2:] == [502, status]  # a refusal: no retry
+    assert pos.state("g1") == {"hold": "held", "invoice": "invoiced"}[operation]
+
+
+def test_an_unreachable_pos_after_a_5xx_leaves_the_outcome_unknown(pos, make_adapter):
+    """The POS acts and answers 502, then cannot be reached: the retry sent nothing, and the
+    first attempt's outcome is what counts, unknown (never a plain 503 unavailable, after which
+    the service would forget the hold)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    class GoneAfterOneCall(requests.Session):
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            if pos.count():
+                url = url.replace(pos.url.removesuffix("/pos"), dead)
+            return super().request(method, url, *args, **kwargs)
+
+    adapter = make_adapter(session=GoneAfterOneCall(), retries=2, budget=3.0)
+    pos.plan("hold", ACTED_THEN_502)
+    with pytest.raises(errors.PosError, match="unavailable") as caught:
+        hold(adapter)
+    assert caught.value.outcome_unknown
+    assert pos.count() == 1 and pos.state("g1") == "held"
+
+
+@pytest.mark.parametrize(
+    "first", [ACTED_THEN_502, Step("slow", seconds=0.6, times=1)], ids=["5xx", "timeout"]
+)
+def test_a_release_whose_retry_finds_no_listing_is_done(pos, make_adapter, first):
+    """Whatever the first attempt did, a POS with no such listing holds nothing of it: the
+    release is done (a retry of a release asks for the same end, so its answer settles it)."""
+    adapter = make_adapter(timeout=0.3, budget=2.0)
+    hold(adapter)
+    pos.plan("release", first, Step("status", status=404))
+    release(adapter)
+    pos.wait_idle()
+    assert [c.status for c in pos.calls("release")][-1] == 404
+    assert pos.state("g1") == "released"
+
+
+@pytest.fixture
+def service(adapter: HttpPosAdapter) -> Iterator[HoldService]:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    yield HoldService(Ledger(client, keys=KeySpace("t")), adapter)
+    client.close()
+
+
+def test_a_hold_the_pos_made_before_a_5xx_and_a_409_is_released_by_the_worker(pos, service):
+    pos.plan("hold", ACTED_THEN_502, Step("status", status=409))
+    with pytest.raises(errors.PosError):
+        service.hold(remote_id="R", quantity=2, global_id="g1")
+    assert pos.state("g1") == "held" and pos.available("R") == 8
+    assert Worker(service).run_once() == 1  # the compensation, due at once
+    assert pos.state("g1") == "released" and pos.available("R") == 10
+
+
+def test_an_invoice_the_pos_made_before_a_5xx_and_a_409_is_retried_not_dropped(pos, service):
+    service.hold(remote_id="R", quantity=2, global_id="g1")
+    pos.plan("invoice", ACTED_THEN_502, Step("status", status=409))
+    with pytest.raises(errors.PosError):  # not HoldExpired: the buyer has paid
+        service.invoice(global_id="g1", tevo_order_id=7)
+    assert pos.state("g1") == "invoiced"
+    assert service.get(global_id="g1").status is HoldStatus.INVOICE_FAILED
+    assert list(service.ledger.scheduled("i")) == ["g1"]
 
 
 # -- settings: custom paths and header, adapters by name ------------------------------------------

@@ -19,13 +19,16 @@ backoff (tenacity), inside a deadline (``budget``) that bounds the whole call, s
 answers TEvo in time even when the POS hangs. What is left when the budget runs out:
 unreachable → :class:`Unavailable` (nothing was sent); no answer in time → :class:`PosTimeout`
 (the outcome is unknown; tevo-hold compensates); 5xx → :class:`PosError` whose outcome is unknown
-too (the POS may have acted before it failed; a hold is compensated). Once an attempt has timed
-out, any later answer but a success leaves the outcome unknown: :class:`PosTimeout`.
+too (the POS may have acted before it failed; a hold is compensated). Once an attempt may have
+acted (no answer, or a 5xx), no later answer but a success tells what happened: a retry refused
+(404, 409, another 4xx) or unreachable leaves the outcome unknown all the same, and the call fails
+with :class:`PosTimeout` (an attempt got no answer) or a :class:`PosError` whose outcome is unknown
+(a 5xx). Only a refusal of the first attempt is definite. A release is the exception: a 404 of any
+attempt means no such listing, so nothing to give back, and the release is done.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import urllib.parse
@@ -106,8 +109,7 @@ class HttpPosAdapter(PosAdapter):
 
     def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
         body = {"global_id": global_id, "remote_id": remote_id, "quantity": quantity}
-        with contextlib.suppress(errors.ListingNotFound):  # no such listing: nothing to give back
-            self._post("release", body)
+        self._post("release", body, done_if_no_listing=True)
 
     def invoice(
         self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
@@ -144,7 +146,11 @@ class HttpPosAdapter(PosAdapter):
         self.session.close()
 
     # -- plumbing --------------------------------------------------------------------------
-    def _post(self, operation: str, body: dict[str, Any]) -> None:
+    def _post(
+        self, operation: str, body: dict[str, Any], *, done_if_no_listing: bool = False
+    ) -> None:
+        """POST ``body``, retried within the budget. ``done_if_no_listing``: a 404 (no such
+        listing) means there is nothing to do, whatever an earlier attempt did (a release)."""
         url = self.base_url + self.paths[operation]
         deadline = time.monotonic() + self.budget
         retrying = tenacity.Retrying(
@@ -156,19 +162,25 @@ class HttpPosAdapter(PosAdapter):
             retry=tenacity.retry_if_exception_type(_Retryable),
             reraise=True,
         )
-        outcome_unknown = False
+        unknown: list[errors.TevoHoldError] = []  # what the attempts that may have acted got
         try:
             for attempt in retrying:
                 with attempt:
                     try:
                         self._attempt(operation, url, body, deadline)
                     except _Retryable as exc:
-                        outcome_unknown |= isinstance(exc.final, errors.PosTimeout)
+                        if _outcome_unknown(exc.final):
+                            unknown.append(exc.final)
                         raise
         except _Retryable as exc:
-            raise _unless_unknown(exc.final, operation, outcome_unknown) from exc.__cause__
+            final, cause = exc.final, exc.__cause__
         except errors.TevoHoldError as exc:  # a refusal (404, 409, another 4xx): not retried
-            raise _unless_unknown(exc, operation, outcome_unknown) from exc
+            final, cause = exc, exc
+        else:
+            return
+        if done_if_no_listing and isinstance(final, errors.ListingNotFound):
+            return  # no such listing: nothing to give back
+        raise _unless_unknown(final, operation, unknown) from cause
 
     def _attempt(self, operation: str, url: str, body: dict[str, Any], deadline: float) -> None:
         per_attempt = max(min(self.timeout, deadline - time.monotonic()), 0.05)
@@ -189,17 +201,36 @@ class HttpPosAdapter(PosAdapter):
         _check(operation, response)
 
 
+def _outcome_unknown(error: errors.TevoHoldError) -> bool:
+    """True when the attempt that failed so may have acted: no answer, or a 5xx."""
+    return isinstance(error, errors.PosTimeout) or (
+        isinstance(error, errors.PosError) and error.outcome_unknown
+    )
+
+
 def _unless_unknown(
-    final: errors.TevoHoldError, operation: str, outcome_unknown: bool
+    final: errors.TevoHoldError, operation: str, unknown: list[errors.TevoHoldError]
 ) -> errors.TevoHoldError:
-    """``final``, or PosTimeout if an earlier attempt timed out: that attempt may have reached the
-    POS, and whatever a retry was answered (a refusal, a 409 of a POS still busy with it, a 5xx)
-    says nothing of it. Its outcome decides, and is unknown."""
-    if not outcome_unknown or isinstance(final, errors.PosTimeout):
+    """``final``, unless an attempt may have acted (``unknown``: what those attempts got).
+
+    Whatever a later attempt was answered (a refusal, a 409 of a POS that acted on the first, a
+    connection refused) says nothing of that attempt: its outcome decides, and is unknown. A
+    PosTimeout if an attempt got no answer, else a PosError whose ``outcome_unknown`` is set
+    (a 5xx); the service compensates a hold, and retries an invoice, after either.
+    """
+    if not unknown or isinstance(final, errors.PosTimeout):
         return final
-    return errors.PosTimeout(
-        f"An attempt at the {operation} timed out and a retry was answered {final.code}: "
-        "the outcome is unknown."
+    if any(isinstance(error, errors.PosTimeout) for error in unknown):
+        return errors.PosTimeout(
+            f"An attempt at the {operation} got no answer and a retry was answered {final.code}: "
+            "the outcome is unknown."
+        )
+    if _outcome_unknown(final):
+        return final
+    return errors.PosError(
+        f"An attempt at the {operation} failed (5xx) and a retry was answered {final.code}: "
+        "the outcome is unknown.",
+        outcome_unknown=True,
     )
 
 
