@@ -8,9 +8,10 @@ an invoice gives nothing back), checks the API key header, and records every cal
 Tests steer it per operation with a plan of steps, each for ``times`` calls (None: for good):
 answer normally, be slow (sleep N s, then answer normally), hang until :meth:`PosDouble.unhang`
 (then answer normally: a hold that hung still holds, as a real POS would once it gets to it),
-answer a status (500 fails, 409/404/400 refuse) without doing anything, or act and then answer a
+answer a status (500 fails, 409/404/400 refuse) without doing anything, act and then answer a
 status all the same (``acted``: a POS that failed after it acted, or a gateway that lost its
-answer).
+answer), or trickle its answer (``trickle``: answer normally, or answer ``status`` without doing
+anything if it is not 200, sending the body a byte at a time over ``seconds``).
 
 Usage::
 
@@ -46,7 +47,7 @@ MAX_HANG = 30.0
 class Step:
     """What the double does for the next ``times`` calls of an operation (None: every call)."""
 
-    kind: Literal["normal", "slow", "hang", "status", "acted"]
+    kind: Literal["normal", "slow", "hang", "status", "acted", "trickle"]
     seconds: float = 0.0
     status: int = 200
     times: int | None = None
@@ -314,7 +315,26 @@ class PosDouble:
             record.status, record.effect = status, answer.pop("_effect", "")
             record.finished = time.time()
             self._changed.notify_all()
-        return self.app.response_class(json.dumps(answer), status, mimetype="application/json")
+        trickle = answer.pop("_trickle", None)
+        payload = json.dumps(answer).encode()
+        if trickle is None:
+            return self.app.response_class(payload, status, mimetype="application/json")
+        return self._trickled(payload, status, trickle)
+
+    def _trickled(self, payload: bytes, status: int, seconds: float) -> Response:
+        """An answer whose status line comes at once and its body (``Content-Length`` given) a
+        byte at a time over ``seconds``: each byte in time for any read timeout, the whole late."""
+        pause = seconds / len(payload)
+
+        def drip() -> Iterator[bytes]:
+            for at in range(len(payload)):
+                yield payload[at : at + 1]
+                if self._closing.wait(pause):
+                    return
+
+        response = self.app.response_class(drip(), status, mimetype="application/json")
+        response.headers["Content-Length"] = str(len(payload))
+        return response
 
     def _answer(self, operation: str | None, body: Any) -> tuple[int, dict[str, Any]]:
         if operation is None:
@@ -331,7 +351,12 @@ class PosDouble:
         elif step.kind == "acted":
             effect = self._act(operation, body)[1].get("_effect", "")
             return step.status, {"error": f"told to answer {step.status}", "_effect": effect}
-        return self._act(operation, body)
+        elif step.kind == "trickle" and step.status != 200:
+            return step.status, {"error": f"told to answer {step.status}", "_trickle": step.seconds}
+        status, answer = self._act(operation, body)
+        if step.kind == "trickle":
+            answer["_trickle"] = step.seconds
+        return status, answer
 
     def _act(self, operation: str, body: Any) -> tuple[int, dict[str, Any]]:
         """Do ``operation`` as the contract says; its status and answer."""

@@ -8,7 +8,9 @@ enough tickets; the key in a configurable header; retries only where safe, withi
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -167,8 +169,8 @@ def test_one_session_and_a_timeout_on_every_call(pos, make_adapter):
         pos.url + "/releases",
     ]
     for call in seen:
-        assert call["method"] == "POST"
-        assert call["timeout"] is not None and 0 < call["timeout"] <= 1.5
+        assert call["method"] == "POST" and call["stream"]  # the body is read against the deadline
+        assert 0 < call["timeout"].total <= 1.5
 
 
 def test_a_base_url_that_is_not_http_is_a_configuration_error():
@@ -414,6 +416,88 @@ def test_a_hanging_pos_is_a_timeout_within_the_budget(
     assert elapsed < budget + SLACK, elapsed
     pos.unhang()
     pos.wait_idle()
+
+
+#: How long a trickled body takes in all (a byte at a time, each in time for a read timeout).
+TRICKLE = 8.0
+#: How much later than its budget a call with a trickled body may end (not a speed goal).
+TRICKLE_SLACK = 1.5
+
+
+@pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
+def test_a_success_whose_body_trickles_ends_within_the_budget(pos, make_adapter, operation):
+    """The budget bounds the whole call, body included. A timeout per socket read never cuts off
+    a POS (or a proxy) that sends its answer a byte at a time, and the worker's lease assumes a
+    call ends within the budget. The status line already said what the POS did: the body is read
+    until the deadline, then the connection is dropped, and a 2xx is a success."""
+    adapter = make_adapter(timeout=1.0, budget=2.0)
+    if operation != "hold":
+        hold(adapter)
+    pos.plan(operation, Step("trickle", seconds=TRICKLE))
+    started = time.monotonic()
+    {"hold": hold, "release": release, "invoice": invoice}[operation](adapter)
+    assert time.monotonic() - started < 2.0 + TRICKLE_SLACK
+    assert (
+        pos.state("g1") == {"hold": "held", "release": "released", "invoice": "invoiced"}[operation]
+    )
+
+
+def test_a_refusal_whose_body_trickles_ends_within_the_budget(pos, make_adapter):
+    adapter = make_adapter(timeout=1.0, budget=2.0)
+    pos.plan("hold", Step("trickle", seconds=TRICKLE))
+    started = time.monotonic()
+    with pytest.raises(errors.InsufficientQuantity):
+        hold(adapter, rid="SMALL", qty=3)
+    assert time.monotonic() - started < 2.0 + TRICKLE_SLACK
+    assert pos.count() == 1
+
+
+def test_a_5xx_whose_body_trickles_is_retried_within_the_budget(pos, make_adapter):
+    """Every attempt answers 502 and trickles its body: each is cut at its timeout, and the
+    call ends near its budget, its outcome unknown (a PosTimeout if the last attempt, begun
+    just before the deadline, got no status line in time)."""
+    adapter = make_adapter(timeout=0.5, budget=2.0, retries=5)
+    pos.plan("hold", Step("trickle", seconds=TRICKLE, status=502))
+    started = time.monotonic()
+    with pytest.raises((errors.PosError, errors.PosTimeout)) as caught:
+        hold(adapter)
+    assert time.monotonic() - started < 2.0 + TRICKLE_SLACK
+    assert getattr(caught.value, "outcome_unknown", True)
+    assert pos.count() >= 2
+
+
+def test_a_body_read_to_its_end_leaves_the_connection_to_be_reused():
+    """The body is read as a stream, and to its end the connection goes back to the pool: the
+    next call is made on it (the POS double closes each connection, this POS keeps it)."""
+    ports: list[int] = []
+
+    class KeptAlive(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            ports.append(self.client_address[1])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    adapter = HttpPosAdapter(f"http://127.0.0.1:{server.server_port}", timeout=1.0, budget=2.0)
+    try:
+        hold(adapter, "g1")
+        hold(adapter, "g2")
+    finally:
+        adapter.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert len(ports) == 2 and ports[0] == ports[1]
 
 
 def test_a_slow_first_attempt_is_retried_and_the_pos_holds_once(pos, make_adapter):

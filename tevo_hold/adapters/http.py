@@ -25,11 +25,21 @@ acted (no answer, or a 5xx), no later answer but a success tells what happened: 
 with :class:`PosTimeout` (an attempt got no answer) or a :class:`PosError` whose outcome is unknown
 (a 5xx). Only a refusal of the first attempt is definite. A release is the exception: a 404 of any
 attempt means no such listing, so nothing to give back, and the release is done.
+
+The deadline counts all of an attempt: connecting, sending, the status line and the body. The
+status line says what the POS did, and the body is read against the deadline (64 KiB of it at
+most): a body that comes a byte at a time, each in time for the read timeout, is cut off there
+and the call goes by its status. What is not bounded but per socket read is a status line and
+headers that themselves come a byte at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -38,6 +48,7 @@ from typing import Any
 
 import requests
 import tenacity
+import urllib3
 from urllib3.exceptions import NewConnectionError
 
 from .. import errors
@@ -53,6 +64,9 @@ DEFAULT_PATHS: Mapping[str, str] = {
 }
 
 log = logging.getLogger("tevo_hold")
+#: How much of an answer's body is read (the log shows 500 characters of it), and in what chunks.
+_MAX_BODY = 64 * 1024
+_CHUNK = 8192
 
 
 class _Retryable(Exception):
@@ -66,8 +80,9 @@ class _Retryable(Exception):
 class HttpPosAdapter(PosAdapter):
     """Forwards hold, release and invoice to a POS over HTTP, on one pooled ``requests.Session``.
 
-    ``timeout`` bounds each attempt (connect and read), ``budget`` the whole call with its
-    retries (``retries`` at most). ``session`` may be given (tests, custom TLS, proxies).
+    ``timeout`` bounds each attempt (from connecting to the answer's last byte), ``budget`` the
+    whole call with its retries (``retries`` at most). ``session`` may be given (tests, custom
+    TLS, proxies).
     """
 
     def __init__(
@@ -183,9 +198,14 @@ class HttpPosAdapter(PosAdapter):
         raise _unless_unknown(final, operation, unknown) from cause
 
     def _attempt(self, operation: str, url: str, body: dict[str, Any], deadline: float) -> None:
-        per_attempt = max(min(self.timeout, deadline - time.monotonic()), 0.05)
+        started = time.monotonic()
+        per_attempt = max(min(self.timeout, deadline - started), 0.05)
         try:
-            response = self.session.post(url, json=body, timeout=per_attempt)
+            # A urllib3 Timeout (requests passes it on as it is): its total bounds connecting,
+            # sending and the wait for the status line together, where a number would bound each
+            # alone. The body is read below, against this attempt's deadline.
+            timeout: Any = urllib3.Timeout(total=per_attempt)
+            response = self.session.post(url, json=body, timeout=timeout, stream=True)
         except requests.ConnectionError as exc:
             if _never_sent(exc):
                 # The address goes to the log (without a password), never to TEvo.
@@ -198,7 +218,9 @@ class HttpPosAdapter(PosAdapter):
             raise _Retryable(
                 errors.PosTimeout(f"The POS did not answer {operation} in {per_attempt:.1f} s.")
             ) from exc
-        _check(operation, response)
+        with response:
+            content = _read_body(response, started + per_attempt)
+        _check(operation, response.status_code, content)
 
 
 def _outcome_unknown(error: errors.TevoHoldError) -> bool:
@@ -249,19 +271,86 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
     return False
 
 
-def _check(operation: str, response: requests.Response) -> None:
-    status = response.status_code
+def _read_body(response: requests.Response, until: float) -> bytes:
+    """The body of ``response``, as much of it as comes by ``until`` (``_MAX_BODY`` at most).
+
+    The status line has already told what the POS did; the body only adds a detail (a 409's
+    ``available``, what the log shows). A read timeout bounds each socket read, not the body: one
+    sent a byte at a time would hold the call (and the worker's lease, which assumes a call ends
+    within the budget) as long as the POS likes. So at ``until`` a watchdog shuts the socket
+    down, which ends the read in progress; such a connection is closed, never reused.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    with _Watchdog(response, until) as watchdog:
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= _MAX_BODY or time.monotonic() >= until:
+                    break  # the rest unread: closing the response closes the connection
+        except requests.RequestException:
+            pass  # cut off at the deadline, or by the POS: what came is all there is
+    if watchdog.fired:
+        response.raw.close()
+    return b"".join(chunks)
+
+
+class _Watchdog:
+    """While in its ``with`` block, shuts the socket of ``response`` down at ``until``.
+
+    It works on the socket's descriptor (``fileno()``: the response may hold the socket alone,
+    its connection having let it go) and never past the block, when the descriptor may be
+    closed and reused by another connection: the lock orders the two.
+    """
+
+    def __init__(self, response: requests.Response, until: float) -> None:
+        try:
+            self.fd: int | None = response.raw.fileno()
+        except (AttributeError, OSError, ValueError):  # no socket: each read is bounded alone
+            self.fd = None
+        self.fired = False
+        self._over = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(until - time.monotonic(), 0.0), self._shut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        if self.fd is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._over = True
+        self._timer.cancel()
+
+    def _shut(self) -> None:
+        with self._lock:
+            if self._over or self.fd is None:
+                return
+            self.fired = True
+            with contextlib.suppress(OSError):
+                sock = socket.socket(fileno=self.fd)  # borrows the descriptor, never closes it
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # the read in progress on it ends
+                finally:
+                    sock.detach()
+
+
+def _check(operation: str, status: int, content: bytes) -> None:
     if 200 <= status < 300:
         return
     # What the POS said goes to the log, for its operators: the errors' details reach TEvo (and
     # the audit trail), and a POS's error page may show its internals.
-    log.warning("the POS answered %s %s: %s", operation, status, response.text[:500].strip())
+    text = content[:2000].decode("utf-8", "replace")[:500].strip()
+    log.warning("the POS answered %s %s: %s", operation, status, text)
     if status == 404:
         raise errors.ListingNotFound(f"The POS knows no such listing ({operation}: {status}).")
     if status == 409:
         available = None
         try:
-            payload = response.json()
+            payload = json.loads(content)
             if isinstance(payload, dict) and isinstance(payload.get("available"), int):
                 available = payload["available"]
         except ValueError:
