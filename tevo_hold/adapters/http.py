@@ -7,12 +7,14 @@ timeouts are settings):
 - ``POST {base}/releases`` ``{"global_id", "remote_id", "quantity"}``
 - ``POST {base}/invoices`` ``{"global_id", "tevo_order_id", "remote_id", "quantity"}``
 
-Any 2xx is success; 404 means no such listing, 409 not enough tickets (a JSON body's
-``available`` is passed on); any other answer is a refusal. The API key goes in a configurable
-header. Every call carries the ``global_id``: the POS must treat each call as idempotent per
-``global_id`` (a second hold of one global_id holds nothing more, and so on), which is what makes
-retries safe. Optionally, ``GET {base}{health_path}`` answering 2xx tells ``/readyz`` the POS
-is up.
+Any 2xx is success; 404 means no such listing, 409 not enough tickets (a JSON body's ``available``
+is passed on); any other answer is a refusal. A 404 on a release counts as done (nothing to give
+back): the contract gives a 404 no body to tell it from a wrong path's, so a wrong
+``TEVO_HOLD_POS_RELEASE_PATH`` looks the same, logged at WARNING only. The API key goes in a
+configurable header. Every call carries the ``global_id``: the POS must treat each call as
+idempotent per ``global_id`` (a second hold of one global_id holds nothing more, and so on), which
+is what makes retries safe. Optionally, ``GET {base}{health_path}`` answering 2xx tells ``/readyz``
+the POS is up.
 
 Retries: connection failures, timeouts and 5xx answers are retried with jittered exponential
 backoff (tenacity), inside a deadline (``budget``) that bounds the whole call, so an endpoint
