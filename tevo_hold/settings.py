@@ -198,7 +198,10 @@ class Settings:
         default="/invoices", metadata={"help": "http adapter: invoice path"}
     )
     pos_timeout: float = field(
-        default=2.0, metadata={"help": "http adapter: seconds per attempt (connect, read)"}
+        default=2.0,
+        metadata={
+            "help": "http adapter: seconds per attempt, from connecting to the answer's last byte"
+        },
     )
     pos_budget: float = field(
         default=3.0,
