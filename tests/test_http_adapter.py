@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from tevo_hold.worker import Worker
 
 from .pos_double import PosDouble, Step, pos_double
 from .recording_pos import RecordingPos
-from .servers import free_port
+from .servers import free_port, make_certificates
 
 pytestmark = pytest.mark.slow
 
@@ -332,6 +333,44 @@ def test_an_unreachable_pos_is_named_in_the_log_never_in_the_error(make_adapter,
     assert caught.value.detail == "The POS is unreachable."
     assert f"http://posuser:***@127.0.0.1:{port}/internal/tevo/holds" in caplog.text
     assert "s3cretpw" not in caplog.text
+
+
+def test_a_pos_whose_tls_certificate_is_refused_is_unavailable_not_unknown(
+    make_adapter, tmp_path, caplog
+):
+    """A certificate the adapter does not trust (a wrong CA bundle, say) fails the handshake
+    before a byte of the call is sent: nothing can have happened in the POS, so the call is
+    Unavailable (a hold is refused cleanly), never PosTimeout, whose unknown outcome would have
+    the worker send releases that fail the same way until the certificate is fixed."""
+    files = make_certificates(tmp_path)
+    calls: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["cert"], files["key"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        adapter = make_adapter(f"https://127.0.0.1:{server.server_port}", retries=0)
+        with (
+            caplog.at_level(logging.WARNING, logger="tevo_hold"),
+            pytest.raises(errors.Unavailable),
+        ):
+            hold(adapter)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert calls == []
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
 
 
 def test_the_api_answers_an_unreachable_pos_without_its_address_or_password():

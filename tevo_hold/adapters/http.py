@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -259,16 +260,19 @@ def _unless_unknown(
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
-    """True when the connection was never made (refused, DNS, connect timeout)."""
+    """True when the connection was never made (refused, DNS, connect timeout), or TLS refused
+    the POS's certificate (the handshake fails before a byte of the request is sent)."""
     if isinstance(exc, requests.ConnectTimeout):
         return True
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, NewConnectionError):
-            return True
         reason = getattr(seen, "reason", None)
-        if isinstance(reason, NewConnectionError):
-            return True
+        for error in (seen, reason):
+            if isinstance(error, NewConnectionError | ssl.SSLCertVerificationError):
+                return True
+        if isinstance(reason, urllib3.exceptions.SSLError) and reason.args:
+            seen = reason.args[0] if isinstance(reason.args[0], BaseException) else None
+            continue
         seen = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
     return False
 
