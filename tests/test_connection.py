@@ -4,6 +4,7 @@ TLS (``rediss://``, ``rediss+cluster://``); and clients that start while Redis i
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,6 +169,29 @@ def test_a_sentinel_url_finds_the_master_and_follows_a_failover() -> None:
 
 
 @pytest.mark.slow
+def test_a_silent_sentinel_listed_first_costs_a_call_its_time_budget_only() -> None:
+    """A Sentinel that accepts connections and never answers (a frozen host), listed before a
+    working one: the master is found through the next one within the call's time budget, as
+    for the master's own connections (each Sentinel connection used to make redis-py's default
+    ten retries with backoff: seven seconds)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    try:
+        with redis_sentinel() as sentinels:
+            live = sentinels.url.split("://", 1)[1]
+            url = f"redis+sentinel://127.0.0.1:{silent.getsockname()[1]},{live}"
+            service = build_service(Settings(redis_url=url, api_keys=("k",), redis_timeout=0.5))
+            try:
+                started = time.monotonic()
+                with pytest.raises(e.HoldNotFound):
+                    service.get(global_id="g")
+                assert time.monotonic() - started < 2.5  # (1 + RETRIES) attempts of 0.5 s, +
+            finally:
+                service.close()
+    finally:
+        silent.close()
+
+
+@pytest.mark.slow
 def test_a_sentinel_url_with_a_wrong_password_is_refused() -> None:
     with redis_sentinel(password="data-pw") as sentinels:
         service = service_for(sentinels.url.replace("data-pw", "wrong"))
@@ -176,6 +200,25 @@ def test_a_sentinel_url_with_a_wrong_password_is_refused() -> None:
                 service.get(global_id="x")
         finally:
             service.close()
+
+
+# -- a Unix socket --------------------------------------------------------------------------------
+
+
+def test_a_unix_socket_url_serves_holds(tmp_path: Path) -> None:
+    """``unix:///path.sock``, as the README offers it (it used to fail on its first call: TCP
+    keepalive is no option of a Unix socket)."""
+    sock = tmp_path / "redis.sock"
+    server = RedisProcess(tmp_path, ["--unixsocket", str(sock), "--unixsocketperm", "700"])
+    server.start()
+    service = service_for(f"unix://{sock}")
+    try:
+        stocked(service)
+        assert hold(service, "g") == "held"
+        assert service.get(global_id="g").status.value == "held"
+    finally:
+        service.close()
+        server.stop()
 
 
 # -- TLS -----------------------------------------------------------------------------------------

@@ -71,7 +71,10 @@ def connect(settings: Settings) -> RedisClient:
         return _cluster(url, settings)
     if scheme in SENTINEL_SCHEMES:
         return _sentinel(url, settings)
-    return redis.Redis.from_url(url, retry=_retry(), **_socket_options(settings))
+    options = _socket_options(settings)
+    if scheme == "unix":  # redis-py's Unix socket connections take no TCP keepalive
+        del options["socket_keepalive"]
+    return redis.Redis.from_url(url, retry=_retry(), **options)
 
 
 def _socket_options(settings: Settings) -> dict[str, Any]:
@@ -164,7 +167,10 @@ def _sentinel(url: str, settings: Settings) -> redis.Redis:
     host, port = nodes[0]
     master = _redis_options(scheme, userinfo, "&".join(params), host, port)
     sockets = _socket_options(settings)
-    sentinels = Sentinel(nodes, sentinel_kwargs={**sockets, **sentinel_auth})  # type: ignore[no-untyped-call]
+    # Each Sentinel connection retries as the master's do (redis-py's default, 10 retries with
+    # backoff, would take seconds per dead Sentinel, past the time a call may take).
+    sentinel_kwargs = {**sockets, **sentinel_auth, "retry": _retry()}
+    sentinels = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
     client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
         service, db=db, retry=_retry(), **{**sockets, **master}
     )
