@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -321,6 +322,76 @@ def test_a_master_without_its_replicas_refuses_writes_with_503(tmp_path: Path) -
     finally:
         service.close()
         lonely.stop()
+
+
+def test_a_redis_that_cannot_save_refuses_writes_with_503_and_serves_reads(
+    tmp_path: Path,
+) -> None:
+    """stop-writes-on-bgsave-error (Redis's default) with a snapshot that failed (its directory
+    gone, as a full or lost disk would): MISCONF refuses every write. An outage, a 503 to retry,
+    never a 500; reads are served."""
+    saving = RedisProcess(tmp_path, ["--save", "3600 1"])
+    saving.start()
+    service = build_service(Settings.from_mapping(env_for(saving.url)))
+    try:
+        adapter = service.adapter
+        assert isinstance(adapter, RedisInventoryAdapter)
+        adapter.set_quantity("L", 1)
+        shutil.rmtree(saving.dir)  # its working directory: no snapshot can be written now
+        with saving.client() as admin:
+            admin.bgsave()
+            wait_for(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 10)
+        with pytest.raises(errors.Unavailable, match="MISCONF"):
+            service.hold(remote_id="L", quantity=1, global_id="g")
+        with pytest.raises(errors.HoldNotFound):  # reads are served
+            service.get(global_id="g")
+    finally:
+        service.close()
+        with saving.client() as admin:
+            admin.config_set("save", "")  # or its shutdown would try to save, and fail
+        saving.stop()
+
+
+def test_a_redis_busy_with_a_long_script_answers_503(redis_up: RedisProcess) -> None:
+    """Another client's script running past busy-reply-threshold: every other call is answered
+    BUSY until it ends. An outage of a moment, a 503 to retry, never a 500."""
+    service = build_service(Settings.from_mapping(env_for(redis_up.url)))
+    ended: list[str] = []
+
+    def spin() -> None:
+        with redis_up.client() as looping:
+            try:
+                looping.eval("while true do end", 0)
+            except Exception as exc:  # ended by SCRIPT KILL below
+                ended.append(str(exc))
+
+    with redis_up.client() as admin:
+        admin.config_set("busy-reply-threshold", 50)
+        spinning = threading.Thread(target=spin, daemon=True)
+        spinning.start()
+        try:
+            time.sleep(0.2)
+            with pytest.raises(errors.Unavailable, match="BUSY"):
+                service.get(global_id="g")
+        finally:
+            wait_for(lambda: _killed(admin), 10)
+            spinning.join(10)
+            admin.config_set("busy-reply-threshold", 5000)
+        try:
+            assert ended and "killed" in ended[0].lower()
+            with pytest.raises(errors.HoldNotFound):  # Redis is free again
+                service.get(global_id="g")
+        finally:
+            service.close()
+
+
+def _killed(admin: Any) -> bool:
+    """SCRIPT KILL, until no script is left running."""
+    try:
+        admin.script_kill()
+    except Exception as exc:  # NOTBUSY: nothing (left) to kill
+        return "NOTBUSY" in str(exc)
+    return False
 
 
 # -- gunicorn ------------------------------------------------------------------------------------

@@ -78,8 +78,10 @@ def _is_outage(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
     if isinstance(exc, redis.exceptions.ResponseError):
-        # min-replicas-to-write: a master that lost its replicas refuses writes
-        return str(exc).startswith("NOREPLICAS")
+        # NOREPLICAS: min-replicas-to-write, a master that lost its replicas refuses writes;
+        # MISCONF: a Redis that cannot save its snapshots (a full disk) refuses writes; BUSY:
+        # another client's script runs past lua-time-limit. Each passes, and says so.
+        return str(exc).startswith(("NOREPLICAS", "MISCONF", "BUSY "))
     if isinstance(exc, redis.exceptions.RedisClusterException):
         # The cluster client's own errors are mostly bugs (keys of two slots, say), except
         # "Redis Cluster cannot be connected" and "All slots are not covered", raised while
