@@ -89,6 +89,44 @@ def test_lookup_names_the_key_and_records_its_use_at_most_every_interval(
     assert later.last_used_at > first.last_used_at
 
 
+def test_a_create_sent_twice_makes_one_key_and_answers_it_both_times(
+    store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py sends a call again when its reply was lost: the second run of the same create
+    (the same new key's digest) answers the key made, not "name taken" for a name that then
+    could never be used, its key never shown."""
+    sent: list[list[object]] = []
+    script = store._script
+
+    def twice(keys: list[str], args: list[object]) -> object:
+        sent.append(args)
+        script(keys, args)  # the first run, whose reply is lost
+        return script(keys, args)
+
+    monkeypatch.setattr(store, "_script", twice)
+    record, plaintext = store.create("alice")
+    assert len(sent) == 1
+    assert store.lookup(plaintext) == ("alice", False)
+    got = store.get("alice")
+    assert got is not None and (got.prefix, got.created_at) == (record.prefix, record.created_at)
+    with pytest.raises(errors.InvalidRequest, match="exists already"):
+        store.create("alice")  # another key under the name: still refused
+
+
+@pytest.mark.parametrize("client", ["redis"], indirect=True)
+def test_a_managed_key_works_while_redis_is_full(client: redis.Redis) -> None:
+    """A full Redis (maxmemory, noeviction) refuses writes; recording a key's use is one. The
+    key must still authenticate (reads are served), not be shut out for want of a timestamp."""
+    store = KeyStore(client, touch_interval=0.001)
+    _, plaintext = store.create("tevo")
+    time.sleep(0.01)  # its use is due to be recorded
+    client.config_set("maxmemory", 1)
+    try:
+        assert store.lookup(plaintext) == ("tevo", False)
+    finally:
+        client.config_set("maxmemory", 0)
+
+
 def test_lookup_of_an_unknown_key_is_none(store: KeyStore) -> None:
     assert store.lookup("th_" + "x" * 43) is None
 
