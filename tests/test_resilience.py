@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -307,21 +308,29 @@ def test_redis_full_answers_503_and_leaves_nothing(
     assert hold(http, base, "full-1").status_code == 201
 
 
-def test_a_master_without_its_replicas_refuses_writes_with_503(tmp_path: Path) -> None:
-    """min-replicas-to-write (see the README's failover notes): NOREPLICAS is unavailable."""
-    lonely = RedisProcess(tmp_path, ["--min-replicas-to-write", "1"])
-    lonely.start()
-    service = build_service(Settings.from_mapping(env_for(lonely.url)))
+@contextmanager
+def service_on(redis_process: RedisProcess) -> Iterator[tuple[HoldService, RedisInventoryAdapter]]:
+    """``redis_process`` started, and a service with the reference adapter on it; both stopped
+    at the end."""
+    redis_process.start()
+    service = build_service(Settings.from_mapping(env_for(redis_process.url)))
     try:
         adapter = service.adapter
         assert isinstance(adapter, RedisInventoryAdapter)
+        yield service, adapter
+    finally:
+        service.close()
+        redis_process.stop()
+
+
+def test_a_master_without_its_replicas_refuses_writes_with_503(tmp_path: Path) -> None:
+    """min-replicas-to-write (see the README's failover notes): NOREPLICAS is unavailable."""
+    lonely = RedisProcess(tmp_path, ["--min-replicas-to-write", "1"])
+    with service_on(lonely) as (service, adapter):
         with pytest.raises(errors.Unavailable, match="NOREPLICAS"):
             adapter.set_quantity("L", 1)
         with pytest.raises(errors.HoldNotFound):  # reads are served
             service.get(global_id="g")
-    finally:
-        service.close()
-        lonely.stop()
 
 
 def test_a_redis_that_cannot_save_refuses_writes_with_503_and_serves_reads(
@@ -331,25 +340,18 @@ def test_a_redis_that_cannot_save_refuses_writes_with_503_and_serves_reads(
     gone, as a full or lost disk would): MISCONF refuses every write. An outage, a 503 to retry,
     never a 500; reads are served."""
     saving = RedisProcess(tmp_path, ["--save", "3600 1"])
-    saving.start()
-    service = build_service(Settings.from_mapping(env_for(saving.url)))
-    try:
-        adapter = service.adapter
-        assert isinstance(adapter, RedisInventoryAdapter)
+    with service_on(saving) as (service, adapter), saving.client() as admin:
         adapter.set_quantity("L", 1)
         shutil.rmtree(saving.dir)  # its working directory: no snapshot can be written now
-        with saving.client() as admin:
+        try:
             admin.bgsave()
             wait_for(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", 10)
-        with pytest.raises(errors.Unavailable, match="MISCONF"):
-            service.hold(remote_id="L", quantity=1, global_id="g")
-        with pytest.raises(errors.HoldNotFound):  # reads are served
-            service.get(global_id="g")
-    finally:
-        service.close()
-        with saving.client() as admin:
+            with pytest.raises(errors.Unavailable, match="MISCONF"):
+                service.hold(remote_id="L", quantity=1, global_id="g")
+            with pytest.raises(errors.HoldNotFound):  # reads are served
+                service.get(global_id="g")
+        finally:
             admin.config_set("save", "")  # or its shutdown would try to save, and fail
-        saving.stop()
 
 
 def test_a_redis_busy_with_a_long_script_answers_503(redis_up: RedisProcess) -> None:
