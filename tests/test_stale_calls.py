@@ -160,18 +160,20 @@ def test_a_record_owing_a_pos_release_outlives_its_retention_until_the_release_i
 ) -> None:
     """A POS whose holds do not lapse on their own is down for longer than the retention
     period. The hold's record, which the worker needs to release it there, must not expire
-    meanwhile (the release would be dropped); once the release is made it expires as usual."""
+    meanwhile (the release would be dropped); once the release is made it expires as usual.
+    It keeps a TTL all along (extended by each attempt), never none: a worker or server of an
+    earlier version would finish the release and leave a record without one for good."""
     pos = Pos()
     service = pos_service(client, pos, retention=0.3, hold_ttl=0.05)
     service.hold(remote_id="R", quantity=1, global_id="g")
-    assert record_ttl_ms(service, "g") == -1  # no TTL: the POS release at lapse is owed
     time.sleep(PAST_LEASE)  # the hold lapses; the POS is down
     pos.fail["release"] += [errors.Unavailable("POS down")] * 3
     worker = Worker(service, lease=5)
     for _ in range(3):
         assert worker.run_once() == 1
+        assert record_ttl_ms(service, "g") > 250  # the retry's wait and the retention, ahead
         time.sleep(0.2)  # 0.6 s in all: twice the retention period
-    assert record_ttl_ms(service, "g") == -1
+    wait_for_due(service, DueItem("l", "g"))
 
     assert worker.run_once() == 1  # the POS is back
 
@@ -181,20 +183,39 @@ def test_a_record_owing_a_pos_release_outlives_its_retention_until_the_release_i
     assert service.get(global_id="g").status is HoldStatus.EXPIRED
 
 
-def test_a_release_has_no_ttl_until_its_pos_release_is_confirmed(client: RedisClient) -> None:
+def test_a_pos_release_that_keeps_failing_is_retried_with_backoff(client: RedisClient) -> None:
+    """A POS that refuses releases (a wrong key, say) is asked again and again, for as long as
+    it takes, but each wait twice the last, up to the cap: not every two seconds for good."""
     pos = Pos()
-    pos.fail["release"].append(errors.Unavailable("POS down"))
-    service = pos_service(client, pos, retention=60)
+    pos.fail["release"] += [errors.PosError("POS: 403")] * 5
+    service = pos_service(client, pos, retry_base=0.01, retry_cap=0.1)
     service.hold(remote_id="R", quantity=1, global_id="g")
-    with pytest.raises(errors.Unavailable):
+    with pytest.raises(errors.PosError):
         service.release(global_id="g")
-    assert record_ttl_ms(service, "g") == -1
-    assert list(service.ledger.scheduled("l")) == ["g"]
+    assert record_ttl_ms(service, "g") > 0
+    ledger, item = service.ledger, DueItem("l", "g")
+    waits = []
+    for _ in range(4):
+        wait_for_due(service, item)
+        assert Worker(service, lease=5).run_once() == 1
+        failed = ledger.get("g", history=True).events[-1]
+        assert failed.event == "pos_release_failed"
+        due_at = client.zscore(ledger.keys.hold("g")[2], "lg")
+        waits.append(round(due_at - failed.at.timestamp() * 1000))
+    assert waits == [20, 40, 80, 100]  # retry_delay(2), doubled, then the cap
+    assert pos.calls.count(("release", "g")) == 5
 
-    service.release(global_id="g")  # TEvo's retry: the POS takes it this time
 
-    assert list(service.ledger.scheduled("l")) == []
-    assert 0 < record_ttl_ms(service, "g") <= (900 + 60) * 1000  # the hold's end + retention
+def due_in_ms(service: HoldService, item: DueItem) -> float:
+    """How long until ``item`` is due, by the Redis server's clock."""
+    client = service.ledger.client
+    score = client.zscore(service.ledger.keys.hold(item.global_id)[2], item.kind + item.global_id)
+    seconds, micros = client.time()
+    return float(score) - (seconds * 1000 + micros / 1000)
+
+
+def wait_for_due(service: HoldService, item: DueItem) -> None:
+    time.sleep(max(due_in_ms(service, item), 0) / 1000 + 0.005)
 
 
 # -- invoices ----------------------------------------------------------------------------------

@@ -324,10 +324,24 @@ class Ledger:
         detail: str,
         *,
         retry_in: float,
+        retry_cap: float | None = None,
         actor: str = "worker",
     ) -> None:
-        """The POS call for ``item`` failed (``detail``): it is due again in ``retry_in`` s."""
-        self._run(item.global_id, actor, "retry_due", item.kind, token, detail, _ms_of(retry_in))
+        """The POS call for ``item`` failed (``detail``): it is due again in ``retry_in`` s,
+        doubled for each earlier failure of the hold's POS releases, at most ``retry_cap`` s
+        (``retry_in`` when not given). The record outlives the retry by the retention period."""
+        cap = retry_in if retry_cap is None else max(retry_cap, retry_in)
+        self._run(
+            item.global_id,
+            actor,
+            "retry_due",
+            item.kind,
+            token,
+            detail,
+            _ms_of(retry_in),
+            _ms_of(cap),
+            self.retention_ms,
+        )
 
     # -- read ------------------------------------------------------------------------------
     def get(self, global_id: str, *, history: bool = False) -> Hold:

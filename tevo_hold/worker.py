@@ -121,8 +121,14 @@ class Worker:
                 retry_in = self.service.retry_delay(hold.invoice_attempts + 1)
                 ledger.fail_invoice(gid, token, detail, retry_in=retry_in, actor=actor)
             else:
-                retry_in = self.service.retry_delay(2)
-                ledger.retry_due(item, token, detail, retry_in=retry_in, actor=actor)
+                ledger.retry_due(
+                    item,
+                    token,
+                    detail,
+                    retry_in=self.service.retry_delay(2),
+                    retry_cap=self.service.retry_cap,
+                    actor=actor,
+                )
             return True
         try:
             if item.kind == "i":

@@ -9,15 +9,18 @@
 -- pr released in the POS after lapsing (ms since the epoch, by this Redis's clock), ok/oj the order
 -- id (canonical / JSON), lu lease until and tok the token of the request holding the lease while
 -- st is pending or invoicing, na failed invoice attempts, le last error, rq when a POS release
--- was asked for again (lost_hold); lk the listing's stock
+-- was asked for again (lost_hold), nr failed POS releases or compensations (the backoff of
+-- their retries); lk the listing's stock
 -- key, on holds made by fused.lua (its release and invoice find the listing by it). While st is
 -- pending: uk '1' when an earlier attempt's POS call has no known outcome (a claim taken over),
 -- cp '1' once the worker has started to compensate (no new POS hold until it is confirmed), ag
 -- '1' when a POS hold answered during that compensation (compensate once more).
 --
 -- A record that work is owed on (pending: a compensation; invoicing or invoice_failed: the
--- invoice; a POS release due, 'l' below) has no TTL: it outlives the work, however long the POS
--- or the worker is down. It expires retention ms after its hold's end once it is finished.
+-- invoice) has no TTL: it outlives the work, however long the POS is down. It expires
+-- retention ms after its hold's end once it is finished. One owing a POS release ('l' below)
+-- keeps a TTL, which each claim and each failed attempt of the release extends past retention
+-- ms after it: the release is retried for as long as the POS fails it.
 --
 -- The due set is an outbox of work a worker must do, each member scored by when it is due:
 --   'l' .. global_id  release the hold in the POS: at its deadline if it lapses, or at the lease's
@@ -84,6 +87,16 @@ local function owe()
   redis.call('PERSIST', K.events)
 end
 
+-- The record and its trail live ms more at least (a POS release still owed: the worker needs
+-- them), unless they have no TTL. Never PERSIST for this: a worker or server of a version that
+-- knows nothing of it would finish the release and leave the record without a TTL for good.
+local function outlive(ms)
+  for _, key in ipairs({K.rec, K.events}) do
+    local ttl = redis.call('PTTL', key)
+    if ttl >= 0 and ttl < ms then redis.call('PEXPIRE', key, ms) end
+  end
+end
+
 local function wait(lease_until) return math.max(tonumber(lease_until) - now, 0) end
 
 -- Whether a request's claim on a hold was lost while its POS call ran: the hold was compensated
@@ -144,13 +157,9 @@ function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk
     event('hold_requested', 'pending')
     owe()
   else
+    if track_lapse == '1' then due('l', now + ttl) end
     event('held', 'held')
-    if track_lapse == '1' then
-      due('l', now + ttl)
-      owe()
-    else
-      keep(now + ttl, retention)
-    end
+    keep(now + ttl, retention)
   end
   return written('ok', f)
 end
@@ -173,13 +182,9 @@ function ledger.finish_hold(tok, retention, track_lapse)
   redis.call('HSET', K.rec, 'st', 'held')
   redis.call('HDEL', K.rec, 'lu', 'tok', 'uk')
   done('c')
+  if track_lapse == '1' then due('l', tonumber(rec[4])) end
   event('held', 'held')
-  if track_lapse == '1' then
-    due('l', tonumber(rec[4]))
-    owe()
-  else
-    keep(tonumber(rec[4]), retention)
-  end
+  keep(tonumber(rec[4]), retention)
   return ledger.reply('ok')
 end
 
@@ -217,7 +222,6 @@ function ledger.lost_hold(rid, qty, ttl, detail)
     redis.call('HDEL', K.rec, 'pr')
     redis.call('HSET', K.rec, 'rq', now)
     due('l', now)
-    owe()
   else
     return {'ok', now, 0, '{}'}
   end
@@ -261,16 +265,10 @@ function ledger.release(retention, lease, track)
   local ea = tonumber(rec[2])
   local became = (now >= ea) and 'expired' or 'released'
   redis.call('HSET', K.rec, 'st', became, 'ra', now)
+  -- the POS release follows this call; should it not happen, the worker makes it
+  if track == '1' then due('l', now + lease) else done('l') end
   event(became, became)
-  -- the POS release follows this call; should it not happen, the worker makes it (work owed:
-  -- the record stays until released_in_pos confirms it)
-  if track == '1' then
-    due('l', now + lease)
-    owe()
-  else
-    done('l')
-    keep(ea, retention)
-  end
+  keep(ea, retention)
   return ledger.reply('ok')
 end
 
@@ -408,6 +406,7 @@ function ledger.claim_due(kind, tok, lease, retention)
     return redis.error_reply('unknown due kind ' .. tostring(kind))
   end
   due(kind, now + lease)
+  if kind == 'l' then outlive(lease + retention) end
   return ledger.reply('ok')
 end
 
@@ -419,6 +418,7 @@ function ledger.released_in_pos(started, retention)
   local rec = redis.call('HMGET', K.rec, 'st', 'pr', 'rq', 'ea')
   if rec[3] and started <= tonumber(rec[3]) then return {'ok', now, 0, '{}'} end
   done('l')
+  if rec[1] then redis.call('HDEL', K.rec, 'nr') end
   if rec[1] and not rec[2] then
     redis.call('HSET', K.rec, 'pr', now)
     event(rec[1] == 'held' and 'lapsed' or 'pos_released', rec[1], 'released in the POS')
@@ -435,7 +435,7 @@ function ledger.compensated(tok, retention)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'ag')
   if rec[1] == 'pending' and rec[2] == tok then
     if rec[3] then
-      redis.call('HDEL', K.rec, 'ag', 'cp')
+      redis.call('HDEL', K.rec, 'ag', 'cp', 'nr')
       redis.call('HSET', K.rec, 'lu', now)
       due('c', now)
       event('compensated', 'pending', 'released in the POS; once more, for a hold answered late')
@@ -454,15 +454,21 @@ function ledger.compensated(tok, retention)
   return {'ok', now, 0, '{}'}
 end
 
--- A worker's POS call failed: try again after retry_ms (the lease it held ends).
+-- A worker's POS call failed: try again after retry_ms, doubled per failure of the record's
+-- POS releases (nr), at most cap_ms (the lease it held ends). A POS release is retried for as
+-- long as it fails: the record outlives each retry by retention ms.
 -- A compensation stays started (cp): the release that failed may still land, so a retry of the
 -- hold waits until one is confirmed.
-function ledger.retry_due(kind, tok, detail, retry_ms)
+function ledger.retry_due(kind, tok, detail, retry_ms, cap_ms, retention)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok')
+  local failures = 1
+  if rec[1] then failures = redis.call('HINCRBY', K.rec, 'nr', 1) end
+  local wait_ms = math.floor(math.min(cap_ms, retry_ms * 2 ^ math.min(failures - 1, 64)))
   if kind == 'c' and rec[1] == 'pending' and rec[2] == tok then
-    redis.call('HSET', K.rec, 'lu', now + retry_ms)
+    redis.call('HSET', K.rec, 'lu', now + wait_ms)
   end
-  due(kind, now + retry_ms)
+  due(kind, now + wait_ms)
+  if kind == 'l' then outlive(wait_ms + retention) end
   event(kind == 'l' and 'pos_release_failed' or 'compensation_failed', rec[1], detail)
   return {'ok', now, 0, '{}'}
 end

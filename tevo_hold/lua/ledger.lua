@@ -18,7 +18,7 @@
 --   released_in_pos started_ms (the now of the release or claim before the POS call),
 --                   retention_ms
 --   compensated     token, retention_ms
---   retry_due       kind, token, detail, retry_ms
+--   retry_due       kind, token, detail, retry_ms (doubled per failure), cap_ms, retention_ms
 --   get             history ('1' to add the audit trail to the reply)
 -- Reply: {outcome, now_ms, extra, {field, value, ...}} (see _ledger.lua); get with history adds
 -- the trail's entries as a fifth element.
@@ -51,5 +51,7 @@ if cmd == 'claim_due' then
 end
 if cmd == 'released_in_pos' then return ledger.released_in_pos(tonumber(a[4]), tonumber(a[5])) end
 if cmd == 'compensated' then return ledger.compensated(a[4], tonumber(a[5])) end
-if cmd == 'retry_due' then return ledger.retry_due(a[4], a[5], a[6], tonumber(a[7])) end
+if cmd == 'retry_due' then
+  return ledger.retry_due(a[4], a[5], a[6], tonumber(a[7]), tonumber(a[8]), tonumber(a[9]))
+end
 return redis.error_reply('ledger.lua: unknown command ' .. tostring(cmd))
