@@ -32,7 +32,7 @@ from tevo_hold import (
     create_app,
     errors,
 )
-from tevo_hold.adapters.http import HttpPosAdapter
+from tevo_hold.adapters.http import HttpPosAdapter, _Watchdog
 from tevo_hold.web import EXTENSION_KEY
 from tevo_hold.worker import Worker
 
@@ -371,6 +371,44 @@ def test_a_pos_whose_tls_certificate_is_refused_is_unavailable_not_unknown(
         server.server_close()
     assert calls == []
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+def test_the_deadline_watchdog_leaves_a_connection_whose_answer_came_whole(tmp_path) -> None:
+    """urllib3 hands a connection back to the pool inside the read that ends its body: from
+    then on it may be another call's. A watchdog whose deadline falls after that must leave it
+    alone (it used to shut the socket down, cutting whatever call had taken it)."""
+    answers: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the connection goes back to the pool
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answers.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with requests.Session() as session:
+            response = session.post(f"{url}/first", json={}, stream=True)
+            with _Watchdog(response, time.monotonic() + 60) as watchdog:
+                assert response.raw.read() == b"{}"  # whole: the connection is the pool's
+                second = session.post(f"{url}/second", json={}, stream=True)  # takes it
+                watchdog._shut()  # the deadline passes now
+                assert not watchdog.fired
+                assert second.raw.read() == b"{}"  # the other call's answer, uncut
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answers == ["/first", "/second"]
 
 
 def test_the_api_answers_an_unreachable_pos_without_its_address_or_password():

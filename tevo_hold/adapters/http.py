@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -303,20 +304,23 @@ def _read_body(response: requests.Response, until: float) -> bytes:
 
 
 class _Watchdog:
-    """While in its ``with`` block, shuts the socket of ``response`` down at ``until``.
+    """While in its ``with`` block, shuts the socket of ``response`` down at ``until``, unless the
+    body has come whole by then.
 
-    It works on the socket's descriptor (``fileno()``: the response may hold the socket alone,
-    its connection having let it go) and never past the block, when the descriptor may be
-    closed and reused by another connection: the lock orders the two.
+    It holds a duplicate of the socket's descriptor, so that the socket stays this call's to shut
+    down even when urllib3 closes its own descriptor (whose number another socket may then get).
+    Once the body is whole, urllib3 hands the connection back to the pool, inside the last read,
+    for another call to take: the watchdog then leaves it alone (it looks before it shuts; what
+    it shuts a moment before that hand-back is a connection the pool finds dead and replaces).
     """
 
     def __init__(self, response: requests.Response, until: float) -> None:
+        self._raw = response.raw
         try:
-            self.fd: int | None = response.raw.fileno()
+            self.fd: int | None = os.dup(response.raw.fileno())
         except (AttributeError, OSError, ValueError):  # no socket: each read is bounded alone
             self.fd = None
         self.fired = False
-        self._over = False
         self._lock = threading.Lock()
         self._timer = threading.Timer(max(until - time.monotonic(), 0.0), self._shut)
         self._timer.daemon = True
@@ -327,17 +331,20 @@ class _Watchdog:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self._over = True
         self._timer.cancel()
+        with self._lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
 
     def _shut(self) -> None:
         with self._lock:
-            if self._over or self.fd is None:
-                return
+            original = getattr(self._raw, "_original_response", None)
+            if self.fd is None or original is None or original.isclosed():
+                return  # over, or the body is whole: the connection may be another call's now
             self.fired = True
             with contextlib.suppress(OSError):
-                sock = socket.socket(fileno=self.fd)  # borrows the descriptor, never closes it
+                sock = socket.socket(fileno=self.fd)  # borrows the duplicate, never closes it
                 try:
                     sock.shutdown(socket.SHUT_RDWR)  # the read in progress on it ends
                 finally:
