@@ -3,14 +3,17 @@ gunicorn, on free loopback ports, never 6379."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -605,6 +608,28 @@ def redis_sentinel(
 
         wait_for(watched, 30, what="the Sentinel")
         yield found
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def http_server(
+    handler: type[http.server.BaseHTTPRequestHandler], *, tls: ssl.SSLContext | None = None
+) -> Iterator[str]:
+    """``handler`` served on a free loopback port from a thread (over TLS with ``tls``); yields
+    the base URL, and stops the server at the end."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 # -- TLS ---------------------------------------------------------------------------------------

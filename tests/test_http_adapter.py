@@ -11,9 +11,9 @@ from __future__ import annotations
 import http.server
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,13 +38,39 @@ from tevo_hold.worker import Worker
 
 from .pos_double import PosDouble, Step, pos_double
 from .recording_pos import RecordingPos
-from .servers import free_port, make_certificates
+from .servers import free_port, http_server, make_certificates
 
 pytestmark = pytest.mark.slow
 
 EXPIRES = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 #: The contract's bound on how much later than its budget a call may answer (not a speed goal).
 SLACK = 0.5
+
+
+@contextmanager
+def kept_alive_pos(
+    tls: ssl.SSLContext | None = None,
+) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """A POS on loopback that answers every POST ``200 {}`` on kept-alive connections (the POS
+    double closes each one); yields its base URL and each call's (path, client port)."""
+    calls: list[tuple[str, int]] = []
+
+    class KeptAlive(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append((self.path, self.client_address[1]))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http_server(KeptAlive, tls=tls) as url:
+        yield url, calls
 
 
 @pytest.fixture
@@ -343,72 +369,33 @@ def test_a_pos_whose_tls_certificate_is_refused_is_unavailable_not_unknown(
     Unavailable (a hold is refused cleanly), never PosTimeout, whose unknown outcome would have
     the worker send releases that fail the same way until the certificate is fixed."""
     files = make_certificates(tmp_path)
-    calls: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            calls.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(files["cert"], files["key"])
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        adapter = make_adapter(f"https://127.0.0.1:{server.server_port}", retries=0)
+    with kept_alive_pos(context) as (url, calls):
+        adapter = make_adapter(url, retries=0)
         with (
             caplog.at_level(logging.WARNING, logger="tevo_hold"),
             pytest.raises(errors.Unavailable),
         ):
             hold(adapter)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert calls == []
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
 
 
-def test_the_deadline_watchdog_leaves_a_connection_whose_answer_came_whole(tmp_path) -> None:
+def test_the_deadline_watchdog_leaves_a_connection_whose_answer_came_whole() -> None:
     """urllib3 hands a connection back to the pool inside the read that ends its body: from
     then on it may be another call's. A watchdog whose deadline falls after that must leave it
     alone (it used to shut the socket down, cutting whatever call had taken it)."""
-    answers: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: the connection goes back to the pool
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            answers.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
-        with requests.Session() as session:
-            response = session.post(f"{url}/first", json={}, stream=True)
-            with _Watchdog(response, time.monotonic() + 60) as watchdog:
-                assert response.raw.read() == b"{}"  # whole: the connection is the pool's
-                second = session.post(f"{url}/second", json={}, stream=True)  # takes it
-                watchdog._shut()  # the deadline passes now
-                assert not watchdog.fired
-                assert second.raw.read() == b"{}"  # the other call's answer, uncut
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert answers == ["/first", "/second"]
+    with kept_alive_pos() as (url, calls), requests.Session() as session:
+        response = session.post(f"{url}/first", json={}, stream=True)
+        with _Watchdog(response, time.monotonic() + 60) as watchdog:
+            assert response.raw.read() == b"{}"  # whole: the connection is the pool's
+            second = session.post(f"{url}/second", json={}, stream=True)  # takes it
+            watchdog._shut()  # the deadline passes now
+            assert not watchdog.fired
+            assert second.raw.read() == b"{}"  # the other call's answer, uncut
+    assert [path for path, _ in calls] == ["/first", "/second"]
+    assert calls[0][1] == calls[1][1]  # on one connection
 
 
 def test_the_api_answers_an_unreachable_pos_without_its_address_or_password():
@@ -546,35 +533,14 @@ def test_a_5xx_whose_body_trickles_is_retried_within_the_budget(pos, make_adapte
 def test_a_body_read_to_its_end_leaves_the_connection_to_be_reused():
     """The body is read as a stream, and to its end the connection goes back to the pool: the
     next call is made on it (the POS double closes each connection, this POS keeps it)."""
-    ports: list[int] = []
-
-    class KeptAlive(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            ports.append(self.client_address[1])
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    adapter = HttpPosAdapter(f"http://127.0.0.1:{server.server_port}", timeout=1.0, budget=2.0)
-    try:
-        hold(adapter, "g1")
-        hold(adapter, "g2")
-    finally:
-        adapter.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    assert len(ports) == 2 and ports[0] == ports[1]
+    with kept_alive_pos() as (url, calls):
+        adapter = HttpPosAdapter(url, timeout=1.0, budget=2.0)
+        try:
+            hold(adapter, "g1")
+            hold(adapter, "g2")
+        finally:
+            adapter.close()
+    assert len(calls) == 2 and calls[0][1] == calls[1][1]
 
 
 def test_a_slow_first_attempt_is_retried_and_the_pos_holds_once(pos, make_adapter):

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -41,7 +41,7 @@ from tevo_hold.observability import PIPE_BUF, JsonFormatter, LineHandler
 from tevo_hold.worker import Worker
 
 from .conftest import API_KEY, AUTH
-from .servers import free_port, wait_for
+from .servers import free_port, http_server, wait_for
 
 HOLD = {"remote_id": "L1", "quantity": 1, "global_id": "obs-1"}
 
@@ -607,14 +607,8 @@ def pos_health() -> Iterator[tuple[str, list[int]]]:
 
         def log_message(self, *args: Any) -> None: ...
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", statuses
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as url:
+        yield url, statuses
 
 
 def test_the_http_adapter_tells_readiness_from_its_health_path(
