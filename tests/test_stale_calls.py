@@ -310,6 +310,29 @@ def test_a_retried_fused_invoice_whose_tickets_are_gone_is_kept(client: RedisCli
     )
 
 
+@pytest.mark.parametrize("client", ["fakeredis", "redis"], indirect=True)
+def test_a_fused_first_invoice_of_a_live_hold_whose_tickets_are_gone_is_kept(
+    client: RedisClient,
+) -> None:
+    """The listing lost a live hold's tickets (removed and stocked again): the buyer is
+    committed, so the sale is kept as failed for the seller, on the fused path as on the other."""
+    service = build_service(
+        Settings(redis_url="redis://unused", api_keys=("k",), retry_base=0.01), client=client
+    )
+    inventory = service.adapter
+    assert isinstance(inventory, RedisInventoryAdapter)
+    inventory.set_quantity("L", 1)
+    service.hold(remote_id="L", quantity=1, global_id="g")
+    client.delete(*inventory.keys.listing("L"))
+    inventory.set_quantity("L", 0)
+
+    with pytest.raises(errors.PosError, match="kept and retried"):
+        service.invoice(global_id="g", tevo_order_id=7)
+
+    hold = service.get(global_id="g")
+    assert (hold.status, hold.tevo_order_id) == (HoldStatus.INVOICE_FAILED, 7)
+
+
 # -- the worker --------------------------------------------------------------------------------
 
 

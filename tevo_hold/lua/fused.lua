@@ -42,13 +42,14 @@ local function listing(encoded_gid)
 end
 
 -- Sell the tickets of the invoice tok claimed and record it; the buyer has paid, so a failure
--- leaves the invoice due for a retry in retry_ms. But for a first attempt (failed: how many
--- attempts failed before) whose hold lapsed and whose tickets are gone: the hold is given back
--- lapsed (hold_expired). An invoice that failed before was answered as kept and retried: it is
--- never dropped, whatever the listing says now.
-local function settle(L, tok, qty, retention, retry, failed)
+-- leaves the invoice due for a retry in retry_ms. But for the first attempt at a hold that has
+-- lapsed (lapsed_first: no attempt failed before, and now is past its deadline ea) whose
+-- tickets are gone: the hold is given back lapsed (hold_expired). An invoice that failed before
+-- was answered as kept and retried, and a live hold's tickets are the buyer's: never dropped,
+-- whatever the listing says now.
+local function settle(L, tok, qty, retention, retry, lapsed_first)
   local sold = inventory.sell(L, gid, qty, retention)
-  if sold == 'insufficient_quantity' and failed == 0 then
+  if sold == 'insufficient_quantity' and lapsed_first then
     ledger.abort_invoice(tok, 'lapsed', 'hold_expired: the tickets are gone', retention)
     return ledger.fail('hold_expired')
   end
@@ -81,7 +82,7 @@ if cmd == 'settle' then
   end
   local verdict = ledger.check_invoice_owner(tok)
   if verdict then return verdict end
-  return settle(L, tok, qty, retention, retry, tonumber(rec[3]) or 0)
+  return settle(L, tok, qty, retention, retry, not rec[3] and now >= tonumber(rec[2]))
 end
 
 if cmd == 'release' then
@@ -113,9 +114,9 @@ if cmd == 'invoice' then
   end
   local reply = ledger.claim_invoice(a[4], a[5], tonumber(a[6]), tok)
   if reply[1] ~= 'ok' then return reply end
-  local g = redis.call('HMGET', KEYS[1], 'qty', 'na')
+  local g = redis.call('HMGET', KEYS[1], 'qty', 'na', 'ea')
   local retry = math.floor(math.min(tonumber(a[11]), tonumber(a[10]) * 2 ^ (tonumber(g[2]) or 0)))
-  return settle(L, tok, tonumber(g[1]), retention, retry, tonumber(g[2]) or 0)
+  return settle(L, tok, tonumber(g[1]), retention, retry, not g[2] and now >= tonumber(g[3]))
 end
 
 return redis.error_reply('fused.lua: unknown command ' .. tostring(cmd))
