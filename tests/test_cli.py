@@ -163,25 +163,52 @@ def test_without_redis_url_the_command_fails_naming_the_setting():
     assert "TEVO_HOLD_REDIS_URL" in result.output
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["worker"],
-        ["invoices", "failed"],
-        ["invoices", "retry", "g1"],
-        ["holds", "list"],
-        ["holds", "show", "g1"],
-        ["keys", "list"],
-        ["inventory", "show", "R"],
-    ],
-    ids=" ".join,
-)
+EVERY_COMMAND = [
+    ["worker"],
+    ["backlog"],
+    ["invoices", "failed"],
+    ["invoices", "retry", "g1"],
+    ["holds", "list"],
+    ["holds", "show", "g1"],
+    ["keys", "list"],
+    ["keys", "create", "ops"],
+    ["inventory", "show", "R"],
+    ["check", "http://127.0.0.1:9", "--api-key", "k", "--prepare"],
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
 def test_a_bad_setting_is_one_error_line_naming_it_for_every_command(env, command):
     result = run({**env, "TEVO_HOLD_HOLD_TTL": "abc"}, *command)
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)  # not a ConfigurationError's traceback
     [line] = result.stderr.splitlines()
     assert line.startswith("error: configuration_error: TEVO_HOLD_HOLD_TTL='abc'")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://:s3cret@127.0.0.1:notaport/0", "its port must be a number from 1 to 65535"),
+        ("redis://:s3cret@127.0.0.1:99999/0", "its port must be a number from 1 to 65535"),
+        ("redis://:s3cret@127.0.0.1:6434/0?socket_timeout=abc", "socket_timeout must be"),
+        ("redis://:s3cret@127.0.0.1:6434/notadb", "its path is not a database number"),
+    ],
+    ids=["port", "port-range", "query", "db"],
+)
+def test_a_mistyped_redis_url_is_one_error_line_naming_it_for_every_command(
+    env, command, url, says
+):
+    """It was redis-py's ValueError, a traceback, at the first Redis call (and /notadb quietly
+    meant database 0); now the settings refuse it, before anything runs."""
+    result = run({**env, "TEVO_HOLD_REDIS_URL": url}, *command)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: configuration_error: TEVO_HOLD_REDIS_URL: "), line
+    assert says in line and "s3cret" not in line
     assert result.stdout == ""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tevo_hold import Settings
@@ -214,3 +216,63 @@ def test_the_lease_must_outlast_a_pos_call():
     with pytest.raises(ConfigurationError, match="TEVO_HOLD_LEASE"):
         Settings.from_env(env)
     assert Settings.from_env({**env, "TEVO_HOLD_POS_BUDGET": "1.5"}).lease == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://:s3cret@127.0.0.1:notaport/0", "its port must be a number from 1 to 65535"),
+        ("redis://:s3cret@127.0.0.1:99999/0", "its port must be a number from 1 to 65535"),
+        ("redis://:s3cret@127.0.0.1:0/0", "its port must be a number from 1 to 65535"),
+        ("redis://user:s3/cret@127.0.0.1:6434/0", "must be percent-encoded"),
+        ("redis://:s3cret@127.0.0.1:6434/notadb", "its path is not a database number"),
+        ("redis://:s3cret@127.0.0.1:6434/0/1", "its path is not a database number"),
+        ("redis://:s3cret@127.0.0.1:6434/-1", "its path is not a database number"),
+        ("redis://:s3cret@h:6434/0?socket_timeout=abc", "socket_timeout must be a number"),
+        ("redis://:s3cret@h:6434/0?socket_timeout=nan", "socket_timeout must be a number"),
+        ("redis://:s3cret@h:6434/0?db=-1", "db must be a whole number, zero or more"),
+        ("redis://:s3cret@h:6434/0?timeout=1", "did you mean socket_timeout?"),
+        ("rediss://:s3cret@h:6434/0?ssl_ca_cert=/ca.pem", "did you mean ssl_ca_certs?"),
+        ("redis://h:6434/0?s3cret=x", "none of the options redis-py takes"),
+        ("unix:///run/redis.sock?db=two", "db must be a whole number"),
+        ("redis+cluster://:s3cret@h1:99999", "not host:port, a port from 1 to 65535"),
+        ("redis+cluster://u:s3/cret@h1:7000", "not host:port"),
+        ("redis+cluster://:s3cret@h1:7000?db=2", "database 0 only"),
+        ("redis+cluster://:s3cret@h1:7000?ssl_ca_cert=/ca.pem", "did you mean ssl_ca_certs?"),
+        ("redis+sentinel://:s3/cret@h1:26379/m", "not host:port"),
+        ("redis+sentinel://:s3cret@h1:26379/m/notadb", "db a number"),
+        ("redis+sentinel://h1:26379/m?socket_timeout=-1", "socket_timeout must be a number"),
+    ],
+)
+def test_a_mistyped_redis_url_is_refused_at_start_up_saying_what_is_wrong(url, says):
+    """redis-py's ValueError (a port that is no number, a query value it cannot read) came at
+    the first Redis call, as a traceback of every command and a 500 of every request; /notadb
+    was read as database 0. The message names the part at fault, never the URL's password."""
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_REDIS_URL") as caught:
+        Settings.from_env({"TEVO_HOLD_REDIS_URL": url})
+    message = str(caught.value)
+    assert says in message
+    assert "s3" not in message and "cret" not in message
+    with pytest.raises(ConfigurationError, match=re.escape(says)):  # the library's way in too
+        connect(Settings(redis_url=url))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h",
+        "redis://h:6379",
+        "redis://h:6379/",
+        "redis://:pw@h:6379/15/",
+        "REDIS://h:6379/0",
+        "redis://h:6379/0?socket_timeout=0.5&max_connections=50&client_name=tevo",
+        "redis://h:6379?db=2",
+        "rediss://h:6380/0?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required&ssl_check_hostname=yes",
+        "unix:///run/redis.sock?db=3",
+        "redis+cluster://h1:7000?ssl_ca_certs=/ca.pem&db=0",
+        "redis+sentinel://h1:26379/m/2?sentinel_password=s&socket_timeout=1",
+    ],
+)
+def test_redis_urls_that_redis_py_reads_are_taken(url):
+    settings = Settings.from_env({"TEVO_HOLD_REDIS_URL": url})
+    connect(settings).close()  # nothing connects yet

@@ -20,18 +20,31 @@ Query parameters are passed to redis-py as ``redis://`` URLs pass them (``?ssl_c
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
+import math
+import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection
+from functools import cache
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
 from redis._parsers.encoders import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.cluster import ClusterNode, NodesManager, RedisCluster
-from redis.connection import parse_url
+from redis.cluster import REDIS_ALLOWED_KEYS, ClusterNode, NodesManager, RedisCluster
+from redis.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -41,7 +54,7 @@ from .errors import ConfigurationError
 from .keys import KeySpace
 from .settings import Settings, embedded_url
 
-__all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "connect", "in_process"]
+__all__ = ["RETRIES", "LazyRedisCluster", "RedisClient", "check_url", "connect", "in_process"]
 
 log = logging.getLogger("tevo_hold")
 
@@ -71,10 +84,105 @@ def connect(settings: Settings) -> RedisClient:
         return _cluster(url, settings)
     if scheme in SENTINEL_SCHEMES:
         return _sentinel(url, settings)
+    url = _plain(url)
     options = _socket_options(settings)
     if scheme == "unix":  # redis-py's Unix socket connections take no TCP keepalive
         del options["socket_keepalive"]
     return redis.Redis.from_url(url, retry=_retry(), **options)
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigurationError if no client can be made of ``url``, a TEVO_HOLD_REDIS_URL of
+    one of the Redis schemes: a port that is not 1 to 65535, a database that is not a number, a
+    query parameter that redis-py does not take or cannot read.
+
+    :meth:`Settings.check <tevo_hold.settings.Settings.check>` asks it, so such a URL stops the
+    server and every command at start-up with one line naming the setting, not with a driver's
+    traceback at the first call (nor, for a database that is no number, on database 0). The
+    message names the part at fault, never the URL's text: that may hold a password.
+    """
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in CLUSTER_SCHEMES:
+        _cluster_options(url)
+    elif scheme in SENTINEL_SCHEMES:
+        _sentinel_options(url)
+    else:
+        _plain(url)
+
+
+#: Why a URL's port may not be one: an unencoded / ? or # ends the host part early.
+_PORT_HINT = "a password holding /, ? or # must be percent-encoded: %2F, %3F, %23"
+
+
+def _plain(url: str) -> str:
+    """``url``, a redis://, rediss:// or unix:// URL, checked (see :func:`check_url`), with its
+    scheme in lower case (as redis-py reads it)."""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    parts = urlsplit(f"{scheme}://{rest}")
+    if scheme == "unix":
+        _check_query(parts.query, _connection_options(UnixDomainSocketConnection))
+        return f"{scheme}://{rest}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigurationError(
+            f"TEVO_HOLD_REDIS_URL: its port must be a number from 1 to 65535 ({_PORT_HINT})"
+        )
+    if not re.fullmatch(r"/?([0-9]+/?)?", unquote(parts.path)):
+        raise ConfigurationError(
+            "TEVO_HOLD_REDIS_URL: its path is not a database number: write "
+            f"{scheme}://host:port/db, db a number (0 to 15 on a Redis of default settings)"
+        )
+    connection = SSLConnection if scheme == "rediss" else Connection
+    _check_query(parts.query, _connection_options(connection))
+    return f"{scheme}://{rest}"
+
+
+@cache
+def _connection_options(connection: type[AbstractConnection]) -> frozenset[str]:
+    """The options a URL's query may give a pool of ``connection``s: those of its class (and
+    of the classes it derives from) and the pool's own. Another one raises TypeError when the
+    first connection is made."""
+    names = {"max_connections"}
+    for cls in connection.__mro__:
+        if "__init__" in vars(cls):
+            for name, param in inspect.signature(vars(cls)["__init__"]).parameters.items():
+                if name != "self" and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                    names.add(name)
+    return frozenset(names)
+
+
+#: How a query parameter that redis-py reads is written, for the error naming one that is not.
+_KINDS: dict[Any, str] = {int: "a whole number, zero or more", float: "a number, zero or more"}
+
+
+def _check_query(query: str, accepted: Collection[str]) -> None:
+    """ConfigurationError for a query parameter that is not one of ``accepted`` (named only
+    when it is a near miss of one: a name that is none may be a piece of a password), or whose
+    value redis-py cannot read, or reads as a number below zero."""
+    for name, values in parse_qs(query).items():
+        if name not in accepted:
+            near = difflib.get_close_matches(name, sorted(accepted), n=1)
+            hint = f": did you mean {near[0]}?" if near else ""
+            raise ConfigurationError(
+                "TEVO_HOLD_REDIS_URL: a query parameter is none of the options redis-py "
+                f"takes{hint}"
+            )
+        parser: Callable[[str], Any] | None = URL_QUERY_ARGUMENT_PARSERS.get(name)  # type: ignore[assignment]
+        if parser is None:
+            continue
+        try:
+            value = parser(values[0])
+        except (TypeError, ValueError):
+            value = math.nan
+        if isinstance(value, int | float) and not (math.isfinite(value) and value >= 0):
+            raise ConfigurationError(
+                f"TEVO_HOLD_REDIS_URL: its query parameter {name} must be "
+                f"{_KINDS.get(parser, 'a value redis-py reads')}"
+            )
 
 
 def _socket_options(settings: Settings) -> dict[str, Any]:
@@ -104,9 +212,11 @@ def _split(url: str, scheme: str) -> tuple[str, list[tuple[str, int]], str, str]
     for item in hosts.split(","):
         host, colon, port = item.strip().rpartition(":")
         host = host.strip("[]")  # [::1]:7000
-        if not colon or not host or not port.isdigit():
+        # (the item is not shown: a password holding / would put part of it there)
+        if not colon or not host or not re.fullmatch("[0-9]{1,5}", port) or int(port) > 65535:
             raise ConfigurationError(
-                f"TEVO_HOLD_REDIS_URL: {item.strip()!r} is not host:port in {scheme}:// URL"
+                f"TEVO_HOLD_REDIS_URL: an address of the {scheme}:// URL is not host:port, a port "
+                f"from 1 to 65535 ({_PORT_HINT})"
             )
         nodes.append((unquote(host), int(port)))
     return (userinfo if at else ""), nodes, path if slash else "", query
@@ -126,14 +236,24 @@ def _redis_options(scheme: str, userinfo: str, query: str, host: str, port: int)
     return options
 
 
-def _cluster(url: str, settings: Settings) -> RedisCluster:
+def _cluster_options(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The nodes of a redis+cluster:// or rediss+cluster:// URL, and the options of its query."""
     scheme = url.split("://", 1)[0].lower()
     userinfo, nodes, path, query = _split(url, scheme)
-    if path.strip("/") not in ("", "0"):
+    if path.strip("/") not in ("", "0") or parse_qs(query).get("db", ["0"])[0] != "0":
         raise ConfigurationError(
-            f"TEVO_HOLD_REDIS_URL: a Redis Cluster has database 0 only, not /{path}"
+            "TEVO_HOLD_REDIS_URL: a Redis Cluster has database 0 only: drop the URL's database"
         )
-    options = {**_socket_options(settings), **_redis_options(scheme, userinfo, query, *nodes[0])}
+    # The cluster's client drops the options it does not know: one that nothing in redis-py
+    # takes is a misspelling, which would be dropped silently (an ssl_ca_cert, say).
+    known = _connection_options(SSLConnection) | set(REDIS_ALLOWED_KEYS)
+    _check_query(query, known)
+    return nodes, _redis_options(scheme, userinfo, query, *nodes[0])
+
+
+def _cluster(url: str, settings: Settings) -> RedisCluster:
+    nodes, url_options = _cluster_options(url)
+    options = {**_socket_options(settings), **url_options}
     return LazyRedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
         # The cluster client retries a command once after a connection error, a timeout or a
@@ -145,14 +265,18 @@ def _cluster(url: str, settings: Settings) -> RedisCluster:
     )
 
 
-def _sentinel(url: str, settings: Settings) -> redis.Redis:
+def _sentinel_options(
+    url: str,
+) -> tuple[list[tuple[str, int]], str, int, dict[str, str], dict[str, Any]]:
+    """A redis+sentinel:// URL's Sentinels, service name, database, the Sentinels' credentials
+    and the master's options."""
     scheme = url.split("://", 1)[0].lower()
     userinfo, nodes, path, query = _split(url, scheme)
     parts = [p for p in path.split("/") if p]
-    if not 1 <= len(parts) <= 2 or (len(parts) == 2 and not parts[1].isdigit()):
-        raise ConfigurationError(
+    if not 1 <= len(parts) <= 2 or (len(parts) == 2 and not re.fullmatch("[0-9]+", parts[1])):
+        raise ConfigurationError(  # (the path is not shown: it may hold a piece of a password)
             "TEVO_HOLD_REDIS_URL: expected redis+sentinel://host:port[,host:port...]/"
-            f"service_name[/db], got path /{path}"
+            "service_name[/db], db a number"
         )
     service = unquote(parts[0])
     db = int(parts[1]) if len(parts) == 2 else 0
@@ -164,8 +288,20 @@ def _sentinel(url: str, settings: Settings) -> redis.Redis:
             if name == key:
                 sentinel_auth[key.removeprefix("sentinel_")] = unquote(value)
                 params.remove(param)
+    master_query = "&".join(params)
+    _check_query(master_query, _connection_options(Connection))
     host, port = nodes[0]
-    master = _redis_options(scheme, userinfo, "&".join(params), host, port)
+    return (
+        nodes,
+        service,
+        db,
+        sentinel_auth,
+        _redis_options(scheme, userinfo, master_query, host, port),
+    )
+
+
+def _sentinel(url: str, settings: Settings) -> redis.Redis:
+    nodes, service, db, sentinel_auth, master = _sentinel_options(url)
     sockets = _socket_options(settings)
     # Each Sentinel connection retries as the master's do (redis-py's default, 10 retries with
     # backoff, would take seconds per dead Sentinel, past the time a call may take).

@@ -304,7 +304,10 @@ class Settings:
                 "redis+sentinel://host:port[,host:port...]/service_name[/db] for a master "
                 "found through Sentinel, or memory:// for the embedded default"
             )
-        embedded_url(url)
+        if not embedded_url(url):
+            from .connection import check_url
+
+            check_url(url)
 
 
 def embedded_url(url: str) -> bool:
