@@ -212,6 +212,20 @@ def test_a_mistyped_redis_url_is_one_error_line_naming_it_for_every_command(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
+def test_a_database_the_redis_does_not_have_is_one_error_line_naming_the_setting(
+    env, redis_url, command
+):
+    """Only Redis knows how many databases it has: its refusal of /99 was a ResponseError's
+    traceback."""
+    result = run({**env, "TEVO_HOLD_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/99"}, *command)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: unavailable: Redis is unavailable: it has no database of "), line
+    assert "TEVO_HOLD_REDIS_URL" in line and "(0 to 15 by default)" in line
+
+
 def test_backlog_counts_the_work_due_and_fails_past_max_age(env, redis_url):
     empty = run(env, "backlog", "--max-age", "0")
     assert empty.exit_code == 0, empty.output

@@ -289,6 +289,7 @@ OUTAGES = [
     X.SlotNotCoveredError('Slot "42" is not covered by the cluster.'),
     X.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
     X.ResponseError("NOREPLICAS Not enough good replicas to write."),
+    X.ResponseError("DB index is out of range"),  # the URL's /db: every connection is refused
 ]
 BUGS = [
     X.ResponseError("ERR wrong number of arguments"),

@@ -73,6 +73,12 @@ _ANSWERED = (
 )
 
 
+#: Redis's answer to a connection's SELECT of a database it does not have: TEVO_HOLD_REDIS_URL
+#: names one past its ``databases`` setting, and every connection is refused (as with a wrong
+#: password, an AuthenticationError), until the setting is put right.
+_NO_SUCH_DATABASE = "DB index is out of range"
+
+
 def _is_outage(exc: BaseException) -> bool:
     """True for an error that means Redis (or part of a cluster) could not be reached."""
     if isinstance(exc, _UNAVAILABLE):
@@ -80,8 +86,10 @@ def _is_outage(exc: BaseException) -> bool:
     if isinstance(exc, redis.exceptions.ResponseError):
         # NOREPLICAS: min-replicas-to-write, a master that lost its replicas refuses writes;
         # MISCONF: a Redis that cannot save its snapshots (a full disk) refuses writes; BUSY:
-        # another client's script runs past lua-time-limit. Each passes, and says so.
-        return str(exc).startswith(("NOREPLICAS", "MISCONF", "BUSY "))
+        # another client's script runs past lua-time-limit. Each passes, and says so. And a
+        # database the Redis does not have (TEVO_HOLD_REDIS_URL's /db): see _NO_SUCH_DATABASE.
+        text = str(exc)
+        return text.startswith(("NOREPLICAS", "MISCONF", "BUSY ")) or _NO_SUCH_DATABASE in text
     if isinstance(exc, redis.exceptions.RedisClusterException):
         # The cluster client's own errors are mostly bugs (keys of two slots, say), except
         # "Redis Cluster cannot be connected" and "All slots are not covered", raised while
@@ -160,6 +168,11 @@ def translate_errors() -> Iterator[None]:
 def _name(exc: BaseException) -> str:
     """The kind of an outage, for the problem's detail: its class, or Redis's error code."""
     if type(exc) is redis.exceptions.ResponseError:
+        if _NO_SUCH_DATABASE in str(exc):
+            return (
+                f"it has no database of the number TEVO_HOLD_REDIS_URL gives ({_NO_SUCH_DATABASE}"
+                "): its databases are 0 to its `databases` setting less one (0 to 15 by default)"
+            )
         return str(exc).split(" ", 1)[0]  # NOREPLICAS
     return type(exc).__name__
 
