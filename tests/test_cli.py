@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -449,3 +450,23 @@ def test_with_nothing_recorded_the_commands_run(env, redis_url, library):
     """No server started on this Redis and prefix yet (the library alone): nothing to compare."""
     library.set_quantity("R", 5)
     assert run(env, "inventory", "show", "R").exit_code == 0
+
+
+@pytest.mark.parametrize("where", ["port in use", "unknown host"])
+def test_a_metrics_port_the_worker_cannot_listen_on_is_one_error_line(env, where):
+    """It was a traceback: OSError (Address already in use), socket.gaierror for the host."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        host = "127.0.0.1" if where == "port in use" else "no-such-host.invalid"
+        result = run(env, "worker", "--metrics-port", str(port), "--metrics-host", host)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        f"error: the worker cannot serve its metrics on {host}:{port} (--metrics-host, "
+        "--metrics-port): "
+    ), line
+    if where == "port in use":
+        assert line.endswith(": Address already in use")

@@ -340,14 +340,22 @@ def worker(
         interval=ctx.settings.worker_interval,
         name=name or f"worker-{os.getpid()}",
     )
-    configure_logging()
     if metrics_port is not None:
         from prometheus_client import REGISTRY, start_http_server
 
         from .metrics import BacklogCollector
 
+        try:
+            start_http_server(metrics_port, addr=metrics_host)
+        except OSError as exc:  # the port in use, a host that is not one (socket.gaierror)...
+            click.echo(
+                f"error: the worker cannot serve its metrics on {metrics_host}:{metrics_port} "
+                f"(--metrics-host, --metrics-port): {exc.strerror or exc}",
+                err=True,
+            )
+            sys.exit(1)
         REGISTRY.register(BacklogCollector(runner.service.ledger.backlog))
-        start_http_server(metrics_port, addr=metrics_host)
+    configure_logging()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
