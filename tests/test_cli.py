@@ -470,3 +470,39 @@ def test_a_metrics_port_the_worker_cannot_listen_on_is_one_error_line(env, where
     ), line
     if where == "port in use":
         assert line.endswith(": Address already in use")
+
+
+CHECK_PREPARE = ["check", "http://127.0.0.1:9", "--api-key", "k", "--prepare"]
+#: Each option in seconds: its command, and the least it takes (as the settings' durations: a
+#: millisecond, or 0 where none means something).
+SECONDS_OPTIONS = [
+    (["worker"], "--lease", 0.001),
+    (["backlog"], "--max-age", 0),
+    (CHECK_PREPARE, "--max-expiry-wait", 0),
+    (CHECK_PREPARE, "--timeout", 0.001),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        (command, option, value)
+        for command, option, least in SECONDS_OPTIONS
+        for value in ("nan", "inf", "-inf", "1e400", "3153600001", "-1", f"{least - 0.0005:g}")
+    ],
+    ids=lambda part: " ".join(part) if isinstance(part, list) else part,
+)
+def test_an_option_in_seconds_is_bounded_as_the_settings_durations_are(env, command, option, value):
+    """``worker --lease`` took 0, negatives and nan, and the worker started: with a lease of 0
+    an item it claimed was due again at once (a second worker, or TEvo's retry, could call the
+    POS at the same time), and nan crashed it at its first item. ``backlog --max-age nan`` never
+    failed. Each is refused, as TEVO_HOLD_LEASE is, before anything runs."""
+    result = run(env, *command, option, value)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': '{value}' must be " in result.stderr
+    assert "seconds" in result.stderr and result.stdout == ""
+
+
+def test_an_option_in_seconds_takes_up_to_100_years(env):
+    assert run(env, "backlog", "--max-age", "0").exit_code == 0
+    assert run(env, "backlog", "--max-age", "3153600000").exit_code == 0

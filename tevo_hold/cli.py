@@ -21,7 +21,7 @@ from .ledger import Backlog
 from .models import Hold, HoldStatus, Stock
 from .schemas import HoldDetailSchema
 from .service import HoldService, build_service
-from .settings import Settings
+from .settings import MAX_SECONDS, MIN_SECONDS, Settings, seconds
 
 __all__ = ["main"]
 
@@ -83,6 +83,23 @@ class _Context:
 
 
 pass_ctx = click.make_pass_decorator(_Context, ensure=True)
+
+
+class _Seconds(click.FloatRange):
+    """An option in seconds, bounded as the settings' durations are (finite, from a
+    millisecond, or from 0 where none means something, to 100 years): see
+    :func:`tevo_hold.settings.seconds`. (click's FloatRange alone takes nan.)"""
+
+    def __init__(self, *, least: float = MIN_SECONDS) -> None:
+        super().__init__(min=least, max=MAX_SECONDS)  # --help shows the range
+        self.least = least
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        try:
+            return seconds(number, least=self.least)
+        except ValueError as exc:
+            self.fail(f"{value!r} {exc}", param, ctx)
 
 
 def _print_stock(stock: Stock, as_json: bool) -> None:
@@ -268,7 +285,7 @@ def keys_revoke(ctx: _Context, name: str) -> None:
 @main.command("backlog")
 @click.option(
     "--max-age",
-    type=click.FloatRange(min=0),
+    type=_Seconds(least=0),
     default=None,
     help="Exit 1 when the oldest item has waited longer than this many seconds (a check for "
     "cron or a monitoring agent).",
@@ -303,7 +320,13 @@ def _when(moment: datetime | None) -> str | None:
 
 @main.command("worker")
 @click.option("--name", default=None, help="Its name in the audit trail (default: worker-PID).")
-@click.option("--lease", type=float, default=30.0, show_default=True, help="Seconds per item.")
+@click.option(
+    "--lease",
+    type=_Seconds(),
+    default=30.0,
+    show_default=True,
+    help="Seconds per item: a POS call longer than this may be made again by another worker.",
+)
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
@@ -428,7 +451,7 @@ def _listing(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 )
 @click.option(
     "--max-expiry-wait",
-    type=click.FloatRange(min=0),
+    type=_Seconds(least=0),
     default=5.0,
     show_default=True,
     help="Seconds the expiry check may wait for a hold to lapse; with a longer server TTL it "
@@ -443,7 +466,7 @@ def _listing(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_Seconds(),
     default=10.0,
     show_default=True,
     help="Seconds to wait for each answer.",

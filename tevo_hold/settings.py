@@ -19,6 +19,7 @@ __all__ = [
     "Settings",
     "embedded_url",
     "redact_url",
+    "seconds",
     "url_scheme",
 ]
 
@@ -63,14 +64,18 @@ MAX_SECONDS = 100 * 365 * 24 * 3600
 MIN_SECONDS = 0.001
 
 
-def _seconds(raw: str) -> float:
+def seconds(raw: str | float, *, least: float = MIN_SECONDS) -> float:
+    """A duration as every setting in seconds takes one: finite, from ``least`` (a
+    millisecond; 0 where none means something) to MAX_SECONDS. Raises ValueError saying so.
+
+    The command's options in seconds (``worker --lease``, ``backlog --max-age``...) are checked
+    by it too."""
     value = float(raw)
     if not math.isfinite(value):
         raise ValueError("must be a finite number of seconds")
-    if not MIN_SECONDS <= value <= MAX_SECONDS:
-        raise ValueError(
-            f"must be {MIN_SECONDS:g} (a millisecond) to {MAX_SECONDS} (100 years) seconds"
-        )
+    if not least <= value <= MAX_SECONDS:
+        lowest = f"{least:g} (a millisecond)" if least == MIN_SECONDS else f"{least:g}"
+        raise ValueError(f"must be {lowest} to {MAX_SECONDS} (100 years) seconds")
     return value
 
 
@@ -350,11 +355,11 @@ def _typed(name: str, value: Any) -> Any:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": str,
     "api_keys": _keys,
-    "hold_ttl": _seconds,
-    "lease": _seconds,
-    "retention": _seconds,
+    "hold_ttl": seconds,
+    "lease": seconds,
+    "retention": seconds,
     "key_prefix": str,
-    "redis_timeout": _seconds,
+    "redis_timeout": seconds,
     "max_body": _positive_int,
     "inventory_file": _optional_str,
     "adapter": str,
@@ -364,12 +369,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "pos_hold_path": str,
     "pos_release_path": str,
     "pos_invoice_path": str,
-    "pos_timeout": _seconds,
-    "pos_budget": _seconds,
+    "pos_timeout": seconds,
+    "pos_budget": seconds,
     "pos_retries": _non_negative_int,
-    "retry_base": _seconds,
-    "retry_cap": _seconds,
-    "worker_interval": _seconds,
+    "retry_base": seconds,
+    "retry_cap": seconds,
+    "worker_interval": seconds,
     "pos_health_path": _optional_str,
     "require_signature": _bool,
     "rate_limit": _rate_limit,
