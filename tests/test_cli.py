@@ -29,6 +29,7 @@ from tevo_hold.adapters.http import HttpPosAdapter
 from tevo_hold.adapters.identity import check_adapter
 from tevo_hold.cli import main
 from tevo_hold.connection import connect
+from tevo_hold.validation import MAX_STOCK
 
 from .recording_pos import RecordingPos
 
@@ -80,6 +81,30 @@ def test_inventory_set_refuses_a_negative_quantity(env, library):
     assert result.exit_code != 0
     with pytest.raises(errors.ListingNotFound):
         library.stock("R")
+
+
+def test_inventory_set_refuses_more_tickets_than_the_scripts_hold_exactly(env, library):
+    """2^63 - 1 tickets was taken, and read back as on_hand=-9223372036854775808."""
+    too_many = str(MAX_STOCK + 1)
+    refused = run(env, "inventory", "set", "R", too_many)
+    assert refused.exit_code == 2
+    assert f"Invalid value for 'QUANTITY': {too_many} is not in the range 0<=x<={MAX_STOCK}" in (
+        refused.stderr
+    )
+    with pytest.raises(errors.ListingNotFound):
+        library.stock("R")
+    taken = run(env, "inventory", "set", "R", str(MAX_STOCK))
+    assert taken.exit_code == 0, taken.output
+    assert library.stock("R").on_hand == MAX_STOCK
+
+
+def test_inventory_load_refuses_more_tickets_than_the_scripts_hold_exactly(env, tmp_path: Path):
+    path = tmp_path / "inventory.json"
+    listings = [{"remote_id": "A", "quantity": 2**63 - 1}]
+    path.write_text(json.dumps({"listings": listings}), "utf-8")
+    result = run(env, "inventory", "load", str(path))
+    assert result.exit_code == 1
+    assert result.stderr == f"error: invalid_request: on_hand must be at most {MAX_STOCK}\n"
 
 
 def test_inventory_show_prints_the_stock(env):

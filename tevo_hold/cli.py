@@ -22,6 +22,7 @@ from .models import Hold, HoldStatus, Stock
 from .schemas import HoldDetailSchema
 from .service import HoldService, build_service
 from .settings import MAX_SECONDS, MIN_SECONDS, Settings, seconds
+from .validation import MAX_STOCK
 
 __all__ = ["main"]
 
@@ -130,7 +131,7 @@ def inventory() -> None:
 
 @inventory.command("set")
 @click.argument("remote_id")
-@click.argument("quantity", type=click.IntRange(min=0))
+@click.argument("quantity", type=click.IntRange(min=0, max=MAX_STOCK))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def inventory_set(ctx: _Context, remote_id: str, quantity: int, as_json: bool) -> None:

@@ -10,6 +10,7 @@ from .errors import InvalidRequest
 __all__ = [
     "MAX_ID_LENGTH",
     "MAX_QUANTITY",
+    "MAX_STOCK",
     "check_id",
     "check_id_bytes",
     "check_order_id",
@@ -20,6 +21,10 @@ __all__ = [
 MAX_ID_LENGTH = 255
 #: Most tickets one hold may take.
 MAX_QUANTITY = 10_000
+#: Most unsold tickets a listing of the reference inventory may have: the largest whole number
+#: the Lua scripts' numbers (doubles) hold exactly. A larger one was rounded, and from 2^63 on
+#: read back as a negative stock.
+MAX_STOCK = 2**53 - 1
 
 
 def _fail(field: str, message: str) -> InvalidRequest:

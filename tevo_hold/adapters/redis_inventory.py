@@ -14,6 +14,7 @@ from .._redis import RedisClient, Script
 from ..keys import KeySpace, encode_id
 from ..ledger import Claim, Ledger
 from ..models import Hold, Stock
+from ..validation import MAX_STOCK
 from .base import PosAdapter
 
 __all__ = ["SAMPLE_INVENTORY", "RedisInventoryAdapter", "load_inventory"]
@@ -182,6 +183,10 @@ class RedisInventoryAdapter(PosAdapter):
         """Set the number of unsold tickets of a listing (created if new). Held ones count."""
         if on_hand < 0:
             raise errors.InvalidRequest("on_hand must be zero or more", {"quantity": ["< 0"]})
+        if on_hand > MAX_STOCK:
+            raise errors.InvalidRequest(
+                f"on_hand must be at most {MAX_STOCK}", {"quantity": [f"> {MAX_STOCK}"]}
+            )
         return self._call(remote_id, None, "set", on_hand)
 
     def stock(self, remote_id: str) -> Stock:
