@@ -202,6 +202,23 @@ def test_a_sentinel_url_with_a_wrong_password_is_refused() -> None:
             service.close()
 
 
+def test_a_cluster_node_reached_as_one_redis_is_a_configuration_error(tmp_path: Path) -> None:
+    """A Redis in cluster mode behind redis:// (a managed service's one-shard cluster endpoint,
+    say): the one-script path's keys lie in two slots, and the node refuses them. Not an
+    internal error with Redis's words: the setting, and how to write it."""
+    node = single_node_cluster(tmp_path)
+    try:
+        service = service_for(node.url)
+        try:
+            with pytest.raises(e.ConfigurationError, match=r"redis\+cluster://"):
+                stocked(service)
+                hold(service, "g")
+        finally:
+            service.close()
+    finally:
+        node.stop()
+
+
 # -- a Unix socket --------------------------------------------------------------------------------
 
 

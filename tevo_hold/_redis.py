@@ -138,6 +138,13 @@ class fail_fast:  # a class used as a function (a decorator factory and context 
 
 def _unavailable(exc: Exception, outage: list[BaseException] | None) -> errors.Unavailable:
     """``exc`` as Unavailable if it is an outage (noted for fail_fast); else re-raise it."""
+    if isinstance(exc, redis.exceptions.ClusterCrossSlotError):  # CROSSSLOT
+        # A Redis in cluster mode reached as one Redis (redis://: a managed service's single
+        # shard, say): it refuses the keys of a hold and of its listing in one script.
+        raise errors.ConfigurationError(
+            "TEVO_HOLD_REDIS_URL reaches a Redis in cluster mode as a single Redis: write "
+            "redis+cluster://host:port (rediss+cluster:// for TLS)."
+        ) from exc
     if not _is_outage(exc):
         raise exc
     if outage is not None and not isinstance(exc, _ANSWERED):
