@@ -500,6 +500,33 @@ def test_the_api_key_is_required() -> None:
     assert "--api-key" in result.output
 
 
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("s3cret-key-value\n", "it ends with a line break (read from a file? strip it)"),
+        ("s3cret-key\nvalue", "it holds a line break"),
+        (" s3cret-key-value", "it starts or ends with whitespace"),
+        ("s3cret-key\x1bvalue", "it holds a control character"),
+        ("s3cret-key-\u20acvalue", "it holds a character outside Latin-1"),
+    ],
+)
+def test_a_key_that_cannot_be_a_header_is_one_line_that_never_shows_it(key: str, why: str) -> None:
+    """requests would refuse it on every call, quoting it: one line instead, and no key."""
+    result = check("http://127.0.0.1:9", *NAIVE_LISTINGS, env={"TEVO_HOLD_CHECK_API_KEY": key})
+    assert result.exit_code == 2, result.output
+    assert f"the API key cannot be sent as an HTTP header: {why}" in result.output
+    assert "s3cret" not in result.output
+    assert "CHECK" not in result.output  # no table: nothing was called
+
+
+def test_the_key_is_redacted_from_any_text_shown() -> None:
+    from tevo_hold.checker import Checker
+
+    with Checker("http://127.0.0.1:9", "s3cret\\key", flow_listing=Listing("a", 9)) as checker:
+        text = "InvalidHeader: 's3cret\\\\key' and s3cret\\key"
+        assert checker._redact(text) == "InvalidHeader: '<the API key>' and <the API key>"
+
+
 def test_prepare_refuses_the_embedded_default() -> None:
     result = check("http://127.0.0.1:9", "--prepare", "--redis-url", "memory://")
     assert result.exit_code == 1

@@ -32,6 +32,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 import statistics
 import threading
 import time
@@ -74,6 +75,9 @@ DEFAULT_CONCURRENCY = 20
 _SLACK = 0.1
 #: Seconds waited past a hold's deadline before the expiry check reads it.
 _EXPIRY_MARGIN = 0.25
+
+#: What no HTTP header's value may hold.
+_LINE_BREAK = re.compile(r"[\r\n]")
 
 PROBLEM_TYPE = "application/problem+json"
 #: The fields of a hold in every successful answer (README, "The HTTP API").
@@ -431,7 +435,8 @@ class Checker:
     concurrency check is not run) needs its whole stock available and fewer tickets than
     ``concurrency``. The expiry check waits for a hold to lapse only when the server's holds live
     at most ``max_expiry_wait`` seconds. ``timeout`` bounds every call. Raises ValueError for
-    listings that cannot work. Use as a context manager, or call :meth:`close`.
+    listings that cannot work, or an API key that cannot be sent as a header (the message never
+    quotes it; no report ever shows it). Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -460,6 +465,9 @@ class Checker:
             )
         if small_listing is not None and small_listing.remote_id == flow_listing.remote_id:
             raise ValueError("the flow listing and the small listing must be different listings")
+        unsendable = _header_problem(api_key)
+        if unsendable:
+            raise ValueError(f"the API key cannot be sent as an HTTP header: {unsendable}")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.flow = flow_listing
@@ -531,7 +539,7 @@ class Checker:
             raise CheckFailed(f"{label}: no answer within {self.timeout:g} s") from None
         except requests.RequestException as exc:
             self._record(row, method, path, None, sent)
-            raise CheckFailed(f"{label}: no answer: {_root_cause(exc)}") from None
+            raise CheckFailed(f"{label}: no answer: {self._redact(_root_cause(exc))}") from None
         with response:
             content = response.content
         received = time.monotonic()
@@ -682,17 +690,23 @@ class Checker:
             self.concurrency,
         )
 
-    @staticmethod
-    def _run_step(row: _Row, step: _Step) -> CheckResult:
+    def _run_step(self, row: _Row, step: _Step) -> CheckResult:
         try:
             step(row)
         except CheckFailed as exc:
-            return row.done(Result.FAIL, str(exc))
+            return row.done(Result.FAIL, self._redact(str(exc)))
         except _NotRun as exc:
             return row.done(Result.SKIP, str(exc))
         except Exception as exc:  # a checker bug or a body of an unexpected shape
-            return row.done(Result.FAIL, f"checker error: {type(exc).__name__}: {exc}")
+            reason = f"checker error: {type(exc).__name__}: {exc}"
+            return row.done(Result.FAIL, self._redact(reason))
         return row.done(Result.PASS)
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the API key, as it is or as ``repr`` escapes it (never print it)."""
+        for form in {self.api_key, repr(self.api_key)[1:-1]}:
+            text = text.replace(form, "<the API key>")
+        return text
 
     # -- checks --------------------------------------------------------------------------------
     def _healthz(self, row: _Row) -> None:
@@ -950,6 +964,28 @@ class Checker:
         return int(self.run_id[:8], 16) * 1000 + self._ids
 
 
+def _header_problem(value: str) -> str | None:
+    """Why ``value`` cannot travel as an HTTP header's value unchanged (None when it can).
+
+    The answer never quotes ``value``: it is the API key.
+    """
+    if not value:
+        return "it is empty"
+    if _LINE_BREAK.search(value):
+        if _LINE_BREAK.search(value.rstrip("\r\n")):
+            return "it holds a line break"
+        return "it ends with a line break (read from a file? strip it)"
+    if value != value.strip():
+        return "it starts or ends with whitespace (which HTTP strips)"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "it holds a control character"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "it holds a character outside Latin-1"
+    return None
+
+
 def _lifetime(body: Mapping[str, Any]) -> float:
     """Seconds between a hold's created_at and expires_at (both already checked)."""
     created = datetime.fromisoformat(body["created_at"])
@@ -1003,7 +1039,8 @@ def run_checks(
 
     ``listings`` are the flow listing and, optionally, the small listing for the concurrency
     check, in that order (see the module docstring). Raises ValueError for listings that cannot
-    work; the server's faults are in the report, never raised.
+    work or an API key that cannot be sent as a header; the server's faults are in the report,
+    never raised.
     """
     if not 1 <= len(listings) <= 2:
         raise ValueError("give one or two listings: the flow listing, then the small listing")
