@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shlex
+import string
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -221,8 +222,17 @@ class _Problem(Exception):
         self.status, self.code, self.extra = status, code, extra
 
 
-def naive_app(stock: dict[str, int], *, ttl: float = 900.0, flaws: Flaws = Flaws()) -> Flask:
-    """Another implementation of the README's contract, in memory: right unless ``flaws`` say."""
+def naive_app(
+    stock: dict[str, int],
+    *,
+    ttl: float = 900.0,
+    flaws: Flaws = Flaws(),
+    refused_keys: list[str] | None = None,
+) -> Flask:
+    """Another implementation of the README's contract, in memory: right unless ``flaws`` say.
+
+    The keys it refuses are appended to ``refused_keys`` (as a gateway's log would keep them).
+    """
     app = Flask("naive")
     lock = threading.RLock()
     holds: dict[str, dict[str, Any]] = {}
@@ -255,6 +265,8 @@ def naive_app(stock: dict[str, int], *, ttl: float = 900.0, flaws: Flaws = Flaws
         if key is None and request.headers.get("Authorization", "").startswith("Bearer "):
             key = request.headers["Authorization"][len("Bearer ") :]
         if key != API_KEY:
+            if refused_keys is not None and key is not None:
+                refused_keys.append(key)
             raise _Problem(401, "unauthorized")
 
     def body_of(*fields: str) -> dict[str, Any]:
@@ -440,6 +452,27 @@ def test_a_broken_server_fails_with_a_clear_line(
     for line in lines:
         assert re.search(line, result.output), f"{line!r} not in:\n{result.output}"
     assert re.search(rf"^FAIL: {len(failing)} of {EVERY_CHECK} checks failed", result.output, re.M)
+
+
+@pytest.mark.slow
+def test_the_wrong_key_sent_does_not_contain_the_real_one() -> None:
+    """A gateway logging refused credentials must not log the real key."""
+    refused: list[str] = []
+    with serve(naive_app(naive_stock(), refused_keys=refused)) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    assert result.exit_code == 0, result.output
+    assert refused, "no wrong key was sent"
+    assert not [key for key in refused if API_KEY in key]
+
+
+def test_a_wrong_key_never_contains_the_real_one_however_short_or_long() -> None:
+    from tevo_hold.checker import _wrong_key
+
+    every = string.ascii_letters + string.digits
+    for key in ("k", "a1", "-", API_KEY, every, every + "-" + every):
+        for _ in range(20):
+            wrong = _wrong_key(key)
+            assert key not in wrong and len(wrong) >= 32
 
 
 @pytest.mark.slow

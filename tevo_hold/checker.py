@@ -33,7 +33,9 @@ import enum
 import json
 import os
 import re
+import secrets
 import statistics
+import string
 import threading
 import time
 import uuid
@@ -476,6 +478,7 @@ class Checker:
         self.max_expiry_wait = max_expiry_wait
         self.timeout = timeout
         self.run_id = uuid.uuid4().hex[:12]
+        self.wrong_key = _wrong_key(api_key)
         self.session = requests.Session()
         pool = HTTPAdapter(pool_connections=1, pool_maxsize=max(10, concurrency), max_retries=0)
         self.session.mount("http://", pool)
@@ -722,7 +725,7 @@ class Checker:
         _expect_problem(answer, 401, "unauthorized")
 
     def _wrong_key(self, row: _Row) -> None:
-        wrong = f"not-{self.api_key}-{self.run_id}"
+        wrong = self.wrong_key
         gid = self._gid("wrong-key")
         note = " with a wrong key"
         _expect_problem(self._get(row, gid, key=wrong, note=note), 401, "unauthorized")
@@ -962,6 +965,15 @@ class Checker:
         """A fresh integer order id (TEvo's are integers)."""
         self._ids += 1
         return int(self.run_id[:8], 16) * 1000 + self._ids
+
+
+def _wrong_key(key: str) -> str:
+    """A random key that does not contain ``key``: a gateway logging refused keys must not log
+    the real one. Made of characters ``key`` lacks, or (when it has them all) shorter than it."""
+    alphabet = [c for c in string.ascii_letters + string.digits if c not in key]
+    if not alphabet:
+        return secrets.token_hex(len(key) // 2 - 1)
+    return "".join(secrets.choice(alphabet) for _ in range(32))
 
 
 def _header_problem(value: str) -> str | None:
