@@ -2,11 +2,11 @@
 
 Servers run in this process: a Flask app served by werkzeug's threaded server on a free loopback
 port, in a thread. Ours is the real app on a private redis-server; the others are a small, naive
-implementation of the same contract written here (a dict inventory), clean or with one flaw:
-it oversells (no atomicity: read the stock, sleep, write it), answers Flask's HTML error pages,
-or ignores the API key. The clean one must pass every check (the checker judges the contract, not
-our implementation); each flawed one must fail exactly the checks its flaw breaks, with the line
-that says why, and make the command exit non-zero.
+implementation of the same contract written here (a dict inventory), clean or with one flaw
+(:class:`Flaws`): it oversells (no atomicity: read the stock, sleep, write it), answers Flask's
+HTML error pages, ignores the API key, ... The clean one must pass every check (the checker
+judges the contract, not our implementation); each flawed one must fail exactly the checks its
+flaw breaks, with the line that says why, and make the command exit non-zero.
 """
 
 from __future__ import annotations
@@ -200,9 +200,10 @@ def test_prepared_listings_are_fresh_and_the_small_one_is_left_as_found(
 
 @dataclass(frozen=True)
 class Flaws:
-    oversell: bool = False
-    html_errors: bool = False
-    ignore_key: bool = False
+    oversell: bool = False  # no atomicity: read the stock, sleep, write it
+    html_errors: bool = False  # Flask's HTML error pages
+    ignore_key: bool = False  # every call goes through, whatever its key
+    bearer_500: bool = False  # every call with the right key as Bearer answers 500
 
 
 def _now() -> float:
@@ -261,6 +262,8 @@ def naive_app(
     def authenticate() -> None:
         if request.path == "/healthz" or flaws.ignore_key:
             return
+        if flaws.bearer_500 and request.headers.get("Authorization") == f"Bearer {API_KEY}":
+            raise _Problem(500, "internal_error")
         key = request.headers.get("X-API-Key")
         if key is None and request.headers.get("Authorization", "").startswith("Bearer "):
             key = request.headers["Authorization"][len("Bearer ") :]
@@ -438,6 +441,15 @@ def test_another_clean_implementation_passes_every_check() -> None:
                 r"hold_not_found, expected 401 unauthorized",
             ],
             id="ignores-the-key",
+        ),
+        pytest.param(
+            Flaws(bearer_500=True),
+            {"auth: Bearer key accepted"},
+            [
+                r"GET /v1/holds/tevo-hold-check-\S+ with the key as Bearer answered 500 "
+                r"internal_error, expected 404 hold_not_found",
+            ],
+            id="fails-bearer-calls",
         ),
     ],
 )
