@@ -204,6 +204,8 @@ class Flaws:
     html_errors: bool = False  # Flask's HTML error pages
     ignore_key: bool = False  # every call goes through, whatever its key
     bearer_500: bool = False  # every call with the right key as Bearer answers 500
+    open_invoices: bool = False  # POST /v1/invoices needs no key
+    acts_then_refuses: bool = False  # a POST with a bad key acts, then answers 401
 
 
 def _now() -> float:
@@ -258,19 +260,34 @@ def naive_app(
                 code = "malformed_json"
             return problem(_Problem(exc.code or 500, code or "http_error"))
 
+    def refused() -> bool:
+        key = request.headers.get("X-API-Key")
+        if key is None and request.headers.get("Authorization", "").startswith("Bearer "):
+            key = request.headers["Authorization"][len("Bearer ") :]
+        if key != API_KEY and refused_keys is not None and key is not None:
+            refused_keys.append(key)
+        return key != API_KEY
+
     @app.before_request
     def authenticate() -> None:
         if request.path == "/healthz" or flaws.ignore_key:
             return
+        if flaws.open_invoices and request.path == "/v1/invoices":
+            return
+        if flaws.acts_then_refuses and request.method == "POST":
+            return  # judged after the call: see refuse_late
         if flaws.bearer_500 and request.headers.get("Authorization") == f"Bearer {API_KEY}":
             raise _Problem(500, "internal_error")
-        key = request.headers.get("X-API-Key")
-        if key is None and request.headers.get("Authorization", "").startswith("Bearer "):
-            key = request.headers["Authorization"][len("Bearer ") :]
-        if key != API_KEY:
-            if refused_keys is not None and key is not None:
-                refused_keys.append(key)
+        if refused():
             raise _Problem(401, "unauthorized")
+
+    if flaws.acts_then_refuses:
+
+        @app.after_request
+        def refuse_late(response: Response) -> Response:
+            if request.method == "POST" and refused():
+                return problem(_Problem(401, "unauthorized"))
+            return response
 
     def body_of(*fields: str) -> dict[str, Any]:
         data = request.get_json()  # a bad body raises werkzeug's 400 (HTML unless handled)
@@ -409,6 +426,14 @@ def test_another_clean_implementation_passes_every_check() -> None:
     assert "listing 'naive:small' (3 tickets), 12 holds at once" in result.output
 
 
+BAD_KEY_ROWS = {"auth: no key -> 401", "auth: wrong key -> 401"}
+
+
+def bad_key_lines(pattern: str) -> list[str]:
+    """``pattern`` for the no-key row and the wrong-key row: KEY is how the call was keyed."""
+    return [pattern.replace("KEY", how) for how in ("without a key", "with a wrong key")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("flaws", "failing", "lines"),
@@ -433,14 +458,26 @@ def test_another_clean_implementation_passes_every_check() -> None:
         ),
         pytest.param(
             Flaws(ignore_key=True),
-            {"auth: no key -> 401", "auth: wrong key -> 401"},
-            [
-                r"GET /v1/holds/tevo-hold-check-\S+ without a key answered 404 hold_not_found, "
-                r"expected 401 unauthorized",
-                r"GET /v1/holds/tevo-hold-check-\S+ with a wrong key answered 404 "
-                r"hold_not_found, expected 401 unauthorized",
-            ],
+            BAD_KEY_ROWS,
+            bad_key_lines(
+                r"GET /v1/holds/tevo-hold-check-\S+ KEY answered 200 \(status held\), "
+                r"expected 401 unauthorized"
+            ),
             id="ignores-the-key",
+        ),
+        pytest.param(
+            Flaws(open_invoices=True),
+            BAD_KEY_ROWS,
+            bad_key_lines(
+                r"POST /v1/invoices KEY answered 201 \(status invoiced\), expected 401 unauthorized"
+            ),
+            id="invoices-without-a-key",
+        ),
+        pytest.param(
+            Flaws(acts_then_refuses=True),
+            BAD_KEY_ROWS,
+            bad_key_lines(r"answered status 'released': POST /v1/releases KEY was answered 401"),
+            id="acts-then-refuses",
         ),
         pytest.param(
             Flaws(bearer_500=True),

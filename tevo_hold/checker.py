@@ -575,16 +575,18 @@ class Checker:
         with row.lock:
             row.calls.append(Call(method, path, status, elapsed * 1000))
 
-    def _hold(self, row: _Row, remote_id: str, quantity: int, global_id: str) -> _Answer:
+    def _hold(
+        self, row: _Row, remote_id: str, quantity: int, global_id: str, **kwargs: Any
+    ) -> _Answer:
         body = {"remote_id": remote_id, "quantity": quantity, "global_id": global_id}
-        return self._call(row, "POST", "/v1/holds", body=body)
+        return self._call(row, "POST", "/v1/holds", body=body, **kwargs)
 
-    def _release(self, row: _Row, global_id: str) -> _Answer:
-        return self._call(row, "POST", "/v1/releases", body={"global_id": global_id})
+    def _release(self, row: _Row, global_id: str, **kwargs: Any) -> _Answer:
+        return self._call(row, "POST", "/v1/releases", body={"global_id": global_id}, **kwargs)
 
-    def _invoice(self, row: _Row, global_id: str, order: int | str) -> _Answer:
+    def _invoice(self, row: _Row, global_id: str, order: int | str, **kwargs: Any) -> _Answer:
         body = {"global_id": global_id, "tevo_order_id": order}
-        return self._call(row, "POST", "/v1/invoices", body=body)
+        return self._call(row, "POST", "/v1/invoices", body=body, **kwargs)
 
     def _get(self, row: _Row, global_id: str, **kwargs: Any) -> _Answer:
         return self._call(row, "GET", "/v1/holds/" + quote(global_id, safe=""), **kwargs)
@@ -717,25 +719,52 @@ class Checker:
         _expect_status(answer, 200)
 
     def _no_key(self, row: _Row) -> None:
-        # Calls that change nothing whether or not the key is checked.
-        gid = self._gid("no-key")
-        _expect_problem(self._get(row, gid, key=None, note=" without a key"), 401, "unauthorized")
-        body = {"remote_id": self._missing_listing(), "quantity": 1, "global_id": gid}
-        answer = self._call(row, "POST", "/v1/holds", body=body, key=None, note=" without a key")
-        _expect_problem(answer, 401, "unauthorized")
+        self._refused(row, None, " without a key")
 
     def _wrong_key(self, row: _Row) -> None:
-        wrong = self.wrong_key
-        gid = self._gid("wrong-key")
-        note = " with a wrong key"
-        _expect_problem(self._get(row, gid, key=wrong, note=note), 401, "unauthorized")
-        body = {"global_id": gid}
-        answer = self._call(row, "POST", "/v1/releases", body=body, key=wrong, note=note)
-        _expect_problem(answer, 401, "unauthorized")
-        bearer = {"Authorization": f"Bearer {wrong}"}
-        note = " with a wrong Bearer key"
-        answer = self._get(row, gid, key=None, headers=bearer, note=note)
-        _expect_problem(answer, 401, "unauthorized")
+        self._refused(row, self.wrong_key, " with a wrong key")
+
+    def _refused(self, row: _Row, key: str | None, note: str) -> None:
+        """Every API call with ``key`` (None: none) is refused 401 unauthorized and changes
+        nothing: not the hold it names (a live one, made with the right key), nor a new one."""
+        held = self._new_hold(row, "auth")
+        gid = self._gid("refused")  # a hold the refused POST /v1/holds must not make
+        made = True
+        try:
+            refused: list[Callable[[], _Answer]] = [
+                lambda: self._get(row, held.global_id, key=key, note=note),
+                lambda: self._hold(row, self.flow.remote_id, 1, gid, key=key, note=note),
+                lambda: self._release(row, held.global_id, key=key, note=note),
+                lambda: self._invoice(row, held.global_id, self._order_id(), key=key, note=note),
+            ]
+            if key is not None:
+                bearer = {"Authorization": f"Bearer {key}"}
+                refused.append(
+                    lambda: self._get(row, held.global_id, key=None, headers=bearer, note=note)
+                )
+            for call in refused:
+                _expect_problem(call(), 401, "unauthorized")
+            after = self._get(row, held.global_id, note=" after the refused calls")
+            body = _expect_status(after, 200)
+            acted = {"released": "/v1/releases", "invoiced": "/v1/invoices"}
+            if isinstance(body, dict) and body.get("status") in acted:
+                raise CheckFailed(
+                    f"{after.label} answered status {body['status']!r}: "
+                    f"POST {acted[body['status']]}{note} was answered 401 but acted"
+                )
+            self._expect_same_hold(after, held, 200, self._states(held, after, "held", "expired"))
+            after = self._get(row, gid, note=" after the refused hold")
+            if after.status == 200:
+                raise CheckFailed(
+                    f"{after.label} answered 200: POST /v1/holds{note} was answered 401 but "
+                    "made the hold"
+                )
+            _expect_problem(after, 404, "hold_not_found")
+            made = False
+        finally:
+            self._quiet_release(row, held.global_id)
+            if made:
+                self._quiet_release(row, gid)
 
     # Accepted means answered as documented: an unknown hold is 404 hold_not_found (a 500, a
     # 403 or any other answer that is not 401 is no evidence the key was accepted).
