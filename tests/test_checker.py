@@ -97,7 +97,7 @@ def our_server(redis_url: str) -> Callable[[float], Any]:
     """A factory: our app with holds living ``ttl`` seconds, on the session's redis-server."""
 
     @contextmanager
-    def start(ttl: float) -> Iterator[str]:
+    def start(ttl: float, **extra_config: str) -> Iterator[str]:
         client = redis.Redis.from_url(redis_url)
         settings = Settings(redis_url=redis_url, api_keys=(API_KEY,), hold_ttl=ttl)
         service = build_service(settings, client=client)
@@ -106,6 +106,7 @@ def our_server(redis_url: str) -> Callable[[float], Any]:
             "TEVO_HOLD_API_KEYS": API_KEY,
             "TEVO_HOLD_HOLD_TTL": str(ttl),
             "TEVO_HOLD_RATE_LIMIT": "off",
+            **extra_config,
         }
         app = create_app(config, service=service)
         try:
@@ -165,6 +166,24 @@ def test_our_server_passes_the_expiry_check_with_a_short_ttl(
     assert {r for r, _ in rows(result.output).values()} == {"PASS"}, result.output
     assert f"PASS: {EVERY_CHECK} of {EVERY_CHECK} checks passed" in result.output
     assert elapsed >= 1.0  # it did wait for the hold to lapse
+
+
+@pytest.mark.slow
+def test_a_server_that_wants_signed_requests_is_said_so_and_passes_them_signed(
+    our_server: Callable[..., Any], redis_url: str
+) -> None:
+    with our_server(900, TEVO_HOLD_REQUIRE_SIGNATURE="true") as url:
+        unsigned = check(url, "--prepare", "--redis-url", redis_url)
+        signed = check(url, "--prepare", "--redis-url", redis_url, "--sign")
+    assert unsigned.exit_code == 1, unsigned.output
+    _, reason = rows(unsigned.output)["auth: X-API-Key accepted"]
+    assert reason.endswith(
+        " with the key answered 401 invalid_signature, expected 404 hold_not_found "
+        "(the server requires signed requests: sign them, --sign)"
+    ), unsigned.output
+    assert "key was refused" not in unsigned.output
+    assert signed.exit_code == 0, signed.output
+    assert f"PASS: {EVERY_CHECK - 1} of {EVERY_CHECK} checks passed, 1 not run" in signed.output
 
 
 @pytest.mark.slow

@@ -27,9 +27,12 @@ check), a timeout on every call, no retries.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import enum
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -44,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -410,6 +413,8 @@ class _Row:
     name: str
     calls: list[Call] = dataclasses.field(default_factory=list)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    #: Whether the server answered 401 invalid_signature to one of the calls.
+    signature_refused: bool = False
 
     def done(self, result: Result, reason: str = "") -> CheckResult:
         with self.lock:
@@ -451,6 +456,7 @@ class Checker:
         concurrency: int = DEFAULT_CONCURRENCY,
         max_expiry_wait: float = DEFAULT_MAX_EXPIRY_WAIT,
         timeout: float = DEFAULT_TIMEOUT,
+        sign: bool = False,
     ) -> None:
         if flow_listing.quantity < FLOW_TICKETS:
             raise ValueError(
@@ -477,6 +483,7 @@ class Checker:
         self.concurrency = concurrency
         self.max_expiry_wait = max_expiry_wait
         self.timeout = timeout
+        self.sign = sign
         self.run_id = uuid.uuid4().hex[:12]
         self.wrong_key = _wrong_key(api_key)
         self.session = requests.Session()
@@ -529,13 +536,16 @@ class Checker:
         label = f"{method} {path}{note}"
         sent = time.monotonic()
         try:
-            response = self.session.request(
-                method,
-                self.base_url + path,
-                data=data,
-                headers=sent_headers,
-                timeout=self.timeout,
-                allow_redirects=False,
+            request = requests.Request(method, self.base_url + path, sent_headers, data=data)
+            prepared = self.session.prepare_request(request)
+            signing_key = _sent_key(sent_headers)
+            if self.sign and signing_key is not None:
+                prepared.headers["X-Signature"] = _signature(signing_key, prepared)
+            environment = self.session.merge_environment_settings(
+                prepared.url, {}, None, None, None
+            )
+            response = self.session.send(
+                prepared, timeout=self.timeout, allow_redirects=False, **environment
             )
         except requests.Timeout:
             self._record(row, method, path, None, sent)
@@ -549,6 +559,8 @@ class Checker:
         self._record(row, method, path, response.status_code, sent, received)
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         parsed, not_json = _parse(content_type, content)
+        if response.status_code == 401 and isinstance(parsed, dict):
+            row.signature_refused |= parsed.get("code") == "invalid_signature"
         return _Answer(
             method,
             path,
@@ -699,7 +711,10 @@ class Checker:
         try:
             step(row)
         except CheckFailed as exc:
-            return row.done(Result.FAIL, self._redact(str(exc)))
+            reason = str(exc)
+            if row.signature_refused and not self.sign:
+                reason += " (the server requires signed requests: sign them, --sign)"
+            return row.done(Result.FAIL, self._redact(reason))
         except _NotRun as exc:
             return row.done(Result.SKIP, str(exc))
         except Exception as exc:  # a checker bug or a body of an unexpected shape
@@ -995,6 +1010,27 @@ class Checker:
         return int(self.run_id[:8], 16) * 1000 + self._ids
 
 
+def _sent_key(headers: Mapping[str, str]) -> str | None:
+    """The API key of a call's headers (X-API-Key, else the Bearer token), or None."""
+    authorization = headers.get("Authorization", "")
+    bearer = authorization[len("Bearer ") :] if authorization.startswith("Bearer ") else None
+    return headers.get("X-API-Key", bearer)
+
+
+def _signature(key: str, request: requests.PreparedRequest) -> str:
+    """The ``X-Signature`` of ``request`` under ``key``, as the README defines it: base64 of the
+    HMAC-SHA256 of ``METHOD host path?`` then the body as sent (with no body, the query string);
+    the host as in the Host header, lower-cased, without its port."""
+    assert request.method is not None and request.url is not None
+    host = urlsplit(request.url).netloc.rpartition("@")[2].lower()
+    host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
+    path, _, query = request.path_url.partition("?")
+    body = request.body.encode() if isinstance(request.body, str) else request.body or b""
+    message = f"{request.method.upper()} {host}{path}?".encode() + (body or query.encode())
+    digest = hmac.new(key.encode(), message, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
 def _wrong_key(key: str) -> str:
     """A random key that does not contain ``key``: a gateway logging refused keys must not log
     the real one. Made of characters ``key`` lacks, or (when it has them all) shorter than it."""
@@ -1074,6 +1110,7 @@ def run_checks(
     concurrency: int = DEFAULT_CONCURRENCY,
     max_expiry_wait: float = DEFAULT_MAX_EXPIRY_WAIT,
     timeout: float = DEFAULT_TIMEOUT,
+    sign: bool = False,
 ) -> Report:
     """Run every check against ``base_url`` and return the report.
 
@@ -1092,6 +1129,7 @@ def run_checks(
         concurrency=concurrency,
         max_expiry_wait=max_expiry_wait,
         timeout=timeout,
+        sign=sign,
     ) as checker:
         return checker.run()
 

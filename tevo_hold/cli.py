@@ -472,6 +472,12 @@ def _listing(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     show_default=True,
     help="Seconds to wait for each answer.",
 )
+@click.option(
+    "--sign",
+    is_flag=True,
+    help="Sign every call (X-Signature, as the README's request signing says, under the key it "
+    "sends): for a server with TEVO_HOLD_REQUIRE_SIGNATURE=true.",
+)
 def check(
     url: str,
     api_key: str,
@@ -481,6 +487,7 @@ def check(
     max_expiry_wait: float,
     concurrency: int,
     timeout: float,
+    sign: bool,
 ) -> None:
     """Check the server at URL against the HTTP contract, playing TEvo's side.
 
@@ -506,6 +513,7 @@ def check(
             concurrency=concurrency,
             max_expiry_wait=max_expiry_wait,
             timeout=timeout,
+            sign=sign,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
