@@ -18,7 +18,7 @@ import shlex
 import string
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -250,10 +250,12 @@ def naive_app(
     ttl: float = 900.0,
     flaws: Flaws = Flaws(),
     refused_keys: list[str] | None = None,
+    slow: Mapping[str, float] | None = None,
 ) -> Flask:
     """Another implementation of the README's contract, in memory: right unless ``flaws`` say.
 
     The keys it refuses are appended to ``refused_keys`` (as a gateway's log would keep them).
+    A hold of a listing in ``slow`` takes that many seconds, one at a time.
     """
     app = Flask("naive")
     lock = threading.RLock()
@@ -353,6 +355,9 @@ def naive_app(
             stock[remote_id] = available - quantity
             return
         with lock:
+            time.sleep((slow or {}).get(remote_id, 0.0))
+            for rec in holds.values():  # lapsed holds give their tickets back at once
+                settle(rec)
             if stock[remote_id] < quantity:
                 raise _Problem(409, "insufficient_quantity", available=stock[remote_id])
             stock[remote_id] -= quantity
@@ -523,6 +528,24 @@ def test_a_broken_server_fails_with_a_clear_line(
 
 
 @pytest.mark.slow
+def test_a_race_longer_than_the_ttl_is_no_oversell() -> None:
+    """Holds of the small listing take 60 ms each, one at a time: the race of 12 takes about
+    0.7 s, and the first winners' holds lapse after 0.5 s, so the last holds win their tickets
+    again. Only the holds made before the first winner's lapsed are counted."""
+    app = naive_app(naive_stock(), ttl=0.5, slow={"naive:small": 0.06})
+    with serve(app) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    assert result.exit_code == 0, result.output
+    race, reason = rows(result.output)["concurrent holds: no oversell"]
+    assert race == "PASS", result.output
+    assert re.fullmatch(
+        r"\s+\S+\s+\d+ later holds won tickets of lapsed ones \(holds live 0\.5 s\): "
+        r"not counted",
+        reason,
+    ), result.output
+
+
+@pytest.mark.slow
 def test_the_wrong_key_sent_does_not_contain_the_real_one() -> None:
     """A gateway logging refused credentials must not log the real key."""
     refused: list[str] = []
@@ -544,9 +567,11 @@ def test_a_wrong_key_never_contains_the_real_one_however_short_or_long() -> None
 
 
 @pytest.mark.slow
-def test_oversell_is_caught_whatever_the_number_of_winners() -> None:
-    with serve(naive_app(naive_stock(), flaws=Flaws(oversell=True))) as url:
-        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+@pytest.mark.parametrize("ttl", [900.0, 0.5])
+def test_oversell_is_caught_whatever_the_number_of_winners(ttl: float) -> None:
+    """And with a TTL short enough for some races to outlast it (no expiry check here)."""
+    with serve(naive_app(naive_stock(), ttl=ttl, flaws=Flaws(oversell=True))) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12", "--max-expiry-wait", "0")
     match = re.search(r"oversold: (\d+) of 12", result.output)
     assert match and 3 < int(match[1]) <= 12, result.output
 
