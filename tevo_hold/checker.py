@@ -10,12 +10,15 @@ SKIP (not run, with the reason), and the latency of every call it made.
 It needs nothing from the server but HTTP: it works against this project's server or any other
 implementation of the same contract. It does need listings to hold tickets of:
 
-- the *flow listing* (at least :data:`FLOW_TICKETS` tickets available): every flow holds one ticket
-  of it; each run sells one ticket of it for good (the hold → invoice flow), the others are
-  released or lapse;
-- the *small listing* (its whole stock available, fewer tickets than ``concurrency``): the
-  concurrency check fires ``concurrency`` one-ticket holds at it at once, expects exactly its stock
-  to win, then releases the winners, so the run leaves it as it found it.
+- the *flow listing* (at least :data:`FLOW_TICKETS` tickets available): the flows and the key
+  checks hold one or two tickets of it at a time; each run sells one ticket of it for good (the
+  hold → invoice flow), the others are released (or lapse, without a small listing);
+- the *small listing* (its whole stock available, fewer tickets than ``concurrency``): since the
+  checker knows its stock, it counts tickets there. A hold of one more than its stock must be
+  refused (409, ``available`` its stock); ``concurrency`` one-ticket holds fired at once must win
+  exactly its stock; once the winners are released, all of it must be holdable in one hold, and
+  then not one ticket more; and a hold of all of it that lapses must give it all back. Every
+  ticket held is given back, so the run leaves it as it found it.
 
 :func:`prepare_listings` stocks two fresh listings of the reference inventory in the server's
 Redis, for deployments of this project. Every run uses fresh ``global_id`` values (a uuid per run),
@@ -208,7 +211,7 @@ class Report:
         """
         heading = [
             f"tevo-hold check of {self.base_url}",
-            f"  flows on listing {self.flow_listing}; concurrency on "
+            f"  flows on listing {self.flow_listing}; stock and concurrency on "
             + (
                 f"listing {self.small_listing}, {self.concurrency} holds at once"
                 if self.small_listing
@@ -443,7 +446,7 @@ class Checker:
 
     ``api_key`` is sent as ``X-API-Key`` (the Bearer form is checked too). ``flow_listing`` needs
     at least :data:`FLOW_TICKETS` tickets available; ``small_listing`` (optional: without it the
-    concurrency check is not run) needs its whole stock available and fewer tickets than
+    checks that count tickets are not run) needs its whole stock available and fewer tickets than
     ``concurrency``. The expiry check waits for a hold to lapse only when the server's holds live
     at most ``max_expiry_wait`` seconds. ``timeout`` bounds every call. Raises ValueError for
     listings that cannot work, or an API key that cannot be sent as a header (the message never
@@ -607,13 +610,17 @@ class Checker:
     def _get(self, row: _Row, global_id: str, **kwargs: Any) -> _Answer:
         return self._call(row, "GET", "/v1/holds/" + quote(global_id, safe=""), **kwargs)
 
-    def _new_hold(self, row: _Row, what: str) -> _Held:
-        """Hold one ticket of the flow listing under a fresh global_id; fail unless held."""
-        listing = self.flow
+    def _new_hold(self, row: _Row, what: str, quantity: int = 1) -> _Held:
+        """Hold ``quantity`` tickets of the flow listing under a fresh global_id; fail unless
+        held."""
         gid = self._gid(what)
-        answer = self._hold(row, listing.remote_id, 1, gid)
+        answer = self._hold(row, self.flow.remote_id, quantity, gid)
+        return self._made(answer, gid, self.flow.remote_id, quantity)
+
+    def _made(self, answer: _Answer, gid: str, remote_id: str, quantity: int) -> _Held:
+        """The hold a first hold call made; fails the check unless it answered one, held."""
         _expect_hold(
-            answer, 201, global_id=gid, remote_id=listing.remote_id, quantity=1, states=["held"]
+            answer, 201, global_id=gid, remote_id=remote_id, quantity=quantity, states=["held"]
         )
         _expect_fresh(answer)
         for name in ("tevo_order_id", "invoiced_at", "released_at"):
@@ -621,7 +628,11 @@ class Checker:
                 raise CheckFailed(f"{answer.label} answered a new hold whose {name} is not null")
         if self._ttl is None:
             self._ttl = _lifetime(answer.body)
-        return _Held(gid, listing.remote_id, 1, answer)
+        return _Held(gid, remote_id, quantity, answer)
+
+    def _may_have_lapsed(self, held: _Held, answer: _Answer) -> bool:
+        """Whether ``held`` may have lapsed before the server made ``answer``."""
+        return answer.received >= held.answer.sent + _lifetime(held.answer.body) - _SLACK
 
     def _states(self, held: _Held, answer: _Answer, live: str, lapsed: str) -> list[str]:
         """The statuses the contract allows for ``held`` at the time of ``answer``.
@@ -651,8 +662,6 @@ class Checker:
     def run(self) -> Report:
         """Run every check, in a fixed order, and report. Never raises for a server's faults."""
         results: list[CheckResult] = []
-        expiry = _Row("expiry: lapsed hold -> expired")
-        expiry_result, expiry_hold = self._start_expiry(expiry)
 
         # name, step, the checks that must have passed for it to run
         plan: list[tuple[str, _Step, tuple[str, ...]]] = [
@@ -689,7 +698,14 @@ class Checker:
             ("global_id reused -> 409 global_id_conflict", self._global_id_conflict, ()),
             ("unknown listing -> 404 listing_not_found", self._unknown_listing, ()),
             ("unknown hold -> 404 hold_not_found", self._unknown_hold, ()),
+            (
+                "stock: more than available -> 409 insufficient_quantity",
+                self._more_than_available,
+                (),
+            ),
             ("concurrent holds: no oversell", self._concurrent_holds, ()),
+            ("stock: released tickets can be held again", self._released_come_back, ()),
+            ("expiry: lapsed hold -> expired", self._expiry, ()),
         ]
         for name, step, needs in plan:
             row = _Row(name)
@@ -698,11 +714,6 @@ class Checker:
                 results.append(row.done(Result.SKIP, f"not run: needs {failed_needs[0]!r}"))
                 continue
             results.append(self._run_step(row, step))
-        if expiry_result is None and expiry_hold is not None:
-            held = expiry_hold
-            results.append(self._run_step(expiry, lambda row: self._finish_expiry(row, held)))
-        else:
-            results.append(expiry_result or expiry.done(Result.FAIL, "no hold to watch"))
         return Report(
             self.base_url,
             tuple(results),
@@ -865,7 +876,7 @@ class Checker:
         _expect_problem(self._release(row, held.global_id), 409, "hold_already_invoiced")
 
     def _flow_release(self, row: _Row) -> None:
-        held = self._new_hold(row, "released")
+        held = self._new_hold(row, "released", quantity=2)
         self._flow["released"] = held
         answer = self._release(row, held.global_id)
         body = self._expect_same_hold(
@@ -928,9 +939,7 @@ class Checker:
         return answers, failures
 
     def _concurrent_holds(self, row: _Row) -> None:
-        if self.small is None:
-            raise _NotRun("not run: no small listing (give a second listing)")
-        small, count = self.small, self.concurrency
+        small, count = self._small_listing(), self.concurrency
         gids = [self._gid(f"race-{i}") for i in range(count)]
         calls = [functools.partial(self._hold, row, small.remote_id, 1, gid) for gid in gids]
         answered, transport = self._at_once(calls)
@@ -1004,27 +1013,104 @@ class Checker:
         with contextlib.suppress(CheckFailed):  # cleanup: the check has its verdict already
             self._release(row, gid)
 
-    def _start_expiry(self, row: _Row) -> tuple[CheckResult | None, _Held | None]:
-        """Make the hold the expiry check watches, first, so the run's other checks overlap the
-        wait. Returns a final result when the check cannot run (or failed), else the hold."""
+    # -- the small listing: its whole stock is known, so tickets can be counted -----------------
+    def _small_listing(self) -> Listing:
+        if self.small is None:
+            raise _NotRun("not run: no small listing (give a second listing)")
+        return self.small
+
+    def _more_than_available(self, row: _Row) -> None:
+        small = self._small_listing()
+        gid, count = self._gid("too-many"), small.quantity + 1
+        answer = self._hold(row, small.remote_id, count, gid, note=f" of {count} tickets")
+        if answer.status == 201:
+            self._quiet_release(row, gid)
+            raise CheckFailed(
+                f"{answer.label} answered 201: it held more than the {small.quantity} tickets of "
+                f"listing {small.remote_id!r} (or the listing has more available than given)"
+            )
+        body = _expect_problem(answer, 409, "insufficient_quantity")
+        self._expect_available(answer, body, small.quantity, " (the listing's stock as given)")
+
+    @staticmethod
+    def _expect_available(answer: _Answer, body: Mapping[str, Any], count: int, why: str) -> None:
+        available = body.get("available")
+        if available != count or isinstance(available, bool):
+            raise CheckFailed(
+                f"{answer.label} answered 409 insufficient_quantity with "
+                f"available={available!r}, expected {count}{why}"
+            )
+
+    def _hold_all(self, row: _Row, after: str, patience: float = 0.0) -> _Held:
+        """Hold every ticket of the small listing, which must all be available ``after`` what
+        came before; a refusal is retried for ``patience`` seconds."""
+        small = self._small_listing()
+        gid, note = self._gid("all"), f" of all {small.quantity} tickets"
+        give_up = time.monotonic() + patience
+        while True:
+            answer = self._hold(row, small.remote_id, small.quantity, gid, note=note)
+            short = answer.status == 409 and answer.code == "insufficient_quantity"
+            if not short or time.monotonic() >= give_up:
+                break
+            time.sleep(0.1)  # a refusal is not remembered: the same call tries again
+        if short:
+            waited = f" for {patience:g} s" if patience else ""
+            raise CheckFailed(
+                f"{answer.label} {after} answered 409 insufficient_quantity (available "
+                f"{answer.body.get('available')!r}){waited}: tickets were not given back"
+            )
+        return self._made(answer, gid, small.remote_id, small.quantity)
+
+    def _expect_sold_out(self, row: _Row, since: _Held, held: str) -> None:
+        """One more ticket of the small listing is refused while ``held`` (since ``since``)."""
+        small = self._small_listing()
+        gid = self._gid("one-more")
+        answer = self._hold(row, small.remote_id, 1, gid, note=" of one more ticket")
+        if answer.status == 201:
+            self._quiet_release(row, gid)
+            if self._may_have_lapsed(since, answer):
+                ttl = _lifetime(since.answer.body)
+                row.notes.append(
+                    f"one more ticket was held after the holds before it could lapse (holds live "
+                    f"{ttl:g} s): not judged"
+                )
+                return
+            raise CheckFailed(
+                f"{answer.label} answered 201 while {held}: a hold took fewer tickets than its "
+                f"quantity (or listing {small.remote_id!r} has more than {small.quantity})"
+            )
+        body = _expect_problem(answer, 409, "insufficient_quantity")
+        self._expect_available(answer, body, 0, f" while {held}")
+
+    def _released_come_back(self, row: _Row) -> None:
+        small = self._small_listing()
+        whole = self._hold_all(row, "after the race's winners were released")
+        released = False
         try:
+            self._expect_sold_out(row, whole, f"all {small.quantity} were held")
+            answer = self._release(row, whole.global_id)
+            released = True
+            self._expect_same_hold(
+                answer, whole, 200, self._states(whole, answer, "released", "expired")
+            )
+        finally:
+            if not released:
+                self._quiet_release(row, whole.global_id)
+        again = self._hold_all(row, "after the hold of them all was released")
+        self._quiet_release(row, again.global_id)
+
+    def _expiry(self, row: _Row) -> None:
+        """A hold lapses at its deadline; on the small listing, its tickets come back."""
+        if self._ttl is not None and self._ttl > self.max_expiry_wait:
+            raise _NotRun(self._too_long(self._ttl))
+        if self.small is not None:
+            held = self._hold_all(row, "before the expiry check")
+        else:
             held = self._new_hold(row, "lapses")
-        except CheckFailed as exc:
-            return row.done(Result.FAIL, str(exc)), None
-        except Exception as exc:
-            return row.done(Result.FAIL, f"checker error: {type(exc).__name__}: {exc}"), None
         ttl = _lifetime(held.answer.body)
         if ttl > self.max_expiry_wait:
             self._quiet_release(row, held.global_id)
-            reason = (
-                f"not run: TTL too long (holds live {ttl:g} s, the wait limit is "
-                f"{self.max_expiry_wait:g} s: --max-expiry-wait)"
-            )
-            return row.done(Result.SKIP, reason), None
-        return None, held
-
-    def _finish_expiry(self, row: _Row, held: _Held) -> None:
-        ttl = _lifetime(held.answer.body)
+            raise _NotRun(self._too_long(ttl))
         wait = held.answer.received + ttl + _EXPIRY_MARGIN - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -1032,6 +1118,18 @@ class Checker:
         self._expect_same_hold(answer, held, 200, ["expired"])
         answer = self._release(row, held.global_id)
         self._expect_same_hold(answer, held, 200, ["expired"])
+        if self.small is not None:
+            # A POS's adapter gives lapsed tickets back when the worker releases them: wait
+            # for it, within the expiry check's budget.
+            patience = max(1.0, self.max_expiry_wait - ttl)
+            again = self._hold_all(row, "after the hold of them all lapsed", patience)
+            self._quiet_release(row, again.global_id)
+
+    def _too_long(self, ttl: float) -> str:
+        return (
+            f"not run: TTL too long (holds live {ttl:g} s, the wait limit is "
+            f"{self.max_expiry_wait:g} s: --max-expiry-wait)"
+        )
 
     # -- ids -----------------------------------------------------------------------------------
     def _missing_listing(self) -> str:

@@ -434,9 +434,9 @@ def _listing(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     metavar="REMOTE_ID:QUANTITY",
     callback=_listing,
     help="A listing and its available tickets; give it twice. The first is the flow listing "
-    "(at least 4 tickets; each run sells 1), the second the small listing for the concurrency "
-    "check (its whole stock, fewer tickets than --concurrency; left as found). Without a "
-    "second, the concurrency check is not run.",
+    "(at least 4 tickets; each run sells 1), the second the small listing, where tickets are "
+    "counted: the concurrency check and the stock checks (its whole stock, exactly, fewer "
+    "tickets than --concurrency; left as found). Without a second, those are not run.",
 )
 @click.option(
     "--prepare",
@@ -492,10 +492,11 @@ def check(
     """Check the server at URL against the HTTP contract, playing TEvo's side.
 
     Runs the flows (hold, invoice, release, their retries), the documented conflicts, not-founds
-    and bad input, the API-key checks, concurrent holds on a small listing and, when holds live
-    at most --max-expiry-wait seconds, a hold lapsing. Prints a table (PASS, FAIL or SKIP per
-    check, with the latency of its calls) and exits 0 only when no check failed; 1 when one did,
-    2 on bad usage. Every run uses fresh global_ids, so runs never collide.
+    and bad input, the API-key checks; on a small listing, whose stock it counts, a hold beyond
+    it, concurrent holds and its tickets coming back after releases; and, when holds live at
+    most --max-expiry-wait seconds, a hold lapsing (and its tickets coming back). Prints a table
+    (PASS, FAIL or SKIP per check, with the latency of its calls) and exits 0 only when no check
+    failed; 1 when one did, 2 on bad usage. Every run uses fresh global_ids, so runs never collide.
     """
     if prepare == bool(listings):
         raise click.UsageError("give either --prepare or --listing REMOTE_ID:QUANTITY (up to two)")
