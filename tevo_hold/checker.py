@@ -17,8 +17,10 @@ implementation of the same contract. It does need listings to hold tickets of:
   checker knows its stock, it counts tickets there. A hold of one more than its stock must be
   refused (409, ``available`` its stock); ``concurrency`` one-ticket holds fired at once must win
   exactly its stock; once the winners are released, all of it must be holdable in one hold, and
-  then not one ticket more; and a hold of all of it that lapses must give it all back. Every
-  ticket held is given back, so the run leaves it as it found it.
+  then not one ticket more; identical one-ticket holds sent at once, then retried, must take one
+  ticket; and a hold of all of it that lapses must give it all back. Each of these needs the one
+  before to have passed (a server that failed it may have left any stock). Every ticket held is
+  given back, so the run leaves it as it found it.
 
 :func:`prepare_listings` stocks two fresh listings of the reference inventory in the server's
 Redis, for deployments of this project. Every run uses fresh ``global_id`` values (a uuid per run),
@@ -79,6 +81,8 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_EXPIRY_WAIT = 5.0
 #: One-ticket holds fired at once at the small listing.
 DEFAULT_CONCURRENCY = 20
+#: Identical holds the checker sends at once (as TEvo's retries may arrive).
+_COPIES = 4
 #: Seconds of slack for deciding whether a hold had lapsed at the time of a call (TTLs are in ms,
 #: and the server's clock starts a hold somewhere between our send and our receive).
 _SLACK = 0.1
@@ -698,15 +702,19 @@ class Checker:
             ("global_id reused -> 409 global_id_conflict", self._global_id_conflict, ()),
             ("unknown listing -> 404 listing_not_found", self._unknown_listing, ()),
             ("unknown hold -> 404 hold_not_found", self._unknown_hold, ()),
-            (
-                "stock: more than available -> 409 insufficient_quantity",
-                self._more_than_available,
-                (),
-            ),
-            ("concurrent holds: no oversell", self._concurrent_holds, ()),
-            ("stock: released tickets can be held again", self._released_come_back, ()),
-            ("expiry: lapsed hold -> expired", self._expiry, ()),
         ]
+        # The checks that count the small listing's tickets: each needs the one before, as a
+        # server that failed it may have left the stock in any state.
+        counting: list[tuple[str, _Step]] = [
+            ("stock: more than available -> 409 insufficient_quantity", self._more_than_available),
+            ("concurrent holds: no oversell", self._concurrent_holds),
+            ("stock: released tickets can be held again", self._released_come_back),
+            ("stock: a retried hold takes its tickets once", self._retries_take_once),
+            ("expiry: lapsed hold -> expired", self._expiry),
+        ]
+        for i, (name, step) in enumerate(counting):
+            before = counting[i - 1][0] if i and self.small is not None else None
+            plan.append((name, step, (before,) if before else ()))
         for name, step, needs in plan:
             row = _Row(name)
             failed_needs = [n for n in needs if not any(r.name == n and r.passed for r in results)]
@@ -1041,6 +1049,15 @@ class Checker:
                 f"available={available!r}, expected {count}{why}"
             )
 
+    @staticmethod
+    def _expect_tickets(answer: _Answer, after: str, why: str) -> None:
+        """Fail with ``why`` if ``answer`` is a refusal for want of tickets."""
+        if answer.status == 409 and answer.code == "insufficient_quantity":
+            raise CheckFailed(
+                f"{answer.label}{after} answered 409 insufficient_quantity (available "
+                f"{answer.body.get('available')!r}): {why}"
+            )
+
     def _hold_all(self, row: _Row, after: str, patience: float = 0.0) -> _Held:
         """Hold every ticket of the small listing, which must all be available ``after`` what
         came before; a refusal is retried for ``patience`` seconds."""
@@ -1053,12 +1070,8 @@ class Checker:
             if not short or time.monotonic() >= give_up:
                 break
             time.sleep(0.1)  # a refusal is not remembered: the same call tries again
-        if short:
-            waited = f" for {patience:g} s" if patience else ""
-            raise CheckFailed(
-                f"{answer.label} {after} answered 409 insufficient_quantity (available "
-                f"{answer.body.get('available')!r}){waited}: tickets were not given back"
-            )
+        waited = f" (for {patience:g} s)" if patience else ""
+        self._expect_tickets(answer, f" {after}", f"tickets were not given back{waited}")
         return self._made(answer, gid, small.remote_id, small.quantity)
 
     def _expect_sold_out(self, row: _Row, since: _Held, held: str) -> None:
@@ -1097,6 +1110,53 @@ class Checker:
             if not released:
                 self._quiet_release(row, whole.global_id)
         again = self._hold_all(row, "after the hold of them all was released")
+        self._quiet_release(row, again.global_id)
+
+    def _retries_take_once(self, row: _Row) -> None:
+        """Identical holds sent at once, then once more: one hold, its tickets taken once."""
+        small = self._small_listing()
+        gid, rest = self._gid("retried"), self._gid("rest")
+        copy = functools.partial(
+            self._hold, row, small.remote_id, 1, gid, note=" (identical holds sent at once)"
+        )
+        answered, transport = self._at_once([copy] * _COPIES)
+        try:
+            if transport:
+                raise CheckFailed(
+                    f"{len(transport)} of {_COPIES} identical holds sent at once failed: "
+                    f"{transport[0]}"
+                )
+            answers = [a for a in answered if a is not None]
+            fresh = [a for a in answers if a.status == 201 and not a.replayed]
+            if len(fresh) != 1:
+                raise CheckFailed(
+                    f"{len(fresh)} of {_COPIES} identical holds sent at once answered 201 without "
+                    "Idempotent-Replayed: true, expected one (the others replay it or answer "
+                    "409 request_in_progress)"
+                )
+            for answer in answers:
+                self._expect_tickets(answer, "", "identical holds took tickets more than once")
+                if answer.status != 201:
+                    _expect_problem(answer, 409, "request_in_progress")
+            first = self._made(fresh[0], gid, small.remote_id, 1)
+            for answer in answers:
+                if answer.status == 201 and answer is not fresh[0]:
+                    _expect_replay(answer, fresh[0])
+            _expect_replay(self._hold(row, small.remote_id, 1, gid, note=" retried"), fresh[0])
+            if small.quantity > 1:
+                others = small.quantity - 1
+                answer = self._hold(
+                    row, small.remote_id, others, rest, note=f" of the other {others}"
+                )
+                after = f" after a one-ticket hold and {_COPIES} retries of it"
+                self._expect_tickets(answer, after, "a retry took tickets again")
+                self._made(answer, rest, small.remote_id, others)
+            self._expect_sold_out(row, first, "the retried hold and the others held them all")
+        finally:
+            self._quiet_release(row, gid)
+            if small.quantity > 1:
+                self._quiet_release(row, rest)
+        again = self._hold_all(row, "after the retried hold was released")
         self._quiet_release(row, again.global_id)
 
     def _expiry(self, row: _Row) -> None:
