@@ -73,7 +73,7 @@ __all__ = [
     "run_checks",
 ]
 
-#: Tickets of the flow listing a run may hold at one time (its flows hold one ticket each).
+#: Tickets of the flow listing a run may hold at one time (its flows hold one or two at a time).
 FLOW_TICKETS = 4
 #: Seconds the checker waits for any one answer.
 DEFAULT_TIMEOUT = 10.0
@@ -774,7 +774,7 @@ class Checker:
         nothing: not the hold it names (a live one, made with the right key), nor a new one."""
         held = self._new_hold(row, "auth")
         gid = self._gid("refused")  # a hold the refused POST /v1/holds must not make
-        made = True
+        maybe_made = True
         try:
             refused: list[Callable[[], _Answer]] = [
                 lambda: self._get(row, held.global_id, key=key, note=note),
@@ -805,10 +805,10 @@ class Checker:
                     "made the hold"
                 )
             _expect_problem(after, 404, "hold_not_found")
-            made = False
+            maybe_made = False
         finally:
             self._quiet_release(row, held.global_id)
-            if made:
+            if maybe_made:
                 self._quiet_release(row, gid)
 
     # Accepted means answered as documented: an unknown hold is 404 hold_not_found (a 500, a

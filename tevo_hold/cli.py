@@ -456,7 +456,8 @@ def _listing(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     default=5.0,
     show_default=True,
     help="Seconds the expiry check may wait for a hold to lapse; with a longer server TTL it "
-    "is not run (SKIP: neither a pass nor a failure).",
+    "is not run (SKIP: neither a pass nor a failure). On the small listing it then waits up to "
+    "the rest of it (at least 1 s) for the lapsed hold's tickets to come back.",
 )
 @click.option(
     "--concurrency",
