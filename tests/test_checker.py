@@ -35,7 +35,7 @@ from tevo_hold import RedisInventoryAdapter, Settings, build_service, create_app
 from tevo_hold.checker import Listing
 from tevo_hold.cli import main
 
-from .servers import ROOT, free_port
+from .servers import ROOT, free_port, serving
 
 API_KEY = "checker-key"
 ROW = re.compile(r"^(?P<name>\S.*?)\s{2,}(?P<result>PASS|FAIL|SKIP)\b(?P<rest>.*)$")
@@ -57,16 +57,8 @@ def serve(app: Flask) -> Iterator[str]:
     server = make_server(
         "127.0.0.1", free_port(), app, threaded=True, request_handler=_QuietHandler
     )
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="checker-test-server"
-    )
-    thread.start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def check(url: str, *args: str, env: dict[str, str] | None = None) -> Result:
