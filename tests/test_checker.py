@@ -225,6 +225,7 @@ class Flaws:
     takes_one: bool = False  # a hold takes one ticket, whatever its quantity
     retry_takes_again: bool = False  # a hold's retry replays it, and takes its tickets again
     copies_race: bool = False  # identical holds at once each make the hold (no in-progress)
+    negative_ok: bool = False  # a negative quantity is a hold (it gives tickets)
 
 
 def _now() -> float:
@@ -318,7 +319,8 @@ def naive_app(
         for name in fields:
             value = data[name]
             if name == "quantity":
-                ok = type(value) is int and 1 <= value <= 10_000
+                least = -10_000 if flaws.negative_ok else 1
+                ok = type(value) is int and least <= value <= 10_000 and value != 0
             elif name == "tevo_order_id":
                 ok = (type(value) is int and value > 0) or (isinstance(value, str) and value != "")
             else:
@@ -535,6 +537,12 @@ def bad_key_lines(pattern: str) -> list[str]:
                 r"Idempotent-Replayed: true, expected one"
             ],
             id="identical-holds-at-once-each-hold",
+        ),
+        pytest.param(
+            Flaws(negative_ok=True),
+            {"errors: bad field -> 400 invalid_request"},
+            [r"POST /v1/holds with quantity -1 answered 201"],
+            id="negative-quantities",
         ),
         pytest.param(
             Flaws(html_errors=True),

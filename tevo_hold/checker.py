@@ -75,6 +75,16 @@ __all__ = [
 
 #: Tickets of the flow listing a run may hold at one time (its flows hold one or two at a time).
 FLOW_TICKETS = 4
+#: Fields of a hold out of the contract's bounds (one each): every one must be a 400.
+BAD_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("quantity", "two"),
+    ("quantity", 0),
+    ("quantity", -1),
+    ("quantity", 1.5),
+    ("quantity", True),
+    ("quantity", 10_001),
+    ("remote_id", ""),
+)
 #: Seconds the checker waits for any one answer.
 DEFAULT_TIMEOUT = 10.0
 #: The expiry check runs only when holds live at most this many seconds.
@@ -832,13 +842,17 @@ class Checker:
         _expect_problem(answer, 400, "malformed_json")
 
     def _bad_field(self, row: _Row) -> None:
-        gid = self._gid("bad-field")
-        body = {"remote_id": self.flow.remote_id, "quantity": "two", "global_id": gid}
-        note = ' with quantity "two"'
-        answer = self._call(row, "POST", "/v1/holds", body=body, note=note)
-        _expect_problem(answer, 400, "invalid_request")
-        after = self._get(row, gid, note=" after the bad hold")
-        _expect_problem(after, 404, "hold_not_found")
+        """Holds with a field out of the contract's bounds: each a 400, and nothing held."""
+        for n, (field, value) in enumerate(BAD_FIELDS):
+            gid = self._gid(f"bad-field-{n}")
+            body: dict[str, Any] = {"remote_id": self.flow.remote_id, "quantity": 1}
+            body["global_id"] = gid
+            body[field] = value
+            note = f" with {field} {json.dumps(value)}"
+            answer = self._call(row, "POST", "/v1/holds", body=body, note=note)
+            _expect_problem(answer, 400, "invalid_request")
+            after = self._get(row, gid, note=f" after the hold{note}")
+            _expect_problem(after, 404, "hold_not_found")
 
     def _flow_hold(self, row: _Row) -> None:
         self._flow["sold"] = self._new_hold(row, "sold")
