@@ -35,6 +35,7 @@ from tevo_hold import (
     metrics,
     observability,
 )
+from tevo_hold._flusher import Flusher
 from tevo_hold.adapters.http import HttpPosAdapter
 from tevo_hold.ledger import Backlog
 from tevo_hold.observability import PIPE_BUF, JsonFormatter, LineHandler
@@ -770,3 +771,75 @@ def test_a_forked_child_does_not_write_its_parents_gathered_lines() -> None:
         "the child's",
         "the parent's",
     ]
+
+
+# -- the flushing threads ----------------------------------------------------------------------
+
+
+def _thread_start_fails_once(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """threading.Thread.start raising as at a process's limit of threads, the first time a
+    thread named ``name`` starts; the names of the threads it refused."""
+    refused: list[str] = []
+    start = threading.Thread.start
+
+    def fail_once(thread: threading.Thread) -> None:
+        if not refused and thread.name == name:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", fail_once)
+    return refused
+
+
+def test_a_flusher_whose_thread_does_not_start_flushes_inline_and_tries_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    flushed: list[str] = []
+    flusher = Flusher("test-flusher", 60, lambda: flushed.append("flushed"))
+    refused = _thread_start_fails_once(monkeypatch, "test-flusher")
+    with caplog.at_level(logging.ERROR, logger="tevo_hold._flusher"):
+        flusher.start()  # does not raise
+        assert refused == ["test-flusher"]
+        assert flusher.running is False  # not a thread that is not there
+        assert flushed == ["flushed"]  # the caller's item went out all the same
+        flusher.start()  # the next item: the thread starts now
+    assert flusher.running is True
+    assert flushed == ["flushed"]  # the thread flushes from now on (in 60 s)
+    assert [r.getMessage() for r in caplog.records] == [
+        "test-flusher: its thread did not start (can't start new thread): "
+        "flushing in the callers until it does"
+    ]
+
+
+def test_a_failed_start_is_logged_once_however_often_it_fails(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    flushed: list[int] = []
+    flusher = Flusher("test-flusher-never", 60, lambda: flushed.append(1))
+
+    def never(thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", never)
+    with caplog.at_level(logging.ERROR, logger="tevo_hold._flusher"):
+        for _ in range(5):
+            flusher.start()
+    assert (flusher.running, len(flushed), len(caplog.records)) == (False, 5, 1)
+
+
+def test_a_hold_is_answered_and_logged_when_the_access_log_thread_does_not_start(
+    stocked: FlaskClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the request that found the thread missing got a 500 for a hold that was made, and
+    no access line came out again until the backlog (10,000 requests) was full."""
+    caplog.set_level(logging.INFO, logger="tevo_hold.access")
+    fresh = Flusher("tevo-hold-access-log", 60, observability.flush_access_log)
+    monkeypatch.setattr(observability, "_ACCESS_FLUSHER", fresh)
+    refused = _thread_start_fails_once(monkeypatch, "tevo-hold-access-log")
+    answer = stocked.post("/v1/holds", json=HOLD, headers={**AUTH, "X-Request-ID": "no-thread"})
+    assert answer.status_code == 201
+    assert refused == ["tevo-hold-access-log"]
+    # logged before the answer returned, by the request itself: no thread runs to do it
+    logged = [getattr(r, "fields", {}).get("request_id") for r in caplog.records]
+    assert "no-thread" in logged

@@ -8,10 +8,16 @@ a fraction of doing the same work on its own, between two system calls, with col
 seconds. A forked child (a gunicorn worker) starts a thread of its own with its first item;
 whatever its parent had not flushed is the parent's to flush, and ``after_fork`` drops the
 child's copy of it.
+
+Should the thread not start (a process at its limit of threads, say), nothing is lost and no caller
+sees an error: the failure is logged once, ``running`` stays False, and the caller that found it
+so flushes itself, as if unbatched; the next item tries to start the thread again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import time
@@ -19,6 +25,8 @@ import weakref
 from collections.abc import Callable
 
 __all__ = ["Flusher"]
+
+_LOG = logging.getLogger(__name__)
 
 
 class Flusher:
@@ -45,16 +53,39 @@ class Flusher:
         self._lock = threading.Lock()
         #: Whether this process's thread runs: read on every item, so a plain attribute.
         self.running = False
+        #: Whether a failed start has been logged (once per process, not once per item).
+        self._failure_logged = False
         os.register_at_fork(after_in_child=_after_fork_of(weakref.ref(self)))
 
     def start(self) -> None:
         """Start this process's thread, unless it runs already (callers on a hot path check
-        ``running`` first: a plain attribute read, where this takes a lock)."""
+        ``running`` first: a plain attribute read, where this takes a lock).
+
+        Never raises: if the thread does not start, ``running`` stays False, the failure is
+        logged (once) and ``flush`` is called here instead, so the caller's item still goes out.
+        """
         with self._lock:
             if self.running:
                 return
-            self.running = True
-        threading.Thread(target=self._run, name=self.name, daemon=True).start()
+            try:
+                threading.Thread(target=self._run, name=self.name, daemon=True).start()
+            except Exception as exc:  # RuntimeError: can't start new thread
+                failure: Exception | None = exc
+            else:
+                self.running, failure = True, None
+            log_it = failure is not None and not self._failure_logged
+            if log_it:
+                self._failure_logged = True
+        if failure is None:
+            return
+        if log_it:
+            _LOG.error(
+                "%s: its thread did not start (%s): flushing in the callers until it does",
+                self.name,
+                failure,
+            )
+        with contextlib.suppress(Exception):  # see the class's doc: a later flush tries again
+            self._flush()
 
     def _run(self) -> None:
         while True:
@@ -67,6 +98,7 @@ class Flusher:
     def _forked(self) -> None:
         self._lock = threading.Lock()
         self.running = False
+        self._failure_logged = False
         if self._after_fork_of is not None:
             self._after_fork_of()
 
