@@ -10,7 +10,9 @@ import io
 import json
 import logging
 import os
+import random
 import re
+import string
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -305,6 +307,45 @@ def test_requests_and_outcomes_are_counted(stocked: FlaskClient) -> None:
     assert value("tevo_hold_holds_total", outcome="held") == before["held"] + 1
     assert value("tevo_hold_holds_total", outcome="replayed") == before["replayed"] + 1
     assert value("tevo_hold_holds_total", outcome="global_id_conflict") == before["conflict"] + 1
+
+
+def _series(http: FlaskClient, family: str) -> list[dict[str, str]]:
+    text = http.get("/metrics").get_data(as_text=True)
+    return [
+        sample.labels
+        for metric in text_string_to_metric_families(text)
+        if metric.name == family
+        for sample in metric.samples
+    ]
+
+
+def test_methods_a_client_makes_up_add_no_series_to_the_metrics(http: FlaskClient) -> None:
+    """Was: each method sent (gunicorn takes any token of 3-20 characters) to an unknown path,
+    or to a route that does not take it, was a new series of every HTTP metric, for good: 300
+    requests made /metrics 4,826 lines long, half a megabyte, and growing."""
+    rng = random.Random(7)
+
+    def made_up() -> str:
+        return "".join(rng.choices(string.ascii_uppercase + string.digits, k=rng.randint(3, 20)))
+
+    for method in ("GET", "BREW", "DELETE"):  # whatever series these make, made once
+        http.open("/nowhere", method=method)
+        http.open("/v1/holds", method=method)
+    _series(http, "tevo_hold_http_requests")  # and the series of reading /metrics
+    before = len(_series(http, "tevo_hold_http_requests"))
+    for _ in range(100):
+        http.open("/nowhere", method=made_up())
+        http.open("/v1/holds", method=made_up(), headers=AUTH)
+    after = _series(http, "tevo_hold_http_requests")
+    assert len(after) == before
+    methods = {labels["method"] for labels in after}
+    assert methods <= observability.METRIC_METHODS | {"other"}
+    assert {"endpoint": "unmatched", "method": "other", "status": "404"} in after
+    assert {"endpoint": "unmatched", "method": "other", "status": "405"} in after
+    latency = {
+        labels["method"] for labels in _series(http, "tevo_hold_http_request_duration_seconds")
+    }
+    assert latency <= observability.METRIC_METHODS | {"other"}
 
 
 def test_metric_children_are_batches_of_those_of_labels_and_bounded(

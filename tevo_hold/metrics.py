@@ -95,12 +95,14 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
 REQUESTS = Counter(
     "tevo_hold_http_requests_total",
-    "HTTP requests answered, by endpoint (the route's pattern), method and status.",
+    "HTTP requests answered, by endpoint (the route's pattern, or unmatched), method (HTTP's, "
+    "or other) and status.",
     ["endpoint", "method", "status"],
 )
 REQUEST_LATENCY = Histogram(
     "tevo_hold_http_request_duration_seconds",
-    "Seconds from a request's arrival to its answer, by endpoint and method.",
+    "Seconds from a request's arrival to its answer, by endpoint and method (as in "
+    "tevo_hold_http_requests_total).",
     ["endpoint", "method"],
     buckets=_BUCKETS,
 )
@@ -147,8 +149,11 @@ INVOICE_FAILURES = Counter(
 P = ParamSpec("P")
 M = TypeVar("M", Counter, Histogram)
 
-#: Label combinations a :class:`Children` remembers, at most: ours are few (endpoints, methods,
-#: statuses, error codes), but a method is whatever a client sends, and memory must stay bounded.
+#: Label combinations a :class:`Children` remembers, at most: a guard for this process's memory
+#: only, since past it every new combination is still a new series of prometheus_client's. A
+#: label's values must be bounded where they are chosen: the routes' patterns, the statuses, the
+#: error codes, and the method a client sends as one of HTTP's or ``other``
+#: (:data:`tevo_hold.observability.METRIC_METHODS`).
 MAX_CHILDREN = 10_000
 
 

@@ -42,6 +42,8 @@ __all__ = [
     "ACCESS_LOG",
     "ACCESS_LOG_BACKLOG",
     "ACCESS_LOG_INTERVAL",
+    "METRIC_METHODS",
+    "OTHER_METHOD",
     "REQUEST_ID_HEADER",
     "JsonFormatter",
     "LineHandler",
@@ -128,6 +130,15 @@ def install(app: Flask, prefix: str = "") -> None:
 _REQUESTS = metrics.Children(metrics.REQUESTS)
 _REQUEST_LATENCY = metrics.Children(metrics.REQUEST_LATENCY)
 
+#: The methods the metrics name as themselves (HTTP's, RFC 9110 and PATCH); any other method a
+#: client sends (gunicorn takes any token of 3-20 characters) is counted as ``other``. Each
+#: value a label takes is a series in every scrape, written to the multiprocess files, for good:
+#: the client must not be the one to choose how many there are.
+METRIC_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+OTHER_METHOD = "other"
+
 
 def _finish(info: RequestInfo, response: Response) -> None:
     req = request._get_current_object()  # type: ignore[attr-defined]  # once, not per field
@@ -135,8 +146,9 @@ def _finish(info: RequestInfo, response: Response) -> None:
     seconds = time.perf_counter() - info.started
     endpoint = req.url_rule.rule if req.url_rule is not None else "unmatched"
     method, status = req.method, response.status_code
-    _REQUESTS(endpoint, method, str(status)).inc()
-    _REQUEST_LATENCY(endpoint, method).observe(seconds)
+    label = method if method in METRIC_METHODS else OTHER_METHOD
+    _REQUESTS(endpoint, label, str(status)).inc()
+    _REQUEST_LATENCY(endpoint, label).observe(seconds)
     if ACCESS_LOG.isEnabledFor(logging.INFO):
         _ACCESS_LINES.append(
             (time.time(), threading.current_thread(), info, method, req.path, status, seconds,
