@@ -203,6 +203,49 @@ def test_past_the_backlog_a_request_logs_the_waiting_lines_itself(
         assert len(observability._ACCESS_LINES) == 0
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/holds/" + "%FF" * 1300,  # each byte that is not UTF-8 read as U+FFFD, 3 bytes
+        "/v1/holds/" + "%01" * 2000,  # a control character: a 6-byte escape in JSON
+        "/nowhere/" + "票" * 3000,
+        "/nowhere/" + "a" * 10_000,
+    ],
+)
+def test_an_access_line_fits_one_atomic_pipe_write_whatever_the_path(
+    http: FlaskClient, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """Was: the path, in the line twice (message and path), made a line of 8 KB from a 404's
+    path of 1,300 "%FF"; over PIPE_BUF a write to the pipe the workers share is not atomic,
+    and with two workers 160 of 209 such lines were interleaved, not JSON."""
+    caplog.set_level(logging.INFO, logger="tevo_hold.access")
+    http.get(path, headers=AUTH)
+    (record,) = access_records(caplog)
+    line = (JsonFormatter().format(record) + "\n").encode("utf-8", "backslashreplace")
+    assert len(line) < PIPE_BUF
+    entry = json.loads(line)
+    assert entry["path"].endswith(observability.CUT)
+    assert len(json.dumps(entry["path"], ensure_ascii=False).encode()) <= (
+        observability.MAX_PATH_BYTES
+    )
+    assert entry["path_chars"] > len(entry["path"])  # how long it was
+    assert path.startswith(entry["path"][:9])
+    assert len(entry["message"]) < len(entry["path"])  # the message has only its start
+    if entry["global_id"] is not None:  # taken from the path before it was checked
+        assert entry["global_id"].endswith(observability.CUT)
+
+
+def test_a_path_within_bounds_is_logged_whole_and_not_marked(
+    http: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tevo_hold.access")
+    path = "/nowhere/" + "b" * 900
+    http.get(path)
+    (record,) = access_records(caplog)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["path"] == path and "path_chars" not in entry
+
+
 def test_a_forked_child_logs_its_own_access_lines_only(caplog: pytest.LogCaptureFixture) -> None:
     info = observability.RequestInfo(request_id="parent-line", started=0.0)
     with caplog.at_level(logging.INFO, logger="tevo_hold.access"):
@@ -766,6 +809,23 @@ def test_a_line_handler_with_a_flush_interval_gathers_lines_into_whole_pipe_writ
     assert len(writes.calls) < 100 / 5  # many lines per write
     handler.flush()
     assert writes.lines() == [f"line {n} {'x' * 50}" for n in range(100)]
+
+
+def test_gathered_lines_are_never_split_nor_joined_past_pipe_buf() -> None:
+    """A write of gathered lines is at most PIPE_BUF bytes of whole lines; a line longer than
+    that alone (it cannot be whole, but it takes no other line with it)."""
+    handler = LineHandler(1, flush_interval=60)
+    writes = Writes(handler)
+    log = _logger_with(handler, "tevo_hold.test_not_split")
+    sizes = [10, 3000, 1500, 5000, 4000, 100, 2000, 2000, 9000, 1, 4070, 30] * 5
+    for n, size in enumerate(sizes):
+        log.info("%d %s", n, "y" * size)
+    handler.flush()
+    for call in writes.calls:
+        lines = call.splitlines(keepends=True)
+        assert call.endswith(b"\n")
+        assert len(call) <= PIPE_BUF or len(lines) == 1
+    assert writes.lines() == [f"{n} {'y' * size}" for n, size in enumerate(sizes)]
 
 
 def test_a_warning_is_written_at_once_after_the_lines_gathered_before_it() -> None:

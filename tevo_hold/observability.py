@@ -42,6 +42,8 @@ __all__ = [
     "ACCESS_LOG",
     "ACCESS_LOG_BACKLOG",
     "ACCESS_LOG_INTERVAL",
+    "CUT",
+    "MAX_PATH_BYTES",
     "METRIC_METHODS",
     "OTHER_METHOD",
     "REQUEST_ID_HEADER",
@@ -175,6 +177,42 @@ _ACCESS_LINES: deque[
 ] = deque()
 
 
+#: Bytes, at most, of a field a client chooses as the access line's JSON has it (escapes
+#: included): the path, the hold's ``global_id`` (as it came, before it was checked), the method.
+#: With them so bounded a line stays well under :data:`PIPE_BUF`, written whole however many
+#: workers share the pipe. A field cut short ends with :data:`CUT`.
+MAX_PATH_BYTES = 1000
+MAX_ID_BYTES = 600
+MAX_METHOD_BYTES = 40
+#: The path again in the line's message: only its start, the whole of it is the path's.
+MAX_MESSAGE_PATH_BYTES = 200
+#: What ends a field cut short.
+CUT = "...[cut]"
+
+
+def _json_size(text: str) -> int:
+    """Bytes of ``text`` as a JSON string in a log line (see JsonFormatter and LineHandler)."""
+    try:
+        return len(orjson.dumps(text))
+    except TypeError:  # a lone surrogate: the fallback encoder's, escaped by the handler
+        return len(_LOG_ENCODER.encode(text).encode("utf-8", "backslashreplace"))
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its start followed by :data:`CUT`, at most ``limit`` bytes as JSON."""
+    if len(text) * 6 + 2 <= limit:  # no character takes more than 6 bytes (an escape)
+        return text
+    size = _json_size(text)
+    if size <= limit:
+        return text
+    keep = min(len(text), limit)
+    size = _json_size(text[:keep])
+    while size + len(CUT) > limit:
+        keep = max(0, min(keep - 1, keep * (limit - len(CUT)) // size))
+        size = _json_size(text[:keep])
+    return text[:keep] + CUT
+
+
 def flush_access_log() -> None:
     """Log the access lines of the requests answered so far, now.
 
@@ -189,16 +227,21 @@ def flush_access_log() -> None:
             when, thread, info, method, path, status, seconds, remote_addr = _ACCESS_LINES.popleft()
         except IndexError:
             return
+        method = _cut(method, MAX_METHOD_BYTES)
+        logged_path = _cut(path, MAX_PATH_BYTES)
+        global_id = info.global_id
         fields: dict[str, Any] = {
             "request_id": info.request_id,
             "method": method,
-            "path": path,
+            "path": logged_path,
             "status": status,
             "duration_ms": round(seconds * 1000, 2),
             "key": info.key_name,
-            "global_id": info.global_id,
+            "global_id": global_id if global_id is None else _cut(global_id, MAX_ID_BYTES),
             "remote_addr": remote_addr,
         }
+        if logged_path is not path:
+            fields["path_chars"] = len(path)  # the path's length as it came
         if info.code is not None:
             fields["code"] = info.code
         # The record made directly: Logger.info would also look up its caller's frame, for a
@@ -209,7 +252,7 @@ def flush_access_log() -> None:
             __file__,
             0,
             "%s %s %s",
-            (method, path, status),
+            (method, _cut(logged_path, MAX_MESSAGE_PATH_BYTES), status),
             None,
             extra={"fields": fields},
         )
