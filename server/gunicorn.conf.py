@@ -14,6 +14,17 @@ once) can all land on the worker that woke first: it serves them alone, on one c
 others idle. The price: a connection still waiting in a stopping worker's queue is reset, and
 its client retries. ``TEVO_HOLD_REUSE_PORT=0`` goes back to one shared socket.
 
+It also means a second server started on the same port does not fail with "address in use": it
+joins silently, and the kernel splits new connections between the two. With Redis they share
+their state, so nothing is sold twice, but the one you meant to replace keeps serving. In
+embedded mode (one worker, state in its memory) ``reuse_port`` is always off: two servers there
+would be two stores selling the same tickets, so the second now stops at start-up; and the one
+worker's socket would close while it restarts (``--max-requests``, a crash), refusing connections
+until the next one listens. With several workers the same happens whenever they are all
+restarting at once: seen with 2 workers and ``--max-requests 50`` (jitter or not: about 600
+connections refused in 5 s), not with 4. On one shared socket the master keeps it open, and
+none is refused.
+
 Control socket (gunicorn 25.1+, for ``gunicornc``): one of this master's own, in the temporary
 directory, named after its pid (the log says where). gunicorn's default, one path per user
 (``~/.gunicorn/gunicorn.ctl``), would be taken over by the next master started on the host, and
@@ -85,7 +96,11 @@ def _flag(name: str, default: bool) -> bool:
     raise SystemExit(f"{name}={raw!r}: expected true or false (1/0, yes/no, on/off)")
 
 
-reuse_port = _flag("TEVO_HOLD_REUSE_PORT", True)
+# Embedded mode: always one shared socket, whatever TEVO_HOLD_REUSE_PORT says. Its one worker
+# has nothing to spread; with reuse_port a second server started on the same port would join
+# silently (two stores in two memories: the same tickets sold twice), and while the worker
+# restarts no socket listens at all (connections refused).
+reuse_port = _flag("TEVO_HOLD_REUSE_PORT", True) and not _embedded
 control_socket = str(Path(tempfile.gettempdir()) / f"tevo-hold-{os.getpid()}.ctl")
 accesslog = None
 errorlog = "-"

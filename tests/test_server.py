@@ -455,13 +455,33 @@ def test_gunicorn_conf_refuses_zero_workers(redis_url: str) -> None:
     assert "WEB_CONCURRENCY='0': expected a whole number" in wrong.stdout + wrong.stderr
 
 
-def test_gunicorn_conf_gives_each_worker_a_socket_unless_told_not_to() -> None:
-    assert printed("reuse_port", gunicorn(["--print-config"], {}).stdout) == "True"
-    off = gunicorn(["--print-config"], {"TEVO_HOLD_REUSE_PORT": "off"})
+def test_gunicorn_conf_gives_each_worker_a_socket_unless_told_not_to(redis_url: str) -> None:
+    env = {"TEVO_HOLD_REDIS_URL": redis_url, "TEVO_HOLD_API_KEYS": "k"}
+    assert printed("reuse_port", gunicorn(["--print-config"], env).stdout) == "True"
+    off = gunicorn(["--print-config"], {**env, "TEVO_HOLD_REUSE_PORT": "off"})
     assert printed("reuse_port", off.stdout) == "False"
+    # in memory mode, never (one worker: nothing to spread), whatever the flag says
+    for flag in ("", "on"):
+        embedded = gunicorn(["--print-config"], {"TEVO_HOLD_REUSE_PORT": flag})
+        assert printed("reuse_port", embedded.stdout) == "False", flag
     wrong = gunicorn(["--check-config"], {"TEVO_HOLD_REUSE_PORT": "sometimes"})
     assert wrong.returncode != 0
     assert "TEVO_HOLD_REUSE_PORT='sometimes'" in wrong.stdout + wrong.stderr
+
+
+def test_a_second_embedded_server_on_the_same_port_stops_rather_than_sell_the_tickets_again(
+    demo: Gunicorn,
+) -> None:
+    """With reuse_port a second in-memory server on the port started silently, the kernel
+    splitting connections between two stores: 12 holds on 4 tickets got 8 answers 201."""
+    env = {"TEVO_HOLD_BIND": f"127.0.0.1:{demo.port}"}
+    second = gunicorn(["--workers", "1"], env)
+    assert second.returncode != 0
+    assert "Connection in use" in second.stdout + second.stderr
+    with requests.Session() as http:
+        assert http.get(f"{demo.base}/healthz", timeout=10).status_code == 200
+    listening = worker_sockets(demo.proc.pid, demo.port)
+    assert len(listening) == 1 and all(listening.values()), listening
 
 
 def _burst(base: str, count: int) -> list[tuple[HTTPConnection, int]]:
