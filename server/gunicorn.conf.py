@@ -33,10 +33,13 @@ removed by the first to stop.
 Metrics: prometheus_client's multiprocess mode, so that ``/metrics`` sums every worker's counts.
 ``PROMETHEUS_MULTIPROC_DIR`` is set here, before anything imports prometheus_client (gunicorn's
 logging set-up below imports tevo_hold); unset, it is a directory of this master's own, made at
-start-up and removed at exit. A directory you name is emptied of old files at start-up: give each
-gunicorn master its own.
+start-up by ``tempfile.mkdtemp`` (private to its user, under a name no one could have taken in
+advance), kept by a reload (SIGHUP; the environment variable ``TEVO_HOLD_GUNICORN_METRICS_DIR``
+marks it as this master's) and removed at exit. A directory you name is emptied of old files at
+start-up: give each gunicorn master its own, writable by its user only.
 """
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -46,11 +49,32 @@ from pathlib import Path
 
 from gunicorn import glogging
 
-_DEFAULT_METRICS_DIR = str(Path(tempfile.gettempdir()) / f"tevo-hold-metrics-{os.getpid()}")
-# (Equal to the default too when the config is reloaded, on SIGHUP.)
-_OWN_METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "") in ("", _DEFAULT_METRICS_DIR)
-if _OWN_METRICS_DIR:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _DEFAULT_METRICS_DIR
+# The metrics directory this master made, as "<pid>:<path>": a reload (SIGHUP re-executes this
+# file in the same master) finds it here and keeps it. Another process's mark (inherited from
+# the master that started this one) is not ours: we make a directory of our own.
+_METRICS_MARK = "TEVO_HOLD_GUNICORN_METRICS_DIR"
+
+
+def _own_metrics_dir() -> str | None:
+    """The metrics directory of this master's own, made now if need be (``tempfile.mkdtemp``:
+    private, 0o700, a name no one had, so nothing planted in advance is used); None when
+    ``PROMETHEUS_MULTIPROC_DIR`` names one of the operator's."""
+    named = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    pid, _, made = os.environ.get(_METRICS_MARK, "").partition(":")
+    if named and named != made:
+        return None
+    if named and pid == str(os.getpid()) and os.path.isdir(made):
+        return made  # reloaded: the directory made at start-up
+    made = tempfile.mkdtemp(prefix="tevo-hold-metrics-")
+    owner = os.getpid()
+    # at exit (also of --check-config), in this process only, not in the forked workers
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(made, ignore_errors=True))
+    os.environ[_METRICS_MARK] = f"{owner}:{made}"
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made
+
+
+_OWN_METRICS_DIR = _own_metrics_dir()
 
 # Imported only now, with PROMETHEUS_MULTIPROC_DIR set: tevo_hold imports prometheus_client.
 from tevo_hold.errors import ConfigurationError  # noqa: E402
@@ -144,7 +168,10 @@ logger_class = _Logger
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    """Start with an empty metrics directory: old files would add old counts."""
+    """Start with an empty metrics directory: old files would add old counts. (Ours is new and
+    empty; one the operator named is emptied.)"""
+    if _OWN_METRICS_DIR:
+        return
     path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     for old in path.glob("*.db"):
@@ -170,4 +197,4 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 def on_exit(server):  # type: ignore[no-untyped-def]
     if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)

@@ -22,7 +22,17 @@ import requests
 
 from tevo_hold.web import SERVER_PROBLEMS, server_problem
 
-from .servers import ROOT, Gunicorn, gunicorn_process, raw_http, wait_for, worker_sockets
+from .servers import (
+    ROOT,
+    Gunicorn,
+    child_pids,
+    free_port,
+    gunicorn_process,
+    raw_http,
+    stop_process,
+    wait_for,
+    worker_sockets,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -562,3 +572,75 @@ def test_a_stopping_server_logs_every_request_it_answered() -> None:
         if line.get("logger") == "tevo_hold.access" and line["request_id"] in ids
     ]  # (not the start-up's readiness checks)
     assert sorted(logged) == sorted(ids)
+
+
+# -- the metrics directory ----------------------------------------------------------------------
+
+
+def _metrics_files(pid: int) -> set[Path]:
+    """The prometheus_client files (``*.db``) that process ``pid`` has mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {Path(line.split()[-1]) for line in maps.splitlines() if line.endswith(".db")}
+
+
+def test_the_metrics_directory_is_private_never_planted_and_kept_by_a_reload(
+    tmp_path: Path,
+) -> None:
+    """The directory was /tmp/tevo-hold-metrics-<master pid>, taken as it was if it existed: a
+    symlink planted there by another user had the master delete the *.db files it pointed at and
+    the workers write there. Now it is made by mkdtemp (0o700, a new name), kept on SIGHUP (the
+    config is read again) and removed at exit."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.db").write_text("not gunicorn's")
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TEVO_HOLD_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env["TEVO_HOLD_BIND"] = f"127.0.0.1:{port}"
+    # the old path, planted before the master starts: exec keeps the pid it is named after
+    plant = (
+        "import os, sys, tempfile; "
+        "os.symlink(sys.argv[1], os.path.join(tempfile.gettempdir(), "
+        "f'tevo-hold-metrics-{os.getpid()}')); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'gunicorn', *sys.argv[2:]])"
+    )
+    config = str(ROOT / "server" / "gunicorn.conf.py")
+    cmd = [sys.executable, "-c", plant, str(elsewhere), "-c", config, "server.wsgi:app"]
+    log = tmp_path / "gunicorn.log"
+    base = f"http://127.0.0.1:{port}"
+    planted = Path(tempfile.gettempdir()) / "tevo-hold-metrics-0"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        planted = planted.with_name(f"tevo-hold-metrics-{proc.pid}")
+        try:
+
+            def metrics_dir() -> Path:
+                requests.get(base + "/healthz", timeout=1)
+                (worker,) = child_pids(proc.pid)
+                files = _metrics_files(worker)
+                assert files
+                (directory,) = {f.parent for f in files}
+                return directory
+
+            wait_for(lambda: metrics_dir(), what="gunicorn's metrics files")
+            first = metrics_dir()
+            assert first.resolve() != elsewhere.resolve()
+            assert not first.is_symlink() and first.parent == Path(tempfile.gettempdir())
+            assert first.stat().st_mode & 0o777 == 0o700
+            assert first.stat().st_uid == os.getuid()
+            assert sorted(p.name for p in elsewhere.iterdir()) == ["precious.db"]
+
+            # a reload reads the config again: the new worker counts into the same directory
+            (old_worker,) = child_pids(proc.pid)
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: child_pids(proc.pid) not in ([], [old_worker]), what="new worker")
+            wait_for(lambda: metrics_dir() == first, what="the new worker's metrics files")
+        finally:
+            stop_process(proc, timeout=20)
+            planted.unlink(missing_ok=True)
+    assert proc.returncode == 0, log.read_text("utf-8")[-3000:]
+    assert not first.exists()  # removed at exit
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["precious.db"]
