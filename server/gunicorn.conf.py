@@ -1,4 +1,7 @@
-"""gunicorn settings for tevo-hold. Every value can be overridden on the command line.
+"""gunicorn settings for tevo-hold. Every value can be overridden on the command line, but for
+the logging: ``--log-level`` works, but ``--error-logfile``, ``--access-logfile``,
+``--log-config*`` and ``--capture-output`` have no effect (``logconfig_dict`` below sends every
+line to stderr: redirect that instead, ``2>>file``).
 
 With no TEVO_HOLD_REDIS_URL (the embedded default) state lives in one process's memory, so one
 worker serves every request (with threads); with Redis, workers share the state and scale out.
@@ -157,7 +160,13 @@ logconfig_dict = {
 
 class _Logger(glogging.Logger):
     """gunicorn's logger, but for its access line, which it would format on every request (all
-    the request's headers and more) only for the logger, off above, to drop it."""
+    the request's headers and more) only for the logger, off above, to drop it; and with
+    ``--log-level`` applied after ``logconfig_dict``, which would set INFO over it."""
+
+    def setup(self, cfg):  # type: ignore[no-untyped-def]
+        super().setup(cfg)
+        for name in ("", "gunicorn.error"):
+            logging.getLogger(name).setLevel(self.loglevel)
 
     def access(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
         if self.access_log.isEnabledFor(logging.INFO):

@@ -674,3 +674,13 @@ def test_the_metrics_directory_is_private_never_planted_and_kept_by_a_reload(
     assert proc.returncode == 0, log.read_text("utf-8")[-3000:]
     assert not first.exists()  # removed at exit
     assert sorted(p.name for p in elsewhere.iterdir()) == ["precious.db"]
+
+
+def test_log_level_on_the_command_line_is_obeyed(tmp_path: Path) -> None:
+    """logconfig_dict set INFO over ``--log-level``: ``--log-level warning`` still logged every
+    INFO line (worker boots, access lines)."""
+    log = tmp_path / "gunicorn.log"
+    with gunicorn_process({}, workers=1, threads=2, args=["--log-level", "warning"], output=log):
+        time.sleep(0.3)  # INFO lines are gathered for up to 0.1 s
+    levels = {json.loads(line)["level"] for line in log.read_text("utf-8").splitlines() if line}
+    assert levels and levels <= {"WARNING", "ERROR", "CRITICAL"}, levels
