@@ -944,3 +944,24 @@ def test_a_hold_is_answered_and_logged_when_the_access_log_thread_does_not_start
     # logged before the answer returned, by the request itself: no thread runs to do it
     logged = [getattr(r, "fields", {}).get("request_id") for r in caplog.records]
     assert "no-thread" in logged
+
+
+def test_closing_a_batching_handler_writes_its_lines_and_ends_its_thread(tmp_path) -> None:
+    """logging.config closes the handlers it replaces (gunicorn's SIGHUP runs it again): each
+    closed LineHandler's thread used to live on, one more in the master per reload."""
+    path = tmp_path / "log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    handler = LineHandler(fd, flush_interval=0.01)
+    handler.setFormatter(JsonFormatter())
+    before = {t for t in threading.enumerate() if t.name == "tevo-hold-log"}
+    try:
+        handler.handle(logging.makeLogRecord({"msg": "gathered", "levelno": logging.INFO}))
+        (thread,) = {t for t in threading.enumerate() if t.name == "tevo-hold-log"} - before
+        handler.close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert "gathered" in path.read_text()
+        handler.handle(logging.makeLogRecord({"msg": "after", "levelno": logging.INFO}))
+        assert {t for t in threading.enumerate() if t.name == "tevo-hold-log"} == before
+    finally:
+        os.close(fd)

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable
 
@@ -55,6 +54,8 @@ class Flusher:
         self.running = False
         #: Whether a failed start has been logged (once per process, not once per item).
         self._failure_logged = False
+        #: Set by stop(): the thread ends (and start() starts none).
+        self._stopped = threading.Event()
         os.register_at_fork(after_in_child=_after_fork_of(weakref.ref(self)))
 
     def start(self) -> None:
@@ -65,7 +66,7 @@ class Flusher:
         logged (once) and ``flush`` is called here instead, so the caller's item still goes out.
         """
         with self._lock:
-            if self.running:
+            if self.running or self._stopped.is_set():
                 return
             try:
                 threading.Thread(target=self._run, name=self.name, daemon=True).start()
@@ -87,9 +88,16 @@ class Flusher:
         with contextlib.suppress(Exception):  # see the class's doc: a later flush tries again
             self._flush()
 
+    def stop(self) -> None:
+        """End this process's thread (within an interval) and start no other: for an owner that
+        is closed (a log handler that a reconfiguration, gunicorn's SIGHUP, replaces). What it
+        had gathered is the owner's to flush."""
+        self._stopped.set()
+        self.running = False
+
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
+        stopped = self._stopped
+        while not stopped.wait(self.interval):
             try:
                 self._flush()
             except Exception:  # see the class's doc: the next flush tries again
@@ -99,6 +107,9 @@ class Flusher:
         self._lock = threading.Lock()
         self.running = False
         self._failure_logged = False
+        stopped, self._stopped = self._stopped.is_set(), threading.Event()  # no lock held
+        if stopped:
+            self._stopped.set()
         if self._after_fork_of is not None:
             self._after_fork_of()
 

@@ -414,6 +414,14 @@ class LineHandler(logging.Handler):
                 logging.LogRecord(__name__, logging.ERROR, __file__, 0, "lines lost", (), None)
             )
 
+    def close(self) -> None:
+        """Write what is gathered, and end the handler's thread (logging.config replaces its
+        handlers when it runs again: gunicorn's SIGHUP, which left a thread behind each time)."""
+        if self._flusher is not None:
+            self._flusher.stop()
+        self.flush()
+        super().close()
+
     def _forked(self) -> None:
         """In a forked child: none of the parent's lines (it writes them), no lock held."""
         self._write_lock = threading.Lock()
