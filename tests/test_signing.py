@@ -205,3 +205,44 @@ def test_signing_is_off_by_default_and_x_signature_then_ignored(service: HoldSer
     http = create_app({"TEVO_HOLD_API_KEYS": API_KEY, "TESTING": True}, service=service)
     resp = post(http.test_client(), "/v1/holds", hold_body(), sig="whatever")
     assert resp.status_code == 201, resp.get_data(as_text=True)
+
+
+def get_signed(http: FlaskClient, path: str, message: bytes, host: str = HOST) -> TestResponse:
+    headers = {"X-API-Key": API_KEY, "X-Signature": signature(API_KEY, message), "Host": host}
+    return http.get(path, headers=headers, base_url=f"https://{HOST}")
+
+
+def test_an_id_holding_a_scheme_is_signed_as_its_path_is_sent(http: FlaskClient) -> None:
+    """A path holding "://" (an id may hold any characters) was read as an absolute-form
+    target: "/v1/holds/http://evil/v1/holds/g1" signed as "/v1/holds/g1", so a signature of
+    one read was taken for the other, and the one signed as documented was refused."""
+    gid = "http://evil/v1/holds/g1"
+    assert (
+        post(
+            http,
+            "/v1/holds",
+            hold_body(gid),
+            sig=signature(API_KEY, b"POST " + HOST.encode() + b"/v1/holds?" + hold_body(gid)),
+        ).status_code
+        == 201
+    )
+    path = "/v1/holds/" + gid
+    assert get_signed(http, path, f"GET {HOST}{path}?".encode()).status_code == 200
+    assert_invalid_signature(get_signed(http, path, f"GET {HOST}/v1/holds/g1?".encode()))
+
+
+def test_a_host_name_werkzeug_finds_odd_is_signed_as_sent(http: FlaskClient) -> None:
+    """A host name with an underscore (a compose service's, say): werkzeug reads it as "", and
+    only a signature of no host was taken; the documented one, of the name, was refused."""
+    path = "/v1/holds/nope"
+    answer = get_signed(http, path, f"GET tevo_hold{path}?".encode(), host="tevo_hold:8000")
+    assert answer.status_code == 404 and answer.json["code"] == "hold_not_found"
+    assert_invalid_signature(get_signed(http, path, f"GET {path}?".encode(), host="tevo_hold"))
+
+
+@pytest.mark.parametrize("host", [HOST + "/v1", "a b", ""])
+def test_a_host_header_that_is_no_host_name_is_refused(http: FlaskClient, host: str) -> None:
+    """A "/" in the Host header would move the boundary between host and path in the signed
+    string (one signature for two requests): such a Host is refused, whatever is signed."""
+    path = "/v1/holds/nope"
+    assert_invalid_signature(get_signed(http, path, f"GET {host}{path}?".encode(), host=host))

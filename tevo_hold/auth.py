@@ -272,7 +272,15 @@ def verify_signature(
     query: str,
     body: bytes,
 ) -> None:
-    """Raise InvalidSignature unless ``signature`` signs this request under ``key``."""
+    """Raise InvalidSignature unless ``signature`` signs this request under ``key``.
+
+    ``host`` is the Host header as sent; one that is no host name (a ``/`` in it, say, which
+    would move the line between host and path) is refused, never signed."""
+    if not _HOST.fullmatch(host.strip()):
+        raise errors.InvalidSignature(
+            "The Host header is not a host name (letters, digits, '.', '-', '_', a port, or an "
+            "IPv6 address in brackets): a signed request needs one."
+        )
     if not signature:
         raise errors.InvalidSignature(
             "Sign the request: X-Signature must be the base64 HMAC-SHA256, under your API key, "
@@ -283,8 +291,14 @@ def verify_signature(
     if not hmac.compare_digest(signature.strip().encode("latin-1", "replace"), expected.encode()):
         raise errors.InvalidSignature(
             "X-Signature does not match this request (method, host without port, path as sent, "
-            "and body); see the README for the exact string that is signed."
+            "and the body, or with none the query string); see the README for the exact string "
+            "that is signed."
         )
+
+
+#: A Host header that names a host: a name or IPv4 address, or an IPv6 one in brackets, and a
+#: port. (werkzeug's request.host reads any other as "", which would sign as no host at all.)
+_HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def _bare_host(host: str) -> str:

@@ -157,9 +157,10 @@ _UNAUTHORIZED = Answer(
 )
 _SIGNATURE = Answer(
     errors.InvalidSignature,
-    "Do not retry until the signature is fixed: sign `METHOD host path?` and the body (for a "
-    "`GET`, the query string: its body is never read) with the key, base64 HMAC-SHA256, in "
-    "`X-Signature`.",
+    "Do not retry until the signature is fixed: sign `METHOD host path?` (the `Host` header "
+    "lower-cased without its port, the path as sent) followed by the body, or with none (and "
+    "for a `GET`, whose body is never read) the query string, with the key: base64 "
+    "HMAC-SHA256, in `X-Signature`. The README gives an example.",
     "The seller requires signed requests (TEVO_HOLD_REQUIRE_SIGNATURE) and `X-Signature` is "
     "missing or does not match the request.",
 )

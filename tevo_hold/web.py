@@ -316,7 +316,9 @@ def _authenticate() -> None:
             # WSGI hands headers over as latin-1 text: the bytes that were sent.
             given.encode("latin-1", "replace"),
             method=req.method,
-            host=req.host,
+            # the Host header as sent: request.host reads one it finds odd as "" (a name with
+            # an underscore, say), which the caller signed as a host all the same
+            host=req.environ.get("HTTP_HOST") or req.host,
             path=_raw_path(req),
             query=req.query_string.decode("latin-1"),
             # Only a POST has a body to sign: a GET (or HEAD) signs its query string, and any
@@ -363,7 +365,7 @@ def _raw_path(req: Request) -> str:
     raw = req.environ.get("RAW_URI") or req.environ.get("REQUEST_URI")
     if isinstance(raw, str) and raw:
         path = raw.split("?", 1)[0]
-        if "://" in path:  # absolute-form request target
+        if not path.startswith("/") and "://" in path:  # absolute-form request target
             path = "/" + path.split("://", 1)[1].partition("/")[2]
         return path
     return quote(req.script_root + req.path)
