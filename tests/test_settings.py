@@ -276,3 +276,31 @@ def test_a_mistyped_redis_url_is_refused_at_start_up_saying_what_is_wrong(url, s
 def test_redis_urls_that_redis_py_reads_are_taken(url):
     settings = Settings.from_env({"TEVO_HOLD_REDIS_URL": url})
     connect(settings).close()  # nothing connects yet
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("TEVO_HOLD_REDIS_ULR", "TEVO_HOLD_REDIS_URL"),
+        ("TEVO_HOLD_API_KEY", "TEVO_HOLD_API_KEYS"),
+        ("TEVO_HOLD_HOLDTTL", "TEVO_HOLD_HOLD_TTL"),
+    ],
+)
+def test_a_misspelled_setting_names_the_one_it_resembles(given, meant):
+    """A typo would otherwise leave the setting on its default without a word: for the Redis
+    URL, the embedded in-process store, which no worker can reach."""
+    with pytest.raises(
+        ConfigurationError, match=f"{given} is not a tevo-hold setting: did you mean {meant}"
+    ):
+        Settings.from_mapping({given: "redis://127.0.0.1:6399/0"})
+
+
+def test_other_variables_sharing_the_prefix_are_left_alone():
+    settings = Settings.from_mapping(
+        {
+            "TEVO_HOLD_BIND": "0.0.0.0:80",
+            "TEVO_HOLD_MODEL_EXAMPLES": "500",
+            "TEVO_HOLD_THREADS": "4",
+        }
+    )
+    assert settings.embedded

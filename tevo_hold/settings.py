@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -35,6 +36,17 @@ REDIS_SCHEMES = (
     "redis+cluster",
     "rediss+cluster",
     "redis+sentinel",
+)
+#: The TEVO_HOLD_* variables that other parts read, not Settings: the server's config file
+#: (server/gunicorn.conf.py) and ``tevo-hold check``.
+OTHER_VARIABLES = frozenset(
+    {
+        "TEVO_HOLD_BIND",
+        "TEVO_HOLD_THREADS",
+        "TEVO_HOLD_REUSE_PORT",
+        "TEVO_HOLD_GUNICORN_METRICS_DIR",
+        "TEVO_HOLD_CHECK_API_KEY",
+    }
 )
 #: The API key the embedded default accepts when TEVO_HOLD_API_KEYS is unset. Demo use only.
 DEMO_API_KEY = "demo-key"
@@ -268,8 +280,12 @@ class Settings:
         """Settings from the ``TEVO_HOLD_*`` keys of ``mapping``; other keys are ignored.
 
         Values may be strings (as in the environment) or already typed (as in Flask config).
-        Raises ConfigurationError naming the key of a value that does not parse.
+        Raises ConfigurationError naming the key of a value that does not parse, and for a
+        ``TEVO_HOLD_*`` key that is no setting but close to one (``TEVO_HOLD_REDIS_ULR``): a
+        setting misspelled would otherwise fall back to its default without a word (for the
+        Redis URL, the embedded in-process store).
         """
+        _check_spelling(mapping)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             key = PREFIX + f.name.upper()
@@ -379,3 +395,19 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "require_signature": _bool,
     "rate_limit": _rate_limit,
 }
+
+
+def _check_spelling(mapping: Mapping[str, Any]) -> None:
+    """ConfigurationError for a ``TEVO_HOLD_*`` key of ``mapping`` that looks like a misspelled
+    setting. Keys far from every name are left alone: another tool's variables may share the
+    prefix."""
+    known = {PREFIX + f.name.upper() for f in dataclasses.fields(Settings)} | OTHER_VARIABLES
+    for key in mapping:
+        if not isinstance(key, str) or not key.startswith(PREFIX) or key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+        if close:
+            raise ConfigurationError(
+                f"{key} is not a tevo-hold setting: did you mean {close[0]}? (Unset it, or "
+                "rename it: as it is, the setting it resembles keeps its default.)"
+            )
