@@ -274,3 +274,41 @@ def test_the_apps_hooks_run_on_every_request_and_coroutine_hooks_are_never_taken
                 app.ensure_sync(later)
     finally:
         app.extensions[EXTENSION_KEY].service.close()
+
+
+def test_the_demo_key_opens_only_the_embedded_store_the_extension_built_itself(caplog):
+    """Settings left on the embedded default with no keys, and a service of the vendor's own
+    Redis handed in: only managed keys open it; the public demo key is refused."""
+    caplog.set_level(logging.WARNING, logger="tevo_hold")
+    settings = Settings(api_keys=())
+    assert settings.embedded  # the fallback that once let the demo key in
+    service = build_service(
+        Settings(redis_url="redis://unused"),
+        client=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+    )
+    service.adapter.set_quantity("L", 3)  # type: ignore[attr-defined]
+    app = create_app(service=service)
+    http = app.test_client()
+    body = {"remote_id": "L", "quantity": 3, "global_id": "g"}
+    refused = http.post("/v1/holds", json=body, headers={"X-API-Key": "demo-key"})
+    assert refused.status_code == 401 and refused.json["code"] == "unauthorized"
+    assert service.adapter.stock("L").held == 0  # type: ignore[attr-defined]
+    assert "only managed keys" in caplog.text and "embedded default" not in caplog.text
+    vendor = Flask("vendor")
+    TevoHold(vendor, service=service, settings=settings)
+    assert (
+        vendor.test_client()
+        .post("/v1/holds", json=body, headers={"X-API-Key": "demo-key"})
+        .status_code
+        == 401
+    )
+
+
+def test_memory_mode_with_a_pos_adapter_says_no_worker_can_reach_it(caplog):
+    """Lapsed holds would stay held in the POS and failed invoices go unretried: said at start."""
+    caplog.set_level(logging.WARNING, logger="tevo_hold")
+    app = Flask("vendor")
+    app.config.update(TEVO_HOLD_ADAPTER="tests.recording_pos:RecordingPos")
+    TevoHold(app)
+    assert "no worker can reach a store in this process's memory" in caplog.text
+    assert "embedded default" in caplog.text and "Demo API key: demo-key" in caplog.text

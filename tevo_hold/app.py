@@ -12,8 +12,8 @@ from flask import Flask
 
 from .adapters.redis_inventory import load_inventory
 from .service import HoldService
-from .settings import DEMO_API_KEY, PREFIX
-from .web import EXTENSION_KEY, TevoHold
+from .settings import PREFIX
+from .web import TevoHold
 
 __all__ = ["create_app", "load_inventory"]
 
@@ -53,19 +53,5 @@ def create_app(
     app = _App("tevo_hold", static_folder=None)
     app.config.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX)})
     app.config.update(config or {})
-    TevoHold(app, service=service)
-    state = app.extensions[EXTENSION_KEY]
-    settings = state.settings
-    if not settings.accepted_keys:
-        log.warning(
-            "TEVO_HOLD_API_KEYS is empty: only managed keys (tevo-hold keys create NAME) are "
-            "accepted; until one is made, every API call answers 401."
-        )
-    if settings.embedded:
-        log.warning(
-            "tevo-hold runs on its embedded default: state lives in this process's memory, is "
-            "not shared with other processes and is lost at exit. Set TEVO_HOLD_REDIS_URL to "
-            "use Redis.%s",
-            f" Demo API key: {DEMO_API_KEY}" if not settings.api_keys else "",
-        )
+    TevoHold(app, service=service)  # it logs what the settings leave open (no keys, memory)
     return app

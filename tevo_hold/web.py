@@ -47,7 +47,7 @@ from .schemas import (
     dump_hold,
 )
 from .service import HoldService, build_service
-from .settings import Settings
+from .settings import DEMO_API_KEY, Settings
 from .validation import check_id_bytes
 
 __all__ = [
@@ -97,7 +97,10 @@ class _State:
         self.key_store = key_store
         #: Where the state lives: "redis", or "memory" (the embedded mode's in-process store).
         self.store = store
-        self.authenticator = auth.Authenticator(settings.accepted_keys, key_store)
+        #: The API keys of the settings: the demo key only where the state is this process's
+        #: own store (a service handed in is the caller's Redis, whatever the settings say).
+        self.accepted_keys = settings.accepted_keys if store == "memory" else settings.api_keys
+        self.authenticator = auth.Authenticator(self.accepted_keys, key_store)
         #: The worker's backlog, read from the service's Redis when /metrics is.
         self.backlog = metrics.BacklogCollector(service.ledger.backlog)
         #: The rate limits of every API key (None: TEVO_HOLD_RATE_LIMIT=off).
@@ -150,6 +153,7 @@ class TevoHold:
             # memory:// builds an in-process store; a service handed in is the caller's Redis
             store="memory" if settings.embedded and self._service is None else "redis",
         )
+        _warn_of_gaps(app.extensions[EXTENSION_KEY], adapter_given=self._service is not None)
         # For the worker and the CLI, which refuse to call another POS than this one.
         record_adapter(service)
         # Request ids and the access log first, so that they see every request to the end.
@@ -170,6 +174,31 @@ class TevoHold:
 
         for code in (404, 405):
             app.register_error_handler(code, routing_error)
+
+
+def _warn_of_gaps(state: _State, *, adapter_given: bool) -> None:
+    """Log, once at start, what the settings leave open: no API key, or state in memory."""
+    if not state.accepted_keys:
+        log.warning(
+            "TEVO_HOLD_API_KEYS is empty: only managed keys (tevo-hold keys create NAME) are "
+            "accepted; until one is made, every API call answers 401."
+        )
+    if state.store != "memory":
+        return
+    log.warning(
+        "tevo-hold runs on its embedded default: state lives in this process's memory, is "
+        "not shared with other processes and is lost at exit. Set TEVO_HOLD_REDIS_URL to "
+        "use Redis.%s",
+        f" Demo API key: {DEMO_API_KEY}" if not state.settings.api_keys else "",
+    )
+    if adapter_given or state.settings.adapter != "reference":
+        log.warning(
+            "TEVO_HOLD_ADAPTER=%s calls a POS, but no worker can reach a store in this "
+            "process's memory: holds that lapse stay held in the POS and failed invoices are "
+            "not retried. For trying it out only; set TEVO_HOLD_REDIS_URL and run tevo-hold "
+            "worker for anything else.",
+            state.settings.adapter,
+        )
 
 
 def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
