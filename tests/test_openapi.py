@@ -71,7 +71,7 @@ CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
         201: set(),
         400: {"invalid_request", "malformed_json"},
         401: {"unauthorized", "invalid_signature"},
-        429: {"rate_limited"},
+        # no 429: an invoice is never refused by the rate limit (its buyer has paid)
         404: {"hold_not_found", "listing_not_found"},
         409: {"hold_released", "order_id_conflict", "request_in_progress"},
         410: {"hold_expired"},

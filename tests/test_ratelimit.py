@@ -64,14 +64,28 @@ def test_each_key_has_its_own_budget(service: HoldService) -> None:
         assert hold(http, f"b{n}", key="key-b").status_code == 201
 
 
-def test_every_api_call_of_a_key_draws_on_one_budget(service: HoldService) -> None:
+def test_every_api_call_of_a_key_but_invoices_draws_on_one_budget(service: HoldService) -> None:
     http = make_app(service)
     key = {"X-API-Key": "key-a"}
     assert hold(http, "g1").status_code == 201
     assert http.get("/v1/holds/g1", headers=key).status_code == 200
     assert http.post("/v1/releases", json={"global_id": "g1"}, headers=key).status_code == 200
-    over = http.post("/v1/invoices", json={"global_id": "g1", "tevo_order_id": 1}, headers=key)
-    assert_rate_limited(over)
+    assert_rate_limited(hold(http, "g2"))
+
+
+def test_an_invoice_is_never_refused_by_the_limit(service: HoldService) -> None:
+    """Its buyer has paid: refused, the hold would lapse and its tickets go back on sale, with
+    no trace of the sale (TEvo promises one invoice call, not a retry)."""
+    http = make_app(service)
+    key = {"X-API-Key": "key-a"}
+    for n in range(3):
+        assert hold(http, f"g{n}").status_code == 201
+    assert_rate_limited(hold(http, "g3"))
+    for n in range(3):
+        body = {"global_id": f"g{n}", "tevo_order_id": 4711 + n}
+        assert http.post("/v1/invoices", json=body, headers=key).status_code == 201
+    assert service.adapter.stock("L1").sold == 3  # type: ignore[attr-defined]
+    assert_rate_limited(hold(http, "g3"))  # and invoices left the budget as it was
 
 
 def test_apps_on_one_redis_share_the_budget(service: HoldService) -> None:

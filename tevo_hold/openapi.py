@@ -168,7 +168,7 @@ _RATE_LIMITED = Answer(
     errors.RateLimited,
     "Retry after the `Retry-After` seconds with the same body; nothing was changed.",
     "This key sent more requests than the seller's limit (TEVO_HOLD_RATE_LIMIT, 600 per minute "
-    "by default).",
+    "by default). Invoices are never refused by it.",
 )
 _TOO_LARGE = Answer(
     errors.PayloadTooLarge,
@@ -474,7 +474,6 @@ OPERATIONS: tuple[Operation, ...] = (
             *_invalid(),
             _UNAUTHORIZED,
             _SIGNATURE,
-            _RATE_LIMITED,
             Answer(
                 errors.HoldNotFound,
                 "Do not retry: nothing is held for this order. Call the seller.",

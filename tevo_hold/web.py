@@ -66,6 +66,10 @@ PROBLEM_TYPE = "urn:tevo-hold:problem:"
 PROBLEM_JSON = "application/problem+json"
 #: Views answered without an API key (and without a rate limit).
 PUBLIC_VIEWS = frozenset({"healthz", "readyz", "metrics", "openapi_json", "docs"})
+#: Views the rate limit never refuses: an invoice's buyer has paid, and TEvo may not call again
+#: (a refused invoice would leave the hold to lapse and its tickets to go back on sale). An
+#: invoice sells at most the one hold it names, whose hold call was charged.
+UNLIMITED_VIEWS = frozenset({"create_invoice"})
 #: The header of a request's signature (when TEVO_HOLD_REQUIRE_SIGNATURE is on).
 SIGNATURE_HEADER = "X-Signature"
 log = logging.getLogger("tevo_hold")
@@ -324,7 +328,8 @@ def _service() -> HoldService:
 def _authenticate() -> None:
     _forget()  # nothing left over from an earlier request of this thread
     req: Request = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
-    if (req.endpoint or "").rpartition(".")[2] in PUBLIC_VIEWS:
+    view = (req.endpoint or "").rpartition(".")[2]
+    if view in PUBLIC_VIEWS:
         return
     given = req.environ.get("HTTP_X_API_KEY")  # req.headers.get("X-API-Key"), without its cost
     if not given:  # absent or empty: an empty X-API-Key hides no Authorization header
@@ -337,7 +342,7 @@ def _authenticate() -> None:
     state = _state()
     identity = state.authenticator.identify(given)
     observability.current().key_name = identity.name
-    if state.limits is not None:
+    if state.limits is not None and view not in UNLIMITED_VIEWS:
         charge_next_call(state.limits.charge(identity.name))
     if state.settings.require_signature:
         auth.verify_signature(
