@@ -5,8 +5,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import time
 import tomllib
 from pathlib import Path
+from typing import ClassVar
 
 import fakeredis
 import pytest
@@ -17,6 +19,7 @@ from tevo_hold.adapters.redis_inventory import SAMPLE_INVENTORY
 from tevo_hold.errors import ConfigurationError, ListingNotFound
 from tevo_hold.web import EXTENSION_KEY
 
+from .recording_pos import RecordingPos
 from .servers import ROOT, free_port
 
 KEY = {"X-API-Key": "vendor-key"}
@@ -304,11 +307,39 @@ def test_the_demo_key_opens_only_the_embedded_store_the_extension_built_itself(c
     )
 
 
-def test_memory_mode_with_a_pos_adapter_says_no_worker_can_reach_it(caplog):
-    """Lapsed holds would stay held in the POS and failed invoices go unretried: said at start."""
+class _LapsePos(RecordingPos):
+    """A POS whose holds do not lapse by themselves: each lapse needs a release call."""
+
+    calls: ClassVar[list[tuple[str, str]]] = []  # type: ignore[misc]
+
+
+def test_memory_mode_with_a_pos_adapter_runs_a_worker_thread_that_releases_lapsed_holds(caplog):
+    """tevo-hold worker cannot reach a store in the server's memory: without a thread of the
+    server's own, every lapsed hold stayed held in the POS for good."""
     caplog.set_level(logging.WARNING, logger="tevo_hold")
-    app = Flask("vendor")
-    app.config.update(TEVO_HOLD_ADAPTER="tests.recording_pos:RecordingPos")
-    TevoHold(app)
-    assert "no worker can reach a store in this process's memory" in caplog.text
-    assert "embedded default" in caplog.text and "Demo API key: demo-key" in caplog.text
+    app = create_app(
+        {
+            "TEVO_HOLD_ADAPTER": "tests.test_extension:_LapsePos",
+            "TEVO_HOLD_HOLD_TTL": "0.2",
+            "TEVO_HOLD_WORKER_INTERVAL": "0.02",
+        }
+    )
+    state = app.extensions[EXTENSION_KEY]
+    try:
+        assert "a worker thread of this process releases lapsed holds" in caplog.text
+        assert "Demo API key: demo-key" in caplog.text
+        body = {"remote_id": "demo-1", "quantity": 2, "global_id": "lapses"}
+        resp = app.test_client().post("/v1/holds", json=body, headers={"X-API-Key": "demo-key"})
+        assert resp.status_code == 201
+        deadline = time.monotonic() + 10
+        while ("release", "lapses") not in _LapsePos.calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _LapsePos.calls == [("hold", "lapses"), ("release", "lapses")]
+        assert state.service.ledger.backlog().items == 0
+    finally:
+        assert state.worker_stop is not None
+        state.worker_stop.set()
+
+
+def test_no_worker_thread_where_the_reference_adapter_keeps_the_stock_itself():
+    assert create_app().extensions[EXTENSION_KEY].worker_stop is None

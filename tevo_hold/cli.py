@@ -46,9 +46,10 @@ class _Context:
             settings = self.settings
             if settings.embedded:
                 raise click.UsageError(
-                    "TEVO_HOLD_REDIS_URL is unset: the embedded default keeps its state inside "
-                    "the server's own process, where this command cannot reach it. Set "
-                    "TEVO_HOLD_REDIS_URL to the Redis the server uses."
+                    "TEVO_HOLD_REDIS_URL is unset (or memory://): the embedded default keeps its "
+                    "state inside the server's own process, where this command cannot reach it "
+                    "(a server there runs its worker itself). Set TEVO_HOLD_REDIS_URL to the "
+                    "Redis the server uses."
                 )
             self._service = _run(lambda: build_service(settings))
         return self._service

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from werkzeug.routing import PathConverter, RoutingException
 from . import auth, errors, metrics, observability, ratelimit
 from ._redis import charge_next_call, translate_errors
 from .adapters.identity import record_adapter
+from .adapters.redis_inventory import RedisInventoryAdapter
 from .connection import in_process
 from .models import Outcome
 from .schemas import (
@@ -105,6 +108,8 @@ class _State:
         #: own store (a service handed in is the caller's Redis, whatever the settings say).
         self.accepted_keys = settings.accepted_keys if store == "memory" else settings.api_keys
         self.authenticator = auth.Authenticator(self.accepted_keys, key_store)
+        #: Stops the embedded worker thread (see _start_embedded_worker); None when none runs.
+        self.worker_stop: threading.Event | None = None
         #: The worker's backlog, read from the service's Redis when /metrics is.
         self.backlog = metrics.BacklogCollector(service.ledger.backlog)
         #: The rate limits of every API key (None: TEVO_HOLD_RATE_LIMIT=off).
@@ -157,7 +162,10 @@ class TevoHold:
             # memory:// builds an in-process store; a service handed in is the caller's Redis
             store="memory" if settings.embedded and self._service is None else "redis",
         )
-        _warn_of_gaps(app.extensions[EXTENSION_KEY], adapter_given=self._service is not None)
+        state = app.extensions[EXTENSION_KEY]
+        _warn_of_gaps(state)
+        if state.store == "memory" and not isinstance(service.adapter, RedisInventoryAdapter):
+            _start_embedded_worker(app, state)
         # For the worker and the CLI, which refuse to call another POS than this one.
         record_adapter(service)
         # Request ids and the access log first, so that they see every request to the end.
@@ -180,7 +188,7 @@ class TevoHold:
             app.register_error_handler(code, routing_error)
 
 
-def _warn_of_gaps(state: _State, *, adapter_given: bool) -> None:
+def _warn_of_gaps(state: _State) -> None:
     """Log, once at start, what the settings leave open: no API key, or state in memory."""
     if not state.accepted_keys:
         log.warning(
@@ -195,14 +203,33 @@ def _warn_of_gaps(state: _State, *, adapter_given: bool) -> None:
         "use Redis.%s",
         f" Demo API key: {DEMO_API_KEY}" if not state.settings.api_keys else "",
     )
-    if adapter_given or state.settings.adapter != "reference":
-        log.warning(
-            "TEVO_HOLD_ADAPTER=%s calls a POS, but no worker can reach a store in this "
-            "process's memory: holds that lapse stay held in the POS and failed invoices are "
-            "not retried. For trying it out only; set TEVO_HOLD_REDIS_URL and run tevo-hold "
-            "worker for anything else.",
-            state.settings.adapter,
-        )
+
+
+def _start_embedded_worker(app: Flask, state: _State) -> None:
+    """The worker of an in-memory store whose adapter calls a POS, as a thread of this process.
+
+    ``tevo-hold worker`` cannot reach a store in the server's memory, and without a worker the
+    holds that lapse stay held in the POS, compensations are never made and a failed invoice is
+    never retried. The thread stops when the app is garbage-collected (or the process exits).
+    """
+    from .worker import Worker  # imported here: only the embedded mode with a POS needs it
+
+    settings = state.settings
+    worker = Worker(
+        state.service, interval=settings.worker_interval, name=f"embedded-worker-{id(app):x}"
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name=worker.name, daemon=True)
+    thread.start()
+    weakref.finalize(app, stop.set)
+    state.worker_stop = stop
+    log.warning(
+        "TEVO_HOLD_ADAPTER=%s calls a POS from an in-memory store: a worker thread of this "
+        "process releases lapsed holds in the POS and retries failed invoices, and what it owes "
+        "is lost at exit. For trying it out only; set TEVO_HOLD_REDIS_URL and run tevo-hold "
+        "worker for anything else.",
+        settings.adapter,
+    )
 
 
 def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
