@@ -365,3 +365,26 @@ def test_within_fail_fast_a_slow_outage_stops_the_later_calls(
             call(None)
     assert len(calls) == (1 if latched else 2)
     call(None)  # outside the block: every call goes through
+
+
+def test_the_embedded_store_drops_finished_holds_after_their_retention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fakeredis drops an expired key only when it is read; Redis by itself. Unswept, every
+    finished hold of a long-running demo server stayed in memory for good."""
+    from tevo_hold import connection
+
+    monkeypatch.setattr(connection, "SWEEP_INTERVAL", 0.02)
+    settings = Settings(retention=0.05, hold_ttl=0.05)
+    service = build_service(settings)
+    server = service.ledger.client.connection_pool.connection_kwargs["server"]
+    store = server.dbs[0]._dict  # what the store holds, read without expiring anything
+    before = len(store)
+    for n in range(50):
+        service.hold(remote_id="demo-1", quantity=1, global_id=f"g{n}")
+        service.release(global_id=f"g{n}")
+    assert len(store) > before + 50
+    deadline = time.monotonic() + 10
+    while len(store) > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(store) == before  # the listings alone, as Redis would keep

@@ -28,6 +28,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection
 from functools import cache
 from typing import Any
@@ -428,6 +429,9 @@ def _embedded(settings: Settings) -> redis.Redis:
             "In production, set TEVO_HOLD_REDIS_URL to your Redis instead."
         ) from exc
     client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    threading.Thread(
+        target=_sweep, args=(weakref.ref(client),), name="tevo-hold-memory-sweep", daemon=True
+    ).start()
     if settings.adapter == "reference":
         # Stocked here, where the store is made, so that every way to the embedded default
         # (create_app, a TevoHold of your own, build_service, connect) starts with the same.
@@ -436,3 +440,24 @@ def _embedded(settings: Settings) -> redis.Redis:
         )
         load_inventory(inventory, settings.inventory_file or SAMPLE_INVENTORY)
     return client
+
+
+#: Seconds between two sweeps of the embedded store (see _sweep).
+SWEEP_INTERVAL = 1.0
+
+
+def _sweep(client_ref: weakref.ref[redis.Redis]) -> None:
+    """Drop the embedded store's keys whose TTL passed, every SWEEP_INTERVAL, until the client
+    is gone. fakeredis drops an expired key only when it is read (or the keys are counted),
+    where Redis drops them by itself: without this, every finished hold's record, trail and
+    sale marker stayed in memory for good, a few KB per hold."""
+    while True:
+        time.sleep(SWEEP_INTERVAL)
+        client = client_ref()
+        if client is None:
+            return
+        try:
+            client.dbsize()  # counting the keys drops the expired ones (a heap: cheap)
+        except Exception:  # pragma: no cover - fakeredis in memory does not fail; never die
+            log.exception("sweeping the embedded store failed")
+        del client
