@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -133,3 +134,61 @@ def test_the_installed_command_runs(installed: Path, tmp_path: Path) -> None:
     command = installed / "bin" / "tevo-hold"
     done = _run_installed(installed, tmp_path, sys.executable, str(command), "--help")
     assert "check" in done.stdout and "worker" in done.stdout
+
+
+def test_the_source_archive_is_the_whole_project(tmp_path: Path) -> None:
+    """Built from the files git tracks, as a release would be: the server, the docs, the tests
+    with the helpers they import and the Makefile must all be in it, or its own tests cannot
+    even be collected and the README's two commands do not run."""
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True, text=True
+    ).stdout.split("\0")
+    for name in filter(None, tracked):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    out = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (archive,) = out.glob("tevo_hold-*.tar.gz")
+    with tarfile.open(archive) as sdist:
+        names = {name.partition("/")[2] for name in sdist.getnames()}
+    expected = {
+        "LICENSE",
+        "Makefile",
+        "mkdocs.yml",
+        ".ci/run",
+        "server/wsgi.py",
+        "server/gunicorn.conf.py",
+        "docs/index.md",
+        "tests/__init__.py",
+        "tests/conftest.py",
+        "tests/servers.py",
+        "tests/recording_pos.py",
+        "tevo_hold/lua/fused.lua",
+    }
+    assert expected <= names, sorted(expected - names)
+    assert not any("__pycache__" in name for name in names)
+
+
+def test_the_installed_wsgi_app_logs_a_json_line_per_request(
+    installed: Path, tmp_path: Path
+) -> None:
+    """What the guides run from an installed package (``gunicorn 'tevo_hold.wsgi:app'``): the
+    access log the README promises, where ``tevo_hold:create_app()`` alone logged nothing."""
+    script = (
+        "import logging\n"
+        "from tevo_hold.wsgi import app\n"
+        "r = app.test_client().get('/v1/holds/nothing', headers={'X-API-Key': 'demo-key'})\n"
+        "print(r.status_code)\n"
+        "logging.shutdown()\n"  # the batched access line, written before exit
+    )
+    done = _run_installed(installed, tmp_path, sys.executable, "-c", script)
+    assert done.stdout.strip() == "404"
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("logger") == "tevo_hold.access"]
+    assert len(access) == 1 and access[0]["status"] == 404, done.stderr
