@@ -16,6 +16,9 @@ installs where missing), or the browser that the ``CHROMIUM`` environment variab
 
 from __future__ import annotations
 
+import ast
+import http.server
+import inspect
 import itertools
 import json
 import logging
@@ -26,23 +29,29 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 
-from tevo_hold import errors
+from tevo_hold import HoldService, KeySpace, Ledger, build_service, errors
+from tevo_hold.models import HoldStatus
 from tevo_hold.openapi import OPERATIONS
 from tevo_hold.settings import PREFIX, Settings
 from tevo_hold.web import SERVER_PROBLEMS
+from tevo_hold.worker import Worker
 
-from .servers import ROOT, free_port, gunicorn_server, redis_server
+from .acme_pos import acme_pos
+from .servers import ROOT, free_port, gunicorn_server, http_server, redis_server
 
 DOCS = ROOT / "docs"
 DEMO_KEY = "demo-key"
 TIMES = {"created_at", "expires_at", "invoiced_at", "released_at", "at"}
+_FUTURE = datetime(2030, 1, 1, tzinfo=UTC)
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -250,6 +259,118 @@ def test_the_guide_acme_adapter_tells_tevo_what_happened_and_logs_where(caplog) 
                 acme.close()
             assert "127.0.0.1" not in caught.value.detail and str(port) not in caught.value.detail
             assert f"port={port}" in caplog.text
+
+
+def test_the_guide_dict_pos_runs_as_it_is() -> None:
+    """The guide says its toy adapter runs as it is: its block once lacked the imports of the
+    Acme block before it (a NameError on PosAdapter)."""
+    dict_pos = _guide_class("DictPos")({"L1": 3})
+    dict_pos.hold(global_id="g", remote_id="L1", quantity=2, expires_at=_FUTURE)
+    with pytest.raises(errors.InsufficientQuantity):
+        dict_pos.hold(global_id="h", remote_id="L1", quantity=2, expires_at=_FUTURE)
+
+
+def test_the_guide_wires_the_service_with_every_setting_build_service_passes() -> None:
+    """A vendor who builds the service by hand as the guide shows must get the settings the
+    server would use: the guide's call once left out retry_base and retry_cap, so that
+    TEVO_HOLD_RETRY_* were ignored."""
+
+    def keywords(source: str) -> set[str]:
+        [call] = [
+            node
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "HoldService"
+        ]
+        return {k.arg for k in call.keywords if k.arg is not None}
+
+    [wiring] = [
+        text
+        for lang, text in _blocks(DOCS / "pos-vendors.md")
+        if lang == "python" and "HoldService(" in text
+    ]
+    expected = keywords(textwrap.dedent(inspect.getsource(build_service))) - {"fuse"}
+    assert expected >= {"hold_ttl", "lease", "retry_base", "retry_cap"}
+    assert keywords(wiring) == expected
+
+
+def _acme_service(url: str, **overrides: Any) -> HoldService:
+    """A service on fakeredis whose adapter is the guide's AcmePosAdapter, calling ``url``."""
+    acme = _guide_class("AcmePosAdapter")(url, "token", timeout=2.0)
+    ledger = Ledger(fakeredis.FakeRedis(server=fakeredis.FakeServer()), keys=KeySpace("acme"))
+    return HoldService(ledger, acme, **overrides)
+
+
+def test_the_guide_acme_adapter_has_a_hold_the_pos_made_before_a_5xx_released() -> None:
+    """A 5xx may come after the POS acted (its gateway gave up on it): the guide's adapter once
+    made it a plain PosError, so the hold was forgotten at once and its tickets stayed held in
+    the POS, with nothing left to release them (TEvo's release answered 404)."""
+    with acme_pos({"L1": 10}) as (url, pos):
+        service = _acme_service(url)
+        try:
+            pos.faults["hold"] = "act_then_fail"
+            with pytest.raises(errors.PosError) as failed:
+                service.hold(remote_id="L1", quantity=2, global_id="g1")
+            assert failed.value.outcome_unknown
+            assert pos.holds == {"g1": ("L1", 2)}  # held in the POS, though it answered 502
+            assert service.release(global_id="g1").hold.status is HoldStatus.RELEASED
+            assert pos.holds == {}
+        finally:
+            service.close()
+
+
+def test_the_guide_acme_adapter_tells_a_refusal_from_a_failure() -> None:
+    """A 4xx is a refusal (nothing changed); a 5xx may have acted (outcome unknown)."""
+    acme_class = _guide_class("AcmePosAdapter")
+    for status, unknown in ((400, False), (422, False), (500, True), (502, True), (503, True)):
+
+        class Answering(http.server.BaseHTTPRequestHandler):
+            answer = status
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(self.answer)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        with http_server(Answering) as url:
+            acme = acme_class(url, "token")
+            try:
+                with pytest.raises(errors.PosError) as failed:
+                    acme.hold(global_id="g", remote_id="L1", quantity=1, expires_at=_FUTURE)
+            finally:
+                acme.close()
+        assert failed.value.outcome_unknown is unknown, status
+
+
+def test_the_guide_acme_adapter_releases_a_hold_the_pos_no_longer_has() -> None:
+    """The Acme POS answers 404 to the release of a hold it does not have (lapsed, released
+    before, never made). The guide's adapter once made that ListingNotFound, so such a release
+    failed for ever: TEvo's release answered 502 each time, and a compensation never finished,
+    TEvo's retry of the hold answering 409 request_in_progress for ever."""
+    with acme_pos({"L1": 10}) as (url, pos):
+        service = _acme_service(url)
+        try:
+            # TEvo releases a hold the POS has let lapse already
+            service.hold(remote_id="L1", quantity=2, global_id="lapsed")
+            pos.holds.clear()
+            assert service.release(global_id="lapsed").hold.status is HoldStatus.RELEASED
+            events = service.get(global_id="lapsed", history=True).events
+            assert events[-1].event == "pos_released", events  # no POS release due any more
+            # a hold call that got no answer, and never reached the POS: compensated, for good
+            pos.faults["hold"] = "drop"
+            with pytest.raises(errors.PosTimeout):
+                service.hold(remote_id="L1", quantity=2, global_id="dropped")
+            Worker(service, lease=5).run_once()
+            assert pos.calls[-1] == ("release", "dropped")
+            # the compensation is done: TEvo's retry holds again, never request_in_progress
+            retried = service.hold(remote_id="L1", quantity=2, global_id="dropped")
+            assert retried.hold.status is HoldStatus.HELD and not retried.replayed
+            assert pos.holds == {"dropped": ("L1", 2)}
+        finally:
+            service.close()
 
 
 # -- the reference page, in a real browser ------------------------------------------------------
