@@ -17,6 +17,7 @@ installs where missing), or the browser that the ``CHROMIUM`` environment variab
 from __future__ import annotations
 
 import ast
+import contextlib
 import http.server
 import inspect
 import itertools
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +40,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tevo_hold import HoldService, KeySpace, Ledger, build_service, errors
+from tevo_hold import HoldService, KeySpace, Ledger, PosAdapter, build_service, errors
 from tevo_hold.models import HoldStatus
 from tevo_hold.openapi import OPERATIONS
 from tevo_hold.settings import PREFIX, Settings
@@ -46,6 +48,7 @@ from tevo_hold.web import SERVER_PROBLEMS
 from tevo_hold.worker import Worker
 
 from .acme_pos import acme_pos
+from .recording_pos import RecordingPos
 from .servers import ROOT, free_port, gunicorn_server, http_server, redis_server
 
 DOCS = ROOT / "docs"
@@ -291,6 +294,61 @@ def test_the_guide_wires_the_service_with_every_setting_build_service_passes() -
     expected = keywords(textwrap.dedent(inspect.getsource(build_service))) - {"fuse"}
     assert expected >= {"hold_ttl", "lease", "retry_base", "retry_cap"}
     assert keywords(wiring) == expected
+
+
+def test_the_contract_says_calls_overlap_for_one_global_id_and_they_do() -> None:
+    """The adapter's contract once never said that it is called concurrently, for one global_id
+    too, so a POS whose idempotency was "look for a sale, then make one" in two steps sold twice.
+    The contract and the guide say it now; here is one overlap they name: a hold slower than
+    its lease, and TEvo's retry that took it over while the first call still ran."""
+    guide = " ".join((DOCS / "pos-vendors.md").read_text("utf-8").split())
+    contract = " ".join((PosAdapter.__doc__ or "").split())
+    assert "Calls come concurrently, for one `global_id` too." in guide
+    assert "Calls are concurrent, for one ``global_id`` too." in contract
+    for text in (guide, contract):
+        assert "thread-safe" in text and "atomic" in text and "sells twice" in text
+
+    running: list[str] = []
+    overlaps: list[tuple[str, str]] = []
+    first_started, first_may_end = threading.Event(), threading.Event()
+
+    class SlowFirstHold(RecordingPos):
+        def __init__(self) -> None:
+            self.calls = []
+
+        def hold(
+            self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime
+        ) -> None:
+            overlaps.extend(("hold", other) for other in running if other == global_id)
+            running.append(global_id)
+            try:
+                if not first_started.is_set():
+                    first_started.set()
+                    first_may_end.wait(30)
+            finally:
+                running.remove(global_id)
+
+    ledger = Ledger(fakeredis.FakeRedis(server=fakeredis.FakeServer()), keys=KeySpace("overlap"))
+    service = HoldService(ledger, SlowFirstHold(), lease=0.2)
+
+    def first_call() -> None:
+        with contextlib.suppress(errors.TevoHoldError):  # its outcome is not the point
+            service.hold(remote_id="L1", quantity=1, global_id="g")
+
+    first = threading.Thread(target=first_call)
+    first.start()
+    try:
+        assert first_started.wait(30)
+        while True:  # TEvo's retry, until the first call's lease has ended and it takes over
+            try:
+                service.hold(remote_id="L1", quantity=1, global_id="g")
+                break
+            except errors.RequestInProgress:
+                first_may_end.wait(0.05)
+    finally:
+        first_may_end.set()
+        first.join(30)
+    assert overlaps == [("hold", "g")]
 
 
 def _acme_service(url: str, **overrides: Any) -> HoldService:

@@ -24,12 +24,22 @@ class PosAdapter(abc.ABC):
     more, a second ``invoice`` must succeed without selling twice. Use the ``global_id`` as your
     POS's idempotency key.
 
+    **Calls are concurrent, for one ``global_id`` too.** Each process (a server worker, a
+    ``tevo-hold worker``) builds one adapter and calls it from all its threads at once, so it
+    must be thread-safe. Calls for one ``global_id`` can overlap, in one process or in two: a
+    ``hold`` slower than the lease with the retry that took it over when the lease ended; an
+    ``invoice`` with the worker's retry of it; a ``hold`` with the ``release`` that compensates
+    it. So the idempotency must be atomic in the POS: "look for a sale with this key, then make
+    one if there is none" in two steps sells twice when two calls overlap; use a unique
+    constraint on the key, or a lock or transaction around the check and the change.
+
     Signal failures only with these exceptions from :mod:`tevo_hold.errors`; anything else
     becomes ``500 internal_error``:
 
     - :class:`~tevo_hold.errors.ListingNotFound` (404) - no listing has this ``remote_id``;
     - :class:`~tevo_hold.errors.InsufficientQuantity` (409) - fewer tickets than asked for;
-    - :class:`~tevo_hold.errors.PosError` (502) - the POS refused or failed;
+    - :class:`~tevo_hold.errors.PosError` (502) - the POS refused (nothing changed) or failed;
+      ``PosError(detail, outcome_unknown=True)`` when it may have acted first (a 5xx);
     - :class:`~tevo_hold.errors.Unavailable` (503) - the POS could not be reached, nothing changed;
     - :class:`~tevo_hold.errors.PosTimeout` (504) - no answer in time, the outcome is unknown.
 
@@ -37,9 +47,10 @@ class PosAdapter(abc.ABC):
     call is most of that budget.
 
     What tevo-hold does around these calls, so the adapter need not: a hold whose ``hold`` call
-    timed out (PosTimeout) is released later by the worker unless TEvo's retry completes it; a
-    hold that lapses is released by the worker at its deadline (unless ``lapses_on_its_own``);
-    an ``invoice`` that fails is retried by the worker with backoff until it succeeds.
+    has no known outcome (PosTimeout, or a PosError with ``outcome_unknown``) is released later
+    by the worker unless TEvo's retry completes it; a hold that lapses is released by the worker
+    at its deadline (unless ``lapses_on_its_own``); an ``invoice`` that fails is retried by the
+    worker with backoff until it succeeds.
     """
 
     #: True when the POS lets holds lapse at ``expires_at`` by itself, so the worker need not
