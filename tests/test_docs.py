@@ -131,6 +131,15 @@ def test_the_integration_guide_says_429_is_retried_after_retry_after() -> None:
     assert table.index("| `429") < table.index("| any other `4xx`")
 
 
+def test_the_integration_guide_tells_which_failed_hold_a_release_finds() -> None:
+    """The guide once said a hold that answered 502 is released at once (200), though after a
+    plain refusal by the POS nothing was recorded and the release answers 404 hold_not_found."""
+    guide = " ".join((DOCS / "tevo-integration.md").read_text("utf-8").split())
+    bullet = guide.split("- on a **hold**:")[1].split("- on a **release**")[0]
+    assert "A hold that answered `502` or `504` is released at once" not in bullet
+    assert "`502` from a POS that failed" in bullet and "the POS refused it" in bullet, bullet
+
+
 # -- the TEvo guide's curl examples -------------------------------------------------------------
 
 

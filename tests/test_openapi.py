@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_openapi
 
-from tevo_hold import TevoHold, build_service, create_app, errors
+from tevo_hold import HoldService, KeySpace, Ledger, TevoHold, build_service, create_app, errors
 from tevo_hold import openapi as oa
 from tevo_hold.schemas import (
     MAX_ORDER_NUMBER,
@@ -31,6 +31,8 @@ from tevo_hold.schemas import (
 from tevo_hold.settings import Settings
 from tevo_hold.validation import check_order_id
 from tevo_hold.web import SERVER_PROBLEMS
+
+from .test_http import StubPos
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED_IN = ROOT / "docs" / "openapi.json"
@@ -455,3 +457,55 @@ def test_only_the_swagger_ui_files_are_served_under_docs(http: FlaskClient) -> N
         assert response.status_code == 404
         assert response.mimetype == "application/problem+json"
         assert response.get_json()["code"] == "not_found"
+
+
+# -- what the 502 and 503 answers leave behind --------------------------------------------------
+
+
+def _meaning(operation_id: str, error: type[errors.TevoHoldError]) -> str:
+    [op] = [op for op in oa.OPERATIONS if op.operation_id == operation_id]
+    [answer] = [a for a in op.answers if a.error is error]
+    return answer.explain()
+
+
+def test_the_502_and_503_meanings_say_what_the_call_left() -> None:
+    """The hold's 502 once said "nothing was held", though a POS that failed (a 5xx) may have
+    held, and the hold is then compensated (a release answers 200, not 404); and every 503 said
+    "nothing was changed", though a release whose POS is down is released here all the same and
+    an invoice whose POS is down is kept as invoice_failed."""
+    pos = StubPos(errors.PosError("unused"), methods=())
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    service = HoldService(Ledger(client, keys=KeySpace("t")), pos)
+    http = create_app({"TEVO_HOLD_API_KEYS": KEY, "TESTING": True}, service=service).test_client()
+    auth = {"X-API-Key": KEY}
+
+    def post(path: str, body: dict[str, Any], failing: tuple[str, ...] = ()) -> tuple[int, Any]:
+        pos.methods = failing
+        answer = http.post(path, json=body, headers=auth)
+        return answer.status_code, answer.get_json()
+
+    hold_502 = _meaning("holdInventory", errors.PosError)
+    cases = [
+        ("refused", errors.PosError("refused"), 404),
+        ("failed", errors.PosError("failed", outcome_unknown=True), 200),
+    ]
+    for gid, error, release_status in cases:
+        pos.exc = error
+        hold = {"remote_id": "L", "quantity": 1, "global_id": gid}
+        assert post("/v1/holds", hold, failing=("hold",))[0] == 502
+        status, body = post("/v1/releases", {"global_id": gid})
+        assert status == release_status, body
+        said = "`404 hold_not_found`" if status == 404 else f"`200` (`{body['status']}`)"
+        assert said in hold_502, hold_502
+
+    pos.exc = errors.Unavailable("The POS could not be reached.")
+    for gid, operation, call in (
+        ("r", "release", ("/v1/releases", {"global_id": "r"})),
+        ("i", "invoice", ("/v1/invoices", {"global_id": "i", "tevo_order_id": 7})),
+    ):
+        assert post("/v1/holds", {"remote_id": "L", "quantity": 1, "global_id": gid})[0] == 201
+        assert post(*call, failing=(operation,))[0] == 503
+        now = http.get(f"/v1/holds/{gid}", headers=auth).get_json()["status"]
+        meaning = _meaning(f"{operation}Hold", errors.Unavailable)
+        assert f"`{now}`" in meaning and "nothing was changed. Or the POS" in meaning, meaning
+    assert "nothing was held" in _meaning("holdInventory", errors.Unavailable)

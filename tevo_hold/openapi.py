@@ -196,11 +196,13 @@ def _internal(what: str) -> Answer:
     )
 
 
-def _unavailable(what: str) -> Answer:
+def _unavailable(what: str, meaning: str) -> Answer:
+    """503: what it leaves depends on the operation (a release or an invoice has been recorded
+    by the time the POS is called), so each says it in ``meaning``."""
     return Answer(
         errors.Unavailable,
         f"Retry after the `Retry-After` seconds with the same body ({what}).",
-        "Redis or the POS could not be reached; nothing was changed.",
+        meaning,
     )
 
 
@@ -259,7 +261,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "Idempotent: repeating the call with the same body (after a timeout, say) answers "
             "`201` again with the same hold and the header `Idempotent-Replayed: true`, and "
             "takes no more tickets. The same `global_id` with another `remote_id` or "
-            "`quantity` is a `409 global_id_conflict`. A hold that failed leaves nothing "
+            "`quantity` is a `409 global_id_conflict`. A hold that was refused leaves nothing "
             "behind: a retry tries again."
         ),
         request=HoldRequestSchema,
@@ -316,11 +318,19 @@ OPERATIONS: tuple[Operation, ...] = (
             _internal("a hold that did succeed is replayed, never taken twice"),
             Answer(
                 errors.PosError,
-                "Nothing was held. Retry once after a short back-off; if it fails again, "
-                "treat the listing as unavailable.",
-                "The POS refused the hold or failed; nothing was held.",
+                "Retry once with the same body after a short back-off (it takes no more "
+                "tickets); if it fails again, treat the listing as unavailable, and release the "
+                "global_id so that no tickets stay held.",
+                "Either the POS refused the hold (a 4xx, say): nothing was held, and a release "
+                "of the global_id answers `404 hold_not_found`. Or the POS failed (a 5xx) and "
+                "may have held the tickets first: unless your retry completes the hold, the "
+                "seller's side releases them in the POS, and a release of the global_id "
+                "answers `200` (`released`).",
             ),
-            _unavailable("nothing was held"),
+            _unavailable(
+                "nothing was held",
+                "Redis or the POS could not be reached; nothing was held.",
+            ),
             Answer(
                 errors.PosTimeout,
                 f"Retry with the same body: you get the hold or a definite error. {_SAME_BODY} "
@@ -414,7 +424,13 @@ OPERATIONS: tuple[Operation, ...] = (
                 "persists, call the seller so that the tickets are given back by hand.",
                 "The hold is marked released but the POS failed to take the tickets back.",
             ),
-            _unavailable("a release is harmless to repeat"),
+            _unavailable(
+                "a release is harmless to repeat",
+                "Redis could not be reached, and nothing was changed. Or the POS could not be "
+                "reached after the hold was released here: the hold reads `released` (or "
+                "`expired`), and its tickets go back in the POS later (the seller's worker "
+                "releases them there, or the POS lets the hold lapse).",
+            ),
             Answer(
                 errors.PosTimeout,
                 "Retry with the same body until you get 200: a release is harmless to repeat.",
@@ -512,7 +528,12 @@ OPERATIONS: tuple[Operation, ...] = (
                 "The POS refused the sale or failed. The hold is now `invoice_failed`: the "
                 "seller's worker retries it until the POS takes it.",
             ),
-            _unavailable("the invoice is kept and retried (status `invoice_failed`)"),
+            _unavailable(
+                "the invoice is kept and retried, and never sold twice",
+                "Redis could not be reached, and nothing was changed. Or the POS could not be "
+                "reached: the hold is now `invoice_failed`, and the seller's worker retries the "
+                "sale until the POS takes it.",
+            ),
             Answer(
                 errors.PosTimeout,
                 f"Retry with the same body: you get the sale or a definite error. {_SAME_BODY}",
@@ -601,7 +622,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "No endpoint at this URL: the global_id is missing.",
             ),
             _internal("reading changes nothing"),
-            _unavailable("reading changes nothing"),
+            _unavailable("reading changes nothing", "Redis could not be reached."),
         ),
     ),
     Operation(
