@@ -22,6 +22,7 @@ from openapi_spec_validator import validate as validate_openapi
 
 from tevo_hold import HoldService, KeySpace, Ledger, TevoHold, build_service, create_app, errors
 from tevo_hold import openapi as oa
+from tevo_hold.models import HoldStatus
 from tevo_hold.schemas import (
     MAX_ORDER_NUMBER,
     HoldRequestSchema,
@@ -509,3 +510,89 @@ def test_the_502_and_503_meanings_say_what_the_call_left() -> None:
         meaning = _meaning(f"{operation}Hold", errors.Unavailable)
         assert f"`{now}`" in meaning and "nothing was changed. Or the POS" in meaning, meaning
     assert "nothing was held" in _meaning("holdInventory", errors.Unavailable)
+
+
+# -- what every answer carries ------------------------------------------------------------------
+
+
+def test_every_member_the_server_always_sends_is_required(spec: dict[str, Any]) -> None:
+    """The server sends tevo_order_id, invoiced_at and released_at (and, on GET, last_error)
+    always, null while unset; the schemas once left them out of ``required``, so that a client
+    generated from the document had to treat them as optional."""
+    app = _app()
+    app.extensions["tevo_hold"].service.adapter.set_quantity("L1", 10)
+    http = app.test_client()
+    auth = {"X-API-Key": KEY}
+    hold = {"remote_id": "L1", "quantity": 1, "global_id": "g"}
+    bodies = {
+        "Hold": [
+            http.post("/v1/holds", json=hold, headers=auth).get_json(),
+            http.post("/v1/holds", json=hold, headers=auth).get_json(),  # a replay
+            http.post("/v1/releases", json={"global_id": "g"}, headers=auth).get_json(),
+            http.post("/v1/holds", json={**hold, "global_id": "i"}, headers=auth).get_json(),
+            http.post(
+                "/v1/invoices", json={"global_id": "i", "tevo_order_id": 7}, headers=auth
+            ).get_json(),
+        ],
+        "HoldDetail": [http.get(f"/v1/holds/{g}", headers=auth).get_json() for g in ("g", "i")],
+    }
+    for name, answers in bodies.items():
+        schema = spec["components"]["schemas"][name]
+        for body in answers:
+            assert set(body) == set(schema["required"]) == set(schema["properties"]), body
+            _validator({"$ref": f"#/components/schemas/{name}"}, spec).validate(body)
+
+
+@pytest.mark.parametrize("raw", ["[]", '"a"', '{"global_id": "a", "global_id": "b"}'])
+def test_a_body_refused_as_a_whole_has_no_errors_as_the_contract_says(
+    http: FlaskClient, spec: dict[str, Any], raw: str
+) -> None:
+    """The TEvo guide once said invalid_request always adds ``errors``; a body that is not an
+    object, or names a member twice, has none (there is no field to name)."""
+    answer = http.post(
+        "/v1/releases",
+        data=raw,
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    ).get_json()
+    assert answer["code"] == "invalid_request" and "errors" not in answer, answer
+    said = spec["components"]["schemas"]["Problem"]["properties"]["errors"]["description"]
+    assert "when fields are at fault" in said and "absent when" in said, said
+    guide = " ".join((ROOT / "docs" / "tevo-integration.md").read_text("utf-8").split())
+    assert "is refused as a whole, without `errors`" in guide
+
+
+def test_every_answer_documents_and_carries_x_request_id(
+    http: FlaskClient, spec: dict[str, Any]
+) -> None:
+    """Every answer carries X-Request-ID (the README said so), but neither the document nor the
+    TEvo guide did."""
+    header = spec["components"]["headers"]["Request-ID"]
+    pattern = re.compile(header["schema"]["pattern"])
+    for key, operation in _operations(spec).items():
+        for status, response in operation["responses"].items():
+            ref = response.get("headers", {}).get("X-Request-ID")
+            assert ref == {"$ref": "#/components/headers/Request-ID"}, (key, status)
+    # the answers of each kind do carry one, of the documented form
+    answers = [
+        http.get("/healthz"),
+        http.get("/docs/swagger-ui.css"),
+        http.get("/docs/nope.js"),
+        http.post("/v1/holds", json={}),
+        http.post("/v1/releases", json={"global_id": "none"}, headers={"X-API-Key": KEY}),
+        http.get("/v1/holds/g", headers={"X-API-Key": KEY, "X-Request-ID": "tevo:1/a+b=c@d"}),
+    ]
+    for answer in answers:
+        answer.close()  # a file's answer holds the file open until then
+        assert pattern.fullmatch(answer.headers["X-Request-ID"]), answer.status
+    assert answers[-1].headers["X-Request-ID"] == "tevo:1/a+b=c@d"
+    guide = (ROOT / "docs" / "tevo-integration.md").read_text("utf-8")
+    assert "Every answer also carries `X-Request-ID`" in guide
+    assert "`X-Request-ID`" in spec["info"]["description"]
+
+
+def test_the_integration_guide_lists_every_status_of_a_hold() -> None:
+    """The guide's table of the hold's members once left out invoice_failed."""
+    guide = (ROOT / "docs" / "tevo-integration.md").read_text("utf-8")
+    [row] = [line for line in guide.splitlines() if line.startswith("| `status` | string |")]
+    for status in HoldStatus:
+        assert f"`{status}`" in row, status

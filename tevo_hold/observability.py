@@ -47,6 +47,7 @@ __all__ = [
     "METRIC_METHODS",
     "OTHER_METHOD",
     "REQUEST_ID_HEADER",
+    "REQUEST_ID_PATTERN",
     "JsonFormatter",
     "LineHandler",
     "RequestInfo",
@@ -58,9 +59,11 @@ __all__ = [
 
 ACCESS_LOG = logging.getLogger("tevo_hold.access")
 REQUEST_ID_HEADER = "X-Request-ID"
+#: A request id the client may choose (the OpenAPI document states it, anchored).
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:/+=@-]{1,128}"
 #: Matched whole (fullmatch): "$" also matches before a final newline, and "abc\n" passed, to
 #: fail as the answer's header (a 500).
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 #: Where the WSGI environ has the header, as is: request.headers.get() costs more than reading it.
 _REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 

@@ -31,6 +31,7 @@ from flask import Response, current_app, render_template_string, send_from_direc
 from marshmallow import Schema
 
 from . import errors
+from .observability import REQUEST_ID_PATTERN
 from .schemas import (
     EXAMPLE_GLOBAL_ID,
     EXAMPLE_ORDER_ID,
@@ -127,7 +128,8 @@ def _invalid(body: bool = True) -> list[Answer]:
     answers = [
         Answer(
             errors.InvalidRequest,
-            f"{_FIX} `errors` maps each offending field to its messages.",
+            f"{_FIX} `errors`, present when fields are at fault, maps each offending field "
+            "to its messages.",
             (
                 "A field is missing, of the wrong type or out of bounds, or the body is not a "
                 "JSON object, names a member twice or cannot be read (a malformed chunked "
@@ -805,19 +807,20 @@ the header `X-API-Key: <key>` (or `Authorization: Bearer <key>`). A missing or w
 `401 unauthorized`. The operations probes and this document (with its page) need none.
 
 **Requests and answers.** Bodies are JSON objects sent with `Content-Type: application/json`;
-unknown members are ignored; a member named twice in one object is refused
-(`400 invalid_request`), since JSON leaves open which of the two counts. Successful answers are
-JSON (`application/json`): the hold as it now stands. Every error is an
-[RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem document
-(`application/problem+json`) with a stable machine `code`; branch on `code`, not on `title` or
-`detail`. Each operation lists every status it can answer, each code it can carry,
-what it means and what to do. Besides those, an unknown path answers `404 not_found` (paths
-are taken as written: `/v1//holds` is unknown, never redirected to `/v1/holds`) and a
-method a path does not take answers `405 method_not_allowed` with an `Allow` header that lists
-the methods it does take. Every `GET` path also answers `HEAD` (the same status and headers,
-without the body), as HTTP requires; `Allow` lists it. No path takes `OPTIONS`: it is a `405`.
-(Mounted in a seller's own Flask app, an HTTP error that app raises on these paths keeps its
-status, with the code `http_error`.)
+unknown members are ignored; a member named twice in one object is refused (`400
+invalid_request`), since JSON leaves open which of the two counts. Successful answers are JSON
+(`application/json`): the hold as it now stands. Every error is an [RFC
+9457](https://www.rfc-editor.org/rfc/rfc9457) problem document (`application/problem+json`)
+with a stable machine `code`; branch on `code`, not on `title` or `detail`. Every answer
+carries `X-Request-ID`: the request's id (the one it sent, or a new one), which the seller's
+log names it by. Each operation lists every status it can answer, each code it can carry, what
+it means and what to do. Besides those, an unknown path answers `404 not_found` (paths are
+taken as written: `/v1//holds` is unknown, never redirected to `/v1/holds`) and a method a path
+does not take answers `405 method_not_allowed` with an `Allow` header that lists the methods it
+does take. Every `GET` path also answers `HEAD` (the same status and headers, without the
+body), as HTTP requires; `Allow` lists it. No path takes `OPTIONS`: it is a `405`. (Mounted in
+a seller's own Flask app, an HTTP error that app raises on these paths keeps its status, with
+the code `http_error`.)
 
 {server_answers}
 
@@ -884,7 +887,9 @@ def _problem_schema() -> dict[str, Any]:
             },
             "errors": {
                 "type": "object",
-                "description": "invalid_request only: each offending field and its messages.",
+                "description": "invalid_request only, when fields are at fault: each offending "
+                "field and its messages (absent when the body as a whole is refused: not a JSON "
+                "object, or a member named twice).",
                 "additionalProperties": {"type": "array", "items": {"type": "string"}},
             },
             "available": {
@@ -989,14 +994,17 @@ def _error_response(answers: Sequence[Answer]) -> dict[str, Any]:
         },
         "x-problem-codes": codes,
     }
-    headers: dict[str, Any] = {}
+    headers: dict[str, Any] = {"X-Request-ID": _REQUEST_ID_REF}
     if any(issubclass(a.error, RETRY_AFTER) for a in answers):
         headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
     if status == 401:
         headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWW-Authenticate"}
-    if headers:
-        response["headers"] = headers
+    response["headers"] = headers
     return response
+
+
+#: Every answer carries the request's id (see tevo_hold.observability).
+_REQUEST_ID_REF = {"$ref": "#/components/headers/Request-ID"}
 
 
 def _operation(op: Operation) -> dict[str, Any]:
@@ -1007,8 +1015,9 @@ def _operation(op: Operation) -> dict[str, Any]:
             **{media: {"schema": op.success_schema} for media in op.other_media},
         },
     }
+    success["headers"] = {"X-Request-ID": _REQUEST_ID_REF}
     if op.replays:
-        success["headers"] = {"Idempotent-Replayed": {"$ref": "#/components/headers/Replayed"}}
+        success["headers"]["Idempotent-Replayed"] = {"$ref": "#/components/headers/Replayed"}
     if op.links:
         success["links"] = {name: dict(link) for name, link in op.links.items()}
     responses: dict[str, Any] = {str(op.success): success}
@@ -1109,6 +1118,17 @@ def build_spec(server_url: str = "/") -> dict[str, Any]:
             "description": "Seconds to wait before retrying with the same body: on "
             f"{_retry_after_answers()} only.",
             "schema": {"type": "integer", "minimum": 1},
+        },
+    )
+    spec.components.header(
+        "Request-ID",
+        {
+            "description": "The request's id, on every answer: the `X-Request-ID` the request "
+            "sent, if it is 1 to 128 characters of `A-Z a-z 0-9 . _ : / + = @ -`, else a new "
+            "one (32 hex digits). The seller's log names each request by it: quote it when "
+            "asking the seller about a call.",
+            "required": True,
+            "schema": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$"},
         },
     )
     spec.components.header(

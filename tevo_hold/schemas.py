@@ -256,7 +256,9 @@ class HoldSchema(Schema):
             "examples": ["2026-11-23T12:15:00.123Z"],
         },
     )
+    # Always sent, null until set: required, so that a client may count on the member.
     tevo_order_id = fields.Raw(
+        required=True,
         allow_none=True,
         metadata={
             "oneOf": [_ORDER_NUMBER, _ID, {"type": "null"}],
@@ -264,10 +266,12 @@ class HoldSchema(Schema):
         },
     )
     invoiced_at = Timestamp(
+        required=True,
         allow_none=True,
         metadata={**_TIME, "description": "When it was invoiced (UTC); null until then."},
     )
     released_at = Timestamp(
+        required=True,
         allow_none=True,
         metadata={**_TIME, "description": "When it was released (UTC); null unless released."},
     )
@@ -298,6 +302,7 @@ class HoldDetailSchema(HoldSchema):
     """A hold as ``GET /v1/holds/{global_id}`` gives it: with its audit trail."""
 
     last_error = fields.String(
+        required=True,
         allow_none=True,
         metadata={"description": "invoice_failed: the POS's last answer to the invoice"},
     )
