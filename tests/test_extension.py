@@ -96,6 +96,18 @@ def test_an_http_error_the_vendors_app_raises_keeps_its_status_with_code_http_er
     assert "the code `http_error`" in description
 
 
+@pytest.mark.parametrize("prefix", ["tevo", "/<tenant>"])
+def test_a_prefix_it_cannot_mount_at_is_refused_before_the_app_is_changed(prefix):
+    """A prefix without its leading "/" failed in Flask's routing after the extension had
+    written app.extensions, so that the retry with "/tevo" was refused as a second init_app."""
+    app = Flask("vendor")
+    with pytest.raises(ConfigurationError, match=r"url_prefix '/?[<\w>]+'"):
+        TevoHold(app, url_prefix=prefix)
+    assert EXTENSION_KEY not in app.extensions and not app.blueprints
+    TevoHold(app, url_prefix="/tevo")
+    assert app.test_client().get("/tevo/healthz").status_code == 200
+
+
 def test_state_lives_in_app_extensions_and_config_is_read_from_app_config():
     app = Flask("vendor")
     app.config.update(TEVO_HOLD_API_KEYS="k1,k2", TEVO_HOLD_HOLD_TTL="42")

@@ -125,8 +125,9 @@ class TevoHold:
 
     ``service`` replaces the one the settings describe (tests pass one built on fakeredis);
     ``settings`` replaces reading them from ``app.config``. ``url_prefix`` is where the API is
-    mounted (``""`` for the whole app). Unknown paths and wrong methods under that prefix answer
-    JSON problems too. Managed API keys and rate-limit counts live in the service's Redis.
+    mounted (``""`` for the whole app; else a path starting with "/"). Unknown paths and wrong
+    methods under that prefix answer JSON problems too. Managed API keys and rate-limit counts
+    live in the service's Redis.
 
     At start it records its adapter's class in that Redis (one write), so that ``tevo-hold
     worker`` and the commands that call the POS refuse to run with another
@@ -152,29 +153,25 @@ class TevoHold:
             raise errors.ConfigurationError(
                 "TevoHold is already initialised on this app: call init_app once per app."
             )
+        _mount_prefix(self._url_prefix)  # refused before the app is changed at all
         settings = self._settings or Settings.from_mapping(app.config)
         service = self._service or build_service(settings)
         client = service.ledger.client
-        app.extensions[EXTENSION_KEY] = _State(
+        state = _State(
             settings,
             service,
             key_store=auth.KeyStore(client, keys=service.ledger.keys),
             # memory:// builds an in-process store; a service handed in is the caller's Redis
             store="memory" if settings.embedded and self._service is None else "redis",
         )
-        state = app.extensions[EXTENSION_KEY]
-        _warn_of_gaps(state)
-        if state.store == "memory" and not isinstance(service.adapter, RedisInventoryAdapter):
-            _start_embedded_worker(app, state)
-        # For the worker and the CLI, which refuse to call another POS than this one.
-        record_adapter(service)
-        # Request ids and the access log first, so that they see every request to the end.
-        observability.install(app, self._url_prefix)
         blueprint = create_blueprint()
         if in_process(client):
             # Each process would have a store of its own, and sell the same tickets again.
             blueprint.before_request(_one_process_only)
         app.register_blueprint(blueprint, url_prefix=self._url_prefix or None)
+        # Request ids and the access log (app-wide hooks: they run before the blueprint's and
+        # after_request after them, so they see every request of the API to the end).
+        observability.install(app, self._url_prefix)
         prefix = self._url_prefix.rstrip("/")
 
         def routing_error(exc: HTTPException) -> Response | HTTPException:
@@ -186,6 +183,29 @@ class TevoHold:
 
         for code in (404, 405):
             app.register_error_handler(code, routing_error)
+        # Last, once the app has its routes and hooks: an app this fails on is left without it,
+        # and init_app can be called on it again.
+        app.extensions[EXTENSION_KEY] = state
+        _warn_of_gaps(state)
+        if state.store == "memory" and not isinstance(service.adapter, RedisInventoryAdapter):
+            _start_embedded_worker(app, state)
+        # For the worker and the CLI, which refuse to call another POS than this one.
+        record_adapter(service)
+
+
+def _mount_prefix(url_prefix: str | None) -> str:
+    """The path the API's paths start with when mounted at ``url_prefix`` (Flask drops a trailing
+    "/"): ``""`` for the whole app. ConfigurationError for a prefix Flask cannot mount at, or one
+    with a variable part (its value would reach the views as an argument they do not take)."""
+    if url_prefix and not url_prefix.startswith("/"):
+        raise errors.ConfigurationError(
+            f"url_prefix {url_prefix!r} must start with '/': {'/' + url_prefix!r}, say."
+        )
+    if url_prefix and "<" in url_prefix:
+        raise errors.ConfigurationError(
+            f"url_prefix {url_prefix!r} has a variable part: the API's prefix is a fixed path."
+        )
+    return (url_prefix or "").rstrip("/")
 
 
 def _warn_of_gaps(state: _State) -> None:
