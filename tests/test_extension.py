@@ -12,9 +12,18 @@ from typing import ClassVar
 
 import fakeredis
 import pytest
-from flask import Flask, abort, request
+from flask import Blueprint, Flask, abort, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
 
-from tevo_hold import RedisInventoryAdapter, Settings, TevoHold, build_service, create_app
+from tevo_hold import (
+    RedisInventoryAdapter,
+    Settings,
+    TevoHold,
+    build_service,
+    create_app,
+    create_blueprint,
+)
 from tevo_hold.adapters.redis_inventory import SAMPLE_INVENTORY
 from tevo_hold.errors import ConfigurationError, ListingNotFound
 from tevo_hold.web import EXTENSION_KEY
@@ -33,10 +42,15 @@ def vendor_app() -> Flask:
     def home() -> str:
         return "<h1>vendor home</h1>"
 
+    return _set_up_tevo_hold(app, url_prefix="/tevo")
+
+
+def _set_up_tevo_hold(app: Flask, *, url_prefix: str) -> Flask:
+    """TevoHold on ``app``, its state on fakeredis (in this process's memory), listing L of 3."""
     settings = Settings(redis_url="redis://unused", api_keys=("vendor-key",))
     service = build_service(settings, client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
     service.adapter.set_quantity("L", 3)  # type: ignore[attr-defined]
-    ext = TevoHold(service=service, settings=settings, url_prefix="/tevo")
+    ext = TevoHold(service=service, settings=settings, url_prefix=url_prefix)
     ext.init_app(app)
     return app
 
@@ -94,6 +108,134 @@ def test_an_http_error_the_vendors_app_raises_keeps_its_status_with_code_http_er
     assert refused.json["type"] == "urn:tevo-hold:problem:http_error"
     description = http.get("/tevo/v1/openapi.json").json["info"]["description"]
     assert "the code `http_error`" in description
+
+
+# -- the vendor's own error handlers beside the API's -----------------------------------------
+
+
+def _add_vendor_handlers(app: Flask, kind: str) -> None:
+    """Error handlers of the vendor's own, answering its JSON: per status, or for every
+    HTTPException (the pattern of Flask's docs)."""
+
+    def vendors(exc: HTTPException) -> ResponseReturnValue:
+        return jsonify(vendor=exc.code), exc.code or 500
+
+    if kind == "per status":
+        app.register_error_handler(404, vendors)
+        app.register_error_handler(405, vendors)
+    else:
+        app.register_error_handler(HTTPException, vendors)
+
+
+@pytest.mark.parametrize("kind", ["per status", "for HTTPException"])
+@pytest.mark.parametrize("registered", ["before TevoHold", "after TevoHold"])
+def test_the_vendors_error_handlers_answer_its_paths_and_the_api_answers_its_own(kind, registered):
+    """As if tevo-hold were not there, on the vendor's paths; problems under the prefix, in
+    either order. (An app-wide 404 handler of the extension's took the vendor's 404s from its
+    HTTPException handler, and replaced or was replaced by its 404 handler.)"""
+    app = Flask("vendor")
+
+    @app.get("/items/<int:item>")
+    def item(item: int) -> str:
+        abort(404)
+
+    @app.before_request
+    def closed_on_sundays() -> None:
+        if request.headers.get("X-Day") == "sunday":
+            abort(403)
+
+    if registered == "before TevoHold":
+        _add_vendor_handlers(app, kind)
+        _set_up_tevo_hold(app, url_prefix="/tevo")
+    else:
+        _set_up_tevo_hold(app, url_prefix="/tevo")
+        _add_vendor_handlers(app, kind)
+    http = app.test_client()
+    for method, path, status in [
+        ("GET", "/nope", 404),
+        ("GET", "/items/3", 404),
+        ("DELETE", "/items/3", 405),
+    ]:
+        theirs = http.open(path, method=method, headers=KEY)
+        assert theirs.status_code == status and theirs.json == {"vendor": status}, path
+        assert "X-Request-ID" not in theirs.headers  # not a request of the API's
+    for method, path, status, code in [
+        ("GET", "/tevo/nope", 404, "not_found"),
+        ("GET", "/tevo", 404, "not_found"),
+        ("PUT", "/tevo/v1/holds", 405, "method_not_allowed"),
+    ]:
+        ours = http.open(path, method=method, headers=KEY)
+        assert ours.status_code == status and ours.mimetype == "application/problem+json", path
+        assert ours.json["code"] == code and "X-Request-ID" in ours.headers
+    refused = http.get("/tevo/v1/holds/g", headers={**KEY, "X-Day": "sunday"})
+    assert refused.status_code == 403 and refused.json["code"] == "http_error"
+    assert http.get("/tevo/v1/holds/g", headers=KEY).json["code"] == "hold_not_found"
+
+
+def test_mounted_at_the_root_every_unknown_path_is_a_problem_and_the_vendors_views_its_own():
+    app = Flask("vendor")
+
+    @app.get("/items/<int:item>")
+    def item(item: int) -> str:
+        abort(404)
+
+    _set_up_tevo_hold(app, url_prefix="")
+    _add_vendor_handlers(app, "per status")
+    http = app.test_client()
+    for method, path in [("GET", "/nope"), ("PUT", "/v1/holds"), ("POST", "/items/3")]:
+        ours = http.open(path, method=method, headers=KEY)
+        assert ours.mimetype == "application/problem+json", path
+    assert http.get("/items/3").json == {"vendor": 404}  # its view's own 404
+
+
+# -- more mounts of the blueprint ---------------------------------------------------------------
+
+MULTIPROCESS = {"wsgi.multiprocess": True}  # what gunicorn says with more than one worker
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_every_mount_of_the_blueprint_is_the_whole_api(vendor_app, caplog, nested):
+    """Problems for unknown paths and wrong methods, request ids, and the refusal of a store in
+    memory under several processes, on a second mount as on TevoHold's (a second mount in
+    memory under two gunicorn workers sold 7 holds of 4 tickets)."""
+    caplog.set_level(logging.ERROR, logger="tevo_hold")
+    if nested:  # inside a blueprint of the vendor's
+        site = Blueprint("site", __name__)
+        site.register_blueprint(create_blueprint("partner"), url_prefix="/partner")
+        vendor_app.register_blueprint(site, url_prefix="/site")
+        at = "/site/partner"
+    else:
+        vendor_app.register_blueprint(create_blueprint("partner"), url_prefix="/partner")
+        at = "/partner"
+    http = vendor_app.test_client()
+    for method, path, status, code in [
+        ("GET", "/v1/nothing", 404, "not_found"),
+        ("PUT", "/v1/holds", 405, "method_not_allowed"),
+        ("GET", "/v1/holds/g", 404, "hold_not_found"),
+    ]:
+        answer = http.open(at + path, method=method, headers=KEY)
+        assert answer.status_code == status and answer.mimetype == "application/problem+json"
+        assert answer.json["code"] == code and "X-Request-ID" in answer.headers, path
+    assert "X-Request-ID" in http.get(at + "/healthz").headers
+    body = {"remote_id": "L", "quantity": 1, "global_id": "g"}
+    for mount in (at, "/tevo"):
+        refused = http.post(
+            mount + "/v1/holds", json=body, headers=KEY, environ_overrides=MULTIPROCESS
+        )
+        assert refused.status_code == 503 and refused.json["code"] == "unavailable", mount
+    held = http.post(at + "/v1/holds", json=body, headers=KEY)  # one process: served
+    assert held.status_code == 201 and "X-Request-ID" in held.headers
+    assert http.get("/tevo/v1/holds/g", headers=KEY).json["status"] == "held"  # one state
+    assert "X-Request-ID" not in http.get("/").headers  # the vendor's own
+
+
+def test_a_mount_of_the_blueprint_without_tevo_hold_or_at_a_relative_prefix_is_refused():
+    app = Flask("vendor")
+    with pytest.raises(ConfigurationError, match=r"TevoHold\(app\)"):
+        app.register_blueprint(create_blueprint("partner"), url_prefix="/partner")
+    with_it = _set_up_tevo_hold(Flask("vendor"), url_prefix="/tevo")
+    with pytest.raises(ConfigurationError, match="must start with '/'"):
+        with_it.register_blueprint(create_blueprint("partner"), url_prefix="partner")
 
 
 @pytest.mark.parametrize("prefix", ["tevo", "/<tenant>"])
@@ -229,8 +371,6 @@ def test_a_redis_down_at_start_up_is_logged_and_the_app_still_starts(caplog):
 
 
 # -- the embedded default in several processes -------------------------------------------------
-
-MULTIPROCESS = {"wsgi.multiprocess": True}  # what gunicorn says with more than one worker
 
 
 def test_memory_mode_refuses_every_call_when_served_by_several_processes(caplog):

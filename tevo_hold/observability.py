@@ -1,6 +1,7 @@
 """Request ids, one structured (JSON) log line per request, and the HTTP metrics.
 
-:func:`install` hooks a Flask app (``TevoHold.init_app`` does it, for the API's paths only):
+:func:`install` hooks a Flask app (``TevoHold.init_app`` does it, for the API's requests only,
+on every mount of its blueprint):
 
 - every request gets an id: the ``X-Request-ID`` it came with (if it is 1-128 characters of
   ``A-Z a-z 0-9 . _ : / + = @ -``), else a new one; the response carries it back in
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -105,15 +107,14 @@ def _begin(req: Request) -> RequestInfo:
     return info
 
 
-def install(app: Flask, prefix: str = "") -> None:
-    """Give the requests of ``app`` under ``prefix`` ids, an access log line and metrics."""
-    prefix = prefix.rstrip("/")
+def install(app: Flask, serves: Callable[[Request], bool] | None = None) -> None:
+    """Give the requests of ``app`` that ``serves`` says are the API's (every one, without it)
+    ids, an access log line and metrics. ``serves`` sees each request once routed."""
 
     def start() -> None:
         _INFO.set(None)  # whatever an earlier request of this thread left
         req: Request = request._get_current_object()  # type: ignore[attr-defined]  # once
-        path = req.path
-        if not prefix or path == prefix or path.startswith(prefix + "/"):
+        if serves is None or serves(req):
             _begin(req)
 
     def finish(response: Response) -> Response:

@@ -32,6 +32,7 @@ from urllib.parse import quote
 import orjson
 from flask import Blueprint, Flask, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter, RoutingException
 
@@ -118,6 +119,30 @@ class _State:
             if settings.rate_limit is None
             else ratelimit.Limits(ratelimit.parse(settings.rate_limit), service.ledger.keys)
         )
+        #: Whether the state lives in this process's memory, where no other process sees it: then
+        #: one process only may serve it (see _one_process_only).
+        self.in_process = in_process(service.ledger.client)
+        #: The full names of the API blueprint's mounts in the app (see _mounted), and the
+        #: paths each one serves: its prefix, and what starts with the prefix and a "/".
+        self.mount_names: set[str] = set()
+        self._mount_paths: set[str] = set()
+        self._mount_starts: tuple[str, ...] = ()
+
+    def mount(self, name: str, prefix: str) -> None:
+        """Count a mount of the API's blueprint, ``name`` (dotted when nested) at ``prefix``."""
+        self.mount_names.add(name)
+        self._mount_paths.add(prefix)
+        self._mount_starts = (*self._mount_starts, prefix + "/")
+
+    def serves(self, req: Request) -> bool:
+        """Whether ``req`` is the API's: routed to a view of one of its mounts, or routed nowhere
+        (no route, or not for this method) on a path under one. Every other request is the
+        app's own, left to it as if tevo-hold were not there."""
+        rule = req.url_rule
+        if rule is not None:
+            return rule.endpoint.rpartition(".")[0] in self.mount_names
+        path = req.path
+        return path.startswith(self._mount_starts) or path in self._mount_paths
 
 
 class TevoHold:
@@ -126,8 +151,9 @@ class TevoHold:
     ``service`` replaces the one the settings describe (tests pass one built on fakeredis);
     ``settings`` replaces reading them from ``app.config``. ``url_prefix`` is where the API is
     mounted (``""`` for the whole app; else a path starting with "/"). Unknown paths and wrong
-    methods under that prefix answer JSON problems too. Managed API keys and rate-limit counts
-    live in the service's Redis.
+    methods under that prefix answer JSON problems too, whatever error handlers the app has; the
+    app's other paths keep its own. Managed API keys and rate-limit counts live in the service's
+    Redis. :func:`create_blueprint` mounts the API at further prefixes.
 
     At start it records its adapter's class in that Redis (one write), so that ``tevo-hold
     worker`` and the commands that call the POS refuse to run with another
@@ -156,41 +182,33 @@ class TevoHold:
         _mount_prefix(self._url_prefix)  # refused before the app is changed at all
         settings = self._settings or Settings.from_mapping(app.config)
         service = self._service or build_service(settings)
-        client = service.ledger.client
         state = _State(
             settings,
             service,
-            key_store=auth.KeyStore(client, keys=service.ledger.keys),
+            key_store=auth.KeyStore(service.ledger.client, keys=service.ledger.keys),
             # memory:// builds an in-process store; a service handed in is the caller's Redis
             store="memory" if settings.embedded and self._service is None else "redis",
         )
-        blueprint = create_blueprint()
-        if in_process(client):
-            # Each process would have a store of its own, and sell the same tickets again.
-            blueprint.before_request(_one_process_only)
-        app.register_blueprint(blueprint, url_prefix=self._url_prefix or None)
+        # The state reaches the blueprint's mount as an option: it goes into app.extensions
+        # last, once the app has routes and hooks, so that an app this fails on is left without
+        # it and init_app can be called on it again.
+        app.register_blueprint(
+            create_blueprint(), url_prefix=self._url_prefix or None, **{_STATE_OPTION: state}
+        )
         # Request ids and the access log (app-wide hooks: they run before the blueprint's and
         # after_request after them, so they see every request of the API to the end).
-        observability.install(app, self._url_prefix)
-        prefix = self._url_prefix.rstrip("/")
-
-        def routing_error(exc: HTTPException) -> Response | HTTPException:
-            # Blueprint handlers never see routing errors: these answer for the whole app,
-            # and leave paths outside our prefix to Flask's default.
-            if not request.path.startswith(prefix + "/") and request.path != prefix:
-                return exc
-            return _http_problem(exc)
-
-        for code in (404, 405):
-            app.register_error_handler(code, routing_error)
-        # Last, once the app has its routes and hooks: an app this fails on is left without it,
-        # and init_app can be called on it again.
+        observability.install(app, state.serves)
+        _answer_http_errors(app, state)
         app.extensions[EXTENSION_KEY] = state
         _warn_of_gaps(state)
         if state.store == "memory" and not isinstance(service.adapter, RedisInventoryAdapter):
             _start_embedded_worker(app, state)
         # For the worker and the CLI, which refuse to call another POS than this one.
         record_adapter(service)
+
+
+#: The option of register_blueprint that hands init_app's state to its mount (see _mounted).
+_STATE_OPTION = "tevo_hold_state"
 
 
 def _mount_prefix(url_prefix: str | None) -> str:
@@ -206,6 +224,44 @@ def _mount_prefix(url_prefix: str | None) -> str:
             f"url_prefix {url_prefix!r} has a variable part: the API's prefix is a fixed path."
         )
     return (url_prefix or "").rstrip("/")
+
+
+def _mounted(setup: BlueprintSetupState) -> None:
+    """Count each mount of the API's blueprint in its app's state, for the hooks that serve the
+    API's requests only (see _State.serves); refuse one in an app where TevoHold is not set up
+    (its views would have no state), or at a prefix _mount_prefix refuses."""
+    state = setup.options.get(_STATE_OPTION) or setup.app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, _State):
+        raise errors.ConfigurationError(
+            f"The blueprint {setup.name!r} of create_blueprint() is mounted in an app where "
+            "TevoHold is not set up: call TevoHold(app) (or init_app) first."
+        )
+    state.mount(f"{setup.name_prefix}.{setup.name}".lstrip("."), _mount_prefix(setup.url_prefix))
+
+
+def _answer_http_errors(app: Flask, state: _State) -> None:
+    """Answer each HTTP error of the API's requests (``state.serves``) with a problem document,
+    whatever handlers the app has; leave every other request's to the app.
+
+    Flask hands no routing error (no route, or not for the method) to a blueprint's handlers
+    (no route, no blueprint), and picks an app's handler for a status before any handler for a
+    class: an app-wide 404 handler of the API's would take the vendor's 404s from its own
+    handler of HTTPException, and a 404 handler of the vendor's would replace the API's or be
+    replaced by it, whichever came last. So this app's handle_http_exception is wrapped
+    instead: its errors are the API's where the request is, and go on to Flask's, with the
+    vendor's handlers, everywhere else. Routing exceptions that are not errors (a redirect) go
+    on to Flask, which answers them itself."""
+    handle = app.handle_http_exception
+
+    def handle_http_exception(exc: HTTPException) -> HTTPException | ResponseReturnValue:
+        if exc.code is None or isinstance(exc, RoutingException):
+            return handle(exc)
+        if not state.serves(request._get_current_object()):  # type: ignore[attr-defined]
+            return handle(exc)
+        return _http_problem(exc)
+
+    # This app's only (an attribute of the instance), ahead of its class's, which it calls.
+    app.handle_http_exception = handle_http_exception  # type: ignore[method-assign, assignment]
 
 
 def _warn_of_gaps(state: _State) -> None:
@@ -253,15 +309,29 @@ def _start_embedded_worker(app: Flask, state: _State) -> None:
 
 
 def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
-    """The API's routes; mount it under any prefix of an app where :class:`TevoHold` is set up.
+    """The API's routes: :class:`TevoHold` mounts them at its ``url_prefix``; mount them again
+    under any other prefix of an app where TevoHold is set up, with a name of their own::
 
-    The API calls of each key share one budget, ``TEVO_HOLD_RATE_LIMIT``: the call's first
-    Redis script is charged to it (:mod:`tevo_hold.ratelimit`).
+        app.register_blueprint(create_blueprint("partner"), url_prefix="/partner")
+
+    Each mount is the whole API, on the one state of the app's TevoHold: API keys, request ids
+    and access log lines, problem documents for any error (unknown paths and wrong methods under
+    its prefix included), and the refusal to serve from several processes with the state in
+    memory. Mounted in an app without TevoHold, or at a prefix that does not start with "/",
+    it raises ConfigurationError.
+
+    The API calls of each key share one budget, ``TEVO_HOLD_RATE_LIMIT``, on every mount: the
+    call's first Redis script is charged to it (:mod:`tevo_hold.ratelimit`).
     """
     bp = Blueprint(name, __name__)
+    bp.record(_mounted)  # first: before its routes, a prefix that Flask would refuse is named
     bp.before_request(_authenticate)
+    # After the key is checked; a store in memory is this process's only (see the function).
+    bp.before_request(_one_process_only)
     bp.teardown_request(_forget)
     bp.register_error_handler(errors.TevoHoldError, problem_response)
+    # Flask's handle_http_exception answers the API's HTTP errors first (_answer_http_errors);
+    # this one is for those it traps (TRAP_HTTP_EXCEPTIONS), which skip that.
     bp.register_error_handler(HTTPException, _http_problem)
     bp.register_error_handler(Exception, _internal_error)
 
@@ -417,12 +487,15 @@ _STATELESS_VIEWS = PUBLIC_VIEWS - {"readyz"}
 
 
 def _one_process_only() -> None:
-    """With the state in this process's memory, refuse every call (and ``/readyz``) if the
-    server runs the app in several processes (WSGI's ``wsgi.multiprocess``: gunicorn sets it
-    with more than one worker), rather than let each process sell the same tickets from a store
-    of its own. ``/healthz`` still answers: the process is up."""
+    """With the state in this process's memory (``memory://``, or a fakeredis client handed
+    in), refuse every call (and ``/readyz``) on every mount if the server runs the app in
+    several processes (WSGI's ``wsgi.multiprocess``: gunicorn sets it with more than one
+    worker), rather than let each process sell the same tickets from a store of its own.
+    ``/healthz`` still answers: the process is up."""
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     if not req.environ.get("wsgi.multiprocess"):
+        return
+    if not _state().in_process:  # Redis: every process sees the same state
         return
     if (req.endpoint or "").rpartition(".")[2] in _STATELESS_VIEWS:
         return
