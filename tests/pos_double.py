@@ -8,10 +8,14 @@ an invoice gives nothing back), checks the API key header, and records every cal
 Tests steer it per operation with a plan of steps, each for ``times`` calls (None: for good):
 answer normally, be slow (sleep N s, then answer normally), hang until :meth:`PosDouble.unhang`
 (then answer normally: a hold that hung still holds, as a real POS would once it gets to it),
-answer a status (500 fails, 409/404/400 refuse) without doing anything, act and then answer a
-status all the same (``acted``: a POS that failed after it acted, or a gateway that lost its
-answer), or trickle its answer (``trickle``: answer normally, or answer ``status`` without doing
-anything if it is not 200, sending the body a byte at a time over ``seconds``).
+answer a status (500 fails, 409/404/400 refuse) without doing anything (with ``body`` as its body if
+given: the JSON of anything but a str, sent as it is), act and then answer a status all the same
+(``acted``: a POS that failed after it acted, or a gateway that lost its answer), trickle its
+answer (``trickle``: answer normally, or answer ``status`` without doing anything if it is not
+200, sending the body a byte at a time over ``seconds``), or redirect (``redirect``: answer
+``status``, a 3xx, with ``Location: location`` and do nothing, as an http-to-https front or a
+single sign-on proxy does). Any ``GET`` answers ``200`` with a sign-in page, recorded as the
+operation ``GET /path``: where a redirected call would land if it were followed.
 
 Usage::
 
@@ -24,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -47,10 +52,14 @@ MAX_HANG = 30.0
 class Step:
     """What the double does for the next ``times`` calls of an operation (None: every call)."""
 
-    kind: Literal["normal", "slow", "hang", "status", "acted", "trickle"]
+    kind: Literal["normal", "slow", "hang", "status", "acted", "trickle", "redirect"]
     seconds: float = 0.0
     status: int = 200
     times: int | None = None
+    #: ``status`` only: the answer's body (a str as it is, anything else as JSON).
+    body: Any = None
+    #: ``redirect`` only: the ``Location`` header.
+    location: str = ""
 
 
 @dataclass
@@ -265,6 +274,16 @@ class PosDouble:
         def call(path: str) -> Response:
             return self._handle("/" + path)
 
+        @app.get("/<path:path>")
+        def page(path: str) -> Response:
+            # Where a followed redirect lands: a page that answers 200 whatever was asked.
+            record = Call(f"GET /{path}", None, None, dict(request.headers), time.time())
+            record.status, record.finished = 200, time.time()
+            with self._changed:
+                self.log.append(record)
+                self._changed.notify_all()
+            return self.app.response_class("<html>Please sign in</html>", 200, mimetype="text/html")
+
         return app
 
     def _next_step(self, operation: str) -> tuple[Step, threading.Event]:
@@ -283,7 +302,7 @@ class PosDouble:
                 if remaining <= 0:
                     plan.pop(0)
                 else:
-                    plan[0] = Step(step.kind, step.seconds, step.status, remaining)
+                    plan[0] = dataclasses.replace(step, times=remaining)
             return step, hang
 
     def _handle(self, path: str) -> Response:
@@ -316,7 +335,13 @@ class PosDouble:
             record.finished = time.time()
             self._changed.notify_all()
         trickle = answer.pop("_trickle", None)
-        payload = json.dumps(answer).encode()
+        location = answer.pop("_location", None)
+        raw = answer.pop("_body", None)
+        payload = json.dumps(answer).encode() if raw is None else raw
+        if location is not None:
+            response = self.app.response_class(b"", status)
+            response.headers["Location"] = location
+            return response
         if trickle is None:
             return self.app.response_class(payload, status, mimetype="application/json")
         return self._trickled(payload, status, trickle)
@@ -347,7 +372,12 @@ class PosDouble:
         elif step.kind == "hang":
             hang.wait(MAX_HANG)
         elif step.kind == "status":
+            if step.body is not None:
+                raw = step.body if isinstance(step.body, str) else json.dumps(step.body)
+                return step.status, {"_body": raw.encode()}
             return step.status, {"error": f"told to answer {step.status}"}
+        elif step.kind == "redirect":
+            return step.status, {"_location": step.location}
         elif step.kind == "acted":
             effect = self._act(operation, body)[1].get("_effect", "")
             return step.status, {"error": f"told to answer {step.status}", "_effect": effect}

@@ -268,6 +268,109 @@ def test_400_is_a_pos_error_and_not_retried(pos, adapter, operation):
     assert pos.count() == 1
 
 
+#: Where each operation goes: a redirect there would act, were a 307 or 308 followed.
+PATHS = {"hold": "/pos/holds", "release": "/pos/releases", "invoice": "/pos/invoices"}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
+def test_a_redirect_is_a_refusal_never_followed(pos, make_adapter, caplog, operation, status):
+    """An http-to-https front, a single sign-on proxy, a moved path: followed, a 301, 302 or 303
+    would turn the POST into a GET without its body, whose 200 (a login page) counted as success,
+    and a 307 or 308 would send the call where nobody configured. A refusal, not retried, whose
+    log names where it pointed (TEvo is told no address): a definite one, but for a 303 (See
+    Other), which says the server acted and points to the outcome: unknown."""
+    adapter = make_adapter(retries=2, budget=3.0)
+    if operation != "hold":
+        hold(adapter)  # something to release or invoice
+    redirect = Step("redirect", status=status, location=PATHS[operation] + "?from=sso", times=1)
+    pos.plan(operation, redirect)
+    call = {"hold": hold, "release": release, "invoice": invoice}[operation]
+    with (
+        caplog.at_level(logging.WARNING, logger="tevo_hold"),
+        pytest.raises(errors.PosError, match=f"redirect.*{status}") as caught,
+    ):
+        call(adapter)
+    assert caught.value.outcome_unknown is (status == 303)
+    assert (caught.value.status, caught.value.code) == (502, "pos_error")
+    assert [(c.operation, c.status) for c in pos.calls()][-1:] == [(operation, status)]
+    assert pos.count() == (1 if operation == "hold" else 2)  # no retry, nothing followed
+    assert pos.state("g1") == (None if operation == "hold" else "held")
+    assert "127.0.0.1" not in caught.value.detail
+    warned = [r.getMessage() for r in caplog.records if "redirect" in r.getMessage()]
+    assert len(warned) == 1 and "TEVO_HOLD_POS_URL" in warned[0]
+    assert f"{pos.url.removesuffix('/pos')}{PATHS[operation]}?from=sso" in warned[0]
+
+
+def test_a_redirect_to_a_login_page_holds_and_sells_nothing(pos, service):
+    """The usual single sign-on front with an expired key: every call is sent to its login
+    page. TEvo must hear that nothing was held, and no sale may be recorded as made."""
+    pos.plan("hold", Step("redirect", status=302, location="/login?next=/pos/holds", times=1))
+    with pytest.raises(errors.PosError):
+        service.hold(remote_id="R", quantity=2, global_id="g1")
+    assert pos.state("g1") is None and pos.count("GET /login") == 0
+    with pytest.raises(errors.HoldNotFound):  # the refused hold is not kept
+        service.get(global_id="g1")
+    service.hold(remote_id="R", quantity=2, global_id="g2")
+    pos.plan("invoice", Step("redirect", status=302, location="/login?next=/pos/invoices"))
+    with pytest.raises(errors.PosError):
+        service.invoice(global_id="g2", tevo_order_id=7)
+    assert pos.state("g2") == "held" and pos.sold == {}
+    assert service.get(global_id="g2").status is not HoldStatus.INVOICED
+
+
+def test_a_hold_answered_303_is_released_by_the_worker(pos, service):
+    """A 303 (See Other) says the POS acted: the hold may be there, so it is released."""
+    pos.plan("hold", Step("redirect", status=303, location="/pos/holds/g1", times=1))
+    with pytest.raises(errors.PosError):
+        service.hold(remote_id="R", quantity=2, global_id="g1")
+    assert Worker(service).run_once() == 1  # the compensation, due at once
+    assert [c.status for c in pos.calls("release", global_id="g1")] == [200]
+
+
+@pytest.mark.parametrize("operation", ["hold", "invoice"])
+def test_a_redirect_after_a_5xx_leaves_the_outcome_unknown(pos, make_adapter, operation):
+    """The POS acts and its answer is lost to a 502; the retry meets a redirect (a proxy that
+    now wants a login). The redirect says nothing of the first attempt: unknown."""
+    adapter = make_adapter(retries=2, budget=3.0)
+    if operation == "invoice":
+        hold(adapter)
+    redirect = Step("redirect", status=302, location="/login")
+    pos.plan(operation, ACTED_THEN_502, redirect)
+    with pytest.raises(errors.PosError) as caught:
+        {"hold": hold, "invoice": invoice}[operation](adapter)
+    assert caught.value.outcome_unknown
+    assert [c.status for c in pos.calls(operation)][-2:] == [502, 302]
+    assert pos.state("g1") == {"hold": "held", "invoice": "invoiced"}[operation]
+
+
+def test_a_health_path_that_redirects_is_not_ready():
+    """A health check sent to a login page (200) would call the POS up while every call is
+    refused: a redirect is not followed, and is not ready."""
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.send_response(302)
+                self.send_header("Location", "/login")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http_server(Redirecting) as url:
+        adapter = HttpPosAdapter(url, health_path="/health", timeout=1.0)
+        try:
+            assert adapter.ready() is False
+            adapter.health_path = "/login"
+            assert adapter.ready() is True
+        finally:
+            adapter.close()
+
+
 @pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
 def test_500_is_retried_and_then_succeeds(pos, make_adapter, operation):
     adapter = make_adapter(retries=2, budget=3.0)

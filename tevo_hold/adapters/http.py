@@ -8,13 +8,17 @@ timeouts are settings):
 - ``POST {base}/invoices`` ``{"global_id", "tevo_order_id", "remote_id", "quantity"}``
 
 Any 2xx is success; 404 means no such listing, 409 not enough tickets (a JSON body's ``available``
-is passed on); any other answer is a refusal. A 404 on a release counts as done (nothing to give
+is passed on); any other answer is a refusal. A 3xx too: a redirect is never followed (a 301, 302 or
+303 would be re-sent as a GET without its body, whose 200, a login page say, would count as success;
+a 307 or 308 would send the call where nobody configured it), and where it points goes to the log,
+to fix ``TEVO_HOLD_POS_URL`` by; nothing was done, but after a 303 (See Other: the POS acted, and
+points to the outcome), whose outcome is unknown. A 404 on a release counts as done (nothing to give
 back): the contract gives a 404 no body to tell it from a wrong path's, so a wrong
 ``TEVO_HOLD_POS_RELEASE_PATH`` looks the same, logged at WARNING only. The API key goes in a
 configurable header. Every call carries the ``global_id``: the POS must treat each call as
 idempotent per ``global_id`` (a second hold of one global_id holds nothing more, and so on), which
 is what makes retries safe. Optionally, ``GET {base}{health_path}`` answering 2xx tells ``/readyz``
-the POS is up.
+the POS is up (a redirect is not followed there either: the POS is not ready).
 
 Retries: connection failures, timeouts and 5xx answers are retried with jittered exponential
 backoff (tenacity), inside a deadline (``budget``) that bounds the whole call, so an endpoint
@@ -48,7 +52,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 import tenacity
@@ -146,11 +150,13 @@ class HttpPosAdapter(PosAdapter):
         if not self.health_path:
             return None
         try:
-            response = self.session.get(self.base_url + self.health_path, timeout=self.timeout)
+            response = self.session.get(
+                self.base_url + self.health_path, timeout=self.timeout, allow_redirects=False
+            )
         except requests.RequestException:
             return False
         with response:
-            return response.ok
+            return 200 <= response.status_code < 300  # not response.ok, which a 3xx is
 
     def target(self) -> str:
         """The base URL without its credentials, query or fragment, the host in lower case
@@ -209,7 +215,9 @@ class HttpPosAdapter(PosAdapter):
             # sending and the wait for the status line together, where a number would bound each
             # alone. The body is read below, against this attempt's deadline.
             timeout: Any = urllib3.Timeout(total=per_attempt)
-            response = self.session.post(url, json=body, timeout=timeout, stream=True)
+            response = self.session.post(
+                url, json=body, timeout=timeout, stream=True, allow_redirects=False
+            )
         except requests.ConnectionError as exc:
             if _never_sent(exc):
                 # The address goes to the log (without a password), never to TEvo.
@@ -224,6 +232,8 @@ class HttpPosAdapter(PosAdapter):
             ) from exc
         with response:
             content = _read_body(response, started + per_attempt)
+        if 300 <= response.status_code < 400:
+            _redirected(operation, url, response)
         _check(operation, response.status_code, content)
 
 
@@ -349,6 +359,39 @@ class _Watchdog:
                     sock.shutdown(socket.SHUT_RDWR)  # the read in progress on it ends
                 finally:
                     sock.detach()
+
+
+def _redirected(operation: str, url: str, response: requests.Response) -> NoReturn:
+    """Refuse the 3xx ``response`` to the call of ``operation`` at ``url``, unfollowed and not
+    retried (the next attempt would be redirected too).
+
+    A 303 (See Other) points to the outcome of a request the server did act on, whatever that
+    outcome was: a PosError whose outcome is unknown (a hold is compensated). Any other 3xx says
+    the call belongs elsewhere (a moved URL, an http-to-https front, a single sign-on proxy's
+    login page) and that nothing was done: a definite refusal. Where it points goes to the log
+    (without a password), never to TEvo."""
+    status = response.status_code
+    location = response.headers.get("Location")
+    target = redact_url(urllib.parse.urljoin(url, location))[:500] if location else "nowhere"
+    acted = status == 303
+    log.warning(
+        "the POS answered %s %s, a redirect to %s: not followed, %s; TEVO_HOLD_POS_URL (or the "
+        "path setting of the call) should name where the POS answers",
+        operation,
+        status,
+        target,
+        "the outcome is unknown" if acted else "nothing was done",
+    )
+    if acted:
+        raise errors.PosError(
+            f"The POS answered the {operation} with a redirect (303), which is not followed: "
+            "the outcome is unknown.",
+            outcome_unknown=True,
+        )
+    raise errors.PosError(
+        f"The POS answered the {operation} with a redirect ({status}), which is not followed: "
+        "nothing was done."
+    )
 
 
 def _check(operation: str, status: int, content: bytes) -> None:
