@@ -1065,6 +1065,21 @@ def test_a_pos_refusing_a_release_otherwise_answers_502_and_the_release_stands(c
     assert assert_ok(get_hold(http), 200)["status"] == "released"
 
 
+@pytest.mark.parametrize(
+    ("given", "answered"),
+    [(3, 3), (0, 0), (-3, 0), (True, None), (2.5, None), ("2", None), (None, None)],
+)
+def test_a_pos_count_reaches_tevo_as_the_schema_has_it(client, given, answered):
+    """An adapter may pass on the count its POS sent (the HTTP adapter does); the problem
+    document keeps to its schema all the same: ``available`` an integer, 0 or more, or absent."""
+    http = stub_http(client, e.InsufficientQuantity("POS: not enough", available=given), "hold")
+    body = assert_problem(hold(http), 409, "insufficient_quantity")
+    if answered is None:
+        assert "available" not in body
+    else:
+        assert body["available"] == answered and type(body["available"]) is int
+
+
 @pytest.fixture
 def redis_down_http() -> Iterator[FlaskClient]:
     """An app whose Redis is a closed loopback port."""

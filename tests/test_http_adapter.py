@@ -259,6 +259,33 @@ def test_409_without_a_count(pos, adapter):
     assert pos.count() == 1
 
 
+@pytest.mark.parametrize(
+    ("body", "available"),
+    [
+        ({"available": 5}, 5),
+        ({"available": 0}, 0),
+        ({"available": -3}, 0),  # a POS's own bookkeeping gone below zero: none left
+        ({"available": True}, None),
+        ({"available": 2.5}, None),
+        ({"available": "2"}, None),
+        ({"available": None}, None),
+        ({}, None),
+        ([2], None),
+        ("not json", None),
+        ("[" * 60_000, None),  # deeper than json.loads can go
+    ],
+)
+def test_409_passes_on_only_a_count_of_tickets(pos, adapter, body, available):
+    """The count goes into the problem document TEvo gets, whose schema says a non-negative
+    integer: a POS's negative count is 0, anything but an integer is left out."""
+    pos.plan("hold", Step("status", status=409, body=body))
+    with pytest.raises(errors.InsufficientQuantity) as caught:
+        hold(adapter)
+    assert caught.value.available == available and type(caught.value.available) is not bool
+    assert caught.value.extra() == ({} if available is None else {"available": available})
+    assert pos.count() == 1
+
+
 @pytest.mark.parametrize("operation", ["hold", "release", "invoice"])
 def test_400_is_a_pos_error_and_not_retried(pos, adapter, operation):
     pos.refuse(operation, 400)

@@ -187,14 +187,20 @@ class Conflict(TevoHoldError):
 
 
 class InsufficientQuantity(Conflict):
-    """The listing has fewer tickets available than asked for. ``available`` says how many."""
+    """The listing has fewer tickets available than asked for. ``available`` says how many, when
+    the seller's POS tells."""
 
     code = "insufficient_quantity"
     title = "Insufficient quantity"
 
     def __init__(self, detail: str | None = None, available: int | None = None) -> None:
         super().__init__(detail)
-        self.available = available
+        # The problem document's schema has it an integer, 0 or more: an adapter may pass on what
+        # its POS sent, so a negative count is 0, and anything but an integer (a bool, a float, a
+        # string) is None, left out of the document.
+        if isinstance(available, bool) or not isinstance(available, int):
+            available = None
+        self.available = None if available is None else max(available, 0)
 
     def extra(self) -> dict[str, Any]:
         return {} if self.available is None else {"available": self.available}

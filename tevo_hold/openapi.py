@@ -895,7 +895,10 @@ def _problem_schema() -> dict[str, Any]:
             "available": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "insufficient_quantity only: tickets the listing has available.",
+                "description": (
+                    "insufficient_quantity only, and only when the seller's POS tells: tickets "
+                    "the listing has available."
+                ),
             },
             "limit": {
                 "type": "string",

@@ -7,18 +7,19 @@ timeouts are settings):
 - ``POST {base}/releases`` ``{"global_id", "remote_id", "quantity"}``
 - ``POST {base}/invoices`` ``{"global_id", "tevo_order_id", "remote_id", "quantity"}``
 
-Any 2xx is success; 404 means no such listing, 409 not enough tickets (a JSON body's ``available``
-is passed on); any other answer is a refusal. A 3xx too: a redirect is never followed (a 301, 302 or
-303 would be re-sent as a GET without its body, whose 200, a login page say, would count as success;
-a 307 or 308 would send the call where nobody configured it), and where it points goes to the log,
-to fix ``TEVO_HOLD_POS_URL`` by; nothing was done, but after a 303 (See Other: the POS acted, and
-points to the outcome), whose outcome is unknown. A 404 on a release counts as done (nothing to give
-back): the contract gives a 404 no body to tell it from a wrong path's, so a wrong
-``TEVO_HOLD_POS_RELEASE_PATH`` looks the same, logged at WARNING only. The API key goes in a
-configurable header. Every call carries the ``global_id``: the POS must treat each call as
-idempotent per ``global_id`` (a second hold of one global_id holds nothing more, and so on), which
-is what makes retries safe. Optionally, ``GET {base}{health_path}`` answering 2xx tells ``/readyz``
-the POS is up (a redirect is not followed there either: the POS is not ready).
+Any 2xx is success; 404 means no such listing, 409 not enough tickets (a JSON body's ``available``,
+an integer, is passed on: a negative one as 0, anything else left out); any other answer is a
+refusal. A 3xx too: a redirect is never followed (a 301, 302 or 303 would be re-sent as a GET
+without its body, whose 200, a login page say, would count as success; a 307 or 308 would send the
+call where nobody configured it), and where it points goes to the log, to fix ``TEVO_HOLD_POS_URL``
+by; nothing was done, but after a 303 (See Other: the POS acted, and points to the outcome), whose
+outcome is unknown. A 404 on a release counts as done (nothing to give back): the contract gives a
+404 no body to tell it from a wrong path's, so a wrong ``TEVO_HOLD_POS_RELEASE_PATH`` looks the
+same, logged at WARNING only. The API key goes in a configurable header. Every call carries the
+``global_id``: the POS must treat each call as idempotent per ``global_id`` (a second hold of one
+global_id holds nothing more, and so on), which is what makes retries safe. Optionally, ``GET
+{base}{health_path}`` answering 2xx tells ``/readyz`` the POS is up (a redirect is not followed
+there either: the POS is not ready).
 
 Retries: connection failures, timeouts and 5xx answers are retried with jittered exponential
 backoff (tenacity), inside a deadline (``budget``) that bounds the whole call, so an endpoint
@@ -394,6 +395,16 @@ def _redirected(operation: str, url: str, response: requests.Response) -> NoRetu
     )
 
 
+def _available(content: bytes) -> Any:
+    """The ``available`` member of a 409's body as the POS sent it (InsufficientQuantity keeps
+    only a count of tickets of it), or None if the body is not a JSON object."""
+    try:
+        payload = json.loads(content)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        return None
+    return payload.get("available") if isinstance(payload, dict) else None
+
+
 def _check(operation: str, status: int, content: bytes) -> None:
     if 200 <= status < 300:
         return
@@ -404,15 +415,9 @@ def _check(operation: str, status: int, content: bytes) -> None:
     if status == 404:
         raise errors.ListingNotFound(f"The POS knows no such listing ({operation}: {status}).")
     if status == 409:
-        available = None
-        try:
-            payload = json.loads(content)
-            if isinstance(payload, dict) and isinstance(payload.get("available"), int):
-                available = payload["available"]
-        except ValueError:
-            pass
         raise errors.InsufficientQuantity(
-            f"The POS has not enough tickets ({operation}: {status}).", available=available
+            f"The POS has not enough tickets ({operation}: {status}).",
+            available=_available(content),
         )
     if status >= 500:  # it may have acted before it failed (or a gateway lost its answer)
         failed = f"The POS failed the {operation}: {status}."
