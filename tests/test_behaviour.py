@@ -770,3 +770,20 @@ def test_the_audit_trail_names_a_foreign_error_by_its_type_alone():
     leaky = ConnectionError("HTTPConnectionPool(host='pos.internal', port=8443): refused")
     assert describe_error(leaky) == "ConnectionError (see the log)"
     assert describe_error(e.PosTimeout("no answer")) == "pos_timeout: no answer"
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+@pytest.mark.parametrize("name", ["hold_ttl", "lease", "retry_base", "retry_cap"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0, -1, 0.0005, 1e12])
+def test_the_service_refuses_a_duration_no_setting_takes(client, name, value):
+    """A service built in code was given durations its settings refuse: hold_ttl=1e12 held the
+    tickets and then failed (OverflowError), with a record that could not be read back; inf and
+    NaN failed each call with ValueError. The constructor refuses them, naming the argument."""
+    from tevo_hold import KeySpace, Ledger
+
+    keys = KeySpace()
+    inventory = RedisInventoryAdapter(client, keys=keys)
+    inventory.set_quantity("L1", 5)
+    with pytest.raises(e.ConfigurationError, match=rf"\b{name}="):
+        HoldService(Ledger(client, keys=keys), inventory, **{name: value})
+    assert HoldService(Ledger(client, keys=keys), inventory, **{name: 0.001}).ledger

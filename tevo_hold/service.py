@@ -15,7 +15,7 @@ from .connection import connect
 from .keys import KeySpace
 from .ledger import Claim, Ledger
 from .models import Hold, HoldStatus, Outcome
-from .settings import Settings
+from .settings import Settings, seconds
 from .validation import check_id, check_order_id, check_quantity
 
 __all__ = ["HoldService", "build_adapter", "build_service", "describe_error"]
@@ -58,16 +58,12 @@ class HoldService:
         retry_base: float = 1.0,
         retry_cap: float = 300.0,
     ) -> None:
-        if min(hold_ttl, lease, retry_base, retry_cap) <= 0:
-            raise errors.ConfigurationError(
-                "hold_ttl, lease, retry_base and retry_cap must be positive (seconds)"
-            )
         self.ledger = ledger
         self.adapter = adapter
-        self.hold_ttl = hold_ttl
-        self.lease = lease
-        self.retry_base = retry_base
-        self.retry_cap = retry_cap
+        self.hold_ttl = _duration("hold_ttl", hold_ttl)
+        self.lease = _duration("lease", lease)
+        self.retry_base = _duration("retry_base", retry_base)
+        self.retry_cap = _duration("retry_cap", retry_cap)
         #: Redis clients to close with the service (those build_service made).
         self.owned_clients: list[RedisClient] = []
         # The reference inventory in the ledger's own Redis checks and writes both in one script.
@@ -352,6 +348,16 @@ def _sale_refused(global_id: str, exc: errors.InsufficientQuantity) -> errors.Po
         f"The POS has not the tickets to sell for the hold {global_id!r} ({exc.detail}): the "
         "invoice is kept and retried; the seller must resolve it."
     )
+
+
+def _duration(name: str, value: float) -> float:
+    """A duration given to HoldService, checked as the setting of that name is (finite, from a
+    millisecond to MAX_SECONDS): an infinite, NaN or huge one was taken, and then failed each
+    call with an OverflowError or ValueError, some after their tickets were held in the POS."""
+    try:
+        return seconds(value)
+    except (TypeError, ValueError) as exc:
+        raise errors.ConfigurationError(f"HoldService {name}={value!r}: {exc}") from None
 
 
 def describe_error(exc: BaseException) -> str:
