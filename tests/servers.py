@@ -46,6 +46,37 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         proc.wait()
 
 
+@contextmanager
+def worker_process(
+    env: dict[str, str], name: str, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``tevo-hold worker --lease 1`` (and ``options``) as a process (from this checkout),
+    output to a temp file."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
+    full_env.update(env)
+    cmd = [
+        sys.executable,
+        "-c",
+        "from tevo_hold.cli import main; main()",
+        "worker",
+        "--lease",
+        "1",
+        "--name",
+        name,
+        *options,
+    ]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read().decode("utf-8", "replace")[-5000:])
+            raise
+        finally:
+            stop_process(proc)
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "server") -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None

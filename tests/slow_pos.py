@@ -6,7 +6,9 @@ of one's own does. The first hold or invoice of a ``global_id`` on a listing who
 starts with ``slow-`` moves the tickets, then writes the worker's pid to the key
 ``slow-pos:<call>:<global_id>`` and sleeps ``TEST_POS_DELAY`` seconds (2) before it answers: a
 test knows the call is in flight (and that the POS acted), and which process to kill. Retries
-do not sleep.
+do not sleep. An invoice on a listing whose ``remote_id`` starts with ``exit-`` raises
+``SystemExit(3)``, every time, selling nothing: an adapter's bug (a ``sys.exit`` in a vendor's
+code), which must end neither the server nor the worker.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class SlowInventory(RedisInventoryAdapter):
     def invoice(
         self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
     ) -> None:
+        if remote_id.startswith("exit-"):
+            raise SystemExit(3)  # gunicorn's exit code for "Worker failed to boot"
         super().invoice(
             global_id=global_id,
             remote_id=remote_id,

@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +26,7 @@ from werkzeug.test import TestResponse
 
 from tevo_hold import (
     HoldService,
+    HoldStatus,
     Ledger,
     PosAdapter,
     RedisInventoryAdapter,
@@ -33,6 +37,7 @@ from tevo_hold import (
 )
 from tevo_hold import errors as e
 from tevo_hold.connection import RedisClient, connect
+from tevo_hold.worker import Worker
 
 from .conftest import API_KEY, AUTH
 from .servers import free_port
@@ -993,6 +998,160 @@ def test_unexpected_adapter_error_on_invoice_is_kept_as_a_failed_invoice(client)
     assert_problem(resp, 500, "internal_error")
     assert SECRET not in resp.get_data(as_text=True)
     assert assert_ok(get_hold(http), 200)["status"] == "invoice_failed"
+
+
+#: What an adapter must not raise (PosAdapter's contract): errors whose answers say something
+#: else (a 410, a 409, a 429...), and exceptions that would end the process serving the call.
+FOREIGN = [
+    e.InvalidRequest("bad"),
+    e.HoldNotFound("no such hold in the POS"),
+    e.OrderIdConflict("another order"),
+    e.RequestInProgress("the adapter called back into the service"),
+    e.RateLimited("slow down", retry_after=30),
+    e.ConfigurationError("misconfigured"),
+    SystemExit(3),
+    GeneratorExit(),
+]
+FOREIGN_ON_HOLD = pytest.mark.parametrize(
+    "exc", [*FOREIGN, e.HoldExpired("lapsed in the POS")], ids=lambda exc: type(exc).__name__
+)
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+@FOREIGN_ON_HOLD
+def test_an_adapter_error_outside_its_contract_on_hold_is_internal_error(client, exc):
+    """Such an error reached TEvo with its own status (410 hold_expired, 429 rate_limited...)
+    while the hold was compensated; a SystemExit ended the process. It is an unexpected error:
+    500, and the hold is released in the POS by the worker (the outcome is unknown)."""
+    http = stub_http(client, exc, "hold")
+    assert_problem(hold(http), 500, "internal_error")
+    got = assert_ok(get_hold(http), 200)
+    assert got["status"] == "pending"
+    assert got["events"][-1]["event"] == "hold_outcome_unknown"
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+@pytest.mark.parametrize(
+    "exc", [*FOREIGN, e.GlobalIdConflict("another hold")], ids=lambda exc: type(exc).__name__
+)
+def test_an_adapter_error_outside_its_contract_on_invoice_is_internal_error_and_retried(
+    client, exc
+):
+    """TEvo got 400, 404, 409, 429 or a configuration_error for an invoice kept and retried
+    (and sold by the worker later). It is an unexpected error: 500, the invoice is kept, the
+    worker sells it once the POS takes it."""
+    stub = StubPos(exc, ("invoice",))
+    service = HoldService(Ledger(client), stub, retry_base=0.001)
+    http = app_for(service)
+    assert_ok(hold(http), 201)
+    assert_problem(invoice(http), 500, "internal_error")
+    got = assert_ok(get_hold(http), 200)
+    assert got["status"] == "invoice_failed"
+    assert got["last_error"].startswith("internal_error")
+    stub.methods = ()  # the POS takes it now
+    time.sleep(0.01)  # past the retry's backoff
+    assert Worker(service, lease=5).run_once() == 1
+    assert assert_ok(get_hold(http), 200)["status"] == "invoiced"
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+@pytest.mark.parametrize("exc", FOREIGN, ids=lambda exc: type(exc).__name__)
+def test_an_adapter_error_outside_its_contract_on_release_is_internal_error(client, exc):
+    http = stub_http(client, exc, "release")
+    assert_ok(hold(http), 201)
+    assert_problem(release(http), 500, "internal_error")
+    assert assert_ok(get_hold(http), 200)["status"] == "released"
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+@pytest.mark.parametrize("lapsed", [False, True], ids=["live", "lapsed"])
+def test_an_adapter_saying_hold_expired_on_invoice_is_taken_as_tickets_gone(client, lapsed):
+    """An adapter's HoldExpired on an invoice reached TEvo as 410 hold_expired, while the ledger
+    kept the invoice failed and the worker later sold it: TEvo told no sale, a sale made. It
+    means what InsufficientQuantity does (the hold's tickets are gone in the POS): 410 only on
+    the first invoice of a hold that lapsed, given back lapsed and never sold; else 502, the
+    invoice kept and retried (the buyer has paid)."""
+    stub = StubPos(e.HoldExpired("The hold lapsed in the POS."), ("invoice",))
+    service = HoldService(Ledger(client), stub, hold_ttl=0.05 if lapsed else 60, retry_base=0.001)
+    http = app_for(service)
+    assert_ok(hold(http), 201)
+    if lapsed:
+        time.sleep(0.1)
+        assert_problem(invoice(http), 410, "hold_expired")
+        assert assert_ok(get_hold(http), 200)["status"] == "expired"
+        assert list(service.ledger.scheduled("i")) == []
+    else:
+        assert_problem(invoice(http), 502, "pos_error")
+        got = assert_ok(get_hold(http), 200)
+        assert got["status"] == "invoice_failed"
+        assert got["last_error"] == "hold_expired: The hold lapsed in the POS."
+        assert list(service.ledger.scheduled("i")) != []
+
+
+@contextmanager
+def sigint_handler(handler: Any) -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+@pytest.mark.parametrize("exc", [SystemExit(3), GeneratorExit(), KeyboardInterrupt()], ids=repr)
+def test_a_worker_survives_an_adapter_that_raises_what_would_end_it(client, exc):
+    """Worker.run promises that one bad item never ends the work: an adapter's SystemExit ended
+    `tevo-hold worker` (rc 3), and the item, due again, ended the next one. The retry is
+    recorded as failed and rescheduled. (A KeyboardInterrupt here, where the worker's own
+    SIGINT handler is installed as `tevo-hold worker` installs it, is no Ctrl-C either.)"""
+    stub = StubPos(e.PosError("down"), ("invoice",))
+    service = HoldService(Ledger(client), stub, retry_base=0.001)
+    service.hold(remote_id="L1", quantity=2, global_id="g1")
+    with pytest.raises(e.PosError):
+        service.invoice(global_id="g1", tevo_order_id=7)
+    stub.exc = exc
+    with sigint_handler(lambda *_: None):
+        for attempt in (2, 3):
+            time.sleep(0.01)  # past the retry's backoff
+            assert Worker(service, lease=5).run_once() == 1
+            failed = service.get(global_id="g1")
+            assert (failed.status, failed.invoice_attempts) == (HoldStatus.INVOICE_FAILED, attempt)
+            assert failed.last_error is not None
+            assert failed.last_error.startswith("internal_error")
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+def test_a_keyboard_interrupt_off_the_main_thread_is_an_adapter_error(client):
+    """Python raises KeyboardInterrupt for SIGINT in the main thread only: in a request thread
+    (gunicorn's, Flask's), one is the adapter's, and answers 500 like any other."""
+    http = stub_http(client, KeyboardInterrupt(), "invoice")
+    assert_ok(hold(http), 201)
+    with ThreadPoolExecutor(1) as pool:
+        resp = pool.submit(invoice, http).result()
+    assert_problem(resp, 500, "internal_error")
+    assert assert_ok(get_hold(http), 200)["status"] == "invoice_failed"
+
+
+@pytest.mark.parametrize("client", ["fakeredis"], indirect=True)
+def test_a_keyboard_interrupt_that_may_be_ctrl_c_stops_the_program_once_recorded(client):
+    """In the main thread with Python's own SIGINT handler (a script, a CLI command), the user
+    may have pressed Ctrl-C during the POS call: the interrupt goes on, after the call's outcome
+    was recorded as unknown (the hold released later, the invoice kept and retried)."""
+    stub = StubPos(KeyboardInterrupt())
+    service = HoldService(Ledger(client), stub, retry_base=0.001)
+    with sigint_handler(signal.default_int_handler):
+        with pytest.raises(KeyboardInterrupt):
+            service.hold(remote_id="L1", quantity=2, global_id="held")
+        assert service.get(global_id="held").status is HoldStatus.PENDING
+        stub.methods = ("invoice",)
+        service.hold(remote_id="L1", quantity=2, global_id="sold")
+        with pytest.raises(KeyboardInterrupt):
+            service.invoice(global_id="sold", tevo_order_id=7)
+        assert service.get(global_id="sold").status is HoldStatus.INVOICE_FAILED
+        time.sleep(0.01)  # past the retry's backoff
+        with pytest.raises(KeyboardInterrupt):  # and a worker run from the shell stops
+            Worker(service, lease=5).run_once()
+    assert service.get(global_id="sold").invoice_attempts == 2
 
 
 POS_FAILURES = pytest.mark.parametrize(

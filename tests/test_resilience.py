@@ -38,7 +38,7 @@ import requests
 from tevo_hold import HoldService, RedisInventoryAdapter, Settings, build_service, errors
 from tevo_hold.worker import Worker
 
-from .servers import Gunicorn, RedisProcess, gunicorn_process, wait_for
+from .servers import Gunicorn, RedisProcess, gunicorn_process, wait_for, worker_process
 from .slow_pos import marker
 
 pytestmark = pytest.mark.slow
@@ -452,6 +452,44 @@ def test_a_worker_killed_mid_request_leaves_nothing_stuck(
     assert retried.json()["status"] == ("held" if call == "hold" else "invoiced")
     after = stock.stock("slow-L")
     assert (after.held, after.sold) == ((2, 0) if call == "hold" else (0, 2))
+
+
+def test_an_adapter_raising_system_exit_ends_neither_the_server_nor_the_worker(
+    redis_up: RedisProcess, service: HoldService, stock: RedisInventoryAdapter
+) -> None:
+    """An adapter's SystemExit(3) (a vendor's sys.exit) ended the gunicorn worker, and gunicorn's
+    master took its exit code for "Worker failed to boot" and shut the whole server down; then
+    it ended `tevo-hold worker` at each retry of the invoice. It is an unexpected error like any
+    other: the invoice answers 500 and is kept, the worker retries it and runs on, and still
+    stops on SIGINT."""
+    env = {
+        **env_for(redis_up.url),
+        "TEVO_HOLD_RETRY_BASE": "0.05",
+        "TEVO_HOLD_WORKER_INTERVAL": "0.05",
+    }
+    stock.set_quantity("exit-L", 10)
+    with gunicorn_process(env, workers=1, threads=2) as running, session() as http:
+        assert hold(http, running.base, "exit", "exit-L").status_code == 201
+        answer = invoice(http, running.base, "exit")
+        assert answer.status_code == 500, answer.text
+        assert answer.json()["code"] == "internal_error"
+        assert hold(http, running.base, "after").status_code == 201  # it serves on
+        assert running.proc.poll() is None
+    assert service.get(global_id="exit").status.value == "invoice_failed"
+
+    with worker_process(env, "exit-worker") as proc:
+        wait_for(
+            lambda: service.get(global_id="exit").invoice_attempts >= 3,
+            15,
+            what="two retries of the invoice by the worker",
+        )
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    failed = service.get(global_id="exit")
+    assert failed.status.value == "invoice_failed"
+    assert failed.last_error is not None and "internal_error" in failed.last_error
+    assert stock.stock("exit-L").sold == 0
 
 
 def test_a_hold_killed_mid_request_and_never_retried_is_given_back(

@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +34,7 @@ from tevo_hold.web import EXTENSION_KEY
 from tevo_hold.worker import Worker
 
 from .pos_double import PosDouble, Step, pos_double
-from .servers import ROOT, free_port, stop_process
+from .servers import free_port, worker_process
 
 pytestmark = pytest.mark.slow
 
@@ -493,37 +489,6 @@ def test_a_release_the_pos_fails_is_made_later_by_the_worker(
 
 
 # -- a worker killed mid-call ----------------------------------------------------------------------
-
-
-@contextmanager
-def worker_process(
-    env: dict[str, str], name: str, *options: str
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``tevo-hold worker --lease 1`` (and ``options``) as a process (from this checkout),
-    output to a temp file."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEVO_HOLD_")}
-    full_env.update(env)
-    cmd = [
-        sys.executable,
-        "-c",
-        "from tevo_hold.cli import main; main()",
-        "worker",
-        "--lease",
-        "1",
-        "--name",
-        name,
-        *options,
-    ]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        except BaseException:
-            log.seek(0)
-            sys.stderr.write(log.read().decode("utf-8", "replace")[-5000:])
-            raise
-        finally:
-            stop_process(proc)
 
 
 def test_nothing_is_lost_when_a_worker_is_killed_mid_call(pos, env, make_api):

@@ -387,7 +387,7 @@ def pos_call(call: str) -> Iterator[None]:
     except errors.TevoHoldError as exc:
         result = exc.code
         raise
-    except Exception:
+    except BaseException:  # an interrupt, which adapter_call lets through
         result = errors.InternalError.code
         raise
     finally:

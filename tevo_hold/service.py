@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 
 from . import errors, metrics
 from ._redis import RedisClient, fail_fast
@@ -18,7 +21,14 @@ from .models import Hold, HoldStatus, Outcome
 from .settings import Settings, seconds
 from .validation import check_id, check_order_id, check_quantity
 
-__all__ = ["HoldService", "build_adapter", "build_service", "describe_error"]
+__all__ = [
+    "ADAPTER_ERRORS",
+    "HoldService",
+    "adapter_call",
+    "build_adapter",
+    "build_service",
+    "describe_error",
+]
 
 log = logging.getLogger("tevo_hold")
 
@@ -79,11 +89,12 @@ class HoldService:
         """Hold ``quantity`` tickets of listing ``remote_id`` for ``global_id``, for ``hold_ttl``.
 
         Raises InvalidRequest, ListingNotFound, InsufficientQuantity, GlobalIdConflict,
-        RequestInProgress, and what the adapter raises (PosError, Unavailable, PosTimeout).
-        A refused hold leaves no record: a retry tries again. A hold whose POS call has no known
-        outcome (PosTimeout, a PosError whose ``outcome_unknown`` is set, an unexpected error, a
-        POS that answered after the lease ended) is released in the POS by the worker, unless a
-        retry or a release completes it first.
+        RequestInProgress, and what the adapter raises (PosError, Unavailable, PosTimeout;
+        InternalError for anything else, see :func:`adapter_call`). A refused hold leaves no
+        record: a retry tries again. A hold whose POS call has no known outcome (PosTimeout, a
+        PosError whose ``outcome_unknown`` is set, an unexpected error, a POS that answered
+        after the lease ended) is released in the POS by the worker, unless a retry or a
+        release completes it first.
         """
         remote_id = check_id("remote_id", remote_id)
         quantity = check_quantity(quantity)
@@ -111,14 +122,14 @@ class HoldService:
         if not claim.changed:
             return Outcome(claim.hold.as_held(), replayed=True)
         try:
-            with metrics.pos_call("hold"):
+            with adapter_call("hold"):
                 self.adapter.hold(
                     global_id=global_id,
                     remote_id=remote_id,
                     quantity=quantity,
                     expires_at=claim.hold.expires_at,
                 )
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: the outcome is unknown
             if isinstance(exc, _REFUSED) and not getattr(exc, "outcome_unknown", False):
                 # Nothing is held in the POS. If even this fails, the compensation scheduled
                 # with the claim releases nothing, harmlessly.
@@ -167,8 +178,8 @@ class HoldService:
         work on it, is released the same way. Raises InvalidRequest, HoldNotFound,
         HoldAlreadyInvoiced, RequestInProgress (a hold or invoice call is running, or the worker
         is releasing the hold), and, once the hold is released here, PosError, PosTimeout or
-        Unavailable for a POS release that failed (any other refusal by the adapter is raised as
-        PosError).
+        Unavailable for a POS release that failed (the adapter's ListingNotFound or
+        InsufficientQuantity is raised as PosError, anything else it raises as InternalError).
         """
         global_id = check_id("global_id", global_id)
         if self._fused is not None:
@@ -182,13 +193,11 @@ class HoldService:
         outcome = self._released(claim)
         hold = claim.hold
         try:
-            with metrics.pos_call("release"):
+            with adapter_call("release"):
                 self.adapter.release(
                     global_id=global_id, remote_id=hold.remote_id, quantity=hold.quantity
                 )
-        except (errors.PosError, errors.PosTimeout, errors.Unavailable):
-            raise
-        except errors.TevoHoldError as exc:
+        except _REFUSALS as exc:
             # The POS refused the release with an answer that means something else for a hold
             # (insufficient_quantity, say): the hold is released here all the same, and the
             # caller is told the POS failed to take the tickets back, as documented.
@@ -218,8 +227,9 @@ class HoldService:
         with backoff, and a retry of this call tries the POS again; the error is raised. That
         includes a POS that has no tickets for a hold that had not lapsed, or for an invoice
         that failed before (PosError: the buyer has paid, and the seller must resolve it).
-        Raises InvalidRequest, HoldNotFound, HoldReleased, OrderIdConflict, RequestInProgress,
-        HoldExpired, and what the adapter raises.
+        Raises InvalidRequest, HoldNotFound, HoldReleased,
+        OrderIdConflict, RequestInProgress, HoldExpired, and what the adapter raises (PosError,
+        Unavailable, PosTimeout; InternalError for anything else, see :func:`adapter_call`).
         """
         global_id = check_id("global_id", global_id)
         tevo_order_id = check_order_id(tevo_order_id)
@@ -253,7 +263,7 @@ class HoldService:
             return Outcome(self._settle(claim, token, actor))
         except errors.HoldExpired:
             raise
-        except Exception:
+        except BaseException:
             metrics.INVOICE_FAILURES.labels("api").inc()
             raise
 
@@ -274,14 +284,16 @@ class HoldService:
                 raise _sale_refused(gid, exc) from exc
         assert hold.tevo_order_id is not None
         try:
-            with metrics.pos_call("invoice"):
+            with adapter_call("invoice"):
                 self.adapter.invoice(
                     global_id=gid,
                     remote_id=hold.remote_id,
                     quantity=hold.quantity,
                     tevo_order_id=hold.tevo_order_id,
                 )
-        except errors.InsufficientQuantity as exc:
+        except (errors.InsufficientQuantity, errors.HoldExpired) as exc:
+            # The hold's tickets are gone in the POS (an adapter may say so with HoldExpired:
+            # the hold lapsed there).
             lapsed = claim.at >= int(hold.expires_at.timestamp() * 1000)
             if hold.invoice_attempts == 0 and lapsed:
                 # a first invoice of a lapsed hold whose tickets are gone: nobody bought them
@@ -294,20 +306,23 @@ class HoldService:
                 ) from exc
             # The POS lost the tickets of a live hold, or of a sale already answered as kept
             # and retried: a failed sale like any other, never dropped.
-            with contextlib.suppress(errors.Unavailable):
-                self.ledger.fail_invoice(
-                    gid, token, describe_error(exc), retry_in=retry_in, actor=actor
-                )
+            self._fail_invoice(gid, token, exc, retry_in, actor)
             raise _sale_refused(gid, exc) from exc
-        except Exception as exc:
-            # The buyer has paid: the invoice is retried until the POS takes it. If even this
-            # write fails, the claim's lease ends and the invoice is due for the worker then.
-            with contextlib.suppress(errors.Unavailable):
-                self.ledger.fail_invoice(
-                    gid, token, describe_error(exc), retry_in=retry_in, actor=actor
-                )
+        except BaseException as exc:  # an interrupt too: the sale's outcome is unknown
+            self._fail_invoice(gid, token, exc, retry_in, actor)
             raise
         return self.ledger.finish_invoice(gid, token, actor=actor).hold
+
+    def _fail_invoice(
+        self, gid: str, token: str, exc: BaseException, retry_in: float, actor: str
+    ) -> None:
+        """Record the claimed invoice failed: the buyer has paid, so it is retried until the POS
+        takes it. If even this write fails, the claim's lease ends and the invoice is due for
+        the worker then."""
+        with contextlib.suppress(errors.Unavailable):
+            self.ledger.fail_invoice(
+                gid, token, describe_error(exc), retry_in=retry_in, actor=actor
+            )
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1, 2, ...) of a failed POS call:
@@ -331,21 +346,97 @@ class HoldService:
             client.close()
 
 
-#: The adapter's answers that mean nothing was held in the POS.
-_REFUSED = (
+#: What an adapter signals a failure with (PosAdapter's contract). Anything else it raises,
+#: another TevoHoldError included, is an unexpected error: see :func:`adapter_call`.
+ADAPTER_ERRORS: tuple[type[errors.TevoHoldError], ...] = (
     errors.ListingNotFound,
     errors.InsufficientQuantity,
-    errors.GlobalIdConflict,
     errors.PosError,
     errors.Unavailable,
+    errors.PosTimeout,
 )
 
+#: Besides ADAPTER_ERRORS, what each call of the adapter may raise: GlobalIdConflict from a hold
+#: or a release (the reference inventory's, for a global_id that holds another quantity there),
+#: HoldExpired from an invoice (the hold lapsed in the POS and its tickets are gone, as
+#: InsufficientQuantity says).
+_ALSO: dict[str, tuple[type[errors.TevoHoldError], ...]] = {
+    "hold": (errors.GlobalIdConflict,),
+    "release": (errors.GlobalIdConflict,),
+    "invoice": (errors.HoldExpired,),
+}
 
-def _sale_refused(global_id: str, exc: errors.InsufficientQuantity) -> errors.PosError:
-    """The error of a sale the POS refused for want of tickets, when the invoice is kept
-    (``invoice_failed``, retried): the seller's to resolve, as any failed sale."""
+#: The adapter's refusals that name the listing or the global_id: on a hold, nothing was held;
+#: on a release, the POS failed to take the tickets back.
+_REFUSALS = (errors.ListingNotFound, errors.InsufficientQuantity, errors.GlobalIdConflict)
+
+#: The adapter's answers to a hold that mean nothing was held in the POS.
+_REFUSED = (*_REFUSALS, errors.PosError, errors.Unavailable)
+
+
+@contextlib.contextmanager
+def adapter_call(call: str) -> Iterator[None]:
+    """Around one call of the POS adapter (``hold``, ``release`` or ``invoice``): time and count
+    it, and turn what the adapter must not raise into :class:`~tevo_hold.errors.InternalError`.
+
+    The adapter's contract lets it fail with ADAPTER_ERRORS only; anything else becomes
+    ``500 internal_error`` and is handled as an unexpected error, whose outcome in the POS is
+    unknown (a hold is released later, an invoice kept and retried), with its traceback logged:
+
+    - another TevoHoldError (HoldExpired, InvalidRequest, RateLimited, RequestInProgress from an
+      adapter that calls back into the service...) would otherwise reach TEvo as its own answer,
+      a 410 or a 409 for a call whose outcome is unknown (a 410 for an invoice that the worker
+      then sells);
+    - any BaseException (SystemExit, GeneratorExit, KeyboardInterrupt): raised from an adapter,
+      it would end the process (a gunicorn worker, and with SystemExit(3) the whole server;
+      ``tevo-hold worker`` on each retry of the item).
+
+    Except a KeyboardInterrupt that may be a real Ctrl-C: one raised in the main thread while
+    Python's own SIGINT handler is installed (a script or a CLI command calling the service) is
+    raised as it is, after the caller recorded the call's outcome as unknown, so the interrupt
+    still stops the program. Where tevo-hold runs the calls, none comes from a signal: the
+    server's requests run in worker threads (signals reach the main thread only), and
+    ``tevo-hold worker`` turns SIGINT into its stop event, so the item in hand is finished.
+    A SystemExit is always the adapter's: a host whose signal handler raises one during the
+    call (gunicorn's sync worker on SIGQUIT) answers the request 500 and stops after it.
+    """
+    allowed = ADAPTER_ERRORS + _ALSO.get(call, ())
+    with metrics.pos_call(call):
+        try:
+            yield
+        except allowed:
+            raise
+        except BaseException as exc:
+            if _interrupted(exc):
+                raise
+            log.error(
+                "the POS adapter's %s raised %s, which an adapter must not raise "
+                "(see PosAdapter): answered 500 internal_error, the outcome is unknown",
+                call,
+                type(exc).__name__,
+                exc_info=exc,
+            )
+            # the answer names no type nor message (the log does): it is TEvo's to read
+            raise errors.InternalError(
+                f"The POS {call} failed unexpectedly; it was logged."
+            ) from exc
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` may be the user's Ctrl-C: a KeyboardInterrupt where Python raises one for
+    SIGINT (the main thread, with its default handler installed)."""
+    return (
+        isinstance(exc, KeyboardInterrupt)
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+
+
+def _sale_refused(global_id: str, exc: errors.TevoHoldError) -> errors.PosError:
+    """The error of a sale the POS refused (the tickets gone), when the invoice
+    is kept (``invoice_failed``, retried): the seller's to resolve, as any failed sale."""
     return errors.PosError(
-        f"The POS has not the tickets to sell for the hold {global_id!r} ({exc.detail}): the "
+        f"The POS refused the sale of the hold {global_id!r} ({exc.code}: {exc.detail}): the "
         "invoice is kept and retried; the seller must resolve it."
     )
 

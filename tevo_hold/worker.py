@@ -23,7 +23,7 @@ import uuid
 from . import errors, metrics
 from .ledger import DueItem
 from .models import HoldStatus
-from .service import HoldService, describe_error
+from .service import HoldService, adapter_call, describe_error
 
 __all__ = ["Worker"]
 
@@ -96,7 +96,7 @@ class Worker:
         try:
             if item.kind == "i":
                 assert hold.tevo_order_id is not None
-                with metrics.pos_call("invoice"):
+                with adapter_call("invoice"):
                     adapter.invoice(
                         global_id=gid,
                         remote_id=hold.remote_id,
@@ -104,9 +104,12 @@ class Worker:
                         tevo_order_id=hold.tevo_order_id,
                     )
             else:
-                with metrics.pos_call("release"):
+                with adapter_call("release"):
                     adapter.release(global_id=gid, remote_id=hold.remote_id, quantity=hold.quantity)
-        except Exception as exc:
+        except BaseException as exc:
+            # adapter_call turned whatever the adapter must not raise (SystemExit included) into
+            # InternalError, so that one bad item never ends the work; an interrupt that may be
+            # the user's Ctrl-C is recorded as a failure like any other, then stops the worker.
             detail = describe_error(exc)
             log.warning(
                 "%s: %s of %r failed: %s",
@@ -129,6 +132,8 @@ class Worker:
                     retry_cap=self.service.retry_cap,
                     actor=actor,
                 )
+            if not isinstance(exc, Exception):
+                raise
             return True
         try:
             if item.kind == "i":

@@ -34,10 +34,12 @@ class PosAdapter(abc.ABC):
     constraint on the key, or a lock or transaction around the check and the change.
 
     Signal failures only with these exceptions from :mod:`tevo_hold.errors`; anything else
-    becomes ``500 internal_error``:
+    (another of its exceptions, a SystemExit too) becomes ``500 internal_error``, a failure
+    whose outcome is unknown (see :func:`tevo_hold.service.adapter_call`):
 
     - :class:`~tevo_hold.errors.ListingNotFound` (404) - no listing has this ``remote_id``;
-    - :class:`~tevo_hold.errors.InsufficientQuantity` (409) - fewer tickets than asked for;
+    - :class:`~tevo_hold.errors.InsufficientQuantity` (409) - fewer tickets than asked for
+      (from ``invoice``, :class:`~tevo_hold.errors.HoldExpired` says the same);
     - :class:`~tevo_hold.errors.PosError` (502) - the POS refused (nothing changed) or failed;
       ``PosError(detail, outcome_unknown=True)`` when it may have acted first (a 5xx);
     - :class:`~tevo_hold.errors.Unavailable` (503) - the POS could not be reached, nothing changed;
