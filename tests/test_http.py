@@ -1154,6 +1154,17 @@ def test_a_keyboard_interrupt_that_may_be_ctrl_c_stops_the_program_once_recorded
     assert service.get(global_id="sold").invoice_attempts == 2
 
 
+def test_a_pos_that_knows_no_such_listing_on_invoice_answers_502_and_keeps_it(client):
+    """The invoice is kept (invoice_failed) and retried: TEvo was told 404 listing_not_found,
+    which its contract reads as "the listing is gone, do not retry"; it is a failed sale, 502."""
+    http = stub_http(client, e.ListingNotFound("POS: no such listing"), "invoice")
+    assert_ok(hold(http), 201)
+    resp = invoice(http)
+    assert_problem(resp, 502, "pos_error")
+    assert "listing_not_found" in resp.get_json()["detail"]
+    assert assert_ok(get_hold(http), 200)["status"] == "invoice_failed"
+
+
 POS_FAILURES = pytest.mark.parametrize(
     ("exc", "status", "code"),
     [

@@ -294,7 +294,7 @@ def test_a_retried_fused_invoice_whose_tickets_are_gone_is_kept(client: RedisCli
     inventory.set_quantity("L", 1)
     service.hold(remote_id="L", quantity=1, global_id="g")
     client.delete(*inventory.keys.listing("L"))  # the listing is removed
-    with pytest.raises(errors.ListingNotFound):
+    with pytest.raises(errors.PosError, match="listing_not_found"):
         service.invoice(global_id="g", tevo_order_id=7)
     time.sleep(PAST_LEASE)  # the hold's deadline passes
     inventory.set_quantity("L", 0)  # the listing is back, with no tickets

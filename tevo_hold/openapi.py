@@ -499,11 +499,6 @@ OPERATIONS: tuple[Operation, ...] = (
                 "old to be remembered).",
             ),
             Answer(
-                errors.ListingNotFound,
-                "Do not retry: call the seller.",
-                "The hold had lapsed and the listing no longer exists in the POS.",
-            ),
-            Answer(
                 errors.HoldReleased,
                 "Do not retry: the tickets went back on sale. Call the seller (or hold again "
                 "under a new global_id).",
@@ -527,8 +522,9 @@ OPERATIONS: tuple[Operation, ...] = (
                 errors.PosError,
                 "Retry with the same body after a short back-off; if it fails again, call the "
                 "seller: the buyer has paid.",
-                "The POS refused the sale or failed. The hold is now `invoice_failed`: the "
-                "seller's worker retries it until the POS takes it.",
+                "The POS refused the sale or failed (it knew no such listing, say, or had not "
+                "the tickets of a hold that had not lapsed). The hold is now `invoice_failed`: "
+                "the seller's worker retries it until the POS takes it.",
             ),
             _unavailable(
                 "the invoice is kept and retried, and never sold twice",

@@ -226,8 +226,8 @@ class HoldService:
         of the POS is never dropped: the hold becomes ``invoice_failed``, the worker retries it
         with backoff, and a retry of this call tries the POS again; the error is raised. That
         includes a POS that has no tickets for a hold that had not lapsed, or for an invoice
-        that failed before (PosError: the buyer has paid, and the seller must resolve it).
-        Raises InvalidRequest, HoldNotFound, HoldReleased,
+        that failed before, and a POS that knows no such listing (PosError: the buyer has paid,
+        and the seller must resolve it). Raises InvalidRequest, HoldNotFound, HoldReleased,
         OrderIdConflict, RequestInProgress, HoldExpired, and what the adapter raises (PosError,
         Unavailable, PosTimeout; InternalError for anything else, see :func:`adapter_call`).
         """
@@ -246,10 +246,9 @@ class HoldService:
                     retry_cap=self.retry_cap,
                     actor=actor,
                 )
-            except errors.ListingNotFound:  # the sale failed: invoice_failed, retried
-                metrics.INVOICE_FAILURES.labels("api").inc()
-                raise
-            except errors.InsufficientQuantity as exc:  # an invoice that failed before: kept
+            except (errors.ListingNotFound, errors.InsufficientQuantity) as exc:
+                # the sale failed (the listing is gone, or the tickets of an invoice that failed
+                # before): invoice_failed, retried
                 metrics.INVOICE_FAILURES.labels("api").inc()
                 raise _sale_refused(global_id, exc) from exc
             if fused is not None:
@@ -280,7 +279,7 @@ class HoldService:
                 return self._fused.settle_recorded(
                     self.ledger, hold=hold, token=token, retry_in=retry_in, actor=actor
                 ).hold
-            except errors.InsufficientQuantity as exc:  # an invoice that failed before: kept
+            except (errors.ListingNotFound, errors.InsufficientQuantity) as exc:  # kept, retried
                 raise _sale_refused(gid, exc) from exc
         assert hold.tevo_order_id is not None
         try:
@@ -306,6 +305,11 @@ class HoldService:
                 ) from exc
             # The POS lost the tickets of a live hold, or of a sale already answered as kept
             # and retried: a failed sale like any other, never dropped.
+            self._fail_invoice(gid, token, exc, retry_in, actor)
+            raise _sale_refused(gid, exc) from exc
+        except errors.ListingNotFound as exc:
+            # Kept and retried like any failed sale (the listing may come back): TEvo is told
+            # the POS failed (502, retry), never that the listing is gone for good.
             self._fail_invoice(gid, token, exc, retry_in, actor)
             raise _sale_refused(gid, exc) from exc
         except BaseException as exc:  # an interrupt too: the sale's outcome is unknown
@@ -433,7 +437,7 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def _sale_refused(global_id: str, exc: errors.TevoHoldError) -> errors.PosError:
-    """The error of a sale the POS refused (the tickets gone), when the invoice
+    """The error of a sale the POS refused (its listing or the tickets gone), when the invoice
     is kept (``invoice_failed``, retried): the seller's to resolve, as any failed sale."""
     return errors.PosError(
         f"The POS refused the sale of the hold {global_id!r} ({exc.code}: {exc.detail}): the "

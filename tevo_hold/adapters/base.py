@@ -37,7 +37,8 @@ class PosAdapter(abc.ABC):
     (another of its exceptions, a SystemExit too) becomes ``500 internal_error``, a failure
     whose outcome is unknown (see :func:`tevo_hold.service.adapter_call`):
 
-    - :class:`~tevo_hold.errors.ListingNotFound` (404) - no listing has this ``remote_id``;
+    - :class:`~tevo_hold.errors.ListingNotFound` (404 on a hold, 502 on an invoice, which is
+      kept and retried) - no listing has this ``remote_id``;
     - :class:`~tevo_hold.errors.InsufficientQuantity` (409) - fewer tickets than asked for
       (from ``invoice``, :class:`~tevo_hold.errors.HoldExpired` says the same);
     - :class:`~tevo_hold.errors.PosError` (502) - the POS refused (nothing changed) or failed;
