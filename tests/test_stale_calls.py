@@ -128,6 +128,55 @@ def test_a_compensation_that_outlived_its_lease_leaves_the_item_to_the_worker_th
     assert service.hold(remote_id="R", quantity=1, global_id="g").hold.status is HoldStatus.HELD
 
 
+@pytest.mark.parametrize("retry", ["refused", "held"])
+@pytest.mark.parametrize("landing", ["answered", "unknown", "lost"])
+def test_a_stalled_hold_that_lands_during_a_retry_is_the_retry_s_to_release_or_keep(
+    client: RedisClient, landing: str, retry: str
+) -> None:
+    """Attempt A's POS hold outlives its lease; the worker compensates it (nothing in the POS
+    yet) and forgets the hold; TEvo's retry B makes a fresh claim. A's call then lands in the
+    POS while B's runs: answered (finish_hold finds B's claim), with no known outcome
+    (unknown_hold), or after its claim was found gone (lost_hold). B's claim inherits what A
+    held: if the POS refuses B, the hold is compensated (released in the POS), not forgotten,
+    which left A's tickets held in the POS for good with nothing due to give them back; if the
+    POS holds B, B owns them."""
+    pos = Pos()
+    service = pos_service(client, pos)
+    ledger = service.ledger
+    ledger.claim_hold("g", "R", 1, ttl=60, lease=LEASE, token="attempt-a")
+    time.sleep(PAST_LEASE)  # A's POS call outlives its lease
+    assert Worker(service, lease=5).run_once() == 1  # compensated: nothing in the POS yet
+    with pytest.raises(errors.HoldNotFound):
+        ledger.get("g")
+    if landing == "lost":
+        assert ledger.finish_hold("g", "attempt-a") is None  # A's hold lands: its claim is gone
+
+    def a_lands() -> None:  # while B's POS call runs
+        if landing == "answered":
+            with pytest.raises(errors.RequestInProgress):
+                ledger.finish_hold("g", "attempt-a")
+        elif landing == "unknown":
+            assert ledger.unknown_hold("g", "attempt-a", "pos_timeout: no answer")
+        else:
+            ledger.lost_hold("g", "R", 1, ttl=60, detail="answered late")
+
+    pos.during["hold"] = a_lands
+    if retry == "refused":
+        pos.fail["hold"].append(errors.PosError("POS: 429"))
+        with pytest.raises(errors.PosError):
+            service.hold(remote_id="R", quantity=1, global_id="g")
+        assert list(ledger.scheduled("c")) == ["g"]
+        assert Worker(service, lease=5).run_once() == 1
+        assert pos.calls[-1] == ("release", "g")
+    else:
+        assert service.hold(remote_id="R", quantity=1, global_id="g").hold.status is (
+            HoldStatus.HELD
+        )
+        assert Worker(service, lease=5).run_once() == 0
+        assert service.get(global_id="g").status is HoldStatus.HELD
+    assert list(ledger.scheduled("c")) == []
+
+
 def test_a_pos_release_that_began_before_a_late_hold_landed_does_not_confirm_the_release(
     client: RedisClient,
 ) -> None:

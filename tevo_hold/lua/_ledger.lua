@@ -12,7 +12,8 @@
 -- was asked for again (lost_hold), nr failed POS releases or compensations (the backoff of
 -- their retries); lk the listing's stock
 -- key, on holds made by fused.lua (its release and invoice find the listing by it). While st is
--- pending: uk '1' when an earlier attempt's POS call has no known outcome (a claim taken over),
+-- pending: uk '1' when an earlier attempt's POS call has no known outcome or held the tickets
+-- after its lease had ended (a claim taken over, or made since: it inherits what that call held),
 -- cp '1' once the worker has started to compensate (no new POS hold until it is confirmed), ag
 -- '1' when a POS hold answered during that compensation (compensate once more).
 --
@@ -114,6 +115,17 @@ local function compensate_now(detail)
   event('hold_outcome_unknown', 'pending', detail)
 end
 
+-- The POS call of an earlier attempt, whose lease had ended, held the tickets there (or may have)
+-- while another request's claim is pending on the hold: that claim inherits them. It is marked of
+-- unknown outcome (uk), so that should the POS refuse it, the hold is compensated (released in
+-- the POS) rather than forgotten, which would leave the earlier call's tickets held there for
+-- good with nothing due to give them back. A claim that the POS holds finishes as any other.
+local function inherit(detail)
+  if redis.call('HGET', K.rec, 'uk') == '1' then return end
+  redis.call('HSET', K.rec, 'uk', '1')
+  event('hold_answered_late', 'pending', detail)
+end
+
 -- A hold's verdict before any write: nil to go ahead, else the final reply.
 -- The second value is true when the hold takes over a claim whose POS call has no known outcome;
 -- the third, when going ahead, whether a record is there (a claim to take over).
@@ -172,13 +184,17 @@ end
 
 -- 'lost' when the lease of tok ended while its POS call ran and the hold was compensated,
 -- released, or is being compensated meanwhile: what the call held in the POS is left over (see
--- lost_hold).
+-- lost_hold). request_in_progress when a retry's claim has taken the hold over meanwhile: that
+-- claim inherits what the call held (see inherit).
 function ledger.finish_hold(tok, retention, track_lapse)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu', 'ea', 'cp')
   local st = rec[1]
   if claim_lost(st, rec[5]) then return fail('lost') end
   if st ~= 'pending' then return ledger.reply('replay') end
-  if rec[2] ~= tok then return fail('request_in_progress', wait(rec[3])) end
+  if rec[2] ~= tok then
+    inherit('the POS held the tickets for an attempt whose lease had ended')
+    return fail('request_in_progress', wait(rec[3]))
+  end
   redis.call('HSET', K.rec, 'st', 'held')
   redis.call('HDEL', K.rec, 'lu', 'tok', 'uk')
   done('c')
@@ -206,7 +222,7 @@ end
 
 -- The POS answered the hold of tok after its lease ended (finish_hold said 'lost'), and what it
 -- held there is nobody's: release it in the POS once more, by the worker. A record that a retry
--- has taken over meanwhile (pending or held) owns the tickets: nothing to do.
+-- has taken over meanwhile owns the tickets: held, nothing to do; pending, it inherits them.
 function ledger.lost_hold(rid, qty, ttl, detail)
   local rec = redis.call('HMGET', K.rec, 'st', 'cp')
   local st = rec[1]
@@ -216,6 +232,9 @@ function ledger.lost_hold(rid, qty, ttl, detail)
     due('c', now)
   elseif st == 'pending' and rec[2] then -- being compensated: once more when that is done
     redis.call('HSET', K.rec, 'ag', '1')
+  elseif st == 'pending' then -- a retry's claim, made since the compensation
+    inherit(detail)
+    return {'ok', now, 0, '{}'}
   elseif st == 'released' or st == 'expired' then
     -- rq: when the POS release was asked for again; a release whose POS call began before
     -- then may have reached the POS before this hold did, and confirms nothing (released_in_pos)
@@ -232,13 +251,16 @@ end
 
 -- The POS call's outcome is unknown (timeout): end the lease now, so that the compensation (a
 -- release in the POS) is due at once, and a retry of the hold may take over before it runs.
--- 'lost' when the claim was lost meanwhile, as for finish_hold.
+-- 'lost' when the claim was lost meanwhile, as for finish_hold; a retry's claim made meanwhile
+-- inherits what the call may have held, as for finish_hold.
 function ledger.unknown_hold(tok, detail)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'cp')
   if rec[1] == 'pending' and rec[2] == tok then
     compensate_now(detail)
   elseif claim_lost(rec[1], rec[3]) then
     return fail('lost')
+  elseif rec[1] == 'pending' then
+    inherit(detail)
   end
   return {'ok', now, 0, '{}'}
 end
