@@ -301,6 +301,92 @@ def test_a_retried_invoice_that_the_pos_has_no_tickets_for_is_kept(client: Redis
     assert service.get(global_id="g").status is HoldStatus.INVOICED
 
 
+@pytest.mark.parametrize("other", ["failed", "sold", "running"])
+def test_a_lapsed_hold_s_invoice_refused_after_its_lease_answers_what_the_ledger_keeps(
+    client: RedisClient, other: str
+) -> None:
+    """The first invoice of a lapsed hold: the POS answers that the tickets are gone, but after
+    the lease, when the worker has taken the invoice over. TEvo was told 410 hold_expired while
+    the ledger kept the invoice (the worker's attempt failed it: invoice_failed, retried) and
+    later sold it. The answer is what the other attempt made of it: kept (502), sold, or still
+    running (409)."""
+    pos = Pos()
+    service = pos_service(client, pos, hold_ttl=0.05)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    time.sleep(PAST_LEASE)  # the hold lapses
+    gone = errors.InsufficientQuantity("POS: 0 tickets", available=0)
+
+    def taken_over() -> None:  # during A's POS call
+        time.sleep(PAST_LEASE)  # A's lease ends
+        if other == "running":
+            assert service.ledger.claim_due(DueItem("i", "g"), "worker-2", lease=30) is not None
+        else:
+            if other == "failed":
+                pos.fail["invoice"].append(gone)
+            assert Worker(service, lease=5).run_once() == 1
+        pos.fail["invoice"].append(gone)  # A's answer
+
+    pos.during["invoice"] = taken_over
+    if other == "failed":
+        with pytest.raises(errors.PosError, match="kept and retried"):
+            service.invoice(global_id="g", tevo_order_id=7)
+        assert service.get(global_id="g").status is HoldStatus.INVOICE_FAILED
+        assert list(service.ledger.scheduled("i")) == ["g"]
+        time.sleep(PAST_LEASE)  # past the retry's backoff: the POS has the tickets again
+        assert Worker(service, lease=5).run_once() == 1
+        assert service.get(global_id="g").status is HoldStatus.INVOICED
+    elif other == "sold":
+        assert service.invoice(global_id="g", tevo_order_id=7).hold.status is HoldStatus.INVOICED
+    else:
+        with pytest.raises(errors.RequestInProgress):
+            service.invoice(global_id="g", tevo_order_id=7)
+        assert service.get(global_id="g").status is HoldStatus.INVOICING
+
+
+@pytest.mark.parametrize("other", ["failed", "running"])
+def test_an_invoice_sold_after_its_lease_is_invoiced_whoever_took_it_over(
+    client: RedisClient, other: str
+) -> None:
+    """The POS sells the tickets for invoice A, but its answer comes after the lease: the
+    worker has taken the invoice over meanwhile, and its own POS call failed (or still runs).
+    A's sale is the sale (the POS is idempotent per global_id): the invoice is done, and TEvo
+    is told so, never 404 hold_not_found for a hold that is there and sold."""
+    pos = Pos()
+    service = pos_service(client, pos)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+
+    def taken_over() -> None:  # during A's POS call, which then succeeds
+        time.sleep(PAST_LEASE)  # A's lease ends
+        if other == "running":
+            assert service.ledger.claim_due(DueItem("i", "g"), "worker-2", lease=30) is not None
+        else:
+            pos.fail["invoice"].append(errors.PosError("POS failed", outcome_unknown=True))
+            assert Worker(service, lease=5).run_once() == 1
+            assert service.get(global_id="g").status is HoldStatus.INVOICE_FAILED
+
+    pos.during["invoice"] = taken_over
+    hold = service.invoice(global_id="g", tevo_order_id=7).hold
+
+    assert (hold.status, hold.tevo_order_id) == (HoldStatus.INVOICED, 7)
+    assert list(service.ledger.scheduled("i")) == []
+    if other == "running":  # the worker's call lands at last: nothing more to record
+        assert service.ledger.finish_invoice("g", "worker-2", 7).changed is False
+
+
+def test_a_late_sale_of_another_order_is_not_taken_for_the_invoice(client: RedisClient) -> None:
+    """Only a sale of the invoice's own order counts for another attempt's claim: a late finish
+    of another order (or none) answers request_in_progress, never hold_not_found."""
+    pos = Pos()
+    service = pos_service(client, pos)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    ledger = service.ledger
+    ledger.claim_invoice("g", 7, lease=30, token="attempt-b")
+    for order in (8, None):
+        with pytest.raises(errors.RequestInProgress):
+            ledger.finish_invoice("g", "attempt-a", order)
+    assert ledger.get("g").status is HoldStatus.INVOICING
+
+
 def test_a_first_invoice_of_a_live_hold_that_the_pos_has_no_tickets_for_is_kept(
     client: RedisClient,
 ) -> None:
@@ -385,12 +471,15 @@ def test_a_fused_first_invoice_of_a_live_hold_whose_tickets_are_gone_is_kept(
 # -- the worker --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("meanwhile", ["taken_over", "given_back"])
 def test_a_worker_whose_invoice_call_outlived_its_lease_goes_on(
-    client: RedisClient, caplog: pytest.LogCaptureFixture
+    client: RedisClient, caplog: pytest.LogCaptureFixture, meanwhile: str
 ) -> None:
     """The worker's POS call for an invoice retry outlives its lease, and another worker takes
-    the item over meanwhile. Recording the sale then finds the claim gone: the worker logs it
-    and goes on (it used to die), and the item stays with the worker that owns it now."""
+    the item over meanwhile. The sale it made is the sale (the POS is idempotent per global_id):
+    it is recorded, whoever holds the claim now. Unless the invoice was given back meanwhile
+    (that attempt found the tickets gone): recording the sale then finds no claim of its order,
+    and the worker logs it and goes on (it used to die)."""
     pos = Pos()
     pos.fail["invoice"].append(errors.PosError("POS failed"))
     service = pos_service(client, pos)
@@ -403,14 +492,20 @@ def test_a_worker_whose_invoice_call_outlived_its_lease_goes_on(
     def taken_over() -> None:
         time.sleep(PAST_LEASE)
         assert ledger.claim_due(DueItem("i", "g"), "worker-2", lease=30) is not None
+        if meanwhile == "given_back":
+            assert ledger.abort_invoice("g", "worker-2", lapsed=True).changed
 
     pos.during["invoice"] = taken_over
     with caplog.at_level(logging.WARNING, logger="tevo_hold.worker"):
         assert Worker(service, lease=LEASE, name="worker-1").run_once() == 1
 
-    assert "ended after its lease" in caplog.text
-    assert service.get(global_id="g").status is HoldStatus.INVOICING  # worker 2's claim
-    assert list(ledger.scheduled("i")) == ["g"]
+    assert list(ledger.scheduled("i")) == []
+    if meanwhile == "taken_over":
+        assert service.get(global_id="g").status is HoldStatus.INVOICED
+        assert "ended after its lease" not in caplog.text
+    else:
+        assert "ended after its lease" in caplog.text
+        assert service.get(global_id="g").status is HoldStatus.EXPIRED
 
 
 def test_a_worker_round_that_fails_unexpectedly_is_logged_and_the_worker_goes_on(

@@ -217,9 +217,26 @@ class Ledger:
             token,
         )
 
-    def finish_invoice(self, global_id: str, token: str, *, actor: str = "api") -> Claim:
-        """Mark the invoice of ``token`` done: the hold is ``invoiced``."""
-        return self._call(global_id, actor, "finish_invoice", token, self.retention_ms)
+    def finish_invoice(
+        self,
+        global_id: str,
+        token: str,
+        tevo_order_id: int | str | None = None,
+        *,
+        actor: str = "api",
+    ) -> Claim:
+        """Mark the invoice of ``token`` done: the hold is ``invoiced``.
+
+        Given the order ``tevo_order_id`` that the POS sold the tickets under, the sale counts
+        whoever claims the invoice now: a POS call that answered after its lease, when another
+        attempt at that order had taken the invoice over (and perhaps failed it since), made the
+        sale (the POS is idempotent per global_id, so the other attempt sells nothing more).
+        Without it, only ``token``'s own claim. ``changed`` is False when it was invoiced
+        already. Raises RequestInProgress when the record is another attempt's (or was given
+        back meanwhile), HoldNotFound when there is none.
+        """
+        order = "" if tevo_order_id is None else str(tevo_order_id)
+        return self._call(global_id, actor, "finish_invoice", token, self.retention_ms, order)
 
     def abort_invoice(
         self, global_id: str, token: str, *, lapsed: bool, detail: str = "", actor: str = "api"
@@ -227,7 +244,10 @@ class Ledger:
         """Give the hold back the state it had before the invoice of ``token``.
 
         With ``lapsed`` (the POS said its tickets are gone) the hold's deadline is brought
-        forward to now, so it reads ``expired``.
+        forward to now, so it reads ``expired``. ``changed`` is False when ``token``'s claim
+        was taken over meanwhile (its lease ended during the POS call) and that attempt is done
+        with it: the record is then as that attempt left it (``invoiced``, ``invoice_failed``:
+        kept and retried, or given back). Raises RequestInProgress while that attempt runs.
         """
         becomes = "lapsed" if lapsed else "held"
         return self._call(

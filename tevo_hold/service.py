@@ -297,12 +297,7 @@ class HoldService:
             if hold.invoice_attempts == 0 and lapsed:
                 # a first invoice of a lapsed hold whose tickets are gone: nobody bought them
                 # yet, and the hold is given back lapsed (TEvo is told at once, 410)
-                self.ledger.abort_invoice(
-                    gid, token, lapsed=True, detail=describe_error(exc), actor=actor
-                )
-                raise errors.HoldExpired(
-                    f"The hold {gid!r} lapsed and its tickets are no longer available."
-                ) from exc
+                return self._give_back_lapsed(gid, token, exc, actor)
             # The POS lost the tickets of a live hold, or of a sale already answered as kept
             # and retried: a failed sale like any other, never dropped.
             self._fail_invoice(gid, token, exc, retry_in, actor)
@@ -315,7 +310,27 @@ class HoldService:
         except BaseException as exc:  # an interrupt too: the sale's outcome is unknown
             self._fail_invoice(gid, token, exc, retry_in, actor)
             raise
-        return self.ledger.finish_invoice(gid, token, actor=actor).hold
+        return self.ledger.finish_invoice(gid, token, hold.tevo_order_id, actor=actor).hold
+
+    def _give_back_lapsed(
+        self, gid: str, token: str, exc: errors.TevoHoldError, actor: str
+    ) -> Hold:
+        """The POS has no tickets for the first invoice of a lapsed hold (``exc``): give the
+        hold back lapsed and raise HoldExpired. Unless the claim was taken over meanwhile (the
+        POS answered after the lease), when the invoice is the other attempt's: TEvo is told
+        what that attempt made of it, never a lapse that the ledger does not record (it keeps
+        the invoice and sells it when the POS can)."""
+        aborted = self.ledger.abort_invoice(
+            gid, token, lapsed=True, detail=describe_error(exc), actor=actor
+        )  # RequestInProgress while the other attempt runs
+        hold = aborted.hold
+        if aborted.changed or hold.status is HoldStatus.EXPIRED:  # given back lapsed
+            raise errors.HoldExpired(
+                f"The hold {gid!r} lapsed and its tickets are no longer available."
+            ) from exc
+        if hold.status is HoldStatus.INVOICED:  # the other attempt sold them
+            return hold
+        raise _sale_refused(gid, exc) from exc  # invoice_failed: kept and retried
 
     def _fail_invoice(
         self, gid: str, token: str, exc: BaseException, retry_in: float, actor: str

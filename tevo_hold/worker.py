@@ -137,7 +137,7 @@ class Worker:
             return True
         try:
             if item.kind == "i":
-                ledger.finish_invoice(gid, token, actor=actor)
+                ledger.finish_invoice(gid, token, hold.tevo_order_id, actor=actor)
             elif item.kind == "c":
                 ledger.compensated(gid, token, actor=actor)
             else:

@@ -323,17 +323,28 @@ function ledger.claim_invoice(order_key, order_json, lease, tok)
   return ledger.reply('ok')
 end
 
--- The invoice's verdict before any write: nil to go ahead, else the final reply.
-function ledger.check_invoice_owner(tok)
-  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu')
-  if rec[1] == 'invoiced' then return ledger.reply('replay') end
-  if rec[1] ~= 'invoicing' then return fail('hold_not_found') end
-  if rec[2] ~= tok then return fail('request_in_progress', wait(rec[3])) end
-  return nil
+-- The invoice's verdict before any write: nil to go ahead, else the final reply. Going ahead
+-- takes the invoice that tok claimed, or, given the order key, a sale of that order whoever
+-- claims or failed it now (see finish_invoice). Any other record's answer is request_in_progress
+-- (another attempt is at work on it, or was given it back): hold_not_found only for none.
+function ledger.check_invoice_owner(tok, order_key)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'lu', 'ok')
+  local st = rec[1]
+  if st == 'invoiced' then return ledger.reply('replay') end
+  if not st then return fail('hold_not_found') end
+  if st == 'invoicing' and rec[2] == tok then return nil end
+  if order_key and rec[4] == order_key and (st == 'invoicing' or st == 'invoice_failed') then
+    return nil
+  end
+  return fail('request_in_progress', rec[3] and wait(rec[3]) or 0)
 end
 
-function ledger.finish_invoice(tok, retention)
-  local verdict = ledger.check_invoice_owner(tok)
+-- The POS sold the tickets for the invoice of tok, under order order_key (nil: tok's claim only).
+-- A sale whose answer came after its lease ended, when another attempt at the same order had
+-- taken the invoice over (and may have failed it since), is the sale all the same: the POS is
+-- idempotent per global_id, so that attempt sells nothing more, and the invoice is done.
+function ledger.finish_invoice(tok, retention, order_key)
+  local verdict = ledger.check_invoice_owner(tok, order_key)
   if verdict then return verdict end
   redis.call('HSET', K.rec, 'st', 'invoiced', 'ia', now)
   redis.call('HDEL', K.rec, 'lu', 'tok', 'le')
@@ -363,21 +374,26 @@ end
 
 -- Give the hold back the state it had before the invoice of tok: the POS said its tickets are
 -- gone ('lapsed': the deadline moves to now, the hold reads expired) or the invoice never
--- reached the POS ('held').
+-- reached the POS ('held'). 'ok' when it did; when tok's claim was taken over (its lease ended
+-- during the POS call), the invoice is that attempt's and this call changes nothing:
+-- request_in_progress while the attempt runs, else 'replay' with the record as it now stands
+-- (invoiced, invoice_failed: kept and retried, or given back by that attempt).
 function ledger.abort_invoice(tok, becomes, detail, retention)
-  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'ea')
-  if rec[1] == 'invoicing' and rec[2] == tok then
-    local ea = tonumber(rec[3])
-    redis.call('HSET', K.rec, 'st', 'held')
-    if becomes == 'lapsed' and ea > now then
-      ea = now
-      redis.call('HSET', K.rec, 'ea', ea)
-    end
-    redis.call('HDEL', K.rec, 'ok', 'oj', 'lu', 'tok')
-    done('i')
-    event('invoice_refused', 'held', detail)
-    keep(ea, retention)
+  local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'ea', 'lu')
+  if rec[1] == 'invoicing' and rec[2] ~= tok then
+    return fail('request_in_progress', wait(rec[4]))
   end
+  if rec[1] ~= 'invoicing' then return ledger.reply('replay') end
+  local ea = tonumber(rec[3])
+  redis.call('HSET', K.rec, 'st', 'held')
+  if becomes == 'lapsed' and ea > now then
+    ea = now
+    redis.call('HSET', K.rec, 'ea', ea)
+  end
+  redis.call('HDEL', K.rec, 'ok', 'oj', 'lu', 'tok')
+  done('i')
+  event('invoice_refused', 'held', detail)
+  keep(ea, retention)
   return ledger.reply('ok')
 end
 

@@ -11,7 +11,7 @@
 --                   unless released_in_pos confirms it first)
 --   lost_hold       remote_id, quantity, ttl_ms, detail
 --   claim_invoice   order key (canonical string), order id as JSON, lease_ms, token
---   finish_invoice  token, retention_ms
+--   finish_invoice  token, retention_ms, order key ('' for none: the claim of token alone)
 --   abort_invoice   token, 'lapsed' or 'held' (what the hold becomes), detail, retention_ms
 --   fail_invoice    token, detail, retry_ms
 --   claim_due       kind ('l', 'c' or 'i'), token, lease_ms, retention_ms
@@ -41,7 +41,9 @@ if cmd == 'release' then return ledger.release(tonumber(a[4]), tonumber(a[5]), a
 if cmd == 'claim_invoice' then
   return ledger.claim_invoice(a[4], a[5], tonumber(a[6]), a[7])
 end
-if cmd == 'finish_invoice' then return ledger.finish_invoice(a[4], tonumber(a[5])) end
+if cmd == 'finish_invoice' then
+  return ledger.finish_invoice(a[4], tonumber(a[5]), a[6] ~= '' and a[6] or nil)
+end
 if cmd == 'abort_invoice' then
   return ledger.abort_invoice(a[4], a[5], a[6], tonumber(a[7]))
 end
