@@ -415,6 +415,42 @@ def test_a_first_invoice_of_a_lapsed_hold_whose_tickets_are_gone_is_hold_expired
     assert (hold.status, hold.tevo_order_id) == (HoldStatus.EXPIRED, None)
 
 
+def test_an_invoice_whose_sale_comes_after_the_deadline_and_another_hold_is_hold_expired(
+    client: RedisClient,
+) -> None:
+    """The reference inventory step by step (a cluster, or fuse=False): TEvo invoices just
+    before the hold's deadline, and the sale reaches the inventory just after it, once another
+    hold has purged the lapsed hold and taken its tickets. The sale cannot be made: it was
+    kept (502, invoice_failed) and retried for good while the other hold owns the tickets.
+    The inventory says its hold lapsed before the sale came: the first invoice answers 410
+    hold_expired, the hold given back lapsed, as for an invoice after the deadline."""
+    settings = Settings(redis_url="redis://unused", api_keys=("k",), hold_ttl=0.5, lease=5)
+    service = build_service(settings, client=client, fuse=False)
+    inventory = service.adapter
+    assert isinstance(inventory, RedisInventoryAdapter)
+    inventory.set_quantity("L", 1)
+    deadline = service.hold(remote_id="L", quantity=1, global_id="buyer").hold.expires_at
+    sell = inventory.invoice
+
+    def late(**call: Any) -> None:
+        # the sale reaches the inventory after the deadline, another hold first
+        time.sleep(max(deadline.timestamp() - time.time(), 0) + 0.05)
+        service.hold(remote_id="L", quantity=1, global_id="other")
+        sell(**call)
+
+    inventory.invoice = late  # type: ignore[method-assign]
+    with pytest.raises(errors.HoldExpired):
+        service.invoice(global_id="buyer", tevo_order_id=7)
+
+    buyer = service.get(global_id="buyer", history=True)
+    claimed = next(e.at for e in buyer.events if e.event == "invoice_requested")
+    assert claimed < deadline  # the invoice came before the deadline
+    assert (buyer.status, buyer.tevo_order_id) == (HoldStatus.EXPIRED, None)
+    assert list(service.ledger.scheduled("i")) == []
+    assert service.get(global_id="other").status is HoldStatus.HELD
+    assert inventory.stock("L").held == 1
+
+
 # (the fused path runs on one Redis, never on a cluster: test_behaviour checks the fallback)
 @pytest.mark.parametrize("client", ["fakeredis", "redis"], indirect=True)
 def test_a_retried_fused_invoice_whose_tickets_are_gone_is_kept(client: RedisClient) -> None:
@@ -445,14 +481,17 @@ def test_a_retried_fused_invoice_whose_tickets_are_gone_is_kept(client: RedisCli
     )
 
 
-@pytest.mark.parametrize("client", ["fakeredis", "redis"], indirect=True)
-def test_a_fused_first_invoice_of_a_live_hold_whose_tickets_are_gone_is_kept(
-    client: RedisClient,
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "stepwise"])
+def test_a_reference_first_invoice_of_a_live_hold_whose_tickets_are_gone_is_kept(
+    client: RedisClient, fuse: bool
 ) -> None:
     """The listing lost a live hold's tickets (removed and stocked again): the buyer is
-    committed, so the sale is kept as failed for the seller, on the fused path as on the other."""
+    committed, so the sale is kept as failed for the seller, on the fused path as on the other
+    (where the inventory, told the hold's deadline, must not take it for a lapse)."""
     service = build_service(
-        Settings(redis_url="redis://unused", api_keys=("k",), retry_base=0.01), client=client
+        Settings(redis_url="redis://unused", api_keys=("k",), retry_base=0.01),
+        client=client,
+        fuse=fuse,
     )
     inventory = service.adapter
     assert isinstance(inventory, RedisInventoryAdapter)

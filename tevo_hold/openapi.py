@@ -513,7 +513,8 @@ OPERATIONS: tuple[Operation, ...] = (
             Answer(
                 errors.HoldExpired,
                 "Do not retry: the tickets are gone. Call the seller.",
-                "The hold lapsed before the invoice and the POS no longer has its tickets.",
+                "The hold lapsed before the invoice's sale reached the POS, and the POS no longer "
+                "has its tickets.",
             ),
             _TOO_LARGE,
             _MEDIA_TYPE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import signal
@@ -82,6 +83,9 @@ class HoldService:
             if fuse and isinstance(adapter, RedisInventoryAdapter) and adapter.fuses_with(ledger)
             else None
         )
+        # The reference inventory step by step: told the hold's deadline, its sale says whether
+        # the hold lapsed there before it came (see _settle).
+        self._inventory = adapter if isinstance(adapter, RedisInventoryAdapter) else None
 
     @fail_fast()
     @metrics.counted(metrics.HOLDS)
@@ -282,9 +286,12 @@ class HoldService:
             except (errors.ListingNotFound, errors.InsufficientQuantity) as exc:  # kept, retried
                 raise _sale_refused(gid, exc) from exc
         assert hold.tevo_order_id is not None
+        sell = self.adapter.invoice
+        if self._inventory is not None:
+            sell = functools.partial(self._inventory.invoice, expires_at=hold.expires_at)
         try:
             with adapter_call("invoice"):
-                self.adapter.invoice(
+                sell(
                     global_id=gid,
                     remote_id=hold.remote_id,
                     quantity=hold.quantity,
@@ -292,8 +299,16 @@ class HoldService:
                 )
         except (errors.InsufficientQuantity, errors.HoldExpired) as exc:
             # The hold's tickets are gone in the POS (an adapter may say so with HoldExpired:
-            # the hold lapsed there).
-            lapsed = claim.at >= int(hold.expires_at.timestamp() * 1000)
+            # the hold lapsed there). The hold lapsed if the invoice came after its deadline;
+            # or if the reference inventory says its sale did, and others took the tickets (an
+            # invoice claimed just before the deadline whose sale came just after it, once
+            # another hold had them): the sale cannot be made, and TEvo is told at once rather
+            # than the invoice being kept and retried while another buyer owns the tickets.
+            # (Another adapter's HoldExpired proves nothing of the kind: it means what
+            # InsufficientQuantity does.)
+            lapsed = claim.at >= int(hold.expires_at.timestamp() * 1000) or (
+                self._inventory is not None and isinstance(exc, errors.HoldExpired)
+            )
             if hold.invoice_attempts == 0 and lapsed:
                 # a first invoice of a lapsed hold whose tickets are gone: nobody bought them
                 # yet, and the hold is given back lapsed (TEvo is told at once, 410)

@@ -60,9 +60,25 @@ class RedisInventoryAdapter(PosAdapter):
         self._call(remote_id, None, "release", global_id)
 
     def invoice(
-        self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+        self,
+        *,
+        global_id: str,
+        remote_id: str,
+        quantity: int,
+        tevo_order_id: int | str,
+        expires_at: datetime | None = None,
     ) -> None:
-        self._call(remote_id, global_id, "sell", global_id, quantity, self.retention_ms)
+        """Sell the hold's tickets: those it holds on the books, even past its deadline, or as
+        many again if its hold lapsed and they are still there; else InsufficientQuantity.
+
+        Given the hold's deadline ``expires_at`` (the service's step-by-step path gives it),
+        HoldExpired instead when the sale comes after it and the tickets are gone: the hold
+        lapsed here before the sale, and others took its tickets.
+        """
+        args: list[str | int] = ["sell", global_id, quantity, self.retention_ms]
+        if expires_at is not None:
+            args.append(int(expires_at.timestamp() * 1000))
+        self._call(remote_id, global_id, *args)
 
     # -- one round trip with the ledger ---------------------------------------------------
     def fuses_with(self, ledger: Ledger) -> bool:
@@ -210,6 +226,11 @@ class RedisInventoryAdapter(PosAdapter):
             raise errors.InsufficientQuantity(
                 f"Listing {remote_id!r} has {stock.available} tickets available.",
                 available=stock.available,
+            )
+        if outcome == "hold_expired":
+            raise errors.HoldExpired(
+                f"The hold {global_id!r} lapsed on listing {remote_id!r} before the sale, and "
+                f"its tickets are gone ({stock.available} available)."
             )
         if outcome == "global_id_conflict":
             raise errors.GlobalIdConflict(

@@ -6,7 +6,7 @@
 --   L.due    zset {prefix}:{l:<remote_id>}:due: global_id scored by its deadline (ms)
 --   L.sale   string {prefix}:{l:<remote_id>}:sold:<global_id>: marks a sale (take, sell)
 -- and answers an outcome: 'ok' or an error code (listing_not_found, insufficient_quantity,
--- global_id_conflict), checked before any write.
+-- global_id_conflict, hold_expired), checked before any write.
 --
 -- Holds lapse exactly at their deadline with no process watching: each function first purges
 -- the holds whose deadline has passed, so what is available is computed from live holds only.
@@ -91,9 +91,11 @@ function inventory.release(L, gid)
 end
 
 -- Can gid's qty tickets be sold now? 'ok' and the quantity gid holds on the books (nil if its
--- hold lapsed and was purged), 'again' (sold before), or an error. Writes nothing but the purge
--- of lapsed holds.
-function inventory.check_sell(L, gid, qty)
+-- hold lapsed and was purged), 'again' (sold before), or an error: given the hold's deadline
+-- (ms), 'hold_expired' rather than 'insufficient_quantity' when that has passed, the hold is off
+-- the books and its tickets gone (it lapsed here before this sale came, and others took them).
+-- Writes nothing but the purge of lapsed holds.
+function inventory.check_sell(L, gid, qty, deadline)
   if not inventory.exists(L) then return 'listing_not_found' end
   if redis.call('EXISTS', L.sale) == 1 then return 'again' end
   -- a hold still on the books is sold even if its deadline passed a moment ago: an invoice the
@@ -102,7 +104,10 @@ function inventory.check_sell(L, gid, qty)
   if mine then return 'ok', mine end
   -- the hold lapsed and was purged: take the same quantity again if it is there
   inventory.purge(L)
-  if inventory.available(L) < qty then return 'insufficient_quantity' end
+  if inventory.available(L) < qty then
+    if deadline and now >= deadline then return 'hold_expired' end
+    return 'insufficient_quantity'
+  end
   return 'ok'
 end
 
@@ -118,8 +123,8 @@ function inventory.sold(L, gid, qty, mine, retention)
   redis.call('SET', L.sale, qty, 'PX', retention)
 end
 
-function inventory.sell(L, gid, qty, retention)
-  local verdict, mine = inventory.check_sell(L, gid, qty)
+function inventory.sell(L, gid, qty, retention, deadline)
+  local verdict, mine = inventory.check_sell(L, gid, qty, deadline)
   if verdict == 'again' then return 'ok' end
   if verdict ~= 'ok' then return verdict end
   inventory.sold(L, gid, qty, mine, retention)

@@ -6,7 +6,7 @@
 -- ARGV[1]     command, then its arguments:
 --   take     global_id, quantity, deadline_ms
 --   release  global_id
---   sell     global_id, quantity, retention_ms
+--   sell     global_id, quantity, retention_ms[, the hold's deadline_ms: see check_sell]
 --   set      on_hand
 --   show     -
 -- Reply: {outcome, on_hand, held, sold}.
@@ -15,7 +15,8 @@ local outcome
 
 if cmd == 'take' then outcome = inventory.take(L, a[2], tonumber(a[3]), tonumber(a[4]))
 elseif cmd == 'release' then outcome = inventory.release(L, a[2])
-elseif cmd == 'sell' then outcome = inventory.sell(L, a[2], tonumber(a[3]), tonumber(a[4]))
+elseif cmd == 'sell' then
+  outcome = inventory.sell(L, a[2], tonumber(a[3]), tonumber(a[4]), tonumber(a[5]))
 elseif cmd == 'set' then outcome = inventory.set(L, a[2])
 elseif cmd == 'show' then outcome = inventory.show(L)
 else return redis.error_reply('inventory.lua: unknown command ' .. tostring(cmd)) end
