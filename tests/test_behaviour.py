@@ -789,3 +789,36 @@ def test_the_service_refuses_a_duration_no_setting_takes(client, name, value):
     with pytest.raises(e.ConfigurationError, match=rf"\b{name}="):
         HoldService(Ledger(client, keys=keys), inventory, **{name: value})
     assert HoldService(Ledger(client, keys=keys), inventory, **{name: 0.001}).ledger
+
+
+def test_a_reference_inventory_subclass_whose_invoice_keeps_the_contract_still_sells(client):
+    """The step-by-step path tells the reference inventory's own invoice the hold's deadline;
+    a subclass that overrides invoice with the PosAdapter arguments only (as tests/slow_pos.py
+    does) failed every sale with a TypeError, answered 500."""
+    from datetime import datetime
+
+    from tevo_hold import KeySpace, Ledger
+
+    class Counting(RedisInventoryAdapter):
+        sold: list[str] = []  # noqa: RUF012
+
+        def invoice(
+            self, *, global_id: str, remote_id: str, quantity: int, tevo_order_id: int | str
+        ) -> None:
+            self.sold.append(global_id)
+            super().invoice(
+                global_id=global_id,
+                remote_id=remote_id,
+                quantity=quantity,
+                tevo_order_id=tevo_order_id,
+            )
+
+    keys = KeySpace()
+    inventory = Counting(client, keys=keys)
+    inventory.set_quantity("L1", 5)
+    service = HoldService(Ledger(client, keys=keys), inventory, fuse=False)
+    service.hold(remote_id="L1", quantity=2, global_id="g1")
+    sold = service.invoice(global_id="g1", tevo_order_id=4711).hold
+    assert sold.status is HoldStatus.INVOICED and Counting.sold == ["g1"]
+    assert inventory.stock("L1").sold == 2
+    assert isinstance(sold.expires_at, datetime)

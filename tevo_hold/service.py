@@ -84,8 +84,14 @@ class HoldService:
             else None
         )
         # The reference inventory step by step: told the hold's deadline, its sale says whether
-        # the hold lapsed there before it came (see _settle).
-        self._inventory = adapter if isinstance(adapter, RedisInventoryAdapter) else None
+        # the hold lapsed there before it came (see _settle). Not a subclass that overrides
+        # invoice: its own takes the PosAdapter arguments only, as the contract says.
+        self._inventory = (
+            adapter
+            if isinstance(adapter, RedisInventoryAdapter)
+            and type(adapter).invoice is RedisInventoryAdapter.invoice
+            else None
+        )
 
     @fail_fast()
     @metrics.counted(metrics.HOLDS)
