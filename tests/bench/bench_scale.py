@@ -30,6 +30,10 @@ STOCK = 10**9
 #: Holds live a day here (retention on top), so none lapses while the benchmark runs.
 HOLD_TTL = 24 * 3600.0
 BLOCK = 50
+#: Holds of each path made before the timed calls (they count as stored).
+WARM_UP = 200
+#: Live holds whose own keys' MEMORY USAGE is averaged (all of them if fewer are stored).
+MEMORY_SAMPLE = 2000
 
 
 def _text(value: Any) -> str:
@@ -131,10 +135,10 @@ def run(
     recorder = Recorder(settings)
     stock_listings(fused, "L", LISTINGS, STOCK)
     base_memory = int(probe.info("memory")["used_memory"])
-    for i in range(200):  # warm-up (these holds count as stored)
+    for i in range(WARM_UP):  # warm-up (these holds count as stored)
         fused.hold(remote_id=f"L{i % LISTINGS}", quantity=1, global_id=f"w{i}x")
         stepwise.hold(remote_id=f"L{i % LISTINGS}", quantity=1, global_id=f"v{i}x")
-    stored = 400
+    stored = 2 * WARM_UP
 
     filled = 0
     shared: set[str] = set()
@@ -205,9 +209,20 @@ def run(
             f"p99 {row['hold']['p99_ms']:.3f} ms; used_memory {row['used_memory'] / 2**20:,.0f} MiB"
         )
 
-    rng = random.Random(7)
-    sample = [(f"s{i}x", f"L{i % LISTINGS}") for i in rng.sample(range(filled), 2000)]
-    tag = f"m{levels[-1]}"
+    # the holds whose own keys are measured: stored ones, live, up to MEMORY_SAMPLE of them (the
+    # warm-up's fused holds count too, so that a run of small levels has some)
+    def live(i: int) -> tuple[str, str]:
+        """The i-th stored hold's global_id and remote_id: the filled ones, then the warm-up's."""
+        if i < filled:
+            return f"s{i}x", f"L{i % LISTINGS}"
+        return f"w{i - filled}x", f"L{(i - filled) % LISTINGS}"
+
+    population = filled + WARM_UP
+    sample = [
+        live(i) for i in random.Random(7).sample(range(population), min(MEMORY_SAMPLE, population))
+    ]
+    # the last level measured (those after it may have been left out)
+    tag = f"m{rows[-1]['level']}"
     released = (f"{tag}n0x", f"L{0 % LISTINGS}")
     invoiced = (f"{tag}n{samples // 2}x", f"L{(samples // 2) % LISTINGS}")
     result: dict[str, Any] = {
@@ -216,6 +231,7 @@ def run(
         "base_memory": base_memory,
         "memory": {
             "stored": stored,
+            "sampled": len(sample),
             "own": own_keys(probe, recorder, sample),
             "shared": shared_keys_report(probe, shared, stored),
             # a hold of the last level released, and one invoiced (an invoice may add keys)

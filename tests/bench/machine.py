@@ -10,6 +10,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from tests.servers import ROOT
+
 
 def _cpuinfo() -> dict[str, str]:
     info: dict[str, str] = {}
@@ -56,7 +58,30 @@ def describe() -> dict[str, Any]:
         },
         "hiredis": _has("hiredis"),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+        "git": git_revision(),
     }
+
+
+def git_revision(root: Path = ROOT) -> dict[str, Any] | None:
+    """The commit the benchmarked code was checked out at, and whether the working tree had
+    changes of its own (then the figures belong to that commit plus those changes); None outside
+    a git checkout or without git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode or status.returncode:
+        return None
+    return {"revision": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def _has(module: str) -> bool:

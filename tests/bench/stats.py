@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from fractions import Fraction
 from typing import Any
 
 import redis
@@ -18,10 +20,13 @@ PROBE_COMMANDS = frozenset({"info", "hello", "client|setinfo", "script|exists"})
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
-    """The nearest-rank ``p``-th percentile of an ascending list."""
+    """The nearest-rank ``p``-th percentile of an ascending list: the smallest value that at
+    least ``p`` % of the values are no larger than (rank ``ceil(p / 100 * n)``, at least 1)."""
     if not sorted_values:
         return float("nan")
-    rank = max(1, min(len(sorted_values), round(p / 100 * len(sorted_values) + 0.5)))
+    n = len(sorted_values)
+    # Fraction: p = 99.9 in binary floating point would put 99.9 % of 1,000 just above 999
+    rank = max(1, min(n, math.ceil(Fraction(str(p)) * n / 100)))
     return sorted_values[rank - 1]
 
 
