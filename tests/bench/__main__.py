@@ -12,14 +12,49 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from tests.servers import ROOT, redis_server
 
 from . import bench_direct, bench_http, bench_scale, bench_stages, machine, report
+
+#: The results of the last full run (committed; docs/benchmarks.md is rendered from them).
+RESULTS = ROOT / "tests" / "bench" / "results.json"
+#: Where a run with ``--only`` writes by default (git-ignored).
+PARTIAL_RESULTS = ROOT / "tests" / "bench" / "results-partial.json"
+#: The results the page is rendered from (``stages`` is optional).
+PAGE_SECTIONS = ("http", "direct", "scale")
+#: Signals that end a run as Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal, raised the way Ctrl-C raises KeyboardInterrupt. Not a SystemExit: one
+    raised inside a library call is the adapter's failure to tevo-hold (an InternalError),
+    while a KeyboardInterrupt in the main thread passes through the library as it is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    for sig in STOP_SIGNALS:  # a second signal must not cut the clean-up short
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGHUP (a timeout, a cancelled CI job, a closed terminal) end a run the
+    way Ctrl-C does, through every ``finally`` and ``with``: else the redis-server and gunicorn
+    processes the run started would outlive it (the default action ends Python at once)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
 
 
 def _log(message: str) -> None:
@@ -66,8 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--results",
         type=Path,
-        default=ROOT / "tests" / "bench" / "results.json",
-        help="raw results (JSON; default tests/bench/results.json)",
+        help="raw results (JSON; default tests/bench/results.json, or "
+        "tests/bench/results-partial.json with --only)",
     )
     p.add_argument(
         "--render-only",
@@ -80,7 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         help="run only these sections and print them (no page is written)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.results is None:
+        # a partial run must not overwrite the full results the page is rendered from
+        args.results = PARTIAL_RESULTS if args.only and not args.render_only else RESULTS
+    return args
 
 
 def write(results: dict[str, Any], docs: Path) -> None:
@@ -93,13 +132,18 @@ def write(results: dict[str, Any], docs: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        write(json.loads(args.results.read_text("utf-8")), args.docs)
+        results = json.loads(args.results.read_text("utf-8"))
+        missing = [k for k in PAGE_SECTIONS if k not in results]
+        if missing:
+            _log(f"{args.results} has no {', '.join(missing)} results (a run with --only?)")
+            return 2
+        write(results, args.docs)
         return 0
-    for tool in ("wrk", "redis-server"):
+    sections = args.only or ["http", "stages", "direct", "scale"]
+    for tool in ("wrk", "redis-server") if "http" in sections else ("redis-server",):
         if shutil.which(tool) is None:
             _log(f"{tool} is not installed: `make bench` installs it (Debian package {tool}).")
             return 2
-    sections = args.only or ["http", "stages", "direct", "scale"]
     levels = [int(x) for x in args.levels.split(",")]
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -157,4 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stop_on_signals()  # here, not in main(): a test calling main() keeps its own handlers
+    try:
+        sys.exit(main())
+    except Stopped as stop:
+        _log(f"stopped by {signal.Signals(stop.signum).name}; the servers it started are stopped")
+        sys.exit(128 + stop.signum)
