@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -495,3 +497,41 @@ def test_memory_mode_with_a_pos_adapter_runs_a_worker_thread_that_releases_lapse
 
 def test_no_worker_thread_where_the_reference_adapter_keeps_the_stock_itself():
     assert create_app().extensions[EXTENSION_KEY].worker_stop is None
+
+
+def _threads_in_a_forked_child(names: tuple[str, ...], wait: float = 5.0) -> dict[str, bool]:
+    """Fork as gunicorn --preload does after loading the app; which of ``names`` (thread name
+    prefixes) run in the child within ``wait`` seconds."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running pytest's teardown
+        deadline = time.monotonic() + wait
+        seen: dict[str, bool] = {}
+        while time.monotonic() < deadline:
+            running = [t.name for t in threading.enumerate() if t.is_alive()]
+            seen = {n: any(r.startswith(n) for r in running) for n in names}
+            if all(seen.values()):
+                break
+            time.sleep(0.02)
+        os.write(write, json.dumps(seen).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        seen = json.loads(answer.read())
+    os.waitpid(pid, 0)
+    return seen
+
+
+def test_a_process_forked_after_the_app_loaded_runs_its_worker_and_sweep_threads():
+    """Threads do not survive a fork: under gunicorn --preload (or uWSGI) the embedded worker and
+    the store's sweep ran in the master only, and the process serving requests had neither
+    (lapsed holds stayed held in the POS, finished ones stayed in memory)."""
+    app = create_app({"TEVO_HOLD_ADAPTER": "tests.test_extension:_LapsePos"})
+    state = app.extensions[EXTENSION_KEY]
+    try:
+        seen = _threads_in_a_forked_child(("embedded-worker-", "tevo-hold-memory-sweep"))
+        assert seen == {"embedded-worker-": True, "tevo-hold-memory-sweep": True}
+    finally:
+        state.worker_stop.set()
+    stopped = _threads_in_a_forked_child(("embedded-worker-",), wait=0.5)
+    assert stopped == {"embedded-worker-": False}  # an app's stopped worker stays stopped

@@ -24,6 +24,7 @@ import difflib
 import inspect
 import logging
 import math
+import os
 import re
 import sys
 import threading
@@ -429,9 +430,8 @@ def _embedded(settings: Settings) -> redis.Redis:
             "In production, set TEVO_HOLD_REDIS_URL to your Redis instead."
         ) from exc
     client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    threading.Thread(
-        target=_sweep, args=(weakref.ref(client),), name="tevo-hold-memory-sweep", daemon=True
-    ).start()
+    store = weakref.ref(client)
+    start_daemon("tevo-hold-memory-sweep", lambda: _sweep(store), alive=lambda: store() is not None)
     if settings.adapter == "reference":
         # Stocked here, where the store is made, so that every way to the embedded default
         # (create_app, a TevoHold of your own, build_service, connect) starts with the same.
@@ -440,6 +440,22 @@ def _embedded(settings: Settings) -> redis.Redis:
         )
         load_inventory(inventory, settings.inventory_file or SAMPLE_INVENTORY)
     return client
+
+
+def start_daemon(name: str, run: Callable[[], object], *, alive: Callable[[], bool]) -> None:
+    """Run ``run`` in a daemon thread of this process, and again in each process forked from it
+    while ``alive()``. Threads do not survive a fork: a server that loads the app and then forks
+    its workers (gunicorn --preload, uWSGI) would serve requests in a process without them."""
+
+    def start() -> None:
+        threading.Thread(target=run, name=name, daemon=True).start()
+
+    def after_fork() -> None:
+        if alive():
+            start()
+
+    start()
+    os.register_at_fork(after_in_child=after_fork)
 
 
 #: Seconds between two sweeps of the embedded store (see _sweep).

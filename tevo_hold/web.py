@@ -40,7 +40,7 @@ from . import auth, errors, metrics, observability, ratelimit
 from ._redis import charge_next_call, translate_errors
 from .adapters.identity import record_adapter
 from .adapters.redis_inventory import RedisInventoryAdapter
-from .connection import in_process
+from .connection import in_process, start_daemon
 from .models import Outcome
 from .schemas import (
     HoldDetailSchema,
@@ -109,7 +109,9 @@ class _State:
         #: own store (a service handed in is the caller's Redis, whatever the settings say).
         self.accepted_keys = settings.accepted_keys if store == "memory" else settings.api_keys
         self.authenticator = auth.Authenticator(self.accepted_keys, key_store)
-        #: Stops the embedded worker thread (see _start_embedded_worker); None when none runs.
+        #: The embedded worker and what stops its thread (see _start_embedded_worker); None when
+        #: none runs.
+        self.worker: Any = None
         self.worker_stop: threading.Event | None = None
         #: The worker's backlog, read from the service's Redis when /metrics is.
         self.backlog = metrics.BacklogCollector(service.ledger.backlog)
@@ -295,10 +297,16 @@ def _start_embedded_worker(app: Flask, state: _State) -> None:
         state.service, interval=settings.worker_interval, name=f"embedded-worker-{id(app):x}"
     )
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name=worker.name, daemon=True)
-    thread.start()
+    state.worker, state.worker_stop = worker, stop
     weakref.finalize(app, stop.set)
-    state.worker_stop = stop
+    held = weakref.ref(worker)  # by the app's state only: the thread ends with the app
+
+    def run() -> None:
+        running = held()
+        if running is not None:
+            running.run(stop)
+
+    start_daemon(worker.name, run, alive=lambda: not stop.is_set() and held() is not None)
     log.warning(
         "TEVO_HOLD_ADAPTER=%s calls a POS from an in-memory store: a worker thread of this "
         "process releases lapsed holds in the POS and retries failed invoices, and what it owes "
