@@ -74,7 +74,7 @@ CONTRACT: dict[tuple[str, str], dict[int, set[str]]] = {
         201: set(),
         400: {"invalid_request", "malformed_json"},
         401: {"unauthorized", "invalid_signature"},
-        # no 429: an invoice is never refused by the rate limit (its buyer has paid)
+        429: {"rate_limited"},  # never for a hold's first invoice (its buyer has paid)
         # a POS that knows no such listing fails the sale, kept and retried: 502, never 404
         404: {"hold_not_found"},
         409: {"hold_released", "order_id_conflict", "request_in_progress"},

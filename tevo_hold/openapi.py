@@ -170,7 +170,7 @@ _RATE_LIMITED = Answer(
     errors.RateLimited,
     "Retry after the `Retry-After` seconds with the same body; nothing was changed.",
     "This key sent more requests than the seller's limit (TEVO_HOLD_RATE_LIMIT, 600 per minute "
-    "by default). Invoices are never refused by it.",
+    "by default). A hold's first invoice is never refused by it.",
 )
 _TOO_LARGE = Answer(
     errors.PayloadTooLarge,
@@ -492,6 +492,7 @@ OPERATIONS: tuple[Operation, ...] = (
             *_invalid(),
             _UNAUTHORIZED,
             _SIGNATURE,
+            _RATE_LIMITED,
             Answer(
                 errors.HoldNotFound,
                 "Do not retry: nothing is held for this order. Call the seller.",

@@ -9,10 +9,10 @@ The charge rides on the request's first script call (:func:`tevo_hold._redis.cha
 ``lua/_charge.lua``): checked and counted in the same atomic step as the call's own work, in the
 same round trip. A refused call runs nothing and is not counted; the answer is ``429
 rate_limited`` with ``Retry-After``. Requests refused before they reach Redis (no key, a bad body)
-cost Redis nothing and are not counted. Invoices are never charged (see
-:data:`tevo_hold.web.UNLIMITED_VIEWS`): their buyer has paid. On a Redis Cluster the charge is a
-call of its own, just before the request's first (its keys and the call's lie in different
-slots).
+cost Redis nothing and are not counted. A hold's first invoice over the budget is sold all the
+same (see ``create_invoice`` in :mod:`tevo_hold.web`): its buyer has paid. On a Redis Cluster
+the charge is a call of its own, just before the request's first (its keys and the call's lie
+in different slots).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from ._redis import charge_next_call, translate_errors
 from .adapters.identity import record_adapter
 from .adapters.redis_inventory import RedisInventoryAdapter
 from .connection import in_process, start_daemon
-from .models import Outcome
+from .models import HoldStatus, Outcome
 from .schemas import (
     HoldDetailSchema,
     HoldRequestSchema,
@@ -70,10 +70,6 @@ PROBLEM_TYPE = "urn:tevo-hold:problem:"
 PROBLEM_JSON = "application/problem+json"
 #: Views answered without an API key (and without a rate limit).
 PUBLIC_VIEWS = frozenset({"healthz", "readyz", "metrics", "openapi_json", "docs"})
-#: Views the rate limit never refuses: an invoice's buyer has paid, and TEvo may not call again
-#: (a refused invoice would leave the hold to lapse and its tickets to go back on sale). An
-#: invoice sells at most the one hold it names, whose hold call was charged.
-UNLIMITED_VIEWS = frozenset({"create_invoice"})
 #: The header of a request's signature (when TEVO_HOLD_REQUIRE_SIGNATURE is on).
 SIGNATURE_HEADER = "X-Signature"
 log = logging.getLogger("tevo_hold")
@@ -368,7 +364,18 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     def create_invoice() -> Response:
         state = _state()
         data = _load(_INVOICE_REQUEST, state)
-        return _hold_response(state.service.invoice(**data), 201)
+        try:
+            outcome = state.service.invoice(**data)
+        except errors.RateLimited:
+            # Over the key's budget, a hold's first invoice is sold all the same: its buyer has
+            # paid, and TEvo may not call again (refused, the hold would lapse and its tickets
+            # go back on sale). The refused call ran nothing and took the charge with it, so
+            # this one runs uncharged. Any other invoice (a retry of one that failed or was
+            # sold, an unknown global_id) is refused like any call over the budget.
+            if not _first_invoice(state.service, data["global_id"]):
+                raise
+            outcome = state.service.invoice(**data)
+        return _hold_response(outcome, 201)
 
     # Any id is data: "/x", "a//b" and "x/" are global_ids too, so the id takes the rest of the
     # path as sent, and a trailing slash is not redirected either.
@@ -441,6 +448,20 @@ def _path_id(decoded: str) -> str:
     return check_id_bytes("global_id", raw[len(before) :])
 
 
+def _first_invoice(service: HoldService, global_id: str) -> bool:
+    """Whether an invoice of ``global_id`` would be its hold's first: the hold is there, held
+    (or lapsed), and no invoice was ever claimed for it."""
+    try:
+        hold = service.get(global_id=global_id)
+    except errors.HoldNotFound:
+        return False
+    return (
+        hold.status in (HoldStatus.HELD, HoldStatus.EXPIRED)
+        and hold.tevo_order_id is None
+        and hold.invoice_attempts == 0
+    )
+
+
 def _state() -> _State:
     state: _State = current_app.extensions[EXTENSION_KEY]
     return state
@@ -467,7 +488,7 @@ def _authenticate() -> None:
     state = _state()
     identity = state.authenticator.identify(given)
     observability.current().key_name = identity.name
-    if state.limits is not None and view not in UNLIMITED_VIEWS:
+    if state.limits is not None:
         charge_next_call(state.limits.charge(identity.name))
     if state.settings.require_signature:
         auth.verify_signature(
