@@ -323,11 +323,14 @@ OPERATIONS: tuple[Operation, ...] = (
                 "Retry once with the same body after a short back-off (it takes no more "
                 "tickets); if it fails again, treat the listing as unavailable, and release the "
                 "global_id so that no tickets stay held.",
-                "Either the POS refused the hold (a 4xx, say): nothing was held, and a release "
-                "of the global_id answers `404 hold_not_found`. Or the POS failed (a 5xx) and "
-                "may have held the tickets first: unless your retry completes the hold, the "
-                "seller's side releases them in the POS, and a release of the global_id "
-                "answers `200` (`released`).",
+                "Either the POS refused the hold (a 4xx, say): this attempt held nothing, and a "
+                "release of the global_id answers `404 hold_not_found` (or `200` when an "
+                "earlier attempt of this global_id timed out or answered late, and may have "
+                "held the tickets: the seller's side releases them in the POS). Or the POS "
+                "failed (a 5xx) and may have held the tickets first: unless your retry "
+                "completes the hold, the seller's side releases them in the POS, and a "
+                "release of the global_id answers `200` (`released`). Either answer to the "
+                "release is fine.",
             ),
             _unavailable(
                 "nothing was held",
