@@ -145,11 +145,24 @@ def test_revoke_of_an_unknown_name_is_not_found(store: KeyStore) -> None:
         store.revoke("nope")
 
 
-@pytest.mark.parametrize("name", ["", "has space", "x" * 65, "-dash-first", "env-1", "a/b"])
+@pytest.mark.parametrize(
+    "name", ["", "has space", "x" * 65, "-dash-first", "env-1", "a/b", "partner\n", "\nx"]
+)
 def test_malformed_or_reserved_names_are_refused(store: KeyStore, name: str) -> None:
     with pytest.raises(errors.InvalidRequest):
         store.create(name)
     assert store.list() == []
+
+
+def test_a_name_with_a_newline_at_its_end_is_no_second_key_that_reads_as_the_first(
+    store: KeyStore,
+) -> None:
+    """``$`` matches before a final newline: "partner\n" was made beside "partner", a second
+    key that every list and log line shows as the first."""
+    store.create("partner")
+    with pytest.raises(errors.InvalidRequest, match="Key name"):
+        store.create("partner\n")
+    assert [k.name for k in store.list()] == ["partner"]
 
 
 def test_a_name_is_used_once_even_after_revocation(store: KeyStore) -> None:
@@ -161,10 +174,10 @@ def test_a_name_is_used_once_even_after_revocation(store: KeyStore) -> None:
         store.create("tevo")
 
 
-def test_authenticator_names_environment_keys_by_position(store: KeyStore) -> None:
+def test_authenticator_names_environment_keys_by_their_digest(store: KeyStore) -> None:
     auth = Authenticator(("first", "second"), store)
-    assert auth.identify("first").name == "env-1"
-    assert auth.identify("second").name == "env-2"
+    assert auth.identify("first").name == "env-" + hashlib.sha256(b"first").hexdigest()[:8]
+    assert auth.identify("second").name == "env-" + hashlib.sha256(b"second").hexdigest()[:8]
     assert not auth.identify("second").managed
     _, plaintext = store.create("tevo")
     identity = auth.identify(plaintext)
@@ -172,6 +185,21 @@ def test_authenticator_names_environment_keys_by_position(store: KeyStore) -> No
     for wrong in ("third", "th_" + "y" * 43, plaintext + "x", plaintext[:-1]):
         with pytest.raises(errors.Unauthorized):
             auth.identify(wrong)
+
+
+def test_an_environment_key_keeps_its_name_whatever_keys_are_beside_it() -> None:
+    """Named by position, the documented rotation (add the new key, then remove the old one)
+    gave the new key the old one's name, and its rate-limit budget."""
+    old, new = "old-key-for-tevo", "new-key-for-tevo"
+    names = {
+        keys: {key: Authenticator(keys, None).identify(key).name for key in keys}
+        for keys in [(old,), (old, new), (new,), (new, old), ("other", new, old)]
+    }
+    assert {n[old] for n in names.values() if old in n} == {names[(old,)][old]}
+    assert {n[new] for n in names.values() if new in n} == {names[(new,)][new]}
+    assert names[(old,)][old] != names[(new,)][new]
+    for name in (names[(old,)][old], names[(new,)][new]):
+        assert name.startswith("env-") and old not in name and new not in name
 
 
 # -- through the API -------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from tevo_hold import (
 )
 from tevo_hold._flusher import Flusher
 from tevo_hold.adapters.http import HttpPosAdapter
+from tevo_hold.auth import env_name
 from tevo_hold.ledger import Backlog
 from tevo_hold.observability import PIPE_BUF, JsonFormatter, LineHandler
 from tevo_hold.worker import Worker
@@ -149,11 +150,11 @@ def test_one_json_access_line_per_request_with_key_name_and_global_id(
     made, got, refused = lines
     assert made["request_id"] == "rid-1"
     assert (made["method"], made["path"], made["status"]) == ("POST", "/v1/holds", 201)
-    assert (made["key"], made["global_id"]) == ("env-1", "obs-1")
+    assert (made["key"], made["global_id"]) == (env_name(API_KEY), "obs-1")
     assert made["logger"] == "tevo_hold.access" and made["level"] == "INFO"
     assert isinstance(made["duration_ms"], float) and made["duration_ms"] >= 0
     datetime.fromisoformat(made["ts"].replace("Z", "+00:00"))
-    assert (got["global_id"], got["status"], got["key"]) == ("obs-1", 200, "env-1")
+    assert (got["global_id"], got["status"], got["key"]) == ("obs-1", 200, env_name(API_KEY))
     assert (refused["status"], refused["code"], refused["key"]) == (401, "unauthorized", None)
     for record in records:
         assert API_KEY not in JsonFormatter().format(record)

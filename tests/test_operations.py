@@ -27,6 +27,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from tevo_hold import RedisInventoryAdapter, Settings, build_service, metrics
+from tevo_hold.auth import env_name
 from tevo_hold.cli import main
 
 from .redis_dump import everything_in
@@ -199,7 +200,7 @@ def test_the_boot_key_of_the_environment_keeps_working(server: Server) -> None:
     resp = server.call("GET", "/v1/holds/nope", BOOT_KEY, request_id="boot-1")
     assert resp.status_code == 404, resp.text
     (line,) = server.access({"boot-1"})
-    assert line["key"] == "env-1"
+    assert line["key"] == env_name(BOOT_KEY)
 
 
 # -- signatures ----------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Two kinds of API key are accepted:
 
 - **Environment keys**, ``TEVO_HOLD_API_KEYS`` (comma-separated): the bootstrap, compared in
-  constant time, named ``env-1``, ``env-2``, ... (their order in the setting) in logs and metrics.
+  constant time, each named in logs, metrics and the rate limit by :func:`env_name`: ``env-`` and
+  the first 8 hex digits of its SHA-256, the same whatever other keys the setting lists (a name by
+  position passed to the next key when one was removed, and with it the old key's rate limit).
 - **Managed keys**, made by ``tevo-hold keys create NAME`` and kept in Redis by :class:`KeyStore`.
   A managed key is ``th_`` and 43 URL-safe characters (32 random bytes). Redis holds only its
   SHA-256 digest: the plaintext is shown once, when it is made, and is found nowhere after. Plain
@@ -42,6 +44,7 @@ __all__ = [
     "Identity",
     "KeyStore",
     "digest_of",
+    "env_name",
     "sign",
     "string_to_sign",
     "verify_signature",
@@ -51,14 +54,27 @@ __all__ = [
 MANAGED_PREFIX = "th_"
 #: Characters of a managed key kept (with ``th_``) as its recognisable prefix.
 PREFIX_CHARS = 8
-#: Names of managed keys: letters, digits, ``.``, ``_``, ``-``; ``env-`` is reserved.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ENV_NAME = "env-{}"
+#: Names of managed keys: letters, digits, ``.``, ``_``, ``-``; ``env-`` is reserved. Matched
+#: whole (fullmatch): ``$`` also matches before a final newline, and "partner\n" passed for a
+#: second key that reads as "partner".
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: How an environment key is named: ``env-`` and this many hex digits of its SHA-256.
+ENV_NAME_CHARS = 8
 
 
 def digest_of(key: str) -> str:
     """The SHA-256 digest (hex) under which a managed key is stored."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def env_name(key: str) -> str:
+    """The name of the environment key ``key`` (TEVO_HOLD_API_KEYS) in logs, metrics and the
+    rate limit: ``env-`` and the first 8 hex digits of its SHA-256 (``printf %s "$KEY" |
+    sha256sum | cut -c1-8``). It depends on the key alone, so a key keeps its name and rate
+    limit while others are added or removed beside it, and a new key never takes an old one's.
+    32 bits of a digest tell nothing of a random key; they do confirm a guess of a guessable
+    one, as any use of such a key would."""
+    return "env-" + digest_of(key)[:ENV_NAME_CHARS]
 
 
 def _time(ms: object) -> datetime | None:
@@ -111,7 +127,7 @@ class KeyStore:
         Raises InvalidRequest if the name is malformed, reserved or already used (revoked keys
         keep their names).
         """
-        if not NAME_PATTERN.match(name) or name.startswith("env-"):
+        if not NAME_PATTERN.fullmatch(name) or name.startswith("env-"):
             raise errors.InvalidRequest(
                 f"Key name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
                 "letter or digit; names starting with 'env-' are reserved for TEVO_HOLD_API_KEYS."
@@ -201,9 +217,7 @@ class Authenticator:
     """Tells who sent a key: an environment key (constant-time) or a managed one (Redis)."""
 
     def __init__(self, env_keys: Sequence[str], store: KeyStore | None) -> None:
-        self._env = tuple(
-            (k.encode("utf-8"), ENV_NAME.format(n)) for n, k in enumerate(env_keys, start=1)
-        )
+        self._env = tuple((k.encode("utf-8"), env_name(k)) for k in env_keys)
         self.store = store
 
     def identify(self, sent: str) -> Identity:

@@ -162,7 +162,8 @@ class Settings:
         repr=False,
         metadata={
             "help": "comma-separated API keys; any one is accepted (rotate keys freely), "
-            "besides the managed keys of `tevo-hold keys`"
+            "besides the managed keys of `tevo-hold keys`; each is named env- and the first 8 "
+            "hex digits of its SHA-256 in logs, metrics and the rate limit"
         },
     )
     hold_ttl: float = field(default=900.0, metadata={"help": "seconds a hold lives"})
