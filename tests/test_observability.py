@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -306,6 +307,66 @@ def test_every_log_line_during_a_request_is_json_with_its_id(service: HoldServic
     assert "bug in the adapter" in error["exc_info"]
     assert (access["status"], access["code"]) == (500, "internal_error")
     assert API_KEY not in stream.getvalue()
+
+
+#: A path forging a second line in a plain-text log, then clearing the reader's terminal.
+FORGED = "x\n2026-11-30 09:00:00,000 CRITICAL vendor: \x1b[2Jadmin password reset\u2028by root"
+
+
+def test_a_plain_text_log_has_one_line_per_request_whatever_its_path(
+    service: HoldService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedding vendor routes tevo_hold's loggers into its own logging, often plain text,
+    which writes a message as it is: a path's newline (%0A) forged a log line there, and its ESC
+    sequence reached the terminal of whoever read the log. The messages escape what a client
+    chose; the JSON fields keep it as it came (JSON escapes it itself)."""
+
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    app = create_app({"TEVO_HOLD_API_KEYS": API_KEY, "TESTING": True}, service=service)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("tevo_hold")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    records: list[logging.LogRecord] = []
+    handler.addFilter(lambda record: records.append(record) or True)
+    try:
+        http = app.test_client()
+        path = "/v1/holds/" + quote(FORGED)  # as sent: %0A, %1B...
+        assert http.get(path, headers=AUTH).status_code == 404
+        monkeypatch.setattr(service, "get", broken)
+        assert http.get(path, headers=AUTH).status_code == 500
+        observability.flush_access_log()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    text = stream.getvalue()
+    for char in ("\x1b", "\u2028", "\r"):
+        assert char not in text
+    lines = [line for line in text.splitlines() if not line.startswith(("Traceback", " "))]
+    # the error's line (its traceback indented under it), then one access line per request
+    assert [line.split(":", 1)[0] for line in lines if "CRITICAL" in line] == [
+        "ERROR tevo_hold",
+        "INFO tevo_hold.access",
+        "INFO tevo_hold.access",
+    ]
+    escaped = "/v1/holds/x\\x0a2026-11-30 09:00:00,000 CRITICAL vendor: \\x1b[2Jadmin"
+    assert all(escaped in line for line in lines if "CRITICAL" in line)
+    access = [r for r in records if r.name == "tevo_hold.access"]
+    assert [json.loads(JsonFormatter().format(r))["path"] for r in access] == [
+        f"/v1/holds/{FORGED}"
+    ] * 2
+
+
+def test_printable_escapes_what_a_plain_text_log_would_write_raw() -> None:
+    assert observability.printable("/v1/holds/order-1 é") == "/v1/holds/order-1 é"
+    assert observability.printable("a\r\nb\x1b\x7f\x85\u2028\u202e\udc80") == (
+        "a\\x0d\\x0ab\\x1b\\x7f\\x85\\u2028\\u202e\\udc80"
+    )
 
 
 # -- /metrics ------------------------------------------------------------------------------------

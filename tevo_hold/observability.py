@@ -57,6 +57,7 @@ __all__ = [
     "current",
     "flush_access_log",
     "install",
+    "printable",
 ]
 
 ACCESS_LOG = logging.getLogger("tevo_hold.access")
@@ -217,6 +218,29 @@ def _cut(text: str, limit: int) -> str:
     return text[:keep] + CUT
 
 
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable written as its escape (``\\x1b``,
+    ``\\u2028``, ``\\udc80``): what a client chose (a method, a path) as a log *message* has it.
+
+    The JSON lines escape everything themselves, but a host app's plain-text handler writes the
+    message as it is: a path with a newline in it (``%0A``) was a second, forged log line there,
+    and an ESC sequence reached the terminal of whoever read the log. Not printable is
+    :meth:`str.isprintable`'s: the control characters (C0, DEL, C1), line and paragraph
+    separators, format characters (bidirectional overrides among them), surrogates and
+    characters unassigned or private; a space stays one.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def flush_access_log() -> None:
     """Log the access lines of the requests answered so far, now.
 
@@ -256,7 +280,8 @@ def flush_access_log() -> None:
             __file__,
             0,
             "%s %s %s",
-            (method, _cut(logged_path, MAX_MESSAGE_PATH_BYTES), status),
+            # escaped: a plain-text handler writes the message as it is (see printable)
+            (printable(method), _cut(printable(logged_path), MAX_MESSAGE_PATH_BYTES), status),
             None,
             extra={"fields": fields},
         )

@@ -876,5 +876,9 @@ def server_problem(status: int, detail: str) -> tuple[ServerProblem, bytes]:
 
 
 def _internal_error(exc: Exception) -> Response:
-    log.exception("unhandled error in %s %s", request.method, request.path)
+    log.exception(
+        "unhandled error in %s %s",
+        observability.printable(request.method),
+        observability.printable(request.path),
+    )
     return problem_response(errors.InternalError("An unexpected error occurred; it was logged."))
