@@ -372,6 +372,22 @@ def test_a_redis_down_at_start_up_is_logged_and_the_app_still_starts(caplog):
         app.extensions[EXTENSION_KEY].service.close()
 
 
+def test_proxy_hops_on_a_vendors_app_says_it_does_nothing_there(caplog):
+    """TEVO_HOLD_PROXY_HOPS wraps create_app's app only: the extension does not wrap the
+    vendor's wsgi_app (its other paths, its own proxy setup), and says so rather than let the
+    setting pass for one that works."""
+    settings = Settings(redis_url="redis://unused", api_keys=("vendor-key",), proxy_hops=1)
+    service = build_service(settings, client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    app = Flask("vendor")
+    with caplog.at_level(logging.WARNING, logger="tevo_hold"):
+        TevoHold(app, service=service, settings=settings)
+    assert "TEVO_HOLD_PROXY_HOPS applies to the app of create_app only" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tevo_hold"):
+        create_app({"TEVO_HOLD_PROXY_HOPS": "1", "TEVO_HOLD_API_KEYS": "k"}, service=service)
+    assert "TEVO_HOLD_PROXY_HOPS" not in caplog.text
+
+
 # -- the embedded default in several processes -------------------------------------------------
 
 

@@ -309,6 +309,39 @@ def test_every_log_line_during_a_request_is_json_with_its_id(service: HoldServic
     assert API_KEY not in stream.getvalue()
 
 
+@pytest.mark.parametrize(
+    ("hops", "forwarded", "logged"),
+    [
+        (0, None, "10.0.0.5"),
+        (0, "203.0.113.9", "10.0.0.5"),  # trusted from no one: a client may send it
+        (1, "203.0.113.9", "203.0.113.9"),
+        (1, "6.6.6.6, 203.0.113.9", "203.0.113.9"),  # what the client sent before the proxy's
+        (2, "6.6.6.6, 203.0.113.9", "6.6.6.6"),
+        (1, None, "10.0.0.5"),
+    ],
+)
+def test_the_access_log_names_the_client_behind_as_many_proxies_as_proxy_hops_says(
+    service: HoldService,
+    caplog: pytest.LogCaptureFixture,
+    hops: int,
+    forwarded: str | None,
+    logged: str,
+) -> None:
+    """Behind nginx every line named nginx (10.0.0.5 here): nothing read the X-Forwarded-For
+    that the documented nginx setup sends. TEVO_HOLD_PROXY_HOPS=N trusts its last N addresses,
+    and no more, so a client cannot choose the address logged for it; 0 (the default) none."""
+    caplog.set_level(logging.INFO, logger="tevo_hold.access")
+    config = {"TEVO_HOLD_API_KEYS": API_KEY, "TEVO_HOLD_PROXY_HOPS": hops, "TESTING": True}
+    http = create_app(config, service=service).test_client()
+    headers = {**AUTH, "X-Request-ID": f"hops-{hops}"}
+    if forwarded is not None:
+        headers["X-Forwarded-For"] = forwarded
+    resp = http.get("/v1/holds/nope", headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.5"})
+    assert resp.status_code == 404
+    (record,) = access_records(caplog)
+    assert record.fields["remote_addr"] == logged  # type: ignore[attr-defined]
+
+
 #: A path forging a second line in a plain-text log, then clearing the reader's terminal.
 FORGED = "x\n2026-11-30 09:00:00,000 CRITICAL vendor: \x1b[2Jadmin password reset\u2028by root"
 

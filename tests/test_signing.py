@@ -207,6 +207,48 @@ def test_signing_is_off_by_default_and_x_signature_then_ignored(service: HoldSer
     assert resp.status_code == 201, resp.get_data(as_text=True)
 
 
+def test_behind_a_trusted_proxy_the_host_signed_is_still_the_one_sent(
+    service: HoldService,
+) -> None:
+    """TEVO_HOLD_PROXY_HOPS trusts X-Forwarded-For and -Proto only: a Host taken from
+    X-Forwarded-Host (or a path from X-Forwarded-Prefix) would be signed as the proxy's
+    client says, not as the request came."""
+    service.adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+    config = {
+        "TEVO_HOLD_API_KEYS": API_KEY,
+        "TEVO_HOLD_REQUIRE_SIGNATURE": "1",
+        "TEVO_HOLD_PROXY_HOPS": "1",
+        "TESTING": True,
+    }
+    http = create_app(config, service=service).test_client()
+    forwarded = {
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Prefix": "/elsewhere",
+    }
+    body = hold_body()
+    sig = signature(API_KEY, b"POST pos.example.com/v1/holds?" + body)
+    headers = {"X-API-Key": API_KEY, "X-Signature": sig, **forwarded}
+    resp = http.post(
+        "/v1/holds",
+        data=body,
+        headers=headers,
+        content_type="application/json",
+        base_url=f"http://{HOST}:8443",
+    )
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    forged = signature(API_KEY, b"POST evil.example/elsewhere/v1/holds?" + hold_body("g2"))
+    resp = http.post(
+        "/v1/holds",
+        data=hold_body("g2"),
+        headers={**headers, "X-Signature": forged},
+        content_type="application/json",
+        base_url=f"http://{HOST}:8443",
+    )
+    assert_invalid_signature(resp)
+
+
 def get_signed(http: FlaskClient, path: str, message: bytes, host: str = HOST) -> TestResponse:
     headers = {"X-API-Key": API_KEY, "X-Signature": signature(API_KEY, message), "Host": host}
     return http.get(path, headers=headers, base_url=f"https://{HOST}")

@@ -9,10 +9,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .adapters.redis_inventory import load_inventory
 from .service import HoldService
-from .settings import PREFIX
+from .settings import PREFIX, Settings
 from .web import TevoHold
 
 __all__ = ["create_app", "load_inventory"]
@@ -48,10 +49,22 @@ def create_app(
     read once, here. In the embedded mode (no Redis URL) the in-memory store starts with the
     listings of ``TEVO_HOLD_INVENTORY_FILE``, or the demo listings (see
     :func:`tevo_hold.connection.connect`).
+
+    With ``TEVO_HOLD_PROXY_HOPS`` = N > 0 the app trusts the last N addresses of
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` (werkzeug's ProxyFix): the access log's
+    ``remote_addr`` is the client's, not the proxy's. Never the ``Host`` or prefix headers: a
+    request's signature covers its Host and path as sent.
     """
     # No static folder: the app serves the API only (Flask would route /static/<filename>).
     app = _App("tevo_hold", static_folder=None)
     app.config.update({k: v for k, v in os.environ.items() if k.startswith(PREFIX)})
     app.config.update(config or {})
-    TevoHold(app, service=service)  # it logs what the settings leave open (no keys, memory)
+    settings = Settings.from_mapping(app.config)
+    hops = settings.proxy_hops
+    if hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
+        )
+    # it logs what the settings leave open (no keys, memory)
+    TevoHold(app, service=service, settings=settings)
     return app

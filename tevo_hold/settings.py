@@ -255,6 +255,15 @@ class Settings:
             "(e.g. '600 per minute', '20/second; 1000/hour'); off: no limit"
         },
     )
+    proxy_hops: int = field(
+        default=0,
+        metadata={
+            "help": "the bundled server (create_app): how many proxies in front of it append "
+            "to X-Forwarded-For and set X-Forwarded-Proto, trusted for the client's address "
+            "in the access log; 0: none, the peer's address (never more than there are, or "
+            "clients choose their logged address)"
+        },
+    )
 
     @property
     def embedded(self) -> bool:
@@ -395,6 +404,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "pos_health_path": _optional_str,
     "require_signature": _bool,
     "rate_limit": _rate_limit,
+    "proxy_hops": _non_negative_int,
 }
 
 

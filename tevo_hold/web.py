@@ -34,6 +34,7 @@ from flask import Blueprint, Flask, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import PathConverter, RoutingException
 
 from . import auth, errors, metrics, observability, ratelimit
@@ -198,7 +199,7 @@ class TevoHold:
         observability.install(app, state.serves)
         _answer_http_errors(app, state)
         app.extensions[EXTENSION_KEY] = state
-        _warn_of_gaps(state)
+        _warn_of_gaps(app, state)
         if state.store == "memory" and not isinstance(service.adapter, RedisInventoryAdapter):
             _start_embedded_worker(app, state)
         # For the worker and the CLI, which refuse to call another POS than this one.
@@ -262,8 +263,15 @@ def _answer_http_errors(app: Flask, state: _State) -> None:
     app.handle_http_exception = handle_http_exception  # type: ignore[method-assign, assignment]
 
 
-def _warn_of_gaps(state: _State) -> None:
-    """Log, once at start, what the settings leave open: no API key, or state in memory."""
+def _warn_of_gaps(app: Flask, state: _State) -> None:
+    """Log, once at start, what the settings leave open: no API key, or state in memory; and
+    TEVO_HOLD_PROXY_HOPS set on an app that create_app did not make, where it does nothing."""
+    if state.settings.proxy_hops and not isinstance(app.wsgi_app, ProxyFix):
+        log.warning(
+            "TEVO_HOLD_PROXY_HOPS applies to the app of create_app only: this app trusts no "
+            "X-Forwarded-For. Wrap its wsgi_app in werkzeug's ProxyFix yourself (x_for and "
+            "x_proto only: a signed request's Host is signed as sent)."
+        )
     if not state.accepted_keys:
         log.warning(
             "TEVO_HOLD_API_KEYS is empty: only managed keys (tevo-hold keys create NAME) are "
