@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -37,6 +38,7 @@ from tevo_hold import (
     errors,
     metrics,
     observability,
+    web,
 )
 from tevo_hold._flusher import Flusher
 from tevo_hold.adapters.http import HttpPosAdapter
@@ -772,6 +774,150 @@ def test_readyz_asks_the_pos_when_its_adapter_can_tell(
     resp = app.test_client().get("/readyz")
     assert resp.status_code == status
     assert resp.json is not None and resp.json["checks"] == {"redis": "ok", "pos": pos}
+
+
+class SlowPos(Pos):
+    """A POS whose ready() counts its calls, then answers ``answer`` once ``go`` is set (or
+    after 10 s: the old /readyz, which waited for it, then answered)."""
+
+    def __init__(self, answer: bool = True, *, go: bool = False) -> None:
+        super().__init__(answer)
+        self.calls = 0
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        if go:
+            self.go.set()
+        self._lock = threading.Lock()
+
+    def ready(self) -> bool | None:
+        with self._lock:
+            self.calls += 1
+        self.entered.set()
+        self.go.wait(10)
+        return super().ready()
+
+
+def readiness_app(
+    service: HoldService, pos: PosAdapter, budget: str = "30"
+) -> tuple[Flask, list[float]]:
+    """An app asking ``pos`` for /readyz, whose readiness reads the clock it returns (frozen
+    until a test moves it: a reading then serves for as long as the test says)."""
+    config = {"TEVO_HOLD_API_KEYS": "k", "TEVO_HOLD_POS_BUDGET": budget, "TESTING": True}
+    app = create_app(config, service=HoldService(service.ledger, pos))
+    now = [0.0]
+    app.extensions["tevo_hold"].readiness.clock = lambda: now[0]
+    return app, now
+
+
+def test_a_flood_of_readyz_makes_one_pos_call_not_one_each(service: HoldService) -> None:
+    """/readyz needs no key and no rate limit, and asked the POS on every request: a flood of
+    anonymous ones was as many POS calls, each holding a server thread for the POS's answer
+    time (TEvo's holds waited 9 s behind 40 flooding threads). One run of the checks at a time
+    now, its reading served to every request for a second."""
+    pos = SlowPos()
+    app, _ = readiness_app(service, pos)
+    answers: list[int] = []
+
+    def probe() -> None:
+        answers.append(app.test_client().get("/readyz").status_code)
+
+    threads = [threading.Thread(target=probe) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    assert pos.entered.wait(10)
+    pos.go.set()
+    for thread in threads:
+        thread.join(30)
+    assert answers == [200] * 20
+    assert pos.calls == 1
+    for _ in range(20):  # and after it, while the reading is fresh
+        assert app.test_client().get("/readyz").status_code == 200
+    assert pos.calls == 1
+
+
+def readiness_runs_end() -> None:
+    """Wait for the runs of readiness checks under way in this process to end."""
+    for thread in threading.enumerate():
+        if thread.name == "tevo-hold-readyz":
+            thread.join(10)
+
+
+def test_readyz_sees_the_pos_go_down_once_its_reading_is_a_second_old(
+    service: HoldService,
+) -> None:
+    pos = SlowPos(go=True)
+    app, now = readiness_app(service, pos)
+    http = app.test_client()
+    assert http.get("/readyz").status_code == 200
+    pos.answer = False
+    assert http.get("/readyz").status_code == 200  # the reading of a moment ago
+    now[0] += web.READINESS_MAX_AGE
+    pos.go.clear()
+    pos.entered.clear()
+    # requests keep coming: the reading a second old answers while a new run asks the POS
+    assert http.get("/readyz").status_code == 200
+    assert pos.entered.wait(10)
+    pos.go.set()
+    readiness_runs_end()
+    down = http.get("/readyz")
+    assert down.status_code == 503
+    assert down.json is not None and down.json["checks"] == {"redis": "ok", "pos": "unavailable"}
+    assert pos.calls == 2
+    # after a lull (a load balancer asking every few seconds) the request waits for the POS
+    pos.answer = True
+    now[0] += 2 * web.READINESS_MAX_AGE
+    assert http.get("/readyz").status_code == 200
+    assert pos.calls == 3
+
+
+def test_a_pos_that_hangs_holds_readyz_no_longer_than_the_pos_budget(
+    service: HoldService,
+) -> None:
+    """The check's run is a thread of its own: a request waits for it until the POS budget
+    after it began, then says the POS is unavailable; later ones answer so at once, and no
+    second call goes out while the first hangs."""
+    pos = SlowPos()
+    app, _ = readiness_app(service, pos, budget="0.2")
+    app.extensions["tevo_hold"].readiness.clock = time.monotonic
+    http = app.test_client()
+    try:
+        for _ in range(3):
+            resp = http.get("/readyz")
+            assert resp.status_code == 503
+            assert resp.json is not None
+            assert resp.json["checks"] == {"redis": "ok", "pos": "unavailable"}
+        assert pos.calls == 1
+    finally:
+        pos.go.set()
+    readiness_runs_end()
+    assert http.get("/readyz").status_code == 200  # the POS answered in the end
+
+
+def test_readyz_calls_the_pos_health_path_once_for_many_requests(service: HoldService) -> None:
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None: ...
+
+    with http_server(Handler) as base:
+        adapter = HttpPosAdapter(base, health_path="/health", timeout=1)
+        try:
+            app, now = readiness_app(service, adapter)
+            http = app.test_client()
+            assert {http.get("/readyz").status_code for _ in range(50)} == {200}
+            assert hits == ["/health"]
+            now[0] += web.READINESS_MAX_AGE
+            assert {http.get("/readyz").status_code for _ in range(50)} == {200}
+            readiness_runs_end()
+            assert hits == ["/health"] * 2
+        finally:
+            adapter.close()
 
 
 @pytest.fixture

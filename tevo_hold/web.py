@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +114,8 @@ class _State:
         self.worker_stop: threading.Event | None = None
         #: The worker's backlog, read from the service's Redis when /metrics is.
         self.backlog = metrics.BacklogCollector(service.ledger.backlog)
+        #: The checks of /readyz, made at most once a second by one thread (see _Readiness).
+        self.readiness = _Readiness(_readiness_checks(service, store), wait=settings.pos_budget)
         #: The rate limits of every API key (None: TEVO_HOLD_RATE_LIMIT=off).
         self.limits = (
             None
@@ -566,29 +570,142 @@ def _readiness() -> Response:
     """200 when Redis answers (and the POS, if its adapter can tell); else a 503 problem.
 
     ``store`` says where the state lives: ``redis``, or ``memory`` in the embedded mode, where
-    there is no Redis to check (the in-process store cannot be down while this answers).
+    there is no Redis to check (the in-process store cannot be down while this answers). The
+    checks are :class:`_Readiness`'s: made at most once a second, by one thread.
     """
     state = _state()
-    service, store = state.service, state.store
-    checks: dict[str, str] = {}
-    if store == "redis":
-        try:
-            with translate_errors():
-                service.ledger.client.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:
-            log.warning("readyz: Redis does not answer: %s", type(exc).__name__)
-            checks["redis"] = "unavailable"
-    try:
-        pos = service.adapter.ready()
-    except Exception as exc:
-        log.warning("readyz: the POS check failed: %s", type(exc).__name__)
-        pos = False
-    checks["pos"] = "unknown" if pos is None else "ok" if pos else "unavailable"
-    down = sorted(name for name, state in checks.items() if state == "unavailable")
+    checks = state.readiness()
+    down = sorted(name for name, check in checks.items() if check == "unavailable")
     if down:
         raise errors.NotReady(f"Not ready: {', '.join(down)} unavailable.", checks=checks)
-    return _json({"status": "ok", "store": store, "checks": checks}, 200)
+    return _json({"status": "ok", "store": state.store, "checks": checks}, 200)
+
+
+#: Seconds one reading of the readiness checks serves a process's /readyz (see _Readiness).
+READINESS_MAX_AGE = 1.0
+
+
+class _Reading:
+    """One run of the readiness checks: what it found so far, when it must have ended, and the
+    reading that stands in for it meanwhile (None: requests wait for this one)."""
+
+    __slots__ = ("deadline", "done", "found", "meanwhile", "pid", "started")
+
+    def __init__(self, started: float, wait: float, meanwhile: dict[str, str] | None) -> None:
+        self.started = started
+        self.deadline = started + wait
+        self.meanwhile = meanwhile
+        self.done = threading.Event()
+        self.found: dict[str, str] = {}
+        self.pid = os.getpid()
+
+
+class _Readiness:
+    """The checks of ``GET /readyz``, each a name and a function answering ``ok``, ``unknown``
+    or ``unavailable`` (or raising: ``unavailable``); calling it answers them all, by name.
+
+    ``/readyz`` needs no key and no rate limit, and its checks call out: Redis's PING, and the
+    adapter's ``ready()``, which for the ``http`` adapter is a request to the POS. Made per
+    request, a flood of anonymous ``/readyz`` was as many requests to the vendor's POS, each
+    holding a server thread for the POS's answer time: with a health path answering in 1.9 s,
+    40 threads flooding ``/readyz`` held TEvo's holds 9 seconds. So:
+
+    - one run of the checks at a time, in a thread of its own, and its reading serves every
+      ``/readyz`` for ``max_age`` seconds after it ends (as :class:`metrics.BacklogCollector`'s
+      reading of the backlog does): at most one POS call in flight, about one a second;
+    - while a run is under way, a reading that was under ``2 * max_age`` seconds old when it
+      began (requests keep coming: a flood, or a busy load balancer) answers at once; else
+      (the first request, or one after a lull, whose reading would be old news) a request
+      waits for the run;
+    - never past ``wait`` seconds (the POS budget) after the run began: from then on a
+      request answers at once with what the run found in time, a check not done being
+      ``unavailable``. A POS that hangs keeps no thread longer than that.
+
+    So a POS that goes down shows within ``2 * max_age`` seconds and its own answer's time,
+    and one that hangs within ``wait``.
+    """
+
+    def __init__(
+        self,
+        checks: Sequence[tuple[str, Callable[[], str]]],
+        *,
+        wait: float,
+        max_age: float = READINESS_MAX_AGE,
+    ) -> None:
+        self.checks = tuple(checks)
+        self.wait = wait
+        self.max_age = max_age
+        #: The clock of the reading's age and the wait (tests move one of their own).
+        self.clock: Callable[[], float] = time.monotonic
+        self._lock = threading.Lock()
+        #: The last reading and when its run ended; the run under way, if any.
+        self._last: tuple[float, dict[str, str]] | None = None
+        self._running: _Reading | None = None
+
+    def __call__(self) -> dict[str, str]:
+        with self._lock:
+            now = self.clock()
+            last = self._last
+            if last is not None and now - last[0] < self.max_age:
+                return dict(last[1])
+            reading = self._running
+            start = reading is None or reading.pid != os.getpid()  # none, or a forked parent's
+            if start:
+                recent = last is not None and now - last[0] < 2 * self.max_age
+                reading = _Reading(now, self.wait, last[1] if last and recent else None)
+                self._running = reading
+        assert reading is not None
+        if start:
+            try:
+                threading.Thread(
+                    target=self._run, args=(reading,), name="tevo-hold-readyz", daemon=True
+                ).start()
+            except RuntimeError:  # the process's threads are at their limit: check here
+                self._run(reading)
+        left = reading.deadline - self.clock()
+        if reading.meanwhile is not None and left > 0 and not reading.done.is_set():
+            return dict(reading.meanwhile)
+        if reading.done.wait(max(0.0, left)):
+            return dict(reading.found)
+        found = dict(reading.found)  # what the run found in time; the rest did not answer
+        return {name: found.get(name, "unavailable") for name, _ in self.checks}
+
+    def _run(self, reading: _Reading) -> None:
+        try:
+            for name, check in self.checks:
+                try:
+                    reading.found[name] = check()
+                except Exception as exc:
+                    log.warning("readyz: the %s check failed: %s", name, type(exc).__name__)
+                    reading.found[name] = "unavailable"
+        finally:
+            ended = self.clock()
+            if ended > reading.deadline:
+                log.warning(
+                    "readyz: the checks took %.1f s, past the %.1f s a /readyz waits for them",
+                    ended - reading.started,
+                    self.wait,
+                )
+            with self._lock:
+                self._last = (ended, dict(reading.found))
+                if self._running is reading:
+                    self._running = None
+            reading.done.set()
+
+
+def _readiness_checks(service: HoldService, store: str) -> list[tuple[str, Callable[[], str]]]:
+    """The checks of /readyz for ``service``: Redis (not in the embedded mode), and the POS."""
+
+    def redis() -> str:
+        with translate_errors():
+            service.ledger.client.ping()
+        return "ok"
+
+    def pos() -> str:
+        ready = service.adapter.ready()
+        return "unknown" if ready is None else "ok" if ready else "unavailable"
+
+    return [("redis", redis), ("pos", pos)] if store == "redis" else [("pos", pos)]
 
 
 def _reject_constant(name: str) -> Any:
