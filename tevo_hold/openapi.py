@@ -637,7 +637,9 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="Readiness check",
         description=(
             "Answers `200` when Redis answers (and the POS, when its adapter can tell); needs no "
-            "API key. For load balancers: take the server out of rotation on `503`."
+            "API key. For load balancers: take the server out of rotation on `503`. Each server "
+            "process checks at most about once a second and answers with its last reading in "
+            "between; a deployment may answer it to its load balancer only."
         ),
         success=200,
         success_description=(
@@ -679,7 +681,8 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="Prometheus metrics",
         description=(
             "Counters and histograms in Prometheus' text format, summed over every worker "
-            "process; needs no API key (protect it at the proxy if it must not be public)."
+            "process; needs no API key. Its counts (holds, sales, failures) are the seller's: a "
+            "deployment answers it to its own monitoring only."
         ),
         success=200,
         success_description="The metrics.",
