@@ -117,6 +117,19 @@ def test_the_operations_guide_lists_every_setting(site: Path) -> None:
     assert "maxmemory-policy noeviction" in html
 
 
+def test_no_guide_puts_a_secret_of_tevo_hold_check_in_its_command_line() -> None:
+    """The guides showed ``tevo-hold check ... --api-key "$KEY" --redis-url "$URL"``: the key and
+    the Redis password in argv, readable by any user of the host (``/proc/PID/cmdline``) while
+    it runs. The command reads both from the environment instead (TEVO_HOLD_CHECK_API_KEY,
+    TEVO_HOLD_REDIS_URL); a literal demo key (the README's quick start) is no secret."""
+    secret_argument = re.compile(r"--(?:api-key|redis-url)[ =]\"?\$")
+    for page in [*DOCS.glob("*.md"), ROOT / "README.md"]:
+        text = page.read_text("utf-8")
+        assert not secret_argument.search(text), (page.name, secret_argument.findall(text))
+    for page in (DOCS / "operations.md", DOCS / "pos-vendors.md"):
+        assert "TEVO_HOLD_CHECK_API_KEY" in page.read_text("utf-8"), page.name
+
+
 def test_the_integration_guide_says_429_is_retried_after_retry_after() -> None:
     """The guide once had Retry-After come with 409 and 503 only, and its Retries table put 429
     under "any other 4xx: do not retry unchanged", though the server sends Retry-After on it
