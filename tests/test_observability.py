@@ -893,6 +893,41 @@ def test_a_pos_that_hangs_holds_readyz_no_longer_than_the_pos_budget(
     assert http.get("/readyz").status_code == 200  # the POS answered in the end
 
 
+class HangsOnce(SlowPos):
+    """A POS whose first ready() hangs until ``go`` is set; every later one answers at once."""
+
+    def ready(self) -> bool | None:
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+        self.entered.set()
+        if first:
+            self.go.wait(10)
+        return self.answer
+
+
+def test_a_readiness_check_that_hung_once_is_given_up_and_asked_again(
+    service: HoldService,
+) -> None:
+    """A run that hung kept every later /readyz answering from it: 503 for good, although the
+    POS answered at once again. A reading's age after its deadline, it is given up."""
+    pos = HangsOnce()
+    app, now = readiness_app(service, pos, budget="0.2")
+    http = app.test_client()
+    try:
+        assert http.get("/readyz").status_code == 503  # waited the budget for the hung call
+        now[0] = 0.2 + web.READINESS_MAX_AGE / 2
+        assert http.get("/readyz").status_code == 503 and pos.calls == 1  # not yet given up
+        now[0] = 0.2 + web.READINESS_MAX_AGE
+        again = http.get("/readyz")
+        assert again.status_code == 200, again.json
+        assert pos.calls == 2
+    finally:
+        pos.go.set()
+    readiness_runs_end()
+    assert http.get("/readyz").status_code == 200  # the late answer of the hung run changes nothing
+
+
 def test_readyz_calls_the_pos_health_path_once_for_many_requests(service: HoldService) -> None:
     hits: list[str] = []
 

@@ -583,6 +583,8 @@ def _readiness() -> Response:
 
 #: Seconds one reading of the readiness checks serves a process's /readyz (see _Readiness).
 READINESS_MAX_AGE = 1.0
+#: Runs of the readiness checks under way at most, those given up on included (see _Readiness).
+READINESS_MAX_RUNS = 3
 
 
 class _Reading:
@@ -621,6 +623,10 @@ class _Readiness:
       request answers at once with what the run found in time, a check not done being
       ``unavailable``. A POS that hangs keeps no thread longer than that.
 
+    - a run still under way ``max_age`` after its deadline is given up: the next request starts
+      another (at most READINESS_MAX_RUNS under way at once, hung ones included), so a check
+      that hangs once does not keep ``/readyz`` at 503 once the POS answers again.
+
     So a POS that goes down shows within ``2 * max_age`` seconds and its own answer's time,
     and one that hangs within ``wait``.
     """
@@ -641,6 +647,8 @@ class _Readiness:
         #: The last reading and when its run ended; the run under way, if any.
         self._last: tuple[float, dict[str, str]] | None = None
         self._running: _Reading | None = None
+        #: Runs whose thread has not ended (one given up on included).
+        self._in_flight = 0
 
     def __call__(self) -> dict[str, str]:
         with self._lock:
@@ -649,11 +657,19 @@ class _Readiness:
             if last is not None and now - last[0] < self.max_age:
                 return dict(last[1])
             reading = self._running
-            start = reading is None or reading.pid != os.getpid()  # none, or a forked parent's
+            if reading is not None and reading.pid != os.getpid():  # a forked parent's run
+                reading, self._in_flight = None, 0  # its threads are not in this process
+            start = (
+                reading is None
+                # a run that hangs past its deadline is given up a reading's age later, or
+                # /readyz would answer from it for good; a few at most, should each hang
+                or (now >= reading.deadline + self.max_age and self._in_flight < READINESS_MAX_RUNS)
+            )
             if start:
                 recent = last is not None and now - last[0] < 2 * self.max_age
                 reading = _Reading(now, self.wait, last[1] if last and recent else None)
                 self._running = reading
+                self._in_flight += 1
         assert reading is not None
         if start:
             try:
@@ -687,9 +703,10 @@ class _Readiness:
                     self.wait,
                 )
             with self._lock:
-                self._last = (ended, dict(reading.found))
+                self._in_flight -= 1
                 if self._running is reading:
                     self._running = None
+                    self._last = (ended, dict(reading.found))
             reading.done.set()
 
 
