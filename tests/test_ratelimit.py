@@ -109,6 +109,29 @@ def test_other_invoices_over_the_limit_are_refused(service: HoldService) -> None
     assert service.adapter.stock("L1").sold == 1  # type: ignore[attr-defined]
 
 
+def test_a_lapsed_holds_refused_first_invoice_is_its_only_one_past_the_budget(
+    service: HoldService,
+) -> None:
+    """A lapsed hold whose tickets are gone answers its first invoice 410 and is given back as
+    it was: judged by its fields alone, every invoice after it was a 'first' again, and got
+    past the budget to ask the inventory (or a vendor's POS) once more."""
+    quick = HoldService(service.ledger, service.adapter, hold_ttl=0.05)
+    http = make_app(quick)
+    key = {"X-API-Key": "key-a"}
+    body = {"remote_id": "L1", "quantity": 100, "global_id": "g"}
+    assert http.post("/v1/holds", json=body, headers=key).status_code == 201
+    time.sleep(0.1)  # it lapses
+    body = {"remote_id": "L1", "quantity": 100, "global_id": "other"}
+    assert http.post("/v1/holds", json=body, headers=key).status_code == 201  # takes them all
+    assert http.get("/v1/holds/g", headers=key).status_code == 200  # the budget is spent
+    assert_rate_limited(hold(http, "g3"))
+    first = http.post("/v1/invoices", json={"global_id": "g", "tevo_order_id": 1}, headers=key)
+    assert first.status_code == 410, first.json
+    for order in (1, 2, 3):
+        again = {"global_id": "g", "tevo_order_id": order}
+        assert_rate_limited(http.post("/v1/invoices", json=again, headers=key))
+
+
 def test_apps_on_one_redis_share_the_budget(service: HoldService) -> None:
     first, second = make_app(service), make_app(service)
     assert hold(first, "g1").status_code == 201

@@ -462,15 +462,18 @@ def _path_id(decoded: str) -> str:
 
 def _first_invoice(service: HoldService, global_id: str) -> bool:
     """Whether an invoice of ``global_id`` would be its hold's first: the hold is there, held
-    (or lapsed), and no invoice was ever claimed for it."""
+    (or lapsed), and no invoice was ever asked for it, by its audit trail. (Its fields alone do
+    not tell: a lapsed hold's first invoice, refused for want of tickets, gives the hold back as
+    it was, and each invoice after it got past the budget and called the POS again.)"""
     try:
-        hold = service.get(global_id=global_id)
+        hold = service.get(global_id=global_id, history=True)
     except errors.HoldNotFound:
         return False
     return (
         hold.status in (HoldStatus.HELD, HoldStatus.EXPIRED)
         and hold.tevo_order_id is None
         and hold.invoice_attempts == 0
+        and not any(event.event == "invoice_requested" for event in hold.events)
     )
 
 
