@@ -466,7 +466,7 @@ def test_the_demo_key_opens_only_the_embedded_store_the_extension_built_itself(c
     refused = http.post("/v1/holds", json=body, headers={"X-API-Key": "demo-key"})
     assert refused.status_code == 401 and refused.json["code"] == "unauthorized"
     assert service.adapter.stock("L").held == 0  # type: ignore[attr-defined]
-    assert "only managed keys" in caplog.text and "embedded default" not in caplog.text
+    assert "Set TEVO_HOLD_API_KEYS" in caplog.text and "embedded default" not in caplog.text
     vendor = Flask("vendor")
     TevoHold(vendor, service=service, settings=settings)
     assert (
@@ -551,3 +551,13 @@ def test_a_process_forked_after_the_app_loaded_runs_its_worker_and_sweep_threads
         state.worker_stop.set()
     stopped = _threads_in_a_forked_child(("embedded-worker-",), wait=0.5)
     assert stopped == {"embedded-worker-": False}  # an app's stopped worker stays stopped
+
+
+def test_a_service_in_memory_handed_in_without_keys_says_to_set_keys(caplog):
+    """tevo-hold keys create cannot reach a store in this process's memory: the warning that
+    pointed there left such an app answering 401 with no way out it named."""
+    caplog.set_level(logging.WARNING, logger="tevo_hold")
+    app = Flask("vendor")
+    TevoHold(app, service=build_service(Settings()))
+    assert "where tevo-hold keys create cannot reach" in caplog.text
+    assert "only managed keys" not in caplog.text

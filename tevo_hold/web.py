@@ -276,7 +276,14 @@ def _warn_of_gaps(app: Flask, state: _State) -> None:
             "X-Forwarded-For. Wrap its wsgi_app in werkzeug's ProxyFix yourself (x_for and "
             "x_proto only: a signed request's Host is signed as sent)."
         )
-    if not state.accepted_keys:
+    if not state.accepted_keys and state.in_process:
+        log.warning(
+            "TEVO_HOLD_API_KEYS is empty and the service handed in keeps its state in this "
+            "process's memory, where tevo-hold keys create cannot reach: every API call "
+            "answers 401. Set TEVO_HOLD_API_KEYS (the demo key opens only the store the "
+            "extension builds itself)."
+        )
+    elif not state.accepted_keys:
         log.warning(
             "TEVO_HOLD_API_KEYS is empty: only managed keys (tevo-hold keys create NAME) are "
             "accepted; until one is made, every API call answers 401."
