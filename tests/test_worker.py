@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import signal
 import threading
 import time
@@ -623,3 +624,31 @@ def test_the_cli_lists_retries_and_shows(pos, env):
     assert not_failed.exit_code == 1 and "not invoice_failed" in not_failed.stderr
     unknown = cli(env, "holds", "show", "nope")
     assert unknown.exit_code == 1 and "hold_not_found" in unknown.stderr
+
+
+def test_what_a_pos_said_is_one_line_of_a_plain_text_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A POS's error text reaches the worker's log message: with a newline and an ESC in it, a
+    host app's plain-text log had a forged second line and a terminal escape."""
+    import fakeredis
+
+    from tevo_hold import KeySpace, Ledger
+    from tevo_hold.errors import PosError
+
+    from .recording_pos import RecordingPos
+
+    class Refusing(RecordingPos):
+        def __init__(self) -> None:
+            self.calls = []
+
+        def release(self, *, global_id: str, remote_id: str, quantity: int) -> None:
+            raise PosError("no\n2026-11-30 CRITICAL forged \x1b[2J line")
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    service = HoldService(Ledger(client, keys=KeySpace()), Refusing(), hold_ttl=0.01)
+    service.hold(remote_id="R", quantity=1, global_id="g")
+    time.sleep(0.05)  # it lapses: its release in the POS is due
+    caplog.set_level(logging.WARNING, logger="tevo_hold.worker")
+    assert Worker(service, name="w").run_once() == 1
+    (message,) = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert "\n" not in message and "\x1b" not in message
+    assert "no\\x0a2026-11-30 CRITICAL forged \\x1b[2J line" in message

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from . import errors, metrics
 from ._redis import RedisClient, fail_fast
+from ._text import printable
 from ._unique import unique_hex
 from .adapters.base import PosAdapter
 from .adapters.redis_inventory import RedisInventoryAdapter
@@ -171,7 +172,7 @@ class HoldService:
             "POS's slowest hold call (%s)",
             global_id,
             self.lease,
-            detail,
+            printable(detail),  # the POS's own words may be in it
         )
         self.ledger.lost_hold(
             global_id, remote_id, quantity, ttl=self.hold_ttl, detail=detail, actor=actor

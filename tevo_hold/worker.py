@@ -21,6 +21,7 @@ import threading
 import uuid
 
 from . import errors, metrics
+from ._text import printable
 from .ledger import DueItem
 from .models import HoldStatus
 from .service import HoldService, adapter_call, describe_error
@@ -116,7 +117,7 @@ class Worker:
                 actor,
                 _WHAT[item.kind],
                 gid,
-                detail,
+                printable(detail),  # the POS's own words may be in it
                 exc_info=not isinstance(exc, errors.TevoHoldError),
             )
             if item.kind == "i":
