@@ -39,7 +39,7 @@ from .servers import ROOT, free_port, serving
 
 API_KEY = "checker-key"
 ROW = re.compile(r"^(?P<name>\S.*?)\s{2,}(?P<result>PASS|FAIL|SKIP)\b(?P<rest>.*)$")
-EVERY_CHECK = 26
+EVERY_CHECK = 27
 PROBLEM = "application/problem+json"
 
 
@@ -226,6 +226,8 @@ class Flaws:
     retry_takes_again: bool = False  # a hold's retry replays it, and takes its tickets again
     copies_race: bool = False  # identical holds at once each make the hold (no in-progress)
     negative_ok: bool = False  # a negative quantity is a hold (it gives tickets)
+    invoice_retry_sells: bool = False  # an invoice's retry replays it, and sells again
+    refused_release_gives_back: bool = False  # a release of an invoiced hold: 409, tickets back
 
 
 def _now() -> float:
@@ -418,6 +420,8 @@ def naive_app(
         with lock:
             rec = existing(gid)
             if rec["status"] == "invoiced":
+                if flaws.refused_release_gives_back:
+                    stock[rec["remote_id"]] += rec["quantity"]
                 raise _Problem(409, "hold_already_invoiced")
             if rec["status"] == "held":
                 rec["status"] = "released"
@@ -434,6 +438,8 @@ def naive_app(
             if rec["status"] == "invoiced":
                 if rec["order"] != order:
                     raise _Problem(409, "order_id_conflict")
+                if flaws.invoice_retry_sells:
+                    stock[rec["remote_id"]] -= rec["quantity"]
                 return answer(view(rec), 201, replayed=True)
             if "released" in rec:
                 raise _Problem(409, "hold_released")
@@ -537,6 +543,21 @@ def bad_key_lines(pattern: str) -> list[str]:
                 r"Idempotent-Replayed: true, expected one"
             ],
             id="identical-holds-at-once-each-hold",
+        ),
+        pytest.param(
+            Flaws(invoice_retry_sells=True),
+            {"stock: an invoice and its retries sell once"},
+            [
+                r"listing 'naive:flows' had (\d+) tickets available before the invoice and its 5 "
+                r"retries and \d+ after: 5 more were sold"
+            ],
+            id="invoice-retries-sell-again",
+        ),
+        pytest.param(
+            Flaws(refused_release_gives_back=True),
+            {"stock: an invoice and its retries sell once"},
+            [r"\d+ after: the sold hold's tickets came back"],
+            id="refused-release-gives-tickets-back",
         ),
         pytest.param(
             Flaws(negative_ok=True),

@@ -12,7 +12,9 @@ implementation of the same contract. It does need listings to hold tickets of:
 
 - the *flow listing* (at least :data:`FLOW_TICKETS` tickets available): the flows and the key
   checks hold one or two tickets of it at a time; each run sells one ticket of it for good (the
-  hold → invoice flow), the others are released (or lapse, without a small listing);
+  hold → invoice flow), the others are released (or lapse, without a small listing). Its tickets
+  are counted before that sale and after it and its retries (a hold of more than it has must be
+  refused with ``available``, its count): they must be as many, a sale taking held tickets once;
 - the *small listing* (its whole stock available, fewer tickets than ``concurrency``): since the
   checker knows its stock, it counts tickets there. A hold of one more than its stock must be
   refused (409, ``available`` its stock); ``concurrency`` one-ticket holds fired at once must win
@@ -93,6 +95,9 @@ DEFAULT_MAX_EXPIRY_WAIT = 5.0
 DEFAULT_CONCURRENCY = 20
 #: Identical holds the checker sends at once (as TEvo's retries may arrive).
 _COPIES = 4
+#: The hold that counts the flow listing's tickets: the contract's largest quantity, refused
+#: with the count of what is available.
+_COUNT_PROBE = 10_000
 #: Seconds of slack for deciding whether a hold had lapsed at the time of a call (TTLs are in ms,
 #: and the server's clock starts a hold somewhere between our send and our receive).
 _SLACK = 0.1
@@ -702,6 +707,11 @@ class Checker:
                 self._flow_release_invoiced,
                 ("invoice -> 201 invoiced",),
             ),
+            (
+                "stock: an invoice and its retries sell once",
+                self._flow_sold_once,
+                ("invoice -> 201 invoiced",),
+            ),
             ("hold, release -> 200 released", self._flow_release, ()),
             ("release retry -> 200", self._flow_release_retry, ("hold, release -> 200 released",)),
             (
@@ -877,6 +887,7 @@ class Checker:
 
     def _flow_invoice(self, row: _Row) -> None:
         held: _Held = self._flow["sold"]
+        self._flow["available"] = self._count_flow(row)  # before the sale, for _flow_sold_once
         order = self._order_id()
         answer = self._invoice(row, held.global_id, order)
         body = self._expect_same_hold(answer, held, 201, ["invoiced"])
@@ -903,6 +914,55 @@ class Checker:
     def _flow_release_invoiced(self, row: _Row) -> None:
         held: _Held = self._flow["sold"]
         _expect_problem(self._release(row, held.global_id), 409, "hold_already_invoiced")
+
+    def _flow_sold_once(self, row: _Row) -> None:
+        """The flow listing has as many tickets available after the invoice, its retries (one
+        above, then identical copies sent at once), the order conflict and the release refused
+        as before the invoice: a sale takes tickets already held, once."""
+        held: _Held = self._flow["sold"]
+        first, order = self._flow["invoice"]
+        answered, transport = self._at_once(
+            [functools.partial(self._invoice, row, held.global_id, order)] * _COPIES
+        )
+        if transport:
+            raise CheckFailed(f"{len(transport)} of {_COPIES} invoice retries: {transport[0]}")
+        for answer in filter(None, answered):  # each call answered (none failed in transport)
+            _expect_replay(answer, first)
+        before = self._flow["available"]
+        if isinstance(before, str):
+            raise _NotRun(f"not counted: {before}")
+        after = self._count_flow(row)
+        if isinstance(after, str):
+            raise _NotRun(f"not counted after the invoice: {after}")
+        retries = f"the invoice and its {_COPIES + 1} retries"
+        listing = f"listing {self.flow.remote_id!r}"
+        if after < before:
+            raise CheckFailed(
+                f"{listing} had {before} tickets available before {retries} and {after} after: "
+                f"{before - after} more were sold (or taken by something else meanwhile)"
+            )
+        if after > before:
+            raise CheckFailed(
+                f"{listing} had {before} tickets available before {retries} and {after} after: "
+                "the sold hold's tickets came back (or something else gave tickets meanwhile)"
+            )
+        row.notes.append(f"{before} available before and after")
+
+    def _count_flow(self, row: _Row) -> int | str:
+        """The tickets available on the flow listing, as a hold of more than it has is refused
+        (409 insufficient_quantity, its ``available``), or why they cannot be counted."""
+        gid, count = self._gid("count"), _COUNT_PROBE
+        answer = self._hold(row, self.flow.remote_id, count, gid, note=f" of {count} tickets")
+        if answer.status == 201:
+            self._quiet_release(row, gid)
+            return f"a hold of {count} tickets was made: too many available to count"
+        available = answer.body.get("available") if isinstance(answer.body, dict) else None
+        if answer.code != "insufficient_quantity" or type(available) is not int:
+            return (
+                f"{answer.label} answered {answer.status} {answer.code or ''}".rstrip()
+                + f" with available={available!r}, not 409 insufficient_quantity with a count"
+            )
+        return available
 
     def _flow_release(self, row: _Row) -> None:
         held = self._new_hold(row, "released", quantity=2)
