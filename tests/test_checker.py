@@ -735,6 +735,7 @@ def test_listing_parses_remote_ids_with_colons() -> None:
         (("--listing", "a:9", "--listing", "a:2"), "must be different listings"),
         (("--listing", "a", "--listing", "b:2"), "'a' is not REMOTE_ID:QUANTITY"),
         (("--listing", "a:9", "--listing", "b:2", "--listing", "c:2"), "at most twice"),
+        (("--listing", "a:9", "--concurrency", "501"), "501 is not in the range 2<=x<=500"),
     ],
 )
 def test_usage_errors_exit_2_before_any_call(args: tuple[str, ...], message: str) -> None:

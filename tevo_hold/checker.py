@@ -65,6 +65,7 @@ __all__ = [
     "DEFAULT_MAX_EXPIRY_WAIT",
     "DEFAULT_TIMEOUT",
     "FLOW_TICKETS",
+    "MAX_CONCURRENCY",
     "Call",
     "CheckResult",
     "Checker",
@@ -91,8 +92,9 @@ BAD_FIELDS: tuple[tuple[str, Any], ...] = (
 DEFAULT_TIMEOUT = 10.0
 #: The expiry check runs only when holds live at most this many seconds.
 DEFAULT_MAX_EXPIRY_WAIT = 5.0
-#: One-ticket holds fired at once at the small listing.
+#: One-ticket holds fired at once at the small listing, by default and at most (one thread each).
 DEFAULT_CONCURRENCY = 20
+MAX_CONCURRENCY = 500
 #: Identical holds the checker sends at once (as TEvo's retries may arrive).
 _COPIES = 4
 #: The hold that counts the flow listing's tickets: the contract's largest quantity, refused
@@ -489,8 +491,8 @@ class Checker:
                 f"the flow listing needs at least {FLOW_TICKETS} tickets, "
                 f"{flow_listing.remote_id!r} has {flow_listing.quantity}"
             )
-        if concurrency < 2:
-            raise ValueError("concurrency must be at least 2")
+        if not 2 <= concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be from 2 to {MAX_CONCURRENCY}")
         if small_listing is not None and small_listing.quantity >= concurrency:
             raise ValueError(
                 f"the small listing {small_listing.remote_id!r} has {small_listing.quantity} "

@@ -16,7 +16,15 @@ from . import errors
 from .adapters.identity import check_adapter
 from .adapters.redis_inventory import RedisInventoryAdapter, load_inventory
 from .auth import ApiKey, KeyStore
-from .checker import Listing, Report, Result, prepare_listings, run_checks
+from .checker import (
+    DEFAULT_CONCURRENCY,
+    MAX_CONCURRENCY,
+    Listing,
+    Report,
+    Result,
+    prepare_listings,
+    run_checks,
+)
 from .ledger import Backlog
 from .models import Hold, HoldStatus, Stock
 from .schemas import HoldDetailSchema
@@ -462,10 +470,10 @@ def _listing(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(min=2),
-    default=20,
+    type=click.IntRange(min=2, max=MAX_CONCURRENCY),
+    default=DEFAULT_CONCURRENCY,
     show_default=True,
-    help="One-ticket holds fired at once at the small listing.",
+    help="One-ticket holds fired at once at the small listing (each from a thread of its own).",
 )
 @click.option(
     "--timeout",
