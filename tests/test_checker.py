@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -39,7 +39,7 @@ from .servers import ROOT, free_port, serving
 
 API_KEY = "checker-key"
 ROW = re.compile(r"^(?P<name>\S.*?)\s{2,}(?P<result>PASS|FAIL|SKIP)\b(?P<rest>.*)$")
-EVERY_CHECK = 27
+EVERY_CHECK = 29
 PROBLEM = "application/problem+json"
 
 
@@ -228,17 +228,31 @@ class Flaws:
     negative_ok: bool = False  # a negative quantity is a hold (it gives tickets)
     invoice_retry_sells: bool = False  # an invoice's retry replays it, and sells again
     refused_release_gives_back: bool = False  # a release of an invoiced hold: 409, tickets back
+    conflict_quantity_only: bool = False  # a hold of another listing under a global_id replays it
+    order_id_typed: bool = False  # 4711 and "4711" are two orders (409 order_id_conflict)
+    bearer_opens_posts: bool = False  # any Bearer token opens POST calls
+    times: str = ""  # times in another format: "basic", "offset" or "week" (see _rfc3339)
 
 
 def _now() -> float:
     return time.time()
 
 
-def _rfc3339(ts: float | None) -> str | None:
+def _rfc3339(ts: float | None, style: str = "") -> str | None:
+    """``ts`` as RFC 3339 UTC with milliseconds, or (``style``) ISO 8601 forms that are not."""
     if ts is None:
         return None
     moment = datetime.fromtimestamp(ts, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    ms = f"{moment.microsecond // 1000:03d}"
+    if style == "basic":  # 20261123T120000.123Z
+        return moment.strftime("%Y%m%dT%H%M%S.") + ms + "Z"
+    if style == "offset":  # 2026-11-23T17:30:00.123+05:30
+        india = timezone(timedelta(hours=5, minutes=30))
+        return moment.astimezone(india).isoformat(timespec="milliseconds")
+    if style == "week":  # 2026-W48-1T12:00:00.123Z
+        year, week, day = moment.isocalendar()
+        return f"{year}-W{week:02d}-{day}T" + moment.strftime("%H:%M:%S.") + ms + "Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + ms + "Z"
 
 
 class _Problem(Exception):
@@ -280,10 +294,15 @@ def naive_app(
 
         @app.errorhandler(HTTPException)
         def http_error(exc: HTTPException) -> Response:
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.code or 0)
+            codes = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+            code = codes.get(exc.code or 0)
             if exc.code == 400:
                 code = "malformed_json"
-            return problem(_Problem(exc.code or 500, code or "http_error"))
+            response = problem(_Problem(exc.code or 500, code or "http_error"))
+            allow = dict(exc.get_headers()).get("Allow")
+            if allow:
+                response.headers["Allow"] = allow
+            return response
 
     def refused() -> bool:
         key = request.headers.get("X-API-Key")
@@ -301,6 +320,9 @@ def naive_app(
             return
         if flaws.acts_then_refuses and request.method == "POST":
             return  # judged after the call: see refuse_late
+        bearer = request.headers.get("Authorization", "").startswith("Bearer ")
+        if flaws.bearer_opens_posts and request.method == "POST" and bearer:
+            return
         if flaws.bearer_500 and request.headers.get("Authorization") == f"Bearer {API_KEY}":
             raise _Problem(500, "internal_error")
         if refused():
@@ -344,11 +366,11 @@ def naive_app(
             "remote_id": rec["remote_id"],
             "quantity": rec["quantity"],
             "status": rec["status"],
-            "created_at": _rfc3339(rec["created"]),
-            "expires_at": _rfc3339(rec["expires"]),
+            "created_at": _rfc3339(rec["created"], flaws.times),
+            "expires_at": _rfc3339(rec["expires"], flaws.times),
             "tevo_order_id": rec.get("order"),
-            "invoiced_at": _rfc3339(rec.get("invoiced")),
-            "released_at": _rfc3339(rec.get("released")),
+            "invoiced_at": _rfc3339(rec.get("invoiced"), flaws.times),
+            "released_at": _rfc3339(rec.get("released"), flaws.times),
         }
 
     def take(remote_id: str, quantity: int) -> None:
@@ -383,7 +405,8 @@ def naive_app(
         with lock:
             if gid in holds:
                 rec = holds[gid]
-                if (rec["remote_id"], rec["quantity"]) != (rid, qty):
+                same = rec["quantity"] == qty
+                if not same or (rec["remote_id"] != rid and not flaws.conflict_quantity_only):
                     raise _Problem(409, "global_id_conflict")
                 if flaws.retry_takes_again:
                     stock[rid] -= qty
@@ -436,7 +459,12 @@ def naive_app(
         with lock:
             rec = existing(gid)
             if rec["status"] == "invoiced":
-                if rec["order"] != order:
+                same = (
+                    rec["order"] == order
+                    if flaws.order_id_typed
+                    else str(rec["order"]) == str(order)
+                )
+                if not same:
                     raise _Problem(409, "order_id_conflict")
                 if flaws.invoice_retry_sells:
                     stock[rec["remote_id"]] -= rec["quantity"]
@@ -548,8 +576,8 @@ def bad_key_lines(pattern: str) -> list[str]:
             Flaws(invoice_retry_sells=True),
             {"stock: an invoice and its retries sell once"},
             [
-                r"listing 'naive:flows' had (\d+) tickets available before the invoice and its 5 "
-                r"retries and \d+ after: 5 more were sold"
+                r"listing 'naive:flows' had (\d+) tickets available before the invoice and its 6 "
+                r"retries and \d+ after: 6 more were sold"
             ],
             id="invoice-retries-sell-again",
         ),
@@ -567,9 +595,17 @@ def bad_key_lines(pattern: str) -> list[str]:
         ),
         pytest.param(
             Flaws(html_errors=True),
-            {"errors: unknown path -> 404 JSON", "errors: bad JSON -> 400 malformed_json"},
+            {
+                "errors: unknown path -> 404 JSON",
+                "errors: wrong method -> 405 JSON",
+                "errors: body not JSON -> 415 JSON",
+                "errors: bad JSON -> 400 malformed_json",
+            },
             [
                 r"GET /v1/nope answered 404 text/html, not JSON",
+                r"GET /v1/holds \(a path that takes POST only\) answered 405 text/html, not JSON",
+                r"POST /v1/holds with a form body \(Content-Type: "
+                r"application/x-www-form-urlencoded\) answered 415 text/html, not JSON",
                 r"POST /v1/holds with a broken JSON body answered 400 text/html, not JSON",
             ],
             id="html-errors",
@@ -606,6 +642,33 @@ def bad_key_lines(pattern: str) -> list[str]:
             ],
             id="fails-bearer-calls",
         ),
+        pytest.param(
+            Flaws(bearer_opens_posts=True),
+            {"auth: wrong key -> 401"},
+            [
+                r"POST /v1/holds with a wrong key as Bearer answered 201 \(status held\), "
+                r"expected 401 unauthorized"
+            ],
+            id="any-bearer-token-opens-the-posts",
+        ),
+        pytest.param(
+            Flaws(conflict_quantity_only=True),
+            {"global_id reused -> 409 global_id_conflict"},
+            [
+                r"POST /v1/holds of another listing under a global_id in use answered 201 "
+                r"\(status held\), expected 409 global_id_conflict"
+            ],
+            id="a-hold-of-another-listing-replays-the-first",
+        ),
+        pytest.param(
+            Flaws(order_id_typed=True),
+            {"invoice retry -> replay"},
+            [
+                r'POST /v1/invoices with tevo_order_id "\d+" \(the same order as a string\) '
+                r"retry answered 409 order_id_conflict, the first call 201 \(status invoiced\)"
+            ],
+            id="the-order-id-as-a-string-is-another-order",
+        ),
     ],
 )
 def test_a_broken_server_fails_with_a_clear_line(
@@ -619,6 +682,29 @@ def test_a_broken_server_fails_with_a_clear_line(
     for line in lines:
         assert re.search(line, result.output), f"{line!r} not in:\n{result.output}"
     assert re.search(rf"^FAIL: {len(failing)} of {EVERY_CHECK} checks failed", result.output, re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("style", "example"),
+    [
+        pytest.param("basic", r"\d{8}T\d{6}\.\d{3}Z", id="basic"),
+        pytest.param("offset", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+05:30", id="offset"),
+        pytest.param("week", r"\d{4}-W\d\d-\dT\d\d:\d\d:\d\d\.\d{3}Z", id="week"),
+    ],
+)
+def test_times_other_than_rfc_3339_utc_fail(style: str, example: str) -> None:
+    """ISO 8601's basic format, another offset than UTC's, a week date: Python reads each as a
+    time, and none is the RFC 3339 UTC time the README promises. Every hold is refused, so
+    every check that makes one fails (the first, with the line that says why)."""
+    with serve(naive_app(naive_stock(), flaws=Flaws(times=style))) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    assert result.exit_code == 1, result.output
+    result_of_hold, reason = rows(result.output)["hold -> 201 held"]
+    assert result_of_hold == "FAIL", result.output
+    assert re.search(
+        rf"POST /v1/holds answered created_at='{example}', not an RFC 3339 UTC time", reason
+    ), result.output
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -350,6 +350,33 @@ def _expect_status(answer: _Answer, status: int) -> Any:
     return body
 
 
+#: An RFC 3339 date-time in UTC (section 5.6, with "Z" or the offset "+00:00": "-00:00" says
+#: the offset is unknown, section 4.3), as the README promises every time of a hold to be.
+_RFC3339_UTC = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|\+00:00)",
+    re.ASCII,
+)
+
+
+def _utc_time(value: str) -> datetime | None:
+    """``value`` as an aware datetime if it is an RFC 3339 UTC time, else None.
+
+    ``datetime.fromisoformat`` is no judge: it reads ISO 8601's basic format
+    (``20261123T120000Z``), week dates and any offset, none of which the contract allows.
+    """
+    match = _RFC3339_UTC.fullmatch(value)
+    if match is None:
+        return None
+    *fields, fraction = match.groups()
+    year, month, day, hour, minute, second = map(int, fields)
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    second = 59 if second == 60 else second  # RFC 3339 allows a leap second; datetime cannot
+    try:
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
+    except ValueError:  # month 13, February 30, hour 24, ...
+        return None
+
+
 def _time(answer: _Answer, body: Mapping[str, Any], name: str, *, null: bool) -> datetime | None:
     value = body.get(name)
     if value is None:
@@ -358,12 +385,12 @@ def _time(answer: _Answer, body: Mapping[str, Any], name: str, *, null: bool) ->
         raise CheckFailed(f"{answer.label} answered a hold whose {name} is null")
     if not isinstance(value, str):
         raise CheckFailed(f"{answer.label} answered {name}={value!r}, not an RFC 3339 string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or "T" not in value.upper():
-        raise CheckFailed(f"{answer.label} answered {name}={value!r}, not an RFC 3339 UTC time")
+    parsed = _utc_time(value)
+    if parsed is None:
+        raise CheckFailed(
+            f"{answer.label} answered {name}={value!r}, not an RFC 3339 UTC time "
+            "(such as 2026-11-23T12:00:00.123Z)"
+        )
     return parsed
 
 
@@ -692,6 +719,8 @@ class Checker:
             ("auth: X-API-Key accepted", self._key_accepted, ()),
             ("auth: Bearer key accepted", self._bearer_accepted, ()),
             ("errors: unknown path -> 404 JSON", self._unknown_path, ()),
+            ("errors: wrong method -> 405 JSON", self._wrong_method, ()),
+            ("errors: body not JSON -> 415 JSON", self._not_json, ()),
             ("errors: bad JSON -> 400 malformed_json", self._malformed_json, ()),
             ("errors: bad field -> 400 invalid_request", self._bad_field, ()),
             ("hold -> 201 held", self._flow_hold, ()),
@@ -798,19 +827,20 @@ class Checker:
         gid = self._gid("refused")  # a hold the refused POST /v1/holds must not make
         maybe_made = True
         try:
-            refused: list[Callable[[], _Answer]] = [
-                lambda: self._get(row, held.global_id, key=key, note=note),
-                lambda: self._hold(row, self.flow.remote_id, 1, gid, key=key, note=note),
-                lambda: self._release(row, held.global_id, key=key, note=note),
-                lambda: self._invoice(row, held.global_id, self._order_id(), key=key, note=note),
-            ]
+            # The key as X-API-Key, then (when there is one) as a Bearer token, on every call.
+            forms: list[tuple[dict[str, Any], str]] = [({"key": key}, note)]
             if key is not None:
-                bearer = {"Authorization": f"Bearer {key}"}
-                refused.append(
-                    lambda: self._get(row, held.global_id, key=None, headers=bearer, note=note)
+                bearer = {"key": None, "headers": {"Authorization": f"Bearer {key}"}}
+                forms.append((bearer, f"{note} as Bearer"))
+            for sent, how in forms:
+                answers = (
+                    self._get(row, held.global_id, note=how, **sent),
+                    self._hold(row, self.flow.remote_id, 1, gid, note=how, **sent),
+                    self._release(row, held.global_id, note=how, **sent),
+                    self._invoice(row, held.global_id, self._order_id(), note=how, **sent),
                 )
-            for call in refused:
-                _expect_problem(call(), 401, "unauthorized")
+                for answer in answers:
+                    _expect_problem(answer, 401, "unauthorized")
             after = self._get(row, held.global_id, note=" after the refused calls")
             body = _expect_status(after, 200)
             acted = {"released": "/v1/releases", "invoiced": "/v1/invoices"}
@@ -847,6 +877,31 @@ class Checker:
 
     def _unknown_path(self, row: _Row) -> None:
         _expect_problem(self._call(row, "GET", "/v1/nope"), 404, "not_found")
+
+    def _wrong_method(self, row: _Row) -> None:
+        answer = self._call(row, "GET", "/v1/holds", note=" (a path that takes POST only)")
+        _expect_problem(answer, 405, "method_not_allowed")
+        allowed = [m.strip().upper() for m in answer.headers.get("Allow", "").split(",")]
+        if "POST" not in allowed:
+            raise CheckFailed(
+                f"{answer.label} answered 405 with Allow: {answer.headers.get('Allow')!r}, "
+                "which does not list POST"
+            )
+
+    def _not_json(self, row: _Row) -> None:
+        """A hold whose body is sent as a form, not JSON: 415, and nothing held."""
+        gid = self._gid("not-json")
+        form = f"remote_id={quote(self.flow.remote_id)}&quantity=1&global_id={quote(gid)}"
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        note = " with a form body (Content-Type: application/x-www-form-urlencoded)"
+        answer = self._call(row, "POST", "/v1/holds", raw=form.encode(), headers=headers, note=note)
+        try:
+            _expect_problem(answer, 415, "unsupported_media_type")
+        finally:
+            if answer.status == 201:
+                self._quiet_release(row, gid)
+        after = self._get(row, gid, note=f" after the hold{note}")
+        _expect_problem(after, 404, "hold_not_found")
 
     def _malformed_json(self, row: _Row) -> None:
         raw = b'{"remote_id": "x", "quantity": 1, "global_id": '
@@ -903,9 +958,12 @@ class Checker:
         self._flow["invoice"] = (answer, order)
 
     def _flow_invoice_retry(self, row: _Row) -> None:
+        """Retried as sent, then with the order id as a string: 4711 and "4711" are one order."""
         held: _Held = self._flow["sold"]
         first, order = self._flow["invoice"]
         _expect_replay(self._invoice(row, held.global_id, order), first)
+        note = f' with tevo_order_id "{order}" (the same order as a string)'
+        _expect_replay(self._invoice(row, held.global_id, str(order), note=note), first)
 
     def _flow_order_conflict(self, row: _Row) -> None:
         held: _Held = self._flow["sold"]
@@ -918,7 +976,7 @@ class Checker:
         _expect_problem(self._release(row, held.global_id), 409, "hold_already_invoiced")
 
     def _flow_sold_once(self, row: _Row) -> None:
-        """The flow listing has as many tickets available after the invoice, its retries (one
+        """The flow listing has as many tickets available after the invoice, its retries (two
         above, then identical copies sent at once), the order conflict and the release refused
         as before the invoice: a sale takes tickets already held, once."""
         held: _Held = self._flow["sold"]
@@ -936,7 +994,7 @@ class Checker:
         after = self._count_flow(row)
         if isinstance(after, str):
             raise _NotRun(f"not counted after the invoice: {after}")
-        retries = f"the invoice and its {_COPIES + 1} retries"
+        retries = f"the invoice and its {_COPIES + 2} retries"
         listing = f"listing {self.flow.remote_id!r}"
         if after < before:
             raise CheckFailed(
@@ -989,12 +1047,28 @@ class Checker:
         _expect_problem(answer, 409, "hold_released")
 
     def _global_id_conflict(self, row: _Row) -> None:
+        """A hold under a global_id that holds another quantity, or another listing, is 409
+        global_id_conflict: never a replay of the first hold, nor a second hold."""
         held = self._new_hold(row, "reused")
         try:
-            answer = self._hold(row, held.remote_id, held.quantity + 1, held.global_id)
+            note = " of another quantity under a global_id in use"
+            answer = self._hold(row, held.remote_id, held.quantity + 1, held.global_id, note=note)
             _expect_problem(answer, 409, "global_id_conflict")
+            note = " of another listing under a global_id in use"
+            if self.small is not None:
+                answer = self._hold(row, self.small.remote_id, 1, held.global_id, note=note)
+                _expect_problem(answer, 409, "global_id_conflict")
+            else:
+                # No such listing, and the global_id holds another: both are true, and the
+                # README orders neither before the other.
+                missing = self._missing_listing()
+                answer = self._hold(row, missing, held.quantity, held.global_id, note=note)
+                if answer.code == "listing_not_found":
+                    _expect_problem(answer, 404, "listing_not_found")
+                else:
+                    _expect_problem(answer, 409, "global_id_conflict")
         finally:
-            self._release(row, held.global_id)
+            self._quiet_release(row, held.global_id)
 
     def _unknown_listing(self, row: _Row) -> None:
         answer = self._hold(row, self._missing_listing(), 1, self._gid("no-listing"))
@@ -1338,13 +1412,15 @@ def _header_problem(value: str) -> str | None:
 
 def _moment(answer: _Answer, name: str) -> datetime:
     """A time field of a hold ``answer`` (already checked to be one)."""
-    return datetime.fromisoformat(answer.body[name])
+    moment = _utc_time(answer.body[name])
+    assert moment is not None
+    return moment
 
 
 def _lifetime(body: Mapping[str, Any]) -> float:
     """Seconds between a hold's created_at and expires_at (both already checked)."""
-    created = datetime.fromisoformat(body["created_at"])
-    expires = datetime.fromisoformat(body["expires_at"])
+    created, expires = _utc_time(body["created_at"]), _utc_time(body["expires_at"])
+    assert created is not None and expires is not None
     return (expires - created).total_seconds()
 
 
