@@ -39,7 +39,7 @@ from .servers import ROOT, free_port, serving
 
 API_KEY = "checker-key"
 ROW = re.compile(r"^(?P<name>\S.*?)\s{2,}(?P<result>PASS|FAIL|SKIP)\b(?P<rest>.*)$")
-EVERY_CHECK = 29
+EVERY_CHECK = 30
 PROBLEM = "application/problem+json"
 
 
@@ -232,6 +232,10 @@ class Flaws:
     order_id_typed: bool = False  # 4711 and "4711" are two orders (409 order_id_conflict)
     bearer_opens_posts: bool = False  # any Bearer token opens POST calls
     times: str = ""  # times in another format: "basic", "offset" or "week" (see _rfc3339)
+    release_retry_gives_back: bool = False  # each release of a released hold gives back again
+    lapses_early: bool = False  # a hold lapses at a quarter of its TTL (expires_at says all)
+    lapsed_release_gives_back: bool = False  # releasing a lapsed hold gives its tickets again
+    lapsed_invoice_sells: bool = False  # a lapsed hold is sold even when its tickets are gone
 
 
 def _now() -> float:
@@ -268,8 +272,12 @@ def naive_app(
     flaws: Flaws = Flaws(),
     refused_keys: list[str] | None = None,
     slow: Mapping[str, float] | None = None,
+    tells_available: bool = True,
 ) -> Flask:
     """Another implementation of the README's contract, in memory: right unless ``flaws`` say.
+
+    With ``tells_available`` False its refusals for want of tickets never say how many are
+    available, as a POS that does not tell (the README allows it).
 
     The keys it refuses are appended to ``refused_keys`` (as a gateway's log would keep them).
     A hold of a listing in ``slow`` takes that many seconds, one at a time.
@@ -288,7 +296,8 @@ def naive_app(
     @app.errorhandler(_Problem)
     def problem(exc: _Problem) -> Response:
         body = {"type": "about:blank", "title": exc.code, "status": exc.status, "code": exc.code}
-        return Response(json.dumps({**body, **exc.extra}), exc.status, mimetype=PROBLEM)
+        extra = {k: v for k, v in exc.extra.items() if tells_available or k != "available"}
+        return Response(json.dumps({**body, **extra}), exc.status, mimetype=PROBLEM)
 
     if not flaws.html_errors:
 
@@ -355,7 +364,8 @@ def naive_app(
 
     def settle(rec: dict[str, Any]) -> dict[str, Any]:
         """Lapse a held hold whose deadline passed: its tickets go back (under ``lock``)."""
-        if rec["status"] == "held" and _now() >= rec["expires"]:
+        lapses = rec["created"] + ttl / 4 if flaws.lapses_early else rec["expires"]
+        if rec["status"] == "held" and _now() >= lapses:
             rec["status"] = "expired"
             stock[rec["remote_id"]] += 0 if flaws.lapse_leaks else rec["quantity"]
         return rec
@@ -446,9 +456,14 @@ def naive_app(
                 if flaws.refused_release_gives_back:
                     stock[rec["remote_id"]] += rec["quantity"]
                 raise _Problem(409, "hold_already_invoiced")
+            again = (flaws.release_retry_gives_back and rec["status"] == "released") or (
+                flaws.lapsed_release_gives_back and rec["status"] == "expired"
+            )
             if rec["status"] == "held":
                 rec["status"] = "released"
                 stock[rec["remote_id"]] += 0 if flaws.release_leaks else rec["quantity"]
+            elif again:
+                stock[rec["remote_id"]] += rec["quantity"]
             rec.setdefault("released", _now())
             return answer(view(rec), 200)
 
@@ -472,7 +487,7 @@ def naive_app(
             if "released" in rec:
                 raise _Problem(409, "hold_released")
             if rec["status"] == "expired":
-                if stock[rec["remote_id"]] < rec["quantity"]:
+                if stock[rec["remote_id"]] < rec["quantity"] and not flaws.lapsed_invoice_sells:
                     raise _Problem(410, "hold_expired")
                 stock[rec["remote_id"]] -= rec["quantity"]
             rec.update(status="invoiced", order=order, invoiced=_now())
@@ -522,10 +537,15 @@ def bad_key_lines(pattern: str) -> list[str]:
         ),
         pytest.param(
             Flaws(release_leaks=True),
-            {"stock: released tickets can be held again"},
+            {
+                "stock: a release and its retries give back once",
+                "stock: released tickets can be held again",
+            },
             [
+                r"listing 'naive:flows' had (\d+) tickets available before the hold of 2, its "
+                r"release and its 5 retries and \d+ after: 2 did not come back",
                 r"POST /v1/holds of all 3 tickets after the race's winners were released "
-                r"answered 409 insufficient_quantity \(available 0\): tickets were not given back"
+                r"answered 409 insufficient_quantity \(available 0\): tickets were not given back",
             ],
             id="releases-leak",
         ),
@@ -540,8 +560,13 @@ def bad_key_lines(pattern: str) -> list[str]:
         ),
         pytest.param(
             Flaws(takes_one=True),
-            {"stock: released tickets can be held again"},
+            {
+                "stock: a release and its retries give back once",
+                "stock: released tickets can be held again",
+            },
             [
+                r"before the hold of 2, its release and its 5 retries and \d+ after: 1 more came "
+                r"back than were held",
                 r"POST /v1/holds of one more ticket answered 201 while all 3 were held: a hold "
                 r"took fewer tickets than its quantity",
             ],
@@ -580,6 +605,16 @@ def bad_key_lines(pattern: str) -> list[str]:
                 r"retries and \d+ after: 6 more were sold"
             ],
             id="invoice-retries-sell-again",
+        ),
+        pytest.param(
+            Flaws(release_retry_gives_back=True),
+            {"stock: a release and its retries give back once"},
+            [
+                r"listing 'naive:flows' had (\d+) tickets available before the hold of 2, its "
+                r"release and its 5 retries and \d+ after: 10 more came back than were held: a "
+                r"retry gave them back again"
+            ],
+            id="release-retries-give-back-again",
         ),
         pytest.param(
             Flaws(refused_release_gives_back=True),
@@ -705,6 +740,61 @@ def test_times_other_than_rfc_3339_utc_fail(style: str, example: str) -> None:
     assert re.search(
         rf"POST /v1/holds answered created_at='{example}', not an RFC 3339 UTC time", reason
     ), result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flaws", "line"),
+    [
+        pytest.param(
+            Flaws(lapses_early=True),
+            r"GET /v1/holds/\S+ before its deadline answered status 'expired', expected held",
+            id="lapses-before-its-expires-at",
+        ),
+        pytest.param(
+            Flaws(lapsed_invoice_sells=True),
+            r"POST /v1/invoices of the lapsed hold, its tickets held by another answered 201 "
+            r"\(status invoiced\), expected 410 hold_expired",
+            id="sells-a-lapsed-hold-whose-tickets-are-gone",
+        ),
+        pytest.param(
+            Flaws(lapsed_release_gives_back=True),
+            r"POST /v1/holds of one more ticket answered 201 while all 3 were held again and the "
+            r"lapsed hold released: the lapsed hold's release gave its tickets back again",
+            id="releasing-a-lapsed-hold-gives-its-tickets-back-again",
+        ),
+    ],
+)
+def test_a_server_whose_holds_lapse_wrongly_fails(flaws: Flaws, line: str) -> None:
+    """Holds live 1 s: the expiry check runs, and fails alone, with the line that says why."""
+    with serve(naive_app(naive_stock(), ttl=1.0, flaws=flaws)) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    assert failed(result.output) == {"expiry: lapsed hold -> expired"}, result.output
+    assert re.search(line, result.output), f"{line!r} not in:\n{result.output}"
+
+
+@pytest.mark.slow
+def test_a_server_that_does_not_say_how_many_are_available_passes() -> None:
+    """``available`` is optional (given "when the POS tells"): the stock checks judge what
+    holds win; only the flow listing's counts, which need it, are not made."""
+    with serve(naive_app(naive_stock(), ttl=1.0, tells_available=False)) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    print(result.output)
+    assert result.exit_code == 0, result.output
+    table = rows(result.output)
+    for name in (
+        "stock: an invoice and its retries sell once",
+        "stock: a release and its retries give back once",
+    ):
+        outcome, reason = table.pop(name)
+        assert outcome == "SKIP", result.output
+        assert reason.strip().endswith(
+            "not counted: POST /v1/holds of 10000 tickets answered 409 insufficient_quantity "
+            "without available (optional)"
+        ), result.output
+    assert {r for r, _ in table.values()} == {"PASS"}, result.output
 
 
 @pytest.mark.slow

@@ -750,6 +750,11 @@ class Checker:
                 self._flow_invoice_released,
                 ("hold, release -> 200 released",),
             ),
+            (
+                "stock: a release and its retries give back once",
+                self._flow_released_once,
+                ("release retry -> 200",),
+            ),
             ("global_id reused -> 409 global_id_conflict", self._global_id_conflict, ()),
             ("unknown listing -> 404 listing_not_found", self._unknown_listing, ()),
             ("unknown hold -> 404 hold_not_found", self._unknown_hold, ()),
@@ -988,23 +993,28 @@ class Checker:
             raise CheckFailed(f"{len(transport)} of {_COPIES} invoice retries: {transport[0]}")
         for answer in filter(None, answered):  # each call answered (none failed in transport)
             _expect_replay(answer, first)
-        before = self._flow["available"]
+        self._expect_count(
+            row,
+            self._flow["available"],
+            f"the invoice and its {_COPIES + 2} retries",
+            fewer="{n} more were sold (or taken by something else meanwhile)",
+            more="the sold hold's tickets came back (or something else gave tickets meanwhile)",
+        )
+
+    def _expect_count(self, row: _Row, before: int | str, what: str, fewer: str, more: str) -> None:
+        """The flow listing has ``before`` tickets available now, as it had before ``what``;
+        ``fewer`` or ``more`` ({n}: how many) says what is wrong when it has not. A count that
+        cannot be made (``before`` is why) is not judged."""
         if isinstance(before, str):
             raise _NotRun(f"not counted: {before}")
         after = self._count_flow(row)
         if isinstance(after, str):
-            raise _NotRun(f"not counted after the invoice: {after}")
-        retries = f"the invoice and its {_COPIES + 2} retries"
-        listing = f"listing {self.flow.remote_id!r}"
-        if after < before:
+            raise _NotRun(f"not counted after {what}: {after}")
+        if after != before:
+            why = (fewer if after < before else more).format(n=abs(after - before))
             raise CheckFailed(
-                f"{listing} had {before} tickets available before {retries} and {after} after: "
-                f"{before - after} more were sold (or taken by something else meanwhile)"
-            )
-        if after > before:
-            raise CheckFailed(
-                f"{listing} had {before} tickets available before {retries} and {after} after: "
-                "the sold hold's tickets came back (or something else gave tickets meanwhile)"
+                f"listing {self.flow.remote_id!r} had {before} tickets available before {what} "
+                f"and {after} after: {why}"
             )
         row.notes.append(f"{before} available before and after")
 
@@ -1017,6 +1027,8 @@ class Checker:
             self._quiet_release(row, gid)
             return f"a hold of {count} tickets was made: too many available to count"
         available = answer.body.get("available") if isinstance(answer.body, dict) else None
+        if answer.status == 409 and answer.code == "insufficient_quantity" and available is None:
+            return f"{answer.label} answered 409 insufficient_quantity without available (optional)"
         if answer.code != "insufficient_quantity" or type(available) is not int:
             return (
                 f"{answer.label} answered {answer.status} {answer.code or ''}".rstrip()
@@ -1025,6 +1037,8 @@ class Checker:
         return available
 
     def _flow_release(self, row: _Row) -> None:
+        # Before the hold, for _flow_released_once.
+        self._flow["available before release"] = self._count_flow(row)
         held = self._new_hold(row, "released", quantity=2)
         self._flow["released"] = held
         answer = self._release(row, held.global_id)
@@ -1045,6 +1059,28 @@ class Checker:
         held: _Held = self._flow["released"]
         answer = self._invoice(row, held.global_id, self._order_id())
         _expect_problem(answer, 409, "hold_released")
+
+    def _flow_released_once(self, row: _Row) -> None:
+        """The flow listing has as many tickets available after the hold of two, its release,
+        the release's retries (one above, then identical copies sent at once) and the refused
+        invoice as before the hold: a release gives the tickets back once."""
+        held: _Held = self._flow["released"]
+        first: _Answer = self._flow["release"]
+        answered, transport = self._at_once(
+            [functools.partial(self._release, row, held.global_id)] * _COPIES
+        )
+        if transport:
+            raise CheckFailed(f"{len(transport)} of {_COPIES} release retries: {transport[0]}")
+        for answer in filter(None, answered):  # each call answered (none failed in transport)
+            self._expect_same_hold(answer, held, 200, [first.body["status"]])
+        self._expect_count(
+            row,
+            self._flow["available before release"],
+            f"the hold of {held.quantity}, its release and its {_COPIES + 1} retries",
+            fewer="{n} did not come back (or were taken by something else meanwhile)",
+            more="{n} more came back than were held: a retry gave them back again, or the hold "
+            "took fewer than its quantity (or something else gave tickets meanwhile)",
+        )
 
     def _global_id_conflict(self, row: _Row) -> None:
         """A hold under a global_id that holds another quantity, or another listing, is 409
@@ -1199,7 +1235,11 @@ class Checker:
 
     @staticmethod
     def _expect_available(answer: _Answer, body: Mapping[str, Any], count: int, why: str) -> None:
+        """``available``, when the answer has it, is ``count``. It is optional: the README gives
+        it only when the POS tells, so the tickets are judged by what holds win, not by it."""
         available = body.get("available")
+        if available is None:
+            return
         if available != count or isinstance(available, bool):
             raise CheckFailed(
                 f"{answer.label} answered 409 insufficient_quantity with "
@@ -1210,9 +1250,10 @@ class Checker:
     def _expect_tickets(answer: _Answer, after: str, why: str) -> None:
         """Fail with ``why`` if ``answer`` is a refusal for want of tickets."""
         if answer.status == 409 and answer.code == "insufficient_quantity":
+            available = answer.body.get("available")
+            told = "" if available is None else f" (available {available!r})"
             raise CheckFailed(
-                f"{answer.label}{after} answered 409 insufficient_quantity (available "
-                f"{answer.body.get('available')!r}): {why}"
+                f"{answer.label}{after} answered 409 insufficient_quantity{told}: {why}"
             )
 
     def _hold_all(self, row: _Row, after: str, patience: float = 0.0) -> _Held:
@@ -1231,8 +1272,15 @@ class Checker:
         self._expect_tickets(answer, f" {after}", f"tickets were not given back{waited}")
         return self._made(answer, gid, small.remote_id, small.quantity)
 
-    def _expect_sold_out(self, row: _Row, since: _Held, held: str) -> None:
-        """One more ticket of the small listing is refused while ``held`` (since ``since``)."""
+    def _expect_sold_out(
+        self,
+        row: _Row,
+        since: _Held,
+        held: str,
+        why: str = "a hold took fewer tickets than its quantity",
+    ) -> None:
+        """One more ticket of the small listing is refused while ``held`` (since ``since``);
+        ``why`` a hold of it may be made after all."""
         small = self._small_listing()
         gid = self._gid("one-more")
         answer = self._hold(row, small.remote_id, 1, gid, note=" of one more ticket")
@@ -1246,8 +1294,8 @@ class Checker:
                 )
                 return
             raise CheckFailed(
-                f"{answer.label} answered 201 while {held}: a hold took fewer tickets than its "
-                f"quantity (or listing {small.remote_id!r} has more than {small.quantity})"
+                f"{answer.label} answered 201 while {held}: {why} (or listing "
+                f"{small.remote_id!r} has more than {small.quantity})"
             )
         body = _expect_problem(answer, 409, "insufficient_quantity")
         self._expect_available(answer, body, 0, f" while {held}")
@@ -1317,7 +1365,9 @@ class Checker:
         self._quiet_release(row, again.global_id)
 
     def _expiry(self, row: _Row) -> None:
-        """A hold lapses at its deadline; on the small listing, its tickets come back."""
+        """A hold is held until its deadline and lapses then. On the small listing its tickets
+        stay taken until then and come back after, once: neither releasing the lapsed hold nor
+        invoicing it (410 hold_expired, once its tickets are held again) gives or sells them."""
         if self._ttl is not None and self._ttl > self.max_expiry_wait:
             raise _NotRun(self._too_long(self._ttl))
         if self.small is not None:
@@ -1328,19 +1378,88 @@ class Checker:
         if ttl > self.max_expiry_wait:
             self._quiet_release(row, held.global_id)
             raise _NotRun(self._too_long(ttl))
-        wait = held.answer.received + ttl + _EXPIRY_MARGIN - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+        try:
+            self._held_until_deadline(row, held, ttl)
+        except BaseException:
+            self._quiet_release(row, held.global_id)
+            raise
+        _sleep_until(held.answer.received + ttl + _EXPIRY_MARGIN)
         answer = self._get(row, held.global_id, note=" after its deadline")
         self._expect_same_hold(answer, held, 200, ["expired"])
-        answer = self._release(row, held.global_id)
-        self._expect_same_hold(answer, held, 200, ["expired"])
+        if self.small is None:
+            answer = self._release(row, held.global_id)
+            self._expect_same_hold(answer, held, 200, ["expired"])
+            return
+        self._lapsed_gives_back_once(row, held, ttl)
+
+    def _held_until_deadline(self, row: _Row, held: _Held, ttl: float) -> None:
+        """Half-way to its deadline (our clock, from when the hold was sent) the hold is held,
+        its tickets still taken; judged only where the answers surely came before the deadline
+        (a slow machine's late answer may see it lapsed)."""
+        _sleep_until(held.answer.sent + ttl / 2)
+        answer = self._get(row, held.global_id, note=" before its deadline")
+        states = self._states(held, answer, "held", "expired")
+        self._expect_same_hold(answer, held, 200, states)
+        if len(states) > 1:
+            row.notes.append(f"the hold was read too close to its deadline (holds live {ttl:g} s)")
         if self.small is not None:
-            # A POS's adapter gives lapsed tickets back when the worker releases them: wait
-            # for it, within the expiry check's budget.
-            patience = max(1.0, self.max_expiry_wait - ttl)
-            again = self._hold_all(row, "after the hold of them all lapsed", patience)
+            self._expect_sold_out(
+                row, held, f"all {held.quantity} were held, before their deadline"
+            )
+
+    def _lapsed_gives_back_once(self, row: _Row, held: _Held, ttl: float) -> None:
+        """``held``, all of the small listing, has lapsed: its tickets come back; held again,
+        they are not sold by the lapsed hold's invoice, nor given back again by its release."""
+        # A POS's adapter gives lapsed tickets back when the worker releases them: wait for
+        # it, within the expiry check's budget.
+        patience = max(1.0, self.max_expiry_wait - ttl)
+        taken = self._hold_all(row, "after the hold of them all lapsed", patience)
+        try:
+            self._invoice_lapsed(row, held, taken, ttl)
+            answer = self._release(row, held.global_id)
+            self._expect_same_hold(answer, held, 200, ["expired"])
+            self._expect_sold_out(
+                row,
+                taken,
+                f"all {held.quantity} were held again and the lapsed hold released",
+                "the lapsed hold's release gave its tickets back again",
+            )
+        finally:
+            self._quiet_release(row, taken.global_id)
+        again = self._hold_all(row, "after the lapsed hold's invoice and release")
+        try:
+            self._expect_sold_out(
+                row,
+                again,
+                f"all {held.quantity} were held once more",
+                "the lapsed hold's tickets came back more than once",
+            )
+        finally:
             self._quiet_release(row, again.global_id)
+
+    def _invoice_lapsed(self, row: _Row, held: _Held, taken: _Held, ttl: float) -> None:
+        """The lapsed ``held`` is invoiced while ``taken`` holds its tickets: 410 hold_expired.
+
+        Sent only while ``taken`` surely holds them (else a sale would be right, and final):
+        with time left for twice the round trip that made ``taken``.
+        """
+        round_trip = taken.answer.received - taken.answer.sent
+        lapses = taken.answer.sent + _lifetime(taken.answer.body) - _SLACK
+        if time.monotonic() + 2 * round_trip >= lapses:
+            row.notes.append(
+                f"the lapsed hold was not invoiced: the hold of its tickets could lapse first "
+                f"(holds live {ttl:g} s)"
+            )
+            return
+        note = " of the lapsed hold, its tickets held by another"
+        answer = self._invoice(row, held.global_id, self._order_id(), note=note)
+        if answer.status == 201 and self._may_have_lapsed(taken, answer):
+            raise _NotRun(
+                f"not judged: {answer.label} answered 201 after the hold of its tickets may have "
+                f"lapsed (holds live {ttl:g} s): it was sold, and listing "
+                f"{taken.remote_id!r} has {held.quantity} tickets fewer"
+            )
+        _expect_problem(answer, 410, "hold_expired")
 
     def _too_long(self, ttl: float) -> str:
         return (
@@ -1408,6 +1527,13 @@ def _header_problem(value: str) -> str | None:
     except UnicodeEncodeError:
         return "it holds a character outside Latin-1"
     return None
+
+
+def _sleep_until(moment: float) -> None:
+    """Sleep until ``time.monotonic()`` is ``moment`` (no sleep if it is past)."""
+    wait = moment - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
 
 
 def _moment(answer: _Answer, name: str) -> datetime:
