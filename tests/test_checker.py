@@ -273,11 +273,14 @@ def naive_app(
     refused_keys: list[str] | None = None,
     slow: Mapping[str, float] | None = None,
     tells_available: bool = True,
+    rate_limit: tuple[int, float] | None = None,
 ) -> Flask:
     """Another implementation of the README's contract, in memory: right unless ``flaws`` say.
 
     With ``tells_available`` False its refusals for want of tickets never say how many are
-    available, as a POS that does not tell (the README allows it).
+    available, as a POS that does not tell (the README allows it). With ``rate_limit`` (holds,
+    seconds) the key's rate limit is spent after that many holds of ``naive:small``: every call
+    with it is then answered 429 rate_limited, ``Retry-After: 1``, for that many seconds.
 
     The keys it refuses are appended to ``refused_keys`` (as a gateway's log would keep them).
     A hold of a listing in ``slow`` takes that many seconds, one at a time.
@@ -286,6 +289,7 @@ def naive_app(
     lock = threading.RLock()
     holds: dict[str, dict[str, Any]] = {}
     running: set[str] = set()  # the global_ids of holds being made
+    limited = {"holds": 0, "until": 0.0}  # rate_limit: holds of naive:small, when it ends
 
     def answer(body: Any, status: int, replayed: bool = False) -> Response:
         response = Response(json.dumps(body), status, mimetype="application/json")
@@ -297,7 +301,10 @@ def naive_app(
     def problem(exc: _Problem) -> Response:
         body = {"type": "about:blank", "title": exc.code, "status": exc.status, "code": exc.code}
         extra = {k: v for k, v in exc.extra.items() if tells_available or k != "available"}
-        return Response(json.dumps({**body, **extra}), exc.status, mimetype=PROBLEM)
+        response = Response(json.dumps({**body, **extra}), exc.status, mimetype=PROBLEM)
+        if "retry_after" in extra:
+            response.headers["Retry-After"] = str(extra["retry_after"])
+        return response
 
     if not flaws.html_errors:
 
@@ -336,6 +343,16 @@ def naive_app(
             raise _Problem(500, "internal_error")
         if refused():
             raise _Problem(401, "unauthorized")
+        if rate_limit is not None:
+            with lock:
+                data = request.get_json(silent=True)
+                small = isinstance(data, dict) and data.get("remote_id") == "naive:small"
+                if request.path == "/v1/holds" and small:
+                    limited["holds"] += 1
+                    if limited["holds"] == rate_limit[0] + 1:
+                        limited["until"] = _now() + rate_limit[1]
+                if _now() < limited["until"]:
+                    raise _Problem(429, "rate_limited", retry_after=1)
 
     if flaws.acts_then_refuses:
 
@@ -795,6 +812,86 @@ def test_a_server_that_does_not_say_how_many_are_available_passes() -> None:
             "without available (optional)"
         ), result.output
     assert {r for r, _ in table.values()} == {"PASS"}, result.output
+
+
+RATE_LIMITED = (
+    r"POST /v1/holds answered 429 rate_limited with Retry-After: 1: the API key's rate limit "
+    r"was hit, so the run stopped"
+)
+
+
+@pytest.mark.slow
+def test_a_rate_limited_run_says_so_and_gives_back_what_it_held() -> None:
+    """The key's limit is spent in the race (the 7th hold of the small listing on), for 1.5 s:
+    the race fails with the line that says so (no oversell is blamed), the checks after it are
+    not run, and the winners' cleanup releases, refused 429 at first, are retried after
+    Retry-After until the tickets are back."""
+    stock = naive_stock()
+    with serve(naive_app(stock, rate_limit=(7, 1.5))) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    table = rows(result.output)
+    race, reason = table["concurrent holds: no oversell"]
+    assert race == "FAIL" and re.search(RATE_LIMITED, reason), result.output
+    assert "oversold" not in reason and "cleanup" not in reason, result.output
+    after = list(table)[list(table).index("concurrent holds: no oversell") + 1 :]
+    assert after and all(table[name][0] == "SKIP" for name in after), result.output
+    assert all("the API key's rate limit was hit" in table[name][1] for name in after)
+    assert failed(result.output) == {"concurrent holds: no oversell"}, result.output
+    assert stock["naive:small"] == 3
+
+
+@pytest.mark.slow
+def test_the_demo_servers_rate_limit_stops_a_run_that_gives_back_what_it_held(
+    monkeypatch,
+) -> None:
+    """The README's demo server allows a key 600 calls a minute: runs of the README's check
+    one after another spend it within a few. The run that hits it fails with the line that says
+    so, and leaves demo-2 as it found it: its cleanup releases wait out Retry-After."""
+    from tevo_hold.checker import run_checks
+
+    for name in [k for k in os.environ if k.startswith("TEVO_HOLD_")]:
+        monkeypatch.delenv(name)
+    app = create_app()
+    service = app.extensions["tevo_hold"].service
+    listings = [Listing("demo-1", 10), Listing("demo-2", 4)]
+    try:
+        with serve(app) as url:
+            for _ in range(12):
+                report = run_checks(url, "demo-key", listings=listings)
+                if not report.ok:
+                    break
+        print(report.format())
+        [limited] = report.failed
+        assert re.search(
+            r"answered 429 rate_limited with Retry-After: \d+: the API key's rate limit was hit",
+            limited.reason,
+        ), report.format()
+        assert "cleanup" not in limited.reason, report.format()
+        stock = service.adapter.stock("demo-2")
+    finally:
+        service.close()
+    assert stock.held == 0 and stock.available == 4, stock
+
+
+@pytest.mark.slow
+def test_a_cleanup_release_that_stays_refused_is_reported() -> None:
+    """The limit stays spent past the checker's timeout: the winners' tickets cannot be given
+    back, and the line says so."""
+    stock = naive_stock()
+    with serve(naive_app(stock, rate_limit=(7, 60.0))) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12", "--timeout", "1.5")
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    race, reason = rows(result.output)["concurrent holds: no oversell"]
+    assert race == "FAIL" and re.search(RATE_LIMITED, reason), result.output
+    assert re.search(
+        r"; 3 cleanup releases failed, so what those holds took stays taken until it lapses: "
+        r"POST /v1/releases answered 429 rate_limited with Retry-After: 1 \(retried for 1.5 s\)",
+        reason,
+    ), result.output
+    assert stock["naive:small"] == 0
 
 
 @pytest.mark.slow

@@ -2,10 +2,15 @@
 
 :func:`run_checks` (or :class:`Checker`) calls a running server the way TEvo does and judges each
 answer against the README's contract: the full flows (hold → invoice, hold → release, retries of
-each), the documented conflicts and not-founds, bad input, API-key checks, concurrent holds on a
-small listing, and, when the server's hold TTL is short enough, a hold lapsing. It returns a
-:class:`Report`: one :class:`CheckResult` per check, each PASS, FAIL (with a one-line reason) or
-SKIP (not run, with the reason), and the latency of every call it made.
+each, an invoice retried with the order id as a string), the documented conflicts (a global_id
+reused for another quantity or listing) and not-founds, bad input (unknown path, wrong method,
+a body that is not JSON or does not parse, fields out of bounds: each a JSON problem document),
+API-key checks (no key and a wrong one, as X-API-Key and as a Bearer token, on every call),
+concurrent holds on a small listing, and, when the server's hold TTL is short enough, a hold
+lapsing. Every time must be RFC 3339 UTC (``2026-11-23T12:00:00.123Z``; ``+00:00`` for ``Z`` is
+RFC 3339 UTC too). It returns a :class:`Report`: one :class:`CheckResult` per check, each PASS,
+FAIL (with a one-line reason) or SKIP (not run, with the reason), and the latency of every call
+it made.
 
 It needs nothing from the server but HTTP: it works against this project's server or any other
 implementation of the same contract. It does need listings to hold tickets of:
@@ -13,23 +18,34 @@ implementation of the same contract. It does need listings to hold tickets of:
 - the *flow listing* (at least :data:`FLOW_TICKETS` tickets available): the flows and the key
   checks hold one or two tickets of it at a time; each run sells one ticket of it for good (the
   hold → invoice flow), the others are released (or lapse, without a small listing). Its tickets
-  are counted before that sale and after it and its retries (a hold of more than it has must be
-  refused with ``available``, its count): they must be as many, a sale taking held tickets once;
+  are counted (a hold of more than it has must be refused with ``available``, its count) before
+  that sale and after it and its retries, and before the hold that is released and after its
+  release and the release's retries: each time they must be as many, a sale taking held tickets
+  once and a release giving them back once. ``available`` is optional (the README gives it only
+  when the POS tells): without it these counts are not made (SKIP);
 - the *small listing* (its whole stock available, fewer tickets than ``concurrency``): since the
-  checker knows its stock, it counts tickets there. A hold of one more than its stock must be
-  refused (409, ``available`` its stock); ``concurrency`` one-ticket holds fired at once must win
-  exactly its stock; once the winners are released, all of it must be holdable in one hold, and
-  then not one ticket more; identical one-ticket holds sent at once, then retried, must take one
-  ticket; and a hold of all of it that lapses must give it all back. After one of these failed,
-  the others are not run (the stock is unknown). Every ticket held is given back, so the run
-  leaves it as it found it.
+  checker knows its stock, it counts tickets there, by what holds win (and by ``available``, when
+  an answer has it). A hold of one more than its stock must be refused (409);
+  ``concurrency`` one-ticket holds fired at once must win exactly its stock; once the winners are
+  released, all of it must be holdable in one hold, and then not one ticket more; identical
+  one-ticket holds sent at once, then retried, must take one ticket; and a hold of all of it
+  must keep it half-way to its deadline (still held, not one ticket more holdable) and lapse
+  then: its tickets come back, and while another hold has them all again its invoice is 410
+  hold_expired and its release gives back nothing more; then all of it is holdable once more,
+  and not one ticket more. After one of these failed, the others are not run (the stock is
+  unknown). Every ticket held is given back, so the run leaves it as it found it.
+
+A 429 (the key's rate limit) fails the check it came in with a line that says so, and the
+checks after it are not run. Cleanup releases answered 429 (or 409 request_in_progress) are
+retried after Retry-After for up to the timeout; one that still fails is reported in its check
+(FAIL: what that hold took stays taken until it lapses).
 
 :func:`prepare_listings` stocks two fresh listings of the reference inventory in the server's
 Redis, for deployments of this project. Every run uses fresh ``global_id`` values (a uuid per run),
 so runs never collide, with each other or with real traffic.
 
 The checker is a client only: one ``requests.Session`` (its pool sized for the concurrency
-check), a timeout on every call, no retries.
+check), a timeout on every call, and no retries but those of its cleanup releases.
 """
 
 from __future__ import annotations
@@ -281,6 +297,15 @@ class CheckFailed(Exception):
     """Raised inside a check: the check fails with this one-line reason."""
 
 
+class _RateLimited(CheckFailed):
+    """Raised by a call answered 429: the key's rate limit, which stops the run. ``answer`` is
+    that answer (the call made nothing)."""
+
+    def __init__(self, line: str, answer: _Answer) -> None:
+        super().__init__(line)
+        self.answer = answer
+
+
 class _NotRun(Exception):
     """Raised inside a check: the check is reported SKIP with this one-line reason."""
 
@@ -470,6 +495,8 @@ class _Row:
     signature_refused: bool = False
     #: What a passing check could not judge (its reason on PASS).
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: Why cleanup releases failed: what those holds took stays taken until they lapse.
+    stranded: list[str] = dataclasses.field(default_factory=list)
 
     def done(self, result: Result, reason: str = "") -> CheckResult:
         with self.lock:
@@ -548,6 +575,8 @@ class Checker:
         self._ids = 0
         self._ttl: float | None = None  # seconds holds live, learnt from the first hold
         self._flow: dict[str, Any] = {}  # what a flow's first checks made, for the next ones
+        self._rate_limited: str | None = None  # the line of the first 429 answered, if any
+        self._rate_limited_lock = threading.Lock()
 
     def __enter__(self) -> Checker:
         return self
@@ -576,10 +605,12 @@ class Checker:
         key: str | None = "",
         headers: Mapping[str, str] | None = None,
         note: str = "",
+        limited_ok: bool = False,
     ) -> _Answer:
         """One call, recorded in ``row``. ``key`` "" sends our key, None no key, else that key.
 
-        Transport failures (no connection, no answer in time) fail the check.
+        Transport failures (no connection, no answer in time) fail the check, and so does a 429
+        (the key's rate limit, which stops the run: see :meth:`run`) unless ``limited_ok``.
         """
         sent_headers: dict[str, str] = {"Accept": "application/json"}
         if key is not None:
@@ -616,7 +647,7 @@ class Checker:
         parsed, not_json = _parse(content_type, content)
         if response.status_code == 401 and isinstance(parsed, dict):
             row.signature_refused |= parsed.get("code") == "invalid_signature"
-        return _Answer(
+        answer = _Answer(
             method,
             path,
             note,
@@ -628,6 +659,16 @@ class Checker:
             sent,
             received,
         )
+        if answer.status == 429 and not limited_ok:
+            line = (
+                f"{answer.label} answered {answer.describe()}{_retry_after_text(answer)}: the "
+                "API key's rate limit was hit, so the run stopped (run it again once the limit "
+                "allows, or give the key a higher limit)"
+            )
+            with self._rate_limited_lock:
+                self._rate_limited = self._rate_limited or line
+            raise _RateLimited(line, answer)
+        return answer
 
     @staticmethod
     def _record(
@@ -761,6 +802,9 @@ class Checker:
         ]
         for name, step, needs in plan:
             row = _Row(name)
+            if self._rate_limited is not None:
+                results.append(row.done(Result.SKIP, _AFTER_RATE_LIMIT))
+                continue
             failed_needs = [n for n in needs if not any(r.name == n and r.passed for r in results)]
             if failed_needs:
                 results.append(row.done(Result.SKIP, f"not run: needs {failed_needs[0]!r}"))
@@ -778,6 +822,9 @@ class Checker:
         failed: str | None = None
         for name, step in counting:
             row = _Row(name)
+            if self._rate_limited is not None:
+                results.append(row.done(Result.SKIP, _AFTER_RATE_LIMIT))
+                continue
             if failed is not None:
                 reason = f"not run: {failed!r} failed, so the small listing's stock is unknown"
                 results.append(row.done(Result.SKIP, reason))
@@ -794,19 +841,35 @@ class Checker:
         )
 
     def _run_step(self, row: _Row, step: _Step) -> CheckResult:
+        limited = self._rate_limited
+        result, reason = self._judge_step(row, step)
+        if self._rate_limited is not None and limited is None:
+            # Whatever the check made of it, a 429 is the key's limit, not the check's fault.
+            result, reason = Result.FAIL, self._rate_limited
+        if row.stranded:
+            many = len(row.stranded)
+            line = (
+                f"{many} cleanup release{'s' if many > 1 else ''} failed, so what "
+                f"{'those holds' if many > 1 else 'that hold'} took stays taken until it "
+                f"lapses: {row.stranded[0]}"
+            )
+            reason = f"{reason}; {line}" if result is Result.FAIL else line
+            result = Result.FAIL
+        return row.done(result, self._redact(reason))
+
+    def _judge_step(self, row: _Row, step: _Step) -> tuple[Result, str]:
         try:
             step(row)
         except CheckFailed as exc:
             reason = str(exc)
             if row.signature_refused and not self.sign:
                 reason += " (the server requires signed requests: sign them, --sign)"
-            return row.done(Result.FAIL, self._redact(reason))
+            return Result.FAIL, reason
         except _NotRun as exc:
-            return row.done(Result.SKIP, str(exc))
+            return Result.SKIP, str(exc)
         except Exception as exc:  # a checker bug or a body of an unexpected shape
-            reason = f"checker error: {type(exc).__name__}: {exc}"
-            return row.done(Result.FAIL, self._redact(reason))
-        return row.done(Result.PASS, "; ".join(row.notes))
+            return Result.FAIL, f"checker error: {type(exc).__name__}: {exc}"
+        return Result.PASS, "; ".join(row.notes)
 
     def _redact(self, text: str) -> str:
         """``text`` without the API key, as it is or as ``repr`` escapes it (never print it)."""
@@ -1120,7 +1183,7 @@ class Checker:
         self, calls: Sequence[Callable[[], _Answer]]
     ) -> tuple[list[_Answer | None], list[str]]:
         """Make ``calls`` at once, each on its own thread, released together: their answers in
-        order (None for a call that got none) and the transport failures."""
+        order (None for a call that got none) and the failures (no answer, or a 429)."""
         barrier = threading.Barrier(len(calls))
 
         def fire(call: Callable[[], _Answer]) -> _Answer:
@@ -1134,6 +1197,9 @@ class Checker:
             for future in [pool.submit(fire, call) for call in calls]:
                 try:
                     answers.append(future.result())
+                except _RateLimited as exc:  # answered, and made nothing
+                    answers.append(exc.answer)
+                    failures.append(str(exc))
                 except CheckFailed as exc:
                     answers.append(None)
                     failures.append(str(exc))
@@ -1211,8 +1277,30 @@ class Checker:
             )
 
     def _quiet_release(self, row: _Row, gid: str) -> None:
-        with contextlib.suppress(CheckFailed):  # cleanup: the check has its verdict already
-            self._release(row, gid)
+        """Cleanup: give back whatever ``gid`` may hold (the check has its verdict already).
+
+        A 429 (the key's rate limit) or a 409 request_in_progress is retried after its
+        Retry-After, for up to ``timeout`` seconds; a release that does not get done is
+        reported in ``row.stranded``. Done: 200, or a 404 or other 409 (nothing held, or sold).
+        """
+        give_up = time.monotonic() + self.timeout
+        while True:
+            try:
+                answer = self._release(row, gid, limited_ok=True)
+            except CheckFailed as exc:
+                row.stranded.append(str(exc))
+                return
+            busy = answer.status == 429 or answer.code == "request_in_progress"
+            wait = _retry_after(answer)
+            if not busy or time.monotonic() + wait > give_up:
+                break
+            time.sleep(wait)
+        if not busy and answer.status in (200, 404, 409):
+            return
+        waited = f" (retried for {self.timeout:g} s)" if busy else ""
+        row.stranded.append(
+            f"{answer.label} answered {answer.describe()}{_retry_after_text(answer)}{waited}"
+        )
 
     # -- the small listing: its whole stock is known, so tickets can be counted -----------------
     def _small_listing(self) -> Listing:
@@ -1527,6 +1615,27 @@ def _header_problem(value: str) -> str | None:
     except UnicodeEncodeError:
         return "it holds a character outside Latin-1"
     return None
+
+
+#: The reason of every check after the one a 429 stopped.
+_AFTER_RATE_LIMIT = "not run: the API key's rate limit was hit (see the check that failed)"
+
+
+def _retry_after(answer: _Answer) -> float:
+    """Seconds to wait before a retry: the answer's Retry-After in seconds, else 1."""
+    try:
+        seconds = float(answer.headers.get("Retry-After", ""))
+    except ValueError:
+        return 1.0
+    return seconds if 0 <= seconds < float("inf") else 1.0
+
+
+def _retry_after_text(answer: _Answer) -> str:
+    """`` with Retry-After: 3``, or `` without Retry-After``, for a 429's line (else "")."""
+    if answer.status != 429 and answer.code != "request_in_progress":
+        return ""
+    value = answer.headers.get("Retry-After")
+    return " without Retry-After" if value is None else f" with Retry-After: {value.strip()[:40]}"
 
 
 def _sleep_until(moment: float) -> None:
