@@ -948,6 +948,21 @@ def test_a_race_too_long_to_judge_is_not_run_and_the_stock_checks_still_are() ->
     assert {r for r, _ in table.values()} == {"PASS"}, result.output
 
 
+def test_a_key_the_server_refuses_is_named_as_the_likely_mistake() -> None:
+    """Run with a key the server does not accept, every check that needs it fails; each line
+    says the server refused the key given, and where the checker took it from."""
+    with serve(naive_app(naive_stock())) as url:
+        result = check(url, *NAIVE_LISTINGS, env={"TEVO_HOLD_CHECK_API_KEY": "not-the-key"})
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    hint = "(the server refused the API key given: check --api-key or TEVO_HOLD_CHECK_API_KEY)"
+    table = rows(result.output)
+    assert table["hold -> 201 held"][0] == "FAIL"
+    assert table["hold -> 201 held"][1].endswith(hint), result.output
+    # the checks that send no key, or a wrong one on purpose, are not told so
+    assert hint not in table["healthz -> 200 without a key"][1]
+
+
 @pytest.mark.slow
 def test_the_wrong_key_sent_does_not_contain_the_real_one() -> None:
     """A gateway logging refused credentials must not log the real key."""

@@ -493,6 +493,8 @@ class _Row:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     #: Whether the server answered 401 invalid_signature to one of the calls.
     signature_refused: bool = False
+    #: Whether the server answered 401 unauthorized to a call that sent the checker's key.
+    key_refused: bool = False
     #: What a passing check could not judge (its reason on PASS).
     notes: list[str] = dataclasses.field(default_factory=list)
     #: Why cleanup releases failed: what those holds took stays taken until they lapse.
@@ -647,6 +649,9 @@ class Checker:
         parsed, not_json = _parse(content_type, content)
         if response.status_code == 401 and isinstance(parsed, dict):
             row.signature_refused |= parsed.get("code") == "invalid_signature"
+            row.key_refused |= parsed.get("code") == "unauthorized" and _sent_key(sent_headers) == (
+                self.api_key
+            )
         answer = _Answer(
             method,
             path,
@@ -864,6 +869,11 @@ class Checker:
             reason = str(exc)
             if row.signature_refused and not self.sign:
                 reason += " (the server requires signed requests: sign them, --sign)"
+            elif row.key_refused:
+                reason += (
+                    " (the server refused the API key given: check --api-key or "
+                    "TEVO_HOLD_CHECK_API_KEY)"
+                )
             return Result.FAIL, reason
         except _NotRun as exc:
             return Result.SKIP, str(exc)
