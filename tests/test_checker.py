@@ -1033,6 +1033,21 @@ def test_usage_errors_exit_2_before_any_call(args: tuple[str, ...], message: str
     assert message in result.output
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("127.0.0.1:8000", "must start with http:// or https:// and name a host"),
+        ("http://", "must start with http:// or https:// and name a host"),
+        ("http://127.0.0.1:99999", "cannot be read: Port out of range"),
+    ],
+)
+def test_a_url_the_checker_cannot_call_is_a_usage_error(url: str, message: str) -> None:
+    """Not one failed check per call: one line naming the URL's mistake, before any call."""
+    result = check(url, "--listing", "a:9")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
 def test_the_api_key_is_required() -> None:
     result = CliRunner().invoke(
         main,

@@ -88,6 +88,7 @@ __all__ = [
     "Listing",
     "Report",
     "Result",
+    "base_url_of",
     "prepare_listings",
     "run_checks",
 ]
@@ -560,7 +561,7 @@ class Checker:
         unsendable = _header_problem(api_key)
         if unsendable:
             raise ValueError(f"the API key cannot be sent as an HTTP header: {unsendable}")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url_of(base_url)
         self.api_key = api_key
         self.flow = flow_listing
         self.small = small_listing
@@ -1573,6 +1574,22 @@ class Checker:
         """A fresh integer order id (TEvo's are integers)."""
         self._ids += 1
         return int(self.run_id[:8], 16) * 1000 + self._ids
+
+
+def base_url_of(url: str) -> str:
+    """``url`` as the base of the checker's calls (no trailing '/'); ValueError unless it is an
+    http:// or https:// URL naming a host (``127.0.0.1:8000`` alone would fail every check)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"the URL {url!r} cannot be read: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"the URL {url!r} must start with http:// or https:// and name a host: "
+            "http://127.0.0.1:8000, say"
+        )
+    return url.rstrip("/")
 
 
 def _sent_key(headers: Mapping[str, str]) -> str | None:

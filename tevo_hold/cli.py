@@ -22,6 +22,7 @@ from .checker import (
     Listing,
     Report,
     Result,
+    base_url_of,
     prepare_listings,
     run_checks,
 )
@@ -508,6 +509,10 @@ def check(
     (PASS, FAIL or SKIP per check, with the latency of its calls) and exits 0 only when no check
     failed; 1 when one did, 2 on bad usage. Every run uses fresh global_ids, so runs never collide.
     """
+    try:
+        base_url_of(url)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if prepare == bool(listings):
         raise click.UsageError("give either --prepare or --listing REMOTE_ID:QUANTITY (up to two)")
     if len(listings) > 2:
