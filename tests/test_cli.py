@@ -238,6 +238,27 @@ def test_a_mistyped_redis_url_is_one_error_line_naming_it_for_every_command(
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("scheme", "path", "says"),
+    [
+        ("redis+cluster", "", "configuration_error: TEVO_HOLD_REDIS_URL names a Redis Cluster"),
+        ("redis+sentinel", "/mymaster", "unavailable: Redis is unavailable: a server"),
+    ],
+    ids=["cluster", "sentinel"],
+)
+def test_a_redis_url_of_the_wrong_kind_for_the_redis_it_reaches_is_one_error_line(
+    env, redis_url, scheme, path, says
+):
+    """redis+cluster:// or redis+sentinel:// aimed at a plain Redis: redis-py's
+    RedisClusterException or ResponseError ("unknown command 'SENTINEL'") was a traceback."""
+    address = redis_url.split("://", 1)[1].split("/", 1)[0]
+    result = run({**env, "TEVO_HOLD_REDIS_URL": f"{scheme}://{address}{path}"}, "keys", "list")
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {says}"), line
+
+
 @pytest.mark.parametrize("command", EVERY_COMMAND, ids=" ".join)
 def test_a_database_the_redis_does_not_have_is_one_error_line_naming_the_setting(
     env, redis_url, command

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tevo_hold import HoldService, RedisInventoryAdapter, Settings, build_service
+from tevo_hold import HoldService, RedisInventoryAdapter, Settings, build_service, create_app
 from tevo_hold import errors as e
 from tevo_hold._redis import fail_fast, translate_errors
 from tevo_hold.connection import LazyRedisCluster, connect
+from tevo_hold.web import EXTENSION_KEY
 
 from .servers import (
     Cluster,
@@ -41,6 +42,11 @@ def stocked(service: HoldService, rid: str = "L", quantity: int = 10) -> RedisIn
 
 def hold(service: HoldService, gid: str, rid: str = "L", qty: int = 1) -> str:
     return service.hold(remote_id=rid, quantity=qty, global_id=gid).hold.status.value
+
+
+def port_of(url: str) -> int:
+    """The port of a redis:// URL of the tests' servers (``redis://127.0.0.1:PORT/0``)."""
+    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -140,6 +146,48 @@ def test_a_cluster_client_starts_while_the_cluster_is_down_and_works_once_it_is_
             node.stop()
 
 
+def test_a_cluster_url_at_a_redis_not_in_cluster_mode_stops_the_start(redis_url: str) -> None:
+    """redis+cluster:// aimed at a plain Redis: one line naming the setting and the fix, as
+    the opposite mistake gets, not redis-py's RedisClusterException out of create_app (a
+    gunicorn worker that failed to boot)."""
+    url = f"redis+cluster://127.0.0.1:{port_of(redis_url)}"
+    with pytest.raises(e.ConfigurationError, match=r"not in cluster mode: write redis://"):
+        create_app({"TEVO_HOLD_REDIS_URL": url, "TEVO_HOLD_API_KEYS": "k"})
+
+
+@pytest.mark.slow
+def test_a_cluster_not_formed_yet_is_unavailable_until_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes up but not joined (before `redis-cli --cluster create`): the server starts and
+    answers 503 saying so, as while Redis is down (redis-py's reading of the topology died of
+    an IndexError, out of create_app), and serves once the cluster is formed."""
+    monkeypatch.setattr("tevo_hold.connection.RETRY_FIRST_USE_AFTER", 0.0)
+    node = RedisProcess(
+        tmp_path,
+        ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")],
+    )
+    node.start()
+    try:
+        url = f"redis+cluster://127.0.0.1:{node.port}"
+        app = create_app({"TEVO_HOLD_REDIS_URL": url, "TEVO_HOLD_API_KEYS": "k"})
+        service = app.extensions[EXTENSION_KEY].service
+        try:
+            body = {"remote_id": "L", "quantity": 1, "global_id": "g"}
+            answer = app.test_client().post("/v1/holds", json=body, headers={"X-API-Key": "k"})
+            assert answer.status_code == 503, answer.json
+            assert "serves a slot yet" in answer.json["detail"]
+            with node.client(socket_timeout=2) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                wait_for(lambda: client.cluster("info")["cluster_state"] == "ok")
+            stocked(service)
+            assert hold(service, "g") == "held"
+        finally:
+            service.close()
+    finally:
+        node.stop()
+
+
 # -- Sentinel ------------------------------------------------------------------------------------
 
 
@@ -200,6 +248,24 @@ def test_a_sentinel_url_with_a_wrong_password_is_refused() -> None:
                 service.get(global_id="x")
         finally:
             service.close()
+
+
+def test_a_sentinel_url_at_a_plain_redis_is_unavailable_naming_the_mistake(
+    redis_url: str,
+) -> None:
+    """redis+sentinel:// aimed at a Redis that is no Sentinel: 503 (Redis cannot be reached
+    through that URL) saying what is wrong, not a 500 internal_error with Redis's answer to
+    SENTINEL MASTERS ("unknown command") in the log only."""
+    url = f"redis+sentinel://127.0.0.1:{port_of(redis_url)}/mymaster"
+    app = create_app({"TEVO_HOLD_REDIS_URL": url, "TEVO_HOLD_API_KEYS": "k"})
+    try:
+        body = {"remote_id": "L", "quantity": 1, "global_id": "g"}
+        answer = app.test_client().post("/v1/holds", json=body, headers={"X-API-Key": "k"})
+        assert answer.status_code == 503, answer.json
+        assert answer.json["code"] == "unavailable"
+        assert "is not one (it answers unknown command 'SENTINEL')" in answer.json["detail"]
+    finally:
+        app.extensions[EXTENSION_KEY].service.close()
 
 
 def test_a_cluster_node_reached_as_one_redis_is_a_configuration_error(tmp_path: Path) -> None:
@@ -307,6 +373,7 @@ OUTAGES = [
     X.OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."),
     X.ResponseError("NOREPLICAS Not enough good replicas to write."),
     X.ResponseError("DB index is out of range"),  # the URL's /db: every connection is refused
+    X.ResponseError("unknown command 'SENTINEL', with args beginning with: 'MASTERS'"),
 ]
 BUGS = [
     X.ResponseError("ERR wrong number of arguments"),

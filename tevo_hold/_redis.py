@@ -8,6 +8,7 @@ import functools
 import hashlib
 import importlib.resources
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -78,6 +79,19 @@ _ANSWERED = (
 #: password, an AuthenticationError), until the setting is put right.
 _NO_SUCH_DATABASE = "DB index is out of range"
 
+#: A plain Redis's answer to the Sentinel client's first question (SENTINEL MASTERS): a
+#: redis+sentinel:// URL names a Redis (or a cluster node) where its Sentinels should be. Every
+#: call fails so until the URL is put right; the answer names the likely mistake.
+_NOT_A_SENTINEL = re.compile(r"unknown command [`']sentinel[`']", re.IGNORECASE)
+
+#: The cluster client's words for a redis+cluster:// URL that reaches a Redis not in cluster
+#: mode (the opposite mistake of a cluster node behind redis://, CROSSSLOT below).
+_NOT_A_CLUSTER = "Cluster mode is not enabled"
+
+#: Why a cluster client could not read the topology of a cluster whose nodes are up but not
+#: joined yet, no node serving a slot (see LazyRedisCluster): unavailable until it is formed.
+NOT_FORMED = "no node of the Redis Cluster serves a slot yet: is it formed?"
+
 
 def _is_outage(exc: BaseException) -> bool:
     """True for an error that means Redis (or part of a cluster) could not be reached."""
@@ -88,8 +102,13 @@ def _is_outage(exc: BaseException) -> bool:
         # MISCONF: a Redis that cannot save its snapshots (a full disk) refuses writes; BUSY:
         # another client's script runs past lua-time-limit. Each passes, and says so. And a
         # database the Redis does not have (TEVO_HOLD_REDIS_URL's /db): see _NO_SUCH_DATABASE.
+        # And a redis+sentinel:// URL whose addresses are no Sentinels' (see _NOT_A_SENTINEL).
         text = str(exc)
-        return text.startswith(("NOREPLICAS", "MISCONF", "BUSY ")) or _NO_SUCH_DATABASE in text
+        return (
+            text.startswith(("NOREPLICAS", "MISCONF", "BUSY "))
+            or _NO_SUCH_DATABASE in text
+            or _NOT_A_SENTINEL.search(text) is not None
+        )
     if isinstance(exc, redis.exceptions.RedisClusterException):
         # The cluster client's own errors are mostly bugs (keys of two slots, say), except
         # "Redis Cluster cannot be connected" and "All slots are not covered", raised while
@@ -137,13 +156,20 @@ class fail_fast:  # a class used as a function (a decorator factory and context 
 
 
 def _unavailable(exc: Exception, outage: list[BaseException] | None) -> errors.Unavailable:
-    """``exc`` as Unavailable if it is an outage (noted for fail_fast); else re-raise it."""
+    """``exc`` as Unavailable if it is an outage (noted for fail_fast); ConfigurationError if
+    it says TEVO_HOLD_REDIS_URL is of the wrong kind for the Redis it reaches (a cluster's node
+    as one Redis, or the reverse); else re-raise it."""
     if isinstance(exc, redis.exceptions.ClusterCrossSlotError):  # CROSSSLOT
         # A Redis in cluster mode reached as one Redis (redis://: a managed service's single
         # shard, say): it refuses the keys of a hold and of its listing in one script.
         raise errors.ConfigurationError(
             "TEVO_HOLD_REDIS_URL reaches a Redis in cluster mode as a single Redis: write "
             "redis+cluster://host:port (rediss+cluster:// for TLS)."
+        ) from exc
+    if isinstance(exc, redis.exceptions.RedisClusterException) and _NOT_A_CLUSTER in str(exc):
+        raise errors.ConfigurationError(
+            "TEVO_HOLD_REDIS_URL names a Redis Cluster (redis+cluster://), but the Redis it "
+            "reaches is not in cluster mode: write redis://host:port/db (rediss:// for TLS)."
         ) from exc
     if not _is_outage(exc):
         raise exc
@@ -180,7 +206,15 @@ def _name(exc: BaseException) -> str:
                 f"it has no database of the number TEVO_HOLD_REDIS_URL gives ({_NO_SUCH_DATABASE}"
                 "): its databases are 0 to its `databases` setting less one (0 to 15 by default)"
             )
+        if _NOT_A_SENTINEL.search(str(exc)):
+            return (
+                "a server TEVO_HOLD_REDIS_URL (redis+sentinel://) names as a Sentinel is not one "
+                "(it answers unknown command 'SENTINEL'): give the Sentinels' addresses (port "
+                "26379 by default), or write redis://host:port/db for a single Redis"
+            )
         return str(exc).split(" ", 1)[0]  # NOREPLICAS
+    if isinstance(exc, redis.exceptions.ClusterDownError) and str(exc) == NOT_FORMED:
+        return f"ClusterDownError ({NOT_FORMED})"
     return type(exc).__name__
 
 

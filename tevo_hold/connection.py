@@ -50,7 +50,7 @@ from redis.connection import (
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ._redis import RedisClient, _is_outage
+from ._redis import NOT_FORMED, RedisClient, _is_outage
 from .adapters.redis_inventory import SAMPLE_INVENTORY, RedisInventoryAdapter, load_inventory
 from .errors import ConfigurationError
 from .keys import KeySpace
@@ -323,7 +323,7 @@ class LazyRedisCluster(RedisCluster):
     this one waits for its first command (which then raises, translated into
     :class:`~tevo_hold.errors.Unavailable`, until a node answers; within a second of a failed
     attempt, at once). So a server process starts, and its gunicorn workers boot, even while
-    the cluster is unreachable.
+    the cluster is unreachable, or up but not formed yet (no node serves a slot).
 
     After a connection error or a timeout on a node, redis-py reads the topology again before
     it raises, asking every node in turn: with the whole cluster stalled or cut off, that is one
@@ -359,7 +359,13 @@ class LazyRedisCluster(RedisCluster):
             )
         state["_lazy_initializer"] = threading.get_ident()
         try:
-            RedisCluster.__init__(self, **state["_lazy_kwargs"])
+            try:
+                RedisCluster.__init__(self, **state["_lazy_kwargs"])
+            except IndexError as exc:
+                # redis-py's reading of the topology finds no master when no node serves a
+                # slot: a cluster whose nodes are up but not joined yet (before `redis-cli
+                # --cluster create`). Unavailable until it is formed, as a cluster down is.
+                raise redis.exceptions.ClusterDownError(NOT_FORMED) from exc
         except Exception as exc:
             if _is_outage(exc):
                 state["_lazy_failure"] = (time.monotonic(), exc)

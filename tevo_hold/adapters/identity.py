@@ -55,7 +55,8 @@ def record_adapter(service: HoldService) -> None:
     """Record the service's adapter as the server's (at start-up: one write).
 
     Redis down does not stop the start (the server serves once Redis is back); it is logged,
-    since the commands then check against what an earlier start recorded, if anything.
+    since the commands then check against what an earlier start recorded, if anything. A
+    TEVO_HOLD_REDIS_URL of the wrong kind for the Redis it reaches (ConfigurationError) does.
     """
     ledger, keys = service.ledger, service.ledger.keys
     record = {
@@ -65,7 +66,13 @@ def record_adapter(service: HoldService) -> None:
     try:
         with translate_errors():
             ledger.client.mset(record)  # both keys in one slot: one atomic write
-    except (errors.TevoHoldError, redis.RedisError) as exc:
+    except errors.ConfigurationError:
+        raise
+    except (
+        errors.TevoHoldError,
+        redis.RedisError,
+        redis.exceptions.RedisClusterException,  # not a RedisError
+    ) as exc:
         log.warning(
             "could not record the POS adapter in Redis (%s): the tevo-hold commands that call "
             "the POS (worker, invoices retry, inventory) cannot check that they use the same "
