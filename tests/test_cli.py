@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -307,6 +308,46 @@ def test_an_adapter_that_cannot_be_built_is_one_error_line(env):
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit)
     assert result.stderr.startswith("error: configuration_error: TEVO_HOLD_ADAPTER=")
+
+
+class UnconfiguredPos(RecordingPos):
+    """The vendor guide's from_settings, which reads its URL with os.environ[...], run without
+    it; and a target() that fails."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UnconfiguredPos:
+        if os.environ.get("TEST_CLI_BUILD_FAILS"):
+            os.environ["ACME_POS_URL"]  # read for its KeyError
+        return cls()
+
+    def target(self) -> str:
+        raise RuntimeError("no ACME_POS_URL")
+
+
+@pytest.mark.parametrize("where", ["from_settings", "target"])
+def test_an_adapter_whose_own_code_fails_is_one_error_line(env, redis_url, where):
+    """A 50-line traceback before: the adapter's error goes in the line, with the setting."""
+    name = "tests.test_cli:UnconfiguredPos"
+    if where == "target":  # a server of this adapter recorded its class and target
+        keys, client = KeySpace(Settings().key_prefix), redis.Redis.from_url(redis_url)
+        with client:
+            client.mset({keys.server_adapter(): name, keys.server_adapter_target(): "x"})
+    build_fails = "1" if where == "from_settings" else None
+    command = {**env, "TEVO_HOLD_ADAPTER": name, "TEST_CLI_BUILD_FAILS": build_fails}
+    result = run(command, "worker")
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    [line] = result.stderr.splitlines()
+    if where == "from_settings":
+        assert line == (
+            f"error: configuration_error: TEVO_HOLD_ADAPTER={name!r}: "
+            "UnconfiguredPos.from_settings(settings) failed: KeyError: 'ACME_POS_URL'"
+        )
+    else:
+        assert line == (
+            f"error: configuration_error: The POS adapter {name} (TEVO_HOLD_ADAPTER={name}): "
+            "its target() failed: RuntimeError: no ACME_POS_URL"
+        )
 
 
 # -- the server's adapter and the commands that call the POS -----------------------------------

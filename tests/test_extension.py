@@ -252,6 +252,28 @@ def test_a_prefix_it_cannot_mount_at_is_refused_before_the_app_is_changed(prefix
     assert app.test_client().get("/tevo/healthz").status_code == 200
 
 
+class TargetFails(RecordingPos):
+    """An adapter whose target() fails (reads a setting it was not given)."""
+
+    def target(self) -> str:
+        raise RuntimeError("no ACME_POS_URL")
+
+
+def test_an_adapter_whose_target_fails_stops_the_start_with_its_error_and_nothing_running():
+    """Its RuntimeError came out of create_app (a server that failed to boot, a traceback),
+    after the embedded default had started the worker thread of the app it refused."""
+    name = "tests.test_extension:TargetFails"
+    before = set(threading.enumerate())
+    with pytest.raises(ConfigurationError) as info:
+        create_app({"TEVO_HOLD_API_KEYS": "k", "TEVO_HOLD_ADAPTER": name})
+    assert str(info.value) == (
+        f"The POS adapter {name} (TEVO_HOLD_ADAPTER={name}): its target() failed: "
+        "RuntimeError: no ACME_POS_URL"
+    )
+    started = [t.name for t in set(threading.enumerate()) - before]
+    assert not [n for n in started if n.startswith("embedded-worker-")], started
+
+
 def test_state_lives_in_app_extensions_and_config_is_read_from_app_config():
     app = Flask("vendor")
     app.config.update(TEVO_HOLD_API_KEYS="k1,k2", TEVO_HOLD_HOLD_TTL="42")

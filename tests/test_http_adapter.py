@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import os
 import ssl
 import time
 from collections.abc import Iterator
@@ -942,3 +943,64 @@ def test_a_bad_dotted_path_is_a_configuration_error(name):
             build_service(settings, client=client)
     finally:
         client.close()
+
+
+class MissingMethods(PosAdapter):
+    """A vendor's adapter that forgot release and invoice."""
+
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        pass
+
+
+class NeedsArguments(BuiltPlain):
+    """An adapter whose __init__ takes arguments, with no from_settings to give them."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+
+
+class FromSettingsFails(BuiltFromSettings):
+    """The vendor guide's from_settings (os.environ[...]) run without its variable."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FromSettingsFails:
+        os.environ["ACME_POS_URL"]  # read for its KeyError
+        return cls(settings)
+
+
+class FromSettingsTypeError(BuiltFromSettings):
+    """A from_settings with a bug of its own that raises TypeError."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FromSettingsTypeError:
+        raise TypeError("float() argument must be a string or a real number, not 'NoneType'")
+
+
+@pytest.mark.parametrize(
+    ("cls", "says"),
+    [
+        (MissingMethods, "the class does not define invoice, release, which every"),
+        (NeedsArguments, "the class needs arguments (missing a required argument: 'base_url'); "),
+        (FromSettingsFails, "FromSettingsFails.from_settings(settings) failed: KeyError: "),
+        (FromSettingsTypeError, "FromSettingsTypeError.from_settings(settings) failed: TypeError:"),
+    ],
+    ids=["missing-methods", "needs-arguments", "keyerror", "typeerror"],
+)
+def test_an_adapter_class_that_cannot_be_built_is_told_why(
+    monkeypatch: pytest.MonkeyPatch, cls: type[PosAdapter], says: str
+) -> None:
+    """One line naming the setting and the cause. A missing method, or a TypeError raised
+    inside a from_settings, was called "the class needs arguments; give it a classmethod
+    from_settings": the wrong fix; any other error of from_settings (the KeyError of the
+    guide's os.environ[...]) was a traceback out of the command and the server's start."""
+    monkeypatch.delenv("ACME_POS_URL", raising=False)
+    name = f"tests.test_http_adapter:{cls.__name__}"
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    try:
+        with pytest.raises(errors.ConfigurationError) as info:
+            build_service(Settings(api_keys=("k",), adapter=name), client=client)
+    finally:
+        client.close()
+    assert str(info.value).startswith(f"TEVO_HOLD_ADAPTER={name!r}: {says}"), info.value
+    if cls is not NeedsArguments:
+        assert "needs arguments" not in str(info.value)

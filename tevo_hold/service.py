@@ -532,6 +532,10 @@ def build_adapter(settings: Settings, *, client: RedisClient, keys: KeySpace) ->
     ``reference``: :class:`RedisInventoryAdapter` on ``client``. ``http``: :class:`HttpPosAdapter`
     from the ``TEVO_HOLD_POS_*`` settings. ``package.module:Class``: that class, built with
     ``Class.from_settings(settings)`` if it has that classmethod, else ``Class()``.
+
+    Raises ConfigurationError naming the setting for a class that cannot be imported, is no
+    PosAdapter, lacks some of its methods, needs arguments and has no from_settings, or whose
+    building raises (with the error it raised).
     """
     name = settings.adapter
     if name == "reference":
@@ -568,12 +572,34 @@ def build_adapter(settings: Settings, *, client: RedisClient, keys: KeySpace) ->
         raise errors.ConfigurationError(
             f"TEVO_HOLD_ADAPTER={name!r} is not a subclass of tevo_hold.PosAdapter"
         )
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise errors.ConfigurationError(
+            f"TEVO_HOLD_ADAPTER={name!r}: the class does not define {', '.join(missing)}, "
+            "which every tevo_hold.PosAdapter must (hold, release and invoice)"
+        )
     factory = getattr(cls, "from_settings", None)
+    if not callable(factory):
+        import inspect
+
+        try:
+            inspect.signature(cls).bind()
+        except TypeError as exc:
+            raise errors.ConfigurationError(
+                f"TEVO_HOLD_ADAPTER={name!r}: the class needs arguments ({exc}); give it a "
+                "classmethod from_settings(settings) that builds it"
+            ) from None
+        except ValueError:  # no signature to read: calling it tells
+            pass
+    built = f"{class_name}.from_settings(settings)" if callable(factory) else f"{class_name}()"
     try:
         adapter: PosAdapter = factory(settings) if callable(factory) else cls()
-    except TypeError as exc:
+    except errors.ConfigurationError:
+        raise  # the adapter's own, naming its setting
+    except Exception as exc:
+        # The vendor's code failed (an os.environ[...] of a variable not set, say): one line
+        # with its error, not a traceback from the command or a server that fails to boot.
         raise errors.ConfigurationError(
-            f"TEVO_HOLD_ADAPTER={name!r}: the class needs arguments; give it a classmethod "
-            f"from_settings(settings) that builds it ({exc})"
+            f"TEVO_HOLD_ADAPTER={name!r}: {built} failed: {type(exc).__name__}: {exc}"
         ) from exc
     return adapter

@@ -192,6 +192,10 @@ class TevoHold:
             # memory:// builds an in-process store; a service handed in is the caller's Redis
             store="memory" if settings.embedded and self._service is None else "redis",
         )
+        # For the worker and the CLI, which refuse to call another POS than this one. Before
+        # the app is changed: what it refuses (an adapter whose target() fails, a Redis URL of
+        # the wrong kind) leaves the app as it was, and no embedded worker running.
+        record_adapter(service)
         # The state reaches the blueprint's mount as an option: it goes into app.extensions
         # last, once the app has routes and hooks, so that an app this fails on is left without
         # it and init_app can be called on it again.
@@ -206,8 +210,6 @@ class TevoHold:
         _warn_of_gaps(app, state)
         if state.store == "memory" and not isinstance(service.adapter, RedisInventoryAdapter):
             _start_embedded_worker(app, state)
-        # For the worker and the CLI, which refuse to call another POS than this one.
-        record_adapter(service)
 
 
 #: The option of register_blueprint that hands init_app's state to its mount (see _mounted).

@@ -51,17 +51,31 @@ def _setting(name: str) -> str:
     return f"{PREFIX}ADAPTER={_SETTINGS.get(name, name)}"
 
 
+def _target(adapter: PosAdapter) -> str:
+    """The adapter's ``target()`` ("" for None); ConfigurationError with its error if it raises
+    (the vendor's code: one line, not a traceback or a server that fails to boot)."""
+    try:
+        return adapter.target() or ""
+    except Exception as exc:
+        name = adapter_name(adapter)
+        raise errors.ConfigurationError(
+            f"The POS adapter {name} ({_setting(name)}): its target() failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def record_adapter(service: HoldService) -> None:
     """Record the service's adapter as the server's (at start-up: one write).
 
     Redis down does not stop the start (the server serves once Redis is back); it is logged,
     since the commands then check against what an earlier start recorded, if anything. A
-    TEVO_HOLD_REDIS_URL of the wrong kind for the Redis it reaches (ConfigurationError) does.
+    TEVO_HOLD_REDIS_URL of the wrong kind for the Redis it reaches does (ConfigurationError), as
+    does an adapter whose ``target()`` fails.
     """
     ledger, keys = service.ledger, service.ledger.keys
     record = {
         keys.server_adapter(): adapter_name(service.adapter),
-        keys.server_adapter_target(): service.adapter.target() or "",
+        keys.server_adapter_target(): _target(service.adapter),
     }
     try:
         with translate_errors():
@@ -97,7 +111,7 @@ def check_adapter(service: HoldService) -> None:
     server_module, _, server_class = server.partition(":")
     if server == ours or (server_module == "__main__" and ours.endswith(":" + server_class)):
         if raw_target is not None:  # None: recorded by a server that did not record targets
-            target = service.adapter.target() or ""
+            target = _target(service.adapter)
             _check_target(_text(raw_target), target, ours, keys.server_adapter_target())
         return
     if server_module == "__main__":
