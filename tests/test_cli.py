@@ -105,7 +105,10 @@ def test_inventory_load_refuses_more_tickets_than_the_scripts_hold_exactly(env, 
     path.write_text(json.dumps({"listings": listings}), "utf-8")
     result = run(env, "inventory", "load", str(path))
     assert result.exit_code == 1
-    assert result.stderr == f"error: invalid_request: on_hand must be at most {MAX_STOCK}\n"
+    assert result.stderr == (
+        f"error: configuration_error: inventory file {str(path)!r}: listing 1 ('A'): its "
+        f"quantity must be a whole number from 0 to {MAX_STOCK}, not {2**63 - 1}\n"
+    )
 
 
 def test_inventory_show_prints_the_stock(env):
@@ -151,6 +154,33 @@ def test_inventory_load_stocks_every_listing_of_the_file(env, library, tmp_path:
     assert "2" in result.stdout
     assert library.stock("A").on_hand == 3
     assert library.stock("B").on_hand == 0
+
+
+@pytest.mark.parametrize(
+    ("listing", "says"),
+    [
+        ({"remote_id": "B", "quantity": -1}, "listing 2 ('B'): its quantity must be a whole"),
+        ({"remote_id": "B", "quantity": 10.7}, f"from 0 to {MAX_STOCK}, not 10.7"),
+        ({"remote_id": "B", "quantity": True}, f"from 0 to {MAX_STOCK}, not true"),
+        ({"remote_id": "B", "quantity": "10"}, f'from 0 to {MAX_STOCK}, not "10"'),
+        ({"remote_id": "", "quantity": 1}, "listing 2: remote_id: must not be empty"),
+    ],
+    ids=["negative", "fraction", "bool", "string", "empty-id"],
+)
+def test_inventory_load_of_a_file_it_refuses_changes_nothing(
+    env, library, tmp_path: Path, listing, says
+):
+    """It stocked the listings before the bad one, then refused (a half-loaded inventory);
+    and it stocked 10.7 tickets as 10 (int()), true as 1 and "10" as 10."""
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps({"listings": [{"remote_id": "A", "quantity": 5}, listing]}))
+    result = run(env, "inventory", "load", str(path))
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: configuration_error: inventory file {str(path)!r}: "), line
+    assert says in line
+    with pytest.raises(errors.ListingNotFound):
+        library.stock("A")
 
 
 def test_inventory_load_of_a_bad_file_exits_1_naming_it(env, tmp_path: Path):

@@ -349,9 +349,15 @@ def test_a_mounted_extension_on_the_embedded_default_stocks_the_inventory_file(t
         service.close()
 
 
-def test_a_bad_inventory_file_stops_the_start_naming_it(tmp_path: Path):
+@pytest.mark.parametrize(
+    "content",
+    ['{"items": []}', '{"listings": [{"remote_id": "a", "quantity": 10.7}]}'],
+    ids=["shape", "quantity"],
+)
+def test_a_bad_inventory_file_stops_the_start_naming_it(tmp_path: Path, content: str):
+    """A quantity of 10.7 too: it was stocked as 10 tickets."""
     path = tmp_path / "broken.json"
-    path.write_text('{"items": []}', "utf-8")
+    path.write_text(content, "utf-8")
     with pytest.raises(ConfigurationError, match=r"broken\.json"):
         build_service(Settings(inventory_file=str(path)))
 

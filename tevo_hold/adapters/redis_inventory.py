@@ -14,7 +14,7 @@ from .._redis import RedisClient, Script
 from ..keys import KeySpace, encode_id
 from ..ledger import Claim, Ledger
 from ..models import Hold, Stock
-from ..validation import MAX_STOCK
+from ..validation import MAX_STOCK, _integer, check_id
 from .base import PosAdapter
 
 __all__ = ["SAMPLE_INVENTORY", "RedisInventoryAdapter", "load_inventory"]
@@ -242,19 +242,34 @@ class RedisInventoryAdapter(PosAdapter):
 def load_inventory(adapter: RedisInventoryAdapter, path: str | Path) -> int:
     """Stock the listings of a JSON file ``{"listings": [{"remote_id": ..., "quantity": ...}]}``.
 
-    Returns how many listings were set. Raises ConfigurationError naming the file if it is
-    unreadable or not of that shape.
+    Every listing is checked before any is set, so a file refused changes nothing. Returns how
+    many listings were set. Raises ConfigurationError naming the file if it is unreadable or not
+    of that shape, or a listing's remote_id is no id the API takes, or its quantity is not a
+    whole number from 0 to MAX_STOCK (10.7 is refused, not stocked as 10; so are true and "10").
     """
+    where = f"inventory file {str(path)!r}"
     try:
         listings = json.loads(Path(path).read_text("utf-8"))["listings"]
-        pairs = [(str(item["remote_id"]), int(item["quantity"])) for item in listings]
+        items = [(item["remote_id"], item["quantity"]) for item in listings]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise errors.ConfigurationError(
-            f"inventory file {str(path)!r}: expected "
-            '{"listings": [{"remote_id": "...", "quantity": 10}]} ('
+            f'{where}: expected {{"listings": [{{"remote_id": "...", "quantity": 10}}]}} ('
             f"{type(exc).__name__}: {exc})"
         ) from exc
-    for remote_id, quantity in pairs:
-        adapter.set_quantity(remote_id, quantity)
+    pairs = []
+    for number, (raw_id, quantity) in enumerate(items, 1):
+        try:
+            remote_id = check_id("remote_id", str(raw_id))
+        except errors.InvalidRequest as exc:
+            raise errors.ConfigurationError(f"{where}: listing {number}: {exc.detail}") from None
+        on_hand = _integer(quantity)
+        if on_hand is None or not 0 <= on_hand <= MAX_STOCK:
+            raise errors.ConfigurationError(
+                f"{where}: listing {number} ({remote_id!r}): its quantity must be a whole number "
+                f"from 0 to {MAX_STOCK}, not {json.dumps(quantity)[:40]}"
+            )
+        pairs.append((remote_id, on_hand))
+    for remote_id, on_hand in pairs:
+        adapter.set_quantity(remote_id, on_hand)
     log.warning("tevo-hold stocked %d listings from %s", len(pairs), path)
     return len(pairs)
