@@ -13,6 +13,7 @@ import logging
 import os
 import ssl
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -590,6 +591,90 @@ def test_a_refused_base_url_is_named_by_its_scheme_never_with_its_password(url, 
     with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL") as caught:
         HttpPosAdapter(url)
     assert named in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("https://posuser:s3cretpw@pos.internal:99999/api", "its host and port cannot be read"),
+        ("https://posuser:s3cretpw@pos.internal:0/api", "its host and port cannot be read"),
+        ("https://posuser:s3cretpw@[::1/api", "an IPv6 address in brackets ([::1]:8080)"),
+        ("https://posuser:s3cret/pw@pos.internal/api", "must be percent-encoded: %2F"),
+        ("https://posuser:s3cretpw@:8080/api", "it names no host"),
+        ("https://posuser:s3cretpw@pos internal/api", "requests cannot call it (InvalidURL)"),
+        ("https://pos.internal/api?key=s3cretpw", "it has a query or a fragment"),
+        ("https://pos.internal/api#s3cretpw", "it has a query or a fragment"),
+    ],
+    ids=["port", "port-0", "ipv6", "slash-in-password", "no-host", "space", "query", "fragment"],
+)
+def test_a_base_url_requests_cannot_call_is_refused_at_start_without_its_password(url, named):
+    """It was taken; then every call answered 500 internal_error (requests' InvalidURL, which
+    no adapter may raise), and the log's traceback showed the URL with its password. A query
+    had the calls' paths appended to it (?key=x/holds): calls to the wrong URL."""
+    config = {"TEVO_HOLD_API_KEYS": "k", "TEVO_HOLD_ADAPTER": "http", "TEVO_HOLD_POS_URL": url}
+    with pytest.raises(errors.ConfigurationError) as caught:
+        create_app(config)
+    message = str(caught.value)
+    assert message.startswith("TEVO_HOLD_POS_URL: ") and named in message, message
+    assert "s3cret" not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "TEVO_HOLD_POS_HOLD_PATH",
+        "TEVO_HOLD_POS_RELEASE_PATH",
+        "TEVO_HOLD_POS_INVOICE_PATH",
+        "TEVO_HOLD_POS_HEALTH_PATH",
+    ],
+)
+def test_a_path_without_its_leading_slash_is_refused_naming_the_setting(setting):
+    """TEVO_HOLD_POS_RELEASE_PATH=releases was posted to {base}releases (/apireleases), where
+    a POS answers 404, which a release counts as done: TEvo was told "released" while the POS
+    kept the tickets off sale."""
+    settings = Settings.from_env(
+        {
+            "TEVO_HOLD_API_KEYS": "k",
+            "TEVO_HOLD_ADAPTER": "http",
+            "TEVO_HOLD_POS_URL": "http://127.0.0.1:1/api",
+            setting: "releases",
+        }
+    )
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    try:
+        with pytest.raises(errors.ConfigurationError) as caught:
+            build_service(settings, client=client)
+    finally:
+        client.close()
+    assert str(caught.value) == (
+        f"{setting}='releases': a path must start with '/' (it is appended to "
+        "TEVO_HOLD_POS_URL): write '/releases'"
+    )
+
+
+def test_a_call_requests_refuses_to_make_is_a_pos_error_logged_without_secrets(
+    make_adapter, caplog
+):
+    """A key read from a file with its line break: requests refuses the header on every call
+    (InvalidHeader, whose message shows the key), which answered 500 internal_error with the
+    key in the log's traceback. Nothing was sent: a refusal, logged without the URL's password
+    or the key."""
+    port = free_port()
+    url = f"http://posuser:s3cretpw@127.0.0.1:{port}/api"
+    adapter = make_adapter(url, api_key="s3cret-key\n", retries=0)
+    with (
+        caplog.at_level(logging.WARNING, logger="tevo_hold"),
+        pytest.raises(errors.PosError) as caught,
+    ):
+        hold(adapter)
+    assert caught.value.detail == "The hold call to the POS could not be made: nothing was done."
+    assert not caught.value.outcome_unknown
+    assert (
+        f"the hold call to the POS at http://posuser:***@127.0.0.1:{port}/api/holds could not "
+        "be made: InvalidHeader"
+    ) in caplog.text
+    assert "s3cret" not in caplog.text
+    assert "s3cret" not in "".join(traceback.format_exception(caught.value))
 
 
 @pytest.mark.parametrize(

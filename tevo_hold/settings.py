@@ -200,7 +200,9 @@ class Settings:
         },
     )
     pos_url: str | None = field(
-        default=None, repr=False, metadata={"help": "http adapter: the POS API's base URL"}
+        default=None,
+        repr=False,
+        metadata={"help": "http adapter: the POS API's base URL (no query or fragment)"},
     )
     pos_api_key: str | None = field(
         default=None, repr=False, metadata={"help": "http adapter: the key sent to the POS"}
@@ -208,12 +210,17 @@ class Settings:
     pos_auth_header: str = field(
         default="X-API-Key", metadata={"help": "http adapter: the header that carries the key"}
     )
-    pos_hold_path: str = field(default="/holds", metadata={"help": "http adapter: hold path"})
+    pos_hold_path: str = field(
+        default="/holds",
+        metadata={"help": "http adapter: hold path (starting with /, appended to the base URL)"},
+    )
     pos_release_path: str = field(
-        default="/releases", metadata={"help": "http adapter: release path"}
+        default="/releases",
+        metadata={"help": "http adapter: release path (starting with /: see the hold path)"},
     )
     pos_invoice_path: str = field(
-        default="/invoices", metadata={"help": "http adapter: invoice path"}
+        default="/invoices",
+        metadata={"help": "http adapter: invoice path (starting with /: see the hold path)"},
     )
     pos_timeout: float = field(
         default=2.0,
@@ -239,7 +246,10 @@ class Settings:
     )
     pos_health_path: str | None = field(
         default=None,
-        metadata={"help": "http adapter: a path answering 2xx when the POS is up (for /readyz)"},
+        metadata={
+            "help": "http adapter: a path (starting with /) answering 2xx when the POS is up "
+            "(for /readyz)"
+        },
     )
     require_signature: bool = field(
         default=False,

@@ -1,7 +1,9 @@
 """An adapter for a POS behind an HTTP API: three plain calls, in any language.
 
 The outbound contract (its defaults mirror tevo-hold's own API; paths, the auth header and the
-timeouts are settings):
+timeouts are settings; each path starts with "/" and is appended to the base URL, which has
+no query or fragment, and which requests must be able to call: anything else is refused when
+the adapter is made, a ConfigurationError naming the setting and never the URL's password):
 
 - ``POST {base}/holds``    ``{"remote_id", "quantity", "global_id", "expires_at"}``
 - ``POST {base}/releases`` ``{"global_id", "remote_id", "quantity"}``
@@ -61,7 +63,7 @@ import urllib3
 from urllib3.exceptions import NewConnectionError
 
 from .. import errors
-from ..settings import redact_url, url_scheme
+from ..settings import PREFIX, redact_url, url_scheme
 from .base import PosAdapter
 
 __all__ = ["DEFAULT_PATHS", "HttpPosAdapter"]
@@ -107,12 +109,13 @@ class HttpPosAdapter(PosAdapter):
         session: requests.Session | None = None,
         health_path: str | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise errors.ConfigurationError(
-                f"TEVO_HOLD_POS_URL {url_scheme(base_url)}: expected an http:// or https:// URL"
-            )
+        _check_base_url(base_url)
         self.base_url = base_url.rstrip("/")
         self.paths = {**DEFAULT_PATHS, **(paths or {})}
+        for operation, path in self.paths.items():
+            _check_path(f"{PREFIX}POS_{operation.upper()}_PATH", path)
+        if health_path:
+            _check_path(f"{PREFIX}POS_HEALTH_PATH", health_path)
         self.timeout = timeout
         self.budget = budget
         self.retries = retries
@@ -160,9 +163,9 @@ class HttpPosAdapter(PosAdapter):
             return 200 <= response.status_code < 300  # not response.ok, which a 3xx is
 
     def target(self) -> str:
-        """The base URL without its credentials, query or fragment, the host in lower case
-        and a default port left out: ``https://user:pw@POS.example:443/api/`` is
-        ``https://pos.example/api``."""
+        """The base URL without its credentials (it has no query or fragment: __init__), the
+        host in lower case and a default port left out: ``https://user:pw@POS.example:443/api/``
+        is ``https://pos.example/api``."""
         url = urllib.parse.urlsplit(self.base_url)  # its scheme is http or https (__init__)
         host = url.netloc.rpartition("@")[2].lower()
         host = host.removesuffix({"http": ":80", "https": ":443"}[url.scheme])
@@ -231,11 +234,81 @@ class HttpPosAdapter(PosAdapter):
             raise _Retryable(
                 errors.PosTimeout(f"The POS did not answer {operation} in {per_attempt:.1f} s.")
             ) from exc
+        except requests.RequestException as exc:
+            # requests refused to make the call (an InvalidURL, an InvalidHeader: nothing was
+            # sent). Its message may show the URL with its password, or the key: the log gets
+            # its kind and the URL without the password, and the error keeps no trace of it.
+            log.error(
+                "the %s call to the POS at %s could not be made: %s",
+                operation,
+                redact_url(url),
+                type(exc).__name__,
+            )
+            raise errors.PosError(
+                f"The {operation} call to the POS could not be made: nothing was done."
+            ) from None
         with response:
             content = _read_body(response, started + per_attempt)
         if 300 <= response.status_code < 400:
             _redirected(operation, url, response)
         _check(operation, response.status_code, content)
+
+
+def _check_base_url(url: str) -> None:
+    """ConfigurationError unless ``url`` is an http:// or https:// URL that requests can call,
+    with no query or fragment (the calls' paths are appended to it).
+
+    A URL requests cannot call (a port past 65535, no host, a space in the host) was taken, and
+    then every call failed with requests' InvalidURL, whose message, in the log, showed the URL
+    with its password. The message names the part at fault, never the URL.
+    """
+    if not url.startswith(("http://", "https://")):
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_URL {url_scheme(url)}: expected an http:// or https:// URL"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is no number from 0 to 65535, an unclosed [IPv6 address
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_URL: its host and port cannot be read: expected https://host[:port]"
+            "[/path], the port a number from 1 to 65535, an IPv6 address in brackets "
+            f"([::1]:8080) ({_PASSWORD_HINT})"
+        )
+    if not parts.hostname:
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_URL: it names no host: expected https://host[:port][/path]"
+        )
+    if parts.query or parts.fragment:
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_URL: it has a query or a fragment (?... or #...), which the calls' "
+            f"paths would be appended to: drop it; the POS's key goes in {PREFIX}POS_API_KEY "
+            f"({_PASSWORD_HINT})"
+        )
+    try:
+        requests.Request("POST", url + "/").prepare()
+    except Exception as exc:  # its message shows the URL
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_URL: requests cannot call it ({type(exc).__name__}): its host is no "
+            "host name or address (a space in it, say)"
+        ) from None
+
+
+#: Why a URL with a password may not read as meant.
+_PASSWORD_HINT = "a password holding /, ? or # must be percent-encoded: %2F, %3F, %23"
+
+
+def _check_path(setting: str, path: str) -> None:
+    """ConfigurationError unless ``path`` starts with "/". It is appended to the base URL as it
+    is: ``releases`` made ``{base}releases`` (``/apireleases``), where a POS answers 404, which
+    a release counts as done: TEvo was told "released" while the POS kept the tickets."""
+    if not path.startswith("/"):
+        raise errors.ConfigurationError(
+            f"{setting}={path!r}: a path must start with '/' (it is appended to "
+            f"{PREFIX}POS_URL): write {'/' + path!r}"
+        )
 
 
 def _outcome_unknown(error: errors.TevoHoldError) -> bool:
