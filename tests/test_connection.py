@@ -163,10 +163,8 @@ def test_a_cluster_not_formed_yet_is_unavailable_until_it_is(
     answers 503 saying so, as while Redis is down (redis-py's reading of the topology died of
     an IndexError, out of create_app), and serves once the cluster is formed."""
     monkeypatch.setattr("tevo_hold.connection.RETRY_FIRST_USE_AFTER", 0.0)
-    node = RedisProcess(
-        tmp_path,
-        ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")],
-    )
+    options = ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")]
+    node = RedisProcess(tmp_path, [*options, "--cluster-port", str(free_port())])
     node.start()
     try:
         url = f"redis+cluster://127.0.0.1:{node.port}"
