@@ -84,6 +84,15 @@ def test_inventory_set_refuses_a_negative_quantity(env, library):
         library.stock("R")
 
 
+def test_inventory_set_refuses_a_listing_id_the_api_refuses(env, library):
+    """An empty id made a listing that no hold could ever name (the API refuses it)."""
+    result = run(env, "inventory", "set", "", "5")
+    assert result.exit_code == 1, result.output
+    assert "remote_id: must not be empty" in result.output
+    with pytest.raises(errors.ListingNotFound):
+        library.stock("")
+
+
 def test_inventory_set_refuses_more_tickets_than_the_scripts_hold_exactly(env, library):
     """2^63 - 1 tickets was taken, and read back as on_hand=-9223372036854775808."""
     too_many = str(MAX_STOCK + 1)

@@ -196,7 +196,12 @@ class RedisInventoryAdapter(PosAdapter):
 
     # -- stock management (the CLI's and the tests') ------------------------------------
     def set_quantity(self, remote_id: str, on_hand: int) -> Stock:
-        """Set the number of unsold tickets of a listing (created if new). Held ones count."""
+        """Set the number of unsold tickets of a listing (created if new). Held ones count.
+
+        Raises InvalidRequest for a ``remote_id`` the API would refuse (an empty one, say: a
+        listing no hold could ever name) or an ``on_hand`` out of bounds; nothing is set then.
+        """
+        check_id("remote_id", remote_id)
         if on_hand < 0:
             raise errors.InvalidRequest("on_hand must be zero or more", {"quantity": ["< 0"]})
         if on_hand > MAX_STOCK:
