@@ -114,6 +114,7 @@ def test_a_compensation_that_outlived_its_lease_leaves_the_item_to_the_worker_th
     with pytest.raises(errors.PosTimeout):
         service.hold(remote_id="R", quantity=1, global_id="g")
     ledger, item = service.ledger, DueItem("c", "g")
+    wait_for_due(service, item)  # a lease after the timeout
     assert ledger.claim_due(item, "worker-1", lease=LEASE) is not None
     time.sleep(PAST_LEASE)
     assert ledger.claim_due(item, "worker-2", lease=LEASE) is not None
@@ -156,7 +157,7 @@ def test_a_stalled_hold_that_lands_during_a_retry_is_the_retry_s_to_release_or_k
             with pytest.raises(errors.RequestInProgress):
                 ledger.finish_hold("g", "attempt-a")
         elif landing == "unknown":
-            assert ledger.unknown_hold("g", "attempt-a", "pos_timeout: no answer")
+            assert ledger.unknown_hold("g", "attempt-a", "pos_timeout: no answer", lease=LEASE)
         else:
             ledger.lost_hold("g", "R", 1, ttl=60, detail="answered late")
 
@@ -166,6 +167,7 @@ def test_a_stalled_hold_that_lands_during_a_retry_is_the_retry_s_to_release_or_k
         with pytest.raises(errors.PosError):
             service.hold(remote_id="R", quantity=1, global_id="g")
         assert list(ledger.scheduled("c")) == ["g"]
+        wait_for_due(service, DueItem("c", "g"))  # a lease after the refusal
         assert Worker(service, lease=5).run_once() == 1
         assert pos.calls[-1] == ("release", "g")
     else:
@@ -189,19 +191,47 @@ def test_a_pos_release_that_began_before_a_late_hold_landed_does_not_confirm_the
     ledger = service.ledger
     ledger.claim_hold("g", "R", 1, ttl=60, lease=LEASE, token="attempt-a")
     time.sleep(PAST_LEASE)
-    release = ledger.release("g", lease=5, track_release=True)  # TEvo's release, then its POS call
+    # TEvo's release, then its POS call
+    release = ledger.release("g", lease=LEASE, track_release=True)
     assert ledger.finish_hold("g", "attempt-a") is None  # the POS hold lands: its claim is lost
     ledger.lost_hold("g", "R", 1, ttl=60, detail="answered late")
 
     ledger.released_in_pos("g", since=release.at)  # the early POS release's confirmation
 
     assert list(ledger.scheduled("l")) == ["g"]
-    time.sleep(0.005)  # a claim after the lost hold, by this Redis's clock
+    time.sleep(PAST_LEASE)  # a claim after the lost hold, and a lease after the release
     assert Worker(service, lease=5).run_once() == 1
     assert pos.calls == [("release", "g")]
     assert list(ledger.scheduled("l")) == []
     trail = [e.event for e in ledger.get("g", history=True).events]
     assert trail[-2:] == ["hold_answered_late", "pos_released"]
+
+
+def test_a_release_of_a_timed_out_hold_is_made_again_once_the_hold_may_have_landed(
+    client: RedisClient,
+) -> None:
+    """TEvo releases a hold whose POS call timed out: that call may still land in the POS (within
+    a lease), after the release's own POS call. That POS release confirms nothing (nor a
+    repeated one), and the worker releases the hold again a lease after TEvo's release, when
+    its release confirms; the compensation is no longer owed."""
+    pos = Pos()
+    pos.fail["hold"].append(errors.PosTimeout("no answer"))
+    service = pos_service(client, pos, lease=1)
+    with pytest.raises(errors.PosTimeout):
+        service.hold(remote_id="R", quantity=1, global_id="g")
+    assert service.release(global_id="g").hold.status is HoldStatus.RELEASED
+    assert service.release(global_id="g").replayed
+    assert pos.calls == [("hold", "g"), ("release", "g"), ("release", "g")]
+    ledger, item = service.ledger, DueItem("l", "g")
+    assert list(ledger.scheduled("l")) == ["g"] and list(ledger.scheduled("c")) == []
+    assert 0 < due_in_ms(service, item) <= 1000
+    worker = Worker(service, lease=5)
+    assert worker.run_once() == 0  # the POS release owed is not due yet
+    wait_for_due(service, item)
+    assert worker.run_once() == 1
+    assert pos.calls[-1] == ("release", "g")
+    assert list(ledger.scheduled("l")) == []
+    assert ledger.get("g", history=True).events[-1].event == "pos_released"
 
 
 def test_a_record_owing_a_pos_release_outlives_its_retention_until_the_release_is_made(

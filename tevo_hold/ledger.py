@@ -128,13 +128,14 @@ class Ledger:
         return self.claim_from_reply(reply, global_id)
 
     def abort_hold(
-        self, global_id: str, token: str, detail: str = "", *, actor: str = "api"
+        self, global_id: str, token: str, detail: str = "", *, lease: float, actor: str = "api"
     ) -> None:
         """Forget the pending hold of ``token``: the POS refused it (``detail``), a retry starts
         afresh. If the claim took over one whose POS call has no known outcome, the hold is
-        compensated instead, as after :meth:`unknown_hold`: the refusal does not undo that call.
+        compensated instead, as after :meth:`unknown_hold` (``lease`` seconds from now): the
+        refusal does not undo that call.
         """
-        self._run(global_id, actor, "abort_hold", token, detail)
+        self._run(global_id, actor, "abort_hold", token, detail, _ms_of(lease))
 
     def lost_hold(
         self,
@@ -152,14 +153,19 @@ class Ledger:
         """
         self._run(global_id, actor, "lost_hold", remote_id, quantity, _ms_of(ttl), detail)
 
-    def unknown_hold(self, global_id: str, token: str, detail: str, *, actor: str = "api") -> bool:
-        """The POS call of ``token``'s hold has no known outcome: compensate it now.
+    def unknown_hold(
+        self, global_id: str, token: str, detail: str, *, lease: float, actor: str = "api"
+    ) -> bool:
+        """The POS call of ``token``'s hold has no known outcome: compensate it later.
 
         The lease ends at once, so a retry of the hold may take it over (the POS is idempotent per
-        global_id); unless one does, the worker releases the hold in the POS. False when the
-        claim was lost meanwhile, as for :meth:`finish_hold`: call :meth:`lost_hold`.
+        global_id); unless one finishes it, the worker releases the hold in the POS ``lease``
+        seconds from now (the claims' lease, which outlasts the POS's slowest call): not sooner,
+        since the POS may still be making the hold, and a release that came first would give
+        back nothing. False when the claim was lost meanwhile, as for :meth:`finish_hold`: call
+        :meth:`lost_hold`.
         """
-        outcome: str = self._run(global_id, actor, "unknown_hold", token, detail)[0]
+        outcome: str = self._run(global_id, actor, "unknown_hold", token, detail, _ms_of(lease))[0]
         return outcome != "lost"
 
     # -- release ---------------------------------------------------------------------------
@@ -174,9 +180,12 @@ class Ledger:
         """Mark a held hold ``released`` (``expired`` if it had lapsed).
 
         With ``track_release`` a POS release is due at the lease's end, unless
-        :meth:`released_in_pos` confirms first that it happened. ``changed`` is False when it
-        was already released. Raises HoldNotFound, HoldAlreadyInvoiced (invoiced, or its invoice
-        failed and is being retried), RequestInProgress (its hold or invoice call is running).
+        :meth:`released_in_pos` confirms first that it happened: for a ``pending`` hold (its POS
+        call timed out, or its request died), only by a POS release that began ``lease``
+        seconds from now or later, once that call has landed in the POS or never will.
+        ``changed`` is False when it was already released. Raises HoldNotFound,
+        HoldAlreadyInvoiced (invoiced, or its invoice failed and is being retried),
+        RequestInProgress (its hold or invoice call is running).
         """
         track = "1" if track_release else "0"
         return self._call(global_id, actor, "release", self.retention_ms, _ms_of(lease), track)

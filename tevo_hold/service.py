@@ -104,8 +104,8 @@ class HoldService:
         InternalError for anything else, see :func:`adapter_call`). A refused hold leaves no
         record: a retry tries again. A hold whose POS call has no known outcome (PosTimeout, a
         PosError whose ``outcome_unknown`` is set, an unexpected error, a POS that answered
-        after the lease ended) is released in the POS by the worker, unless a retry or a
-        release completes it first.
+        after the lease ended) is released in the POS by the worker a lease after (once the POS
+        call has landed, or never will), unless a retry or a release completes it first.
         """
         remote_id = check_id("remote_id", remote_id)
         quantity = check_quantity(quantity)
@@ -145,11 +145,15 @@ class HoldService:
                 # Nothing is held in the POS. If even this fails, the compensation scheduled
                 # with the claim releases nothing, harmlessly.
                 with contextlib.suppress(errors.Unavailable):
-                    self.ledger.abort_hold(global_id, token, describe_error(exc), actor=actor)
+                    self.ledger.abort_hold(
+                        global_id, token, describe_error(exc), lease=self.lease, actor=actor
+                    )
                 raise exc from None
             with contextlib.suppress(errors.Unavailable):
                 detail = describe_error(exc)
-                if not self.ledger.unknown_hold(global_id, token, detail, actor=actor):
+                if not self.ledger.unknown_hold(
+                    global_id, token, detail, lease=self.lease, actor=actor
+                ):
                     self._lost(global_id, remote_id, quantity, detail, actor)
             raise
         track = not self.adapter.lapses_on_its_own

@@ -6,7 +6,8 @@ The ledger schedules every piece of work that a POS call must complete in a due 
 - a hold that lapsed is released in the POS at its deadline (for adapters whose holds do not
   lapse on their own), and so is a released hold whose own POS release may not have happened;
 - a hold whose POS call had no known outcome (a timeout, or a request that died half-way) is
-  released in the POS once its lease ends, unless a retry of the hold completed it first;
+  released in the POS once its lease ends (a full lease after a timeout: the POS may still be
+  making the hold until then), unless a retry of the hold completed it first;
 - a failed invoice is retried with backoff until the POS takes it.
 
 Any number of workers may run at once, on any hosts: each item is claimed atomically for a lease,

@@ -8,9 +8,9 @@
 -- invoiced|invoice_failed), ca created_at, ea expires_at, ra released_at, ia invoiced_at,
 -- pr released in the POS after lapsing (ms since the epoch, by this Redis's clock), ok/oj the order
 -- id (canonical / JSON), lu lease until and tok the token of the request holding the lease while
--- st is pending or invoicing, na failed invoice attempts, le last error, rq when a POS release
--- was asked for again (lost_hold), nr failed POS releases or compensations (the backoff of
--- their retries); lk the listing's stock
+-- st is pending or invoicing, na failed invoice attempts, le last error, rq until when a POS
+-- release may come before a POS hold that lands late (lost_hold, or a release of a pending hold),
+-- nr failed POS releases or compensations (the backoff of their retries); lk the listing's stock
 -- key, on holds made by fused.lua (its release and invoice find the listing by it). While st is
 -- pending: uk '1' when an earlier attempt's POS call has no known outcome or held the tickets
 -- after its lease had ended (a claim taken over, or made since: it inherits what that call held),
@@ -29,7 +29,10 @@
 --                     whose holds do not lapse on their own)
 --   'c' .. global_id  compensate a hold whose POS call had no known outcome: release it in the
 --                     POS. Scheduled with every claim at the lease's end, so a request that dies
---                     mid-way is compensated too; finishing or aborting the hold removes it.
+--                     mid-way is compensated too; finishing or aborting the hold removes it. An
+--                     outcome found unknown (a timeout) moves it to a full lease from then: the
+--                     POS may still be making that hold, and a release sent before it lands
+--                     would give back nothing and leave the hold stranded in the POS.
 --   'i' .. global_id  retry a failed invoice
 -- A member is written in the same script as the state that needs it, so no work is ever lost.
 --
@@ -107,11 +110,15 @@ local function claim_lost(st, cp) return not st or st == 'released' or st == 'ex
 local function due(kind, at) redis.call('ZADD', K.due, at, kind .. ledger.gid) end
 local function done(kind) redis.call('ZREM', K.due, kind .. ledger.gid) end
 
--- The pending hold's POS call has no known outcome: its lease ends now, and its compensation (a
--- release in the POS) is due at once, unless a retry of the hold takes it over first.
-local function compensate_now(detail)
+-- The pending hold's POS call has no known outcome: its lease ends now, so that a retry of the
+-- hold may take it over at once (the POS is idempotent per global_id), and its compensation (a
+-- release in the POS) is due lease ms from now, unless such a retry finishes the hold first. Not
+-- sooner: every attempt whose outcome is unknown began before now, and the lease outlasts the
+-- POS's slowest call, so by then each has landed in the POS or never will; a release sent
+-- before one lands gives back nothing, and the hold it then makes stays stranded in the POS.
+local function compensate_later(lease, detail)
   redis.call('HSET', K.rec, 'lu', now)
-  due('c', now)
+  due('c', now + lease)
   event('hold_outcome_unknown', 'pending', detail)
 end
 
@@ -206,12 +213,12 @@ end
 
 -- The POS refused the hold (nothing to give back): forget it, so a retry starts afresh. Unless
 -- the claim took over one of unknown outcome: that attempt may have held tickets, which this
--- refusal does not undo, so the hold is compensated as after a timeout.
-function ledger.abort_hold(tok, detail)
+-- refusal does not undo, so the hold is compensated as after a timeout (lease ms from now).
+function ledger.abort_hold(tok, detail, lease)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'uk')
   if rec[1] == 'pending' and rec[2] == tok then
     if rec[3] then
-      compensate_now('refused after an attempt of unknown outcome: ' .. (detail or ''))
+      compensate_later(lease, 'refused after an attempt of unknown outcome: ' .. (detail or ''))
     else
       redis.call('DEL', K.rec, K.events)
       done('c')
@@ -224,7 +231,7 @@ end
 -- held there is nobody's: release it in the POS once more, by the worker. A record that a retry
 -- has taken over meanwhile owns the tickets: held, nothing to do; pending, it inherits them.
 function ledger.lost_hold(rid, qty, ttl, detail)
-  local rec = redis.call('HMGET', K.rec, 'st', 'cp')
+  local rec = redis.call('HMGET', K.rec, 'st', 'cp', 'rq')
   local st = rec[1]
   if not st then -- compensated and forgotten: a pending record again, compensated at once
     redis.call('HSET', K.rec, 'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl, 'st', 'pending',
@@ -237,9 +244,11 @@ function ledger.lost_hold(rid, qty, ttl, detail)
     return {'ok', now, 0, '{}'}
   elseif st == 'released' or st == 'expired' then
     -- rq: when the POS release was asked for again; a release whose POS call began before
-    -- then may have reached the POS before this hold did, and confirms nothing (released_in_pos)
+    -- then may have reached the POS before this hold did, and confirms nothing (released_in_pos).
+    -- Never earlier than it was: a release of a hold of unknown outcome set it past when the
+    -- other attempts it waits for land (see ledger.release).
     redis.call('HDEL', K.rec, 'pr')
-    redis.call('HSET', K.rec, 'rq', now)
+    redis.call('HSET', K.rec, 'rq', math.max(now, tonumber(rec[3]) or now))
     due('l', now)
   else
     return {'ok', now, 0, '{}'}
@@ -249,14 +258,15 @@ function ledger.lost_hold(rid, qty, ttl, detail)
   return {'ok', now, 0, '{}'}
 end
 
--- The POS call's outcome is unknown (timeout): end the lease now, so that the compensation (a
--- release in the POS) is due at once, and a retry of the hold may take over before it runs.
--- 'lost' when the claim was lost meanwhile, as for finish_hold; a retry's claim made meanwhile
--- inherits what the call may have held, as for finish_hold.
-function ledger.unknown_hold(tok, detail)
+-- The POS call's outcome is unknown (timeout): end the lease now, so that a retry of the hold
+-- may take over at once, and have the compensation (a release in the POS) run lease ms from now
+-- unless one finishes the hold first (see compensate_later). 'lost' when the claim was lost
+-- meanwhile, as for finish_hold; a retry's claim made meanwhile inherits what the call may have
+-- held, as for finish_hold.
+function ledger.unknown_hold(tok, detail, lease)
   local rec = redis.call('HMGET', K.rec, 'st', 'tok', 'cp')
   if rec[1] == 'pending' and rec[2] == tok then
-    compensate_now(detail)
+    compensate_later(lease, detail)
   elseif claim_lost(rec[1], rec[3]) then
     return fail('lost')
   elseif rec[1] == 'pending' then
@@ -283,6 +293,11 @@ function ledger.release(retention, lease, track)
   if st == 'pending' then
     redis.call('HDEL', K.rec, 'lu', 'tok', 'uk', 'ag')
     done('c')
+    -- The POS may still be making that hold: begun before now, it lands within a lease. A POS
+    -- release that begins by now + lease - 1 (rq) may reach the POS first and give back
+    -- nothing, so it confirms nothing (released_in_pos); the worker's, due at now + lease,
+    -- comes after and does. (Untracked, the POS lets the hold lapse on its own.)
+    if track == '1' then redis.call('HSET', K.rec, 'rq', now + lease - 1) end
   end
   local ea = tonumber(rec[2])
   local became = (now >= ea) and 'expired' or 'released'
@@ -450,8 +465,9 @@ end
 
 -- The hold was released in the POS (by the worker after a lapse, or after a release call), by a
 -- POS call that began after started (ms, this Redis's clock: the now of the release or claim
--- that led to it). Unless the release was asked for again since (rq, by lost_hold: a POS hold
--- that landed late), when that call may have come too early to undo it: the release stays due.
+-- that led to it). Unless that call began by rq (a POS hold that landed late, lost_hold, or that
+-- may still land, release), when it may have come too early to undo the hold: the release stays
+-- due.
 function ledger.released_in_pos(started, retention)
   local rec = redis.call('HMGET', K.rec, 'st', 'pr', 'rq', 'ea')
   if rec[3] and started <= tonumber(rec[3]) then return {'ok', now, 0, '{}'} end

@@ -5,10 +5,11 @@
 --             then the command's arguments:
 --   claim_hold      remote_id, quantity, ttl_ms, lease_ms, token, retention_ms
 --   finish_hold     token, retention_ms, track_lapse ('1' to schedule the POS release at lapse)
---   abort_hold      token, detail
---   unknown_hold    token, detail
+--   abort_hold      token, detail, lease_ms (a compensation owed is due lease_ms from now)
+--   unknown_hold    token, detail, lease_ms (the compensation is due lease_ms from now)
 --   release         retention_ms, lease_ms, track ('1': a POS release is due at the lease's end
---                   unless released_in_pos confirms it first)
+--                   unless released_in_pos confirms it first; of a pending hold, only a POS
+--                   release that begins then or later confirms it)
 --   lost_hold       remote_id, quantity, ttl_ms, detail
 --   claim_invoice   order key (canonical string), order id as JSON, lease_ms, token
 --   finish_invoice  token, retention_ms, order key ('' for none: the claim of token alone)
@@ -34,9 +35,9 @@ if cmd == 'claim_hold' then
   return ledger.claim_hold(a[4], a[5], tonumber(a[6]), tonumber(a[7]), a[8], tonumber(a[9]))
 end
 if cmd == 'finish_hold' then return ledger.finish_hold(a[4], tonumber(a[5]), a[6]) end
-if cmd == 'abort_hold' then return ledger.abort_hold(a[4], a[5]) end
+if cmd == 'abort_hold' then return ledger.abort_hold(a[4], a[5], tonumber(a[6])) end
 if cmd == 'lost_hold' then return ledger.lost_hold(a[4], a[5], tonumber(a[6]), a[7]) end
-if cmd == 'unknown_hold' then return ledger.unknown_hold(a[4], a[5]) end
+if cmd == 'unknown_hold' then return ledger.unknown_hold(a[4], a[5], tonumber(a[6])) end
 if cmd == 'release' then return ledger.release(tonumber(a[4]), tonumber(a[5]), a[6]) end
 if cmd == 'claim_invoice' then
   return ledger.claim_invoice(a[4], a[5], tonumber(a[6]), a[7])
