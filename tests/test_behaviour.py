@@ -646,6 +646,32 @@ def test_an_invoice_refused_for_good_gives_the_record_its_ttl_back(make_service,
     assert 59_000 < _ttl_ms(service, "g1") <= 60_000
 
 
+def test_the_worker_gives_back_a_lapsed_hold_s_first_invoice_whose_request_died(
+    make_service, stocked
+):
+    """The request that claimed the first invoice of a lapsed hold died before its sale, and the
+    tickets are gone: the worker's retry gives the hold back lapsed, as the request would have,
+    and TEvo's retry is answered 410. It recorded a failed sale, and from then on the invoice
+    was kept and retried for ever (502 to TEvo), a sale that could never be made; on the one
+    script path too, whose sale the worker did not go through."""
+    from tevo_hold.worker import Worker
+
+    service = make_service(hold_ttl=0.2, lease=0.2)
+    hold(service)
+    time.sleep(0.25)  # lapsed
+    stocked.set_quantity("L1", 0)  # and its tickets are gone
+    service.ledger.claim_invoice("g1", 5, lease=0.2, token="dead")  # a request that died
+    time.sleep(0.25)  # its lease ends: the worker's
+    assert Worker(service, lease=5).run_once() == 1
+    given_back = service.get(global_id="g1", history=True)
+    assert (given_back.status, given_back.invoice_attempts) == (HoldStatus.EXPIRED, 0)
+    assert given_back.events[-1].event == "invoice_refused"
+    assert list(service.ledger.scheduled("i")) == []
+    with pytest.raises(e.HoldExpired):
+        service.invoice(global_id="g1", tevo_order_id=5)
+    assert stocked.stock("L1").sold == 0
+
+
 def test_a_retried_invoice_keeps_the_order_id_as_first_sent(make_service, stocked):
     """4711 and "4711" name one order; the POS saw the first spelling, and so do retries."""
     service = make_service(lease=0.2)

@@ -331,15 +331,16 @@ def test_a_retried_invoice_that_the_pos_has_no_tickets_for_is_kept(client: Redis
     assert service.get(global_id="g").status is HoldStatus.INVOICED
 
 
-@pytest.mark.parametrize("other", ["failed", "sold", "running"])
+@pytest.mark.parametrize("other", ["failed", "lapsed", "sold", "running"])
 def test_a_lapsed_hold_s_invoice_refused_after_its_lease_answers_what_the_ledger_keeps(
     client: RedisClient, other: str
 ) -> None:
     """The first invoice of a lapsed hold: the POS answers that the tickets are gone, but after
     the lease, when the worker has taken the invoice over. TEvo was told 410 hold_expired while
     the ledger kept the invoice (the worker's attempt failed it: invoice_failed, retried) and
-    later sold it. The answer is what the other attempt made of it: kept (502), sold, or still
-    running (409)."""
+    later sold it. The answer is what the other attempt made of it: kept (502), given back
+    lapsed (410: the POS had no tickets for it either, and it was the first attempt), sold, or
+    still running (409)."""
     pos = Pos()
     service = pos_service(client, pos, hold_ttl=0.05)
     service.hold(remote_id="R", quantity=1, global_id="g")
@@ -352,6 +353,8 @@ def test_a_lapsed_hold_s_invoice_refused_after_its_lease_answers_what_the_ledger
             assert service.ledger.claim_due(DueItem("i", "g"), "worker-2", lease=30) is not None
         else:
             if other == "failed":
+                pos.fail["invoice"].append(errors.PosError("POS: 500", outcome_unknown=True))
+            elif other == "lapsed":
                 pos.fail["invoice"].append(gone)
             assert Worker(service, lease=5).run_once() == 1
         pos.fail["invoice"].append(gone)  # A's answer
@@ -365,6 +368,11 @@ def test_a_lapsed_hold_s_invoice_refused_after_its_lease_answers_what_the_ledger
         time.sleep(PAST_LEASE)  # past the retry's backoff: the POS has the tickets again
         assert Worker(service, lease=5).run_once() == 1
         assert service.get(global_id="g").status is HoldStatus.INVOICED
+    elif other == "lapsed":
+        with pytest.raises(errors.HoldExpired):
+            service.invoice(global_id="g", tevo_order_id=7)
+        assert service.get(global_id="g").status is HoldStatus.EXPIRED
+        assert list(service.ledger.scheduled("i")) == []
     elif other == "sold":
         assert service.invoice(global_id="g", tevo_order_id=7).hold.status is HoldStatus.INVOICED
     else:

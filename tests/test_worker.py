@@ -486,6 +486,32 @@ def test_tevo_retrying_a_failed_invoice_tries_the_pos_again(pos, make_api, make_
     assert scheduled(api.service) == NOTHING_SCHEDULED
 
 
+def test_a_lapsed_hold_s_first_invoice_whose_request_died_is_given_back_not_retried_for_ever(
+    pos, make_api, make_worker
+):
+    """TEvo's first invoice of a lapsed hold whose tickets are gone answers 410 hold_expired and
+    gives the hold back. When the request that claimed it died before its POS call, the
+    worker's retry made that first attempt, recorded it as a failed sale, and from then on
+    TEvo's retry got 502 pos_error and the worker called the POS for ever: a sale that can
+    never be made. The worker gives the hold back lapsed, as the request would have."""
+    api = make_api(hold_ttl=0.5, lease=1.5, pos_retries=0)
+    assert api.hold("lapse-inv", qty=2).status_code == 201
+    worker = make_worker(pos_retries=0)
+    wait_until(worker.run_once, timeout=3, what="the lapse release")
+    assert pos.state("lapse-inv") == "released"
+    pos.stock["R"] = 0  # other buyers took every ticket of the listing meanwhile
+    # the web request claims the invoice, then is killed before its POS call
+    api.service.ledger.claim_invoice("lapse-inv", 4711, lease=1.5, token="killed")
+    wait_until(worker.run_once, timeout=3, what="the invoice retry")
+    given_back = api.get("lapse-inv").json
+    assert given_back["status"] == "expired" and given_back["invoice_attempts"] == 0
+    assert given_back["events"][-1]["event"] == "invoice_refused"
+    assert scheduled(api.service) == NOTHING_SCHEDULED
+    retried = api.invoice("lapse-inv", order=4711)  # TEvo's retry of the call that got no answer
+    assert retried.status_code == 410 and retried.json["code"] == "hold_expired"
+    assert pos.count("invoice", global_id="lapse-inv", ok=True) == 0
+
+
 def test_an_invoice_that_times_out_is_504_and_retried(pos, make_api, make_worker):
     api = make_api(hold_ttl=60)
     assert api.hold("inv-3").status_code == 201

@@ -85,7 +85,7 @@ class HoldService:
             else None
         )
         # The reference inventory step by step: told the hold's deadline, its sale says whether
-        # the hold lapsed there before it came (see _settle). Not a subclass that overrides
+        # the hold lapsed there before it came (see settle_invoice). Not a subclass that overrides
         # invoice: its own takes the PosAdapter arguments only, as the contract says.
         self._inventory = (
             adapter
@@ -274,16 +274,24 @@ class HoldService:
         if not claim.changed:
             return Outcome(claim.hold, replayed=True)
         try:
-            return Outcome(self._settle(claim, token, actor))
+            return Outcome(self.settle_invoice(claim, token, actor=actor))
         except errors.HoldExpired:
             raise
         except BaseException:
             metrics.INVOICE_FAILURES.labels("api").inc()
             raise
 
-    def _settle(self, claim: Claim, token: str, actor: str) -> Hold:
-        """Sell the claimed hold's tickets in the POS for the invoice ``token`` claimed; record
-        it."""
+    def settle_invoice(self, claim: Claim, token: str, *, actor: str = "api") -> Hold:
+        """Sell the hold's tickets in the POS for the invoice that ``token`` claimed (``claim``:
+        TEvo's invoice, or the worker's retry of one that is due), and record the outcome.
+
+        Returns the hold invoiced. A failed sale is recorded ``invoice_failed`` (retried with
+        backoff) and raised: PosError for a POS that refused it (the listing or the tickets
+        gone), else what the adapter raised. But the first invoice of a lapsed hold whose tickets
+        are gone is given back lapsed, and HoldExpired raised: whoever makes that attempt, TEvo
+        is answered ``410`` (its retry, after a worker made it, too). RequestInProgress or
+        HoldNotFound when the claim was taken over meanwhile (its lease ended).
+        """
         hold = claim.hold
         gid = hold.global_id
         retry_in = self.retry_delay(hold.invoice_attempts + 1)
@@ -310,13 +318,14 @@ class HoldService:
                 )
         except (errors.InsufficientQuantity, errors.HoldExpired) as exc:
             # The hold's tickets are gone in the POS (an adapter may say so with HoldExpired:
-            # the hold lapsed there). The hold lapsed if the invoice came after its deadline;
-            # or if the reference inventory says its sale did, and others took the tickets (an
-            # invoice claimed just before the deadline whose sale came just after it, once
-            # another hold had them): the sale cannot be made, and TEvo is told at once rather
-            # than the invoice being kept and retried while another buyer owns the tickets.
-            # (Another adapter's HoldExpired proves nothing of the kind: it means what
-            # InsufficientQuantity does.)
+            # the hold lapsed there). The hold lapsed if the invoice came after its deadline (was
+            # claimed after it: by TEvo, or by the worker retrying one whose request died before
+            # its POS call, as TEvo's retry would have); or if the reference inventory says its
+            # sale did, and others took the tickets (an invoice claimed just before the deadline
+            # whose sale came just after it, once another hold had them): the sale cannot be
+            # made, and TEvo is told at once rather than the invoice being kept and retried
+            # while another buyer owns the tickets. (Another adapter's HoldExpired proves
+            # nothing of the kind: it means what InsufficientQuantity does.)
             lapsed = claim.at >= int(hold.expires_at.timestamp() * 1000) or (
                 self._inventory is not None and isinstance(exc, errors.HoldExpired)
             )

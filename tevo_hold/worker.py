@@ -8,7 +8,9 @@ The ledger schedules every piece of work that a POS call must complete in a due 
 - a hold whose POS call had no known outcome (a timeout, or a request that died half-way) is
   released in the POS once its lease ends (a full lease after a timeout: the POS may still be
   making the hold until then), unless a retry of the hold completed it first;
-- a failed invoice is retried with backoff until the POS takes it.
+- a failed invoice is retried with backoff until the POS takes it, as the API sells it (see
+  ``HoldService.settle_invoice``): the first invoice of a lapsed hold whose tickets are gone
+  (its request died before its POS call) is given back lapsed, as TEvo's retry would have it.
 
 Any number of workers may run at once, on any hosts: each item is claimed atomically for a lease,
 so the POS sees one call per item (at least once: a worker that dies mid-call leaves its item to
@@ -97,56 +99,22 @@ class Worker:
         gid = hold.global_id
         try:
             if item.kind == "i":
-                assert hold.tevo_order_id is not None
-                with adapter_call("invoice"):
-                    adapter.invoice(
-                        global_id=gid,
-                        remote_id=hold.remote_id,
-                        quantity=hold.quantity,
-                        tevo_order_id=hold.tevo_order_id,
-                    )
+                # The API's own sale, with its verdicts: a failure is recorded (retried with
+                # backoff), and the first invoice of a lapsed hold whose tickets are gone is
+                # given back lapsed, as TEvo's retry would have it, not retried for ever.
+                self.service.settle_invoice(claim, token, actor=actor)
             else:
                 with adapter_call("release"):
                     adapter.release(global_id=gid, remote_id=hold.remote_id, quantity=hold.quantity)
-        except BaseException as exc:
-            # adapter_call turned whatever the adapter must not raise (SystemExit included) into
-            # InternalError, so that one bad item never ends the work; an interrupt that may be
-            # the user's Ctrl-C is recorded as a failure like any other, then stops the worker.
-            detail = describe_error(exc)
-            log.warning(
-                "%s: %s of %r failed: %s",
+        except errors.HoldExpired:
+            log.info(
+                "%s: invoice retry of %r: the hold had lapsed and the POS has no tickets for its "
+                "first invoice: given back lapsed (TEvo's retry is answered 410 hold_expired)",
                 actor,
-                _WHAT[item.kind],
                 gid,
-                printable(detail),  # the POS's own words may be in it
-                exc_info=not isinstance(exc, errors.TevoHoldError),
             )
-            if item.kind == "i":
-                metrics.INVOICE_FAILURES.labels("worker").inc()
-                retry_in = self.service.retry_delay(hold.invoice_attempts + 1)
-                ledger.fail_invoice(gid, token, detail, retry_in=retry_in, actor=actor)
-            else:
-                ledger.retry_due(
-                    item,
-                    token,
-                    detail,
-                    retry_in=self.service.retry_delay(2),
-                    retry_cap=self.service.retry_cap,
-                    actor=actor,
-                )
-            if not isinstance(exc, Exception):
-                raise
             return True
-        try:
-            if item.kind == "i":
-                ledger.finish_invoice(gid, token, hold.tevo_order_id, actor=actor)
-            elif item.kind == "c":
-                ledger.compensated(gid, token, actor=actor)
-            else:
-                ledger.released_in_pos(gid, since=claim.at, actor=actor)
-                if hold.status is HoldStatus.EXPIRED:
-                    metrics.LAPSED.labels("worker").inc()
-        except (errors.RequestInProgress, errors.HoldNotFound) as exc:
+        except (errors.RequestInProgress, errors.HoldNotFound) as exc:  # from settle_invoice
             # The POS call outlived the lease, and another worker (or TEvo's retry) took the
             # item over meanwhile: the item is that one's now, and it calls the POS again
             # (adapters are idempotent per global_id), so nothing is lost.
@@ -160,6 +128,39 @@ class Worker:
                 exc,
             )
             return True
+        except BaseException as exc:
+            # adapter_call turned whatever the adapter must not raise (SystemExit included) into
+            # InternalError, so that one bad item never ends the work; an interrupt that may be
+            # the user's Ctrl-C is recorded as a failure like any other, then stops the worker.
+            detail = describe_error(exc)
+            log.warning(
+                "%s: %s of %r failed: %s",
+                actor,
+                _WHAT[item.kind],
+                gid,
+                printable(detail),  # the POS's own words may be in it
+                exc_info=not isinstance(exc, errors.TevoHoldError),
+            )
+            if item.kind == "i":  # settle_invoice recorded it failed: retried with backoff
+                metrics.INVOICE_FAILURES.labels("worker").inc()
+            else:
+                ledger.retry_due(
+                    item,
+                    token,
+                    detail,
+                    retry_in=self.service.retry_delay(2),
+                    retry_cap=self.service.retry_cap,
+                    actor=actor,
+                )
+            if not isinstance(exc, Exception):
+                raise
+            return True
+        if item.kind == "c":
+            ledger.compensated(gid, token, actor=actor)
+        elif item.kind == "l":
+            ledger.released_in_pos(gid, since=claim.at, actor=actor)
+            if hold.status is HoldStatus.EXPIRED:
+                metrics.LAPSED.labels("worker").inc()
         log.info("%s: %s of %r done", actor, _WHAT[item.kind], gid)
         return True
 
