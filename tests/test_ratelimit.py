@@ -7,15 +7,20 @@ test_operations.py.
 
 from __future__ import annotations
 
+import importlib.resources
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tevo_hold import HoldService, create_app
-from tevo_hold.ratelimit import Limit, parse
+from tevo_hold import HoldService, Settings, create_app
+from tevo_hold.connection import RedisClient
+from tevo_hold.errors import ConfigurationError
+from tevo_hold.keys import KeySpace
+from tevo_hold.ratelimit import Limit, Limits, parse
 from tevo_hold.web import EXTENSION_KEY
 
 KEYS = "key-a,key-b"
@@ -211,3 +216,96 @@ def test_limits_are_read_from_their_notation(text: str, limits: tuple[Limit, ...
 def test_unreadable_limits_say_what_to_write(text: str) -> None:
     with pytest.raises(ValueError, match="limit"):
         parse(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["1 per 366 days", "1 per 10000000000 days", "1000000001/second", "5/s; 1 per 53 weeks"]
+)
+def test_limits_too_large_to_work_are_refused_at_start_up(text: str) -> None:
+    """A period whose ms Lua would write in exponent notation made the charge's SET fail, and
+    the limit was silently off (or the first call was refused, through float rounding)."""
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_RATE_LIMIT"):
+        Settings.from_env({"TEVO_HOLD_RATE_LIMIT": text, "TEVO_HOLD_API_KEYS": "k"})
+
+
+# -- the GCRA itself, on a clock of the test's own ---------------------------------------------
+
+
+def clocked(client: RedisClient, text: str) -> Callable[[int], tuple[int, str | None]]:
+    """Charge one call of key ``k`` under the limits ``text`` at ``now`` (ms): _charge.lua as
+    every script runs it, with the clock given rather than read from Redis. Answers 0 and None
+    if the call passes, else the ms it is told to wait and the limit it names."""
+    lua = importlib.resources.files("tevo_hold").joinpath("lua")
+    script = "local now = tonumber(table.remove(ARGV))\n" + "\n".join(
+        lua.joinpath(name).read_text("utf-8") for name in ("_charge.lua", "charge.lua")
+    )
+    limits = parse(text)
+    charge = Limits(limits, KeySpace()).charge("k")
+
+    def at(now: int) -> tuple[int, str | None]:
+        reply = client.eval(script, len(charge.keys), *charge.keys, *charge.argv, now)
+        if reply[0] in (b"ok", "ok"):
+            return 0, None
+        return int(reply[2]), charge.names[int(reply[3]) - 1]
+
+    return at
+
+
+T0 = 1_760_000_000_123  # a time in ms, as Redis's clock gives it
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["3 per 2 seconds", "7 per 1 day", "9 per 1 minute", "12 per 5 seconds", "500 per 365 days"],
+)
+def test_a_burst_of_the_amount_passes_at_once_and_the_next_call_waits_a_step(
+    client: RedisClient, text: str
+) -> None:
+    """Up to N calls at once (in the same millisecond: float rounding used to refuse the Nth),
+    then one every period / N: the N+1th waits one step, to the millisecond."""
+    [limit] = parse(text)
+    charge = clocked(client, text)
+    assert [charge(T0) for _ in range(limit.amount)] == [(0, None)] * limit.amount
+    wait, name = charge(T0)
+    step = limit.period_ms / limit.amount
+    assert (wait, name) == (-(-limit.period_ms // limit.amount), str(limit))  # ceil(step)
+    assert charge(T0 + wait - 1)[0] == 1
+    assert charge(T0 + wait) == (0, None)
+    assert wait - 1 < step <= wait
+
+
+@pytest.mark.parametrize("text", ["7 per 1 hour", "3 per 2 hours", "10 per 1 day"])
+def test_over_a_long_run_a_key_gets_n_per_period_and_any_period_at_most_2n_less_1(
+    client: RedisClient, text: str
+) -> None:
+    """A client that calls as soon as it is told it may (Retry-After to the millisecond), for
+    forty periods: a burst of N at once, then one call every period / N. Any window of one
+    period holds at most 2N - 1 calls (the burst and the steady rate after it: the bound is
+    reached), and the total is within N of N per period."""
+    [limit] = parse(text)
+    n, period = limit.amount, limit.period_ms
+    charge = clocked(client, text)
+    now, passed = T0, []
+    while now < T0 + 40 * period:
+        wait, _ = charge(now)
+        if wait == 0:
+            passed.append(now)
+            continue
+        assert charge(now + wait - 1)[0] == 1  # the wait is no shorter than it must be
+        now += wait
+    most = max(sum(1 for t in passed if start <= t < start + period) for start in passed)
+    assert most == 2 * n - 1
+    steady = (now - T0) * n / period
+    assert steady <= len(passed) <= steady + n
+
+
+@pytest.mark.parametrize("amount", [1, 2, 7])
+def test_the_longest_period_charges_every_call(client: RedisClient, amount: int) -> None:
+    """At the bound the arithmetic is exact and the charge is written (a PX Redis takes)."""
+    text = f"{amount} per 365 days"
+    [limit] = parse(text)
+    charge = clocked(client, text)
+    assert [charge(T0) for _ in range(amount)] == [(0, None)] * amount
+    assert charge(T0) == (-(-limit.period_ms // amount), str(limit))
+    [key] = Limits((limit,), KeySpace()).charge("k").keys
+    assert limit.period_ms - 60_000 < client.pttl(key) <= limit.period_ms

@@ -2,8 +2,11 @@
 
 ``TEVO_HOLD_RATE_LIMIT`` (``600 per minute`` by default; ``20/second; 1000/hour`` for two limits;
 ``off``) is one budget per API key *name*, whatever the number of workers and hosts. Each limit
-is a GCRA (generic cell rate algorithm): a key may send up to its amount at once, then one call
-every period / amount, so that no window of one period holds more than the amount.
+is a GCRA (generic cell rate algorithm) with a burst of its amount N: a key may send up to N calls
+at once, then one call every period / N on average. So over any window of one period at most
+2N - 1 calls pass (a burst, then the steady rate), and in the long run N per period. A period is
+at most :data:`MAX_PERIOD_SECONDS` (a year), an amount at most :data:`MAX_AMOUNT`: the charge's
+arithmetic in Redis is exact within those.
 
 The charge rides on the request's first script call (:func:`tevo_hold._redis.charge_next_call`,
 ``lua/_charge.lua``): checked and counted in the same atomic step as the call's own work, in the
@@ -23,7 +26,12 @@ from dataclasses import dataclass
 from ._redis import Charge
 from .keys import KeySpace
 
-__all__ = ["Limit", "Limits", "parse"]
+__all__ = ["MAX_AMOUNT", "MAX_PERIOD_SECONDS", "Limit", "Limits", "parse"]
+
+#: The largest amount of one limit.
+MAX_AMOUNT = 10**9
+#: The longest period of one limit: a year of 365 days.
+MAX_PERIOD_SECONDS = 365 * 86400
 
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _LIMIT = re.compile(
@@ -49,7 +57,9 @@ class Limit:
 
 def parse(text: str) -> tuple[Limit, ...]:
     """The limits of ``text``: ``N per [M] second|minute|hour|day`` (or ``N/[M]unit``), several
-    separated by ``;`` or ``,``. Raises ValueError naming the part it cannot read."""
+    separated by ``;`` or ``,``. Raises ValueError naming the part it cannot read, or cannot use:
+    an amount or period of 0, an amount over :data:`MAX_AMOUNT`, a period over
+    :data:`MAX_PERIOD_SECONDS`."""
     limits = []
     for part in re.split(r"[;,]", text):
         if not part.strip():
@@ -64,6 +74,11 @@ def parse(text: str) -> tuple[Limit, ...]:
         if amount < 1 or count < 1:
             raise ValueError(
                 f"{part.strip()!r} is not a usable limit: amounts and periods must be at least 1"
+            )
+        if amount > MAX_AMOUNT or count * _UNITS[unit] > MAX_PERIOD_SECONDS:
+            raise ValueError(
+                f"{part.strip()!r} is not a usable limit: amounts are at most {MAX_AMOUNT:,} "
+                "and periods at most 365 days"
             )
         limits.append(Limit(amount, count, unit))
     if not limits:
