@@ -181,6 +181,16 @@ def test_every_limit_of_several_holds(service: HoldService) -> None:
     assert int(over.headers["Retry-After"]) >= 1700  # the next of 2 per hour: in half an hour
 
 
+def test_with_several_limits_spent_the_answer_is_the_longest_wait(service: HoldService) -> None:
+    """Retry-After is "seconds until a call fits again": with both limits spent, that is the
+    minute's wait, not the second's (a client obeying the shorter one is refused again)."""
+    http = make_app(service, "1 per second; 1 per minute")
+    assert hold(http, "g1").status_code == 201
+    over = hold(http, "g2")
+    assert_rate_limited(over, "1 per 1 minute")
+    assert int(over.headers["Retry-After"]) >= 59
+
+
 def test_requests_refused_before_redis_are_not_charged(service: HoldService) -> None:
     http = make_app(service, "2 per minute")
     for _ in range(5):
@@ -297,6 +307,16 @@ def test_over_a_long_run_a_key_gets_n_per_period_and_any_period_at_most_2n_less_
     assert most == 2 * n - 1
     steady = (now - T0) * n / period
     assert steady <= len(passed) <= steady + n
+
+
+def test_several_limits_answer_the_longest_wait_and_a_call_then_fits(client: RedisClient) -> None:
+    charge = clocked(client, "1 per second; 2 per minute; 1 per 2 seconds")
+    assert charge(T0) == (0, None)
+    assert charge(T0 + 2000) == (0, None)  # the minute's 2 are spent
+    wait, name = charge(T0 + 2000)
+    assert (wait, name) == (28_000, "2 per 1 minute")  # the next of 2 a minute: 30 s on
+    assert charge(T0 + 2000 + wait - 1)[0] == 1
+    assert charge(T0 + 2000 + wait) == (0, None)
 
 
 @pytest.mark.parametrize("amount", [1, 2, 7])

@@ -271,7 +271,8 @@ class UnsupportedMediaType(TevoHoldError):
 
 class RateLimited(TevoHoldError):
     """This API key sent more requests than ``TEVO_HOLD_RATE_LIMIT`` allows; retry after
-    ``retry_after`` seconds. ``limit`` is the limit that was hit (``"600 per 1 minute"``)."""
+    ``retry_after`` seconds. ``limit`` is the limit that was hit (``"600 per 1 minute"``); of
+    several, the one whose wait is the longest, which ``retry_after`` is for."""
 
     code = "rate_limited"
     status = 429

@@ -906,7 +906,10 @@ def _problem_schema() -> dict[str, Any]:
             },
             "limit": {
                 "type": "string",
-                "description": "rate_limited only: the limit this key broke.",
+                "description": (
+                    "rate_limited only: the limit this key broke (of several, the one whose "
+                    "wait is the longest: Retry-After is for it)."
+                ),
             },
             "checks": {
                 "type": "object",

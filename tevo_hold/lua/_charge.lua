@@ -10,8 +10,9 @@
 -- once, then one every period / amount ms. So over any window of one period at most
 -- 2 * amount - 1 calls pass (a burst, then the steady rate), and in the long run amount per
 -- period. Over any limit the script answers {'rate_limited', now_ms, retry_ms, i} before
--- anything else runs or is written (i: the limit hit, from 1). Otherwise every limit is charged
--- and the script goes on. Calls refused this way are not charged.
+-- anything else runs or is written: i (from 1) is the limit whose wait is the longest, retry_ms
+-- that wait, after which every limit lets a call through. Otherwise every limit is charged and
+-- the script goes on. Calls refused this way are not charged.
 --
 -- The arithmetic is exact, in integers: a time is kept as ms + frac / amount (0 <= frac <
 -- amount, stored as 'ms:frac'), a step of period / amount ms as q + r / amount. The limits
@@ -39,7 +40,7 @@ if ARGV[1] == '!charge' then
     if frac >= amount then ms, frac = ms + 1, frac - amount end
     -- this call passes if it is due by then less a period: wait = ceil(that - now) <= 0
     local wait = ms - period - now + ((frac > 0) and 1 or 0)
-    if wait > 0 and not refusal then
+    if wait > 0 and (not refusal or wait > refusal[3]) then
       refusal = {'rate_limited', now, wait, i}
     end
     tats[i] = {ms, frac}
