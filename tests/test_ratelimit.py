@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from werkzeug.test import TestResponse
 
-from tevo_hold import HoldService, Settings, create_app
+from tevo_hold import HoldService, Settings, create_app, metrics
 from tevo_hold.connection import RedisClient
 from tevo_hold.errors import ConfigurationError
 from tevo_hold.keys import KeySpace
@@ -189,6 +190,33 @@ def test_with_several_limits_spent_the_answer_is_the_longest_wait(service: HoldS
     over = hold(http, "g2")
     assert_rate_limited(over, "1 per 1 minute")
     assert int(over.headers["Retry-After"]) >= 59
+
+
+def test_a_holds_first_invoice_sold_past_the_budget_counts_one_outcome(
+    service: HoldService,
+) -> None:
+    """tevo_hold_invoices_total counts one outcome per invoice call: the sale, not also the
+    refusal that create_invoice got past. Another invoice refused counts rate_limited once."""
+    http = make_app(service, "1 per minute")
+    key = {"X-API-Key": "key-a"}
+
+    def counts() -> tuple[float, float]:
+        metrics.flush()
+        invoiced, limited = (
+            REGISTRY.get_sample_value("tevo_hold_invoices_total", {"outcome": outcome}) or 0.0
+            for outcome in ("invoiced", "rate_limited")
+        )
+        return invoiced, limited
+
+    assert hold(http, "g1").status_code == 201
+    before = counts()
+    body = {"global_id": "g1", "tevo_order_id": 7}
+    assert http.post("/v1/invoices", json=body, headers=key).status_code == 201
+    sold = counts()
+    assert (sold[0] - before[0], sold[1] - before[1]) == (1, 0)
+    assert_rate_limited(http.post("/v1/invoices", json=body, headers=key), "1 per 1 minute")
+    replayed = counts()
+    assert (replayed[0] - sold[0], replayed[1] - sold[1]) == (0, 1)
 
 
 def test_requests_refused_before_redis_are_not_charged(service: HoldService) -> None:

@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from prometheus_client import (
@@ -63,10 +64,12 @@ __all__ = [
     "REQUEST_LATENCY",
     "BacklogCollector",
     "Children",
+    "PendingRefusal",
     "counted",
     "exposition",
     "flush",
     "pos_call",
+    "refusal_pending",
 ]
 
 #: Seconds between two flushes of a process's batched counts (see the module's doc).
@@ -349,8 +352,45 @@ def outcome_of(outcome: Outcome) -> str:
     return "replayed" if outcome.replayed else str(outcome.hold.status)
 
 
+class PendingRefusal:
+    """What :func:`refusal_pending` yields: the counts of the calls refused by the rate limit
+    within its block, made when the block ends unless :meth:`drop` forgets them."""
+
+    __slots__ = ("batches",)
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def drop(self) -> None:
+        """Forget the refusals seen so far, and count every call from now on as it ends: the
+        caller calls again, and that call's outcome is the one to count."""
+        self.batches.clear()
+        _pending.set(None)
+
+
+#: Within :func:`refusal_pending`: where :func:`counted` leaves the count of a refused call.
+_pending: ContextVar[PendingRefusal | None] = ContextVar("tevo_hold_pending", default=None)
+
+
+@contextlib.contextmanager
+def refusal_pending() -> Iterator[PendingRefusal]:
+    """Within this block, a call of a :func:`counted` method refused by the rate limit
+    (RateLimited) is counted when the block ends, unless the :class:`PendingRefusal` yielded is
+    dropped first: for a caller that may make the call again after the refusal (a hold's first
+    invoice is sold past the budget), so that one request counts one outcome."""
+    pending = PendingRefusal()
+    token = _pending.set(pending)
+    try:
+        yield pending
+    finally:
+        _pending.reset(token)
+        for batch in pending.batches:
+            batch.inc()
+
+
 def counted(counter: Counter) -> Callable[[Callable[P, Outcome]], Callable[P, Outcome]]:
-    """Count each call of the decorated method in ``counter`` by outcome (or error code)."""
+    """Count each call of the decorated method in ``counter`` by outcome (or error code);
+    within :func:`refusal_pending`, a refusal by the rate limit when that block ends."""
 
     children = Children(counter)
 
@@ -360,7 +400,11 @@ def counted(counter: Counter) -> Callable[[Callable[P, Outcome]], Callable[P, Ou
             try:
                 outcome = method(*args, **kwargs)
             except errors.TevoHoldError as exc:
-                children(exc.code).inc()
+                pending = _pending.get()
+                if pending is not None and isinstance(exc, errors.RateLimited):
+                    pending.batches.append(children(exc.code))
+                else:
+                    children(exc.code).inc()
                 raise
             except Exception:
                 children(errors.InternalError.code).inc()

@@ -385,17 +385,20 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     def create_invoice() -> Response:
         state = _state()
         data = _load(_INVOICE_REQUEST, state)
-        try:
-            outcome = state.service.invoice(**data)
-        except errors.RateLimited:
-            # Over the key's budget, a hold's first invoice is sold all the same: its buyer has
-            # paid, and TEvo may not call again (refused, the hold would lapse and its tickets
-            # go back on sale). The refused call ran nothing and took the charge with it, so
-            # this one runs uncharged. Any other invoice (a retry of one that failed or was
-            # sold, an unknown global_id) is refused like any call over the budget.
-            if not _first_invoice(state.service, data["global_id"]):
-                raise
-            outcome = state.service.invoice(**data)
+        with metrics.refusal_pending() as refusal:
+            try:
+                outcome = state.service.invoice(**data)
+            except errors.RateLimited:
+                # Over the key's budget, a hold's first invoice is sold all the same: its buyer
+                # has paid, and TEvo may not call again (refused, the hold would lapse and its
+                # tickets go back on sale). The refused call ran nothing and took the charge with
+                # it, so this one runs uncharged, and it alone is counted in the metrics. Any
+                # other invoice (a retry of one that failed or was sold, an unknown global_id)
+                # is refused like any call over the budget, and counted so.
+                if not _first_invoice(state.service, data["global_id"]):
+                    raise
+                refusal.drop()
+                outcome = state.service.invoice(**data)
         return _hold_response(outcome, 201)
 
     # Any id is data: "/x", "a//b" and "x/" are global_ids too, so the id takes the rest of the
