@@ -632,6 +632,118 @@ def test_pos_calls_failed_invoices_and_lapses_are_counted(
     }
 
 
+class ReleasesByHand(PosAdapter):
+    """A POS whose holds do not lapse by themselves: the worker releases lapsed holds in it.
+    Its releases fail while ``failing``; ``during_release`` runs inside the next one, once."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.during_release: Callable[[], object] | None = None
+
+    def hold(self, **kwargs: Any) -> None: ...
+
+    def invoice(self, **kwargs: Any) -> None: ...
+
+    def release(self, **kwargs: Any) -> None:
+        run, self.during_release = self.during_release, None
+        if run is not None:
+            run()
+        if self.failing:
+            raise errors.PosError("the POS is down")
+
+
+@pytest.fixture
+def by_hand(client: redis.Redis) -> tuple[HoldService, ReleasesByHand, Worker]:
+    """A service whose holds lapse after 0.2 s in a POS that needs them released, a worker."""
+    adapter = ReleasesByHand()
+    ledger = build_service(Settings(api_keys=(API_KEY,)), client=client).ledger
+    service = HoldService(ledger, adapter, hold_ttl=0.2, lease=0.2, retry_base=0.001)
+    return service, adapter, Worker(service, lease=5, name="w")
+
+
+def lapses_counted(run: Callable[[], object]) -> dict[str, float]:
+    """What ``run`` adds to tevo_hold_holds_lapsed_total, by seen_by."""
+    seen_by = ("worker", "release")
+    before = [value("tevo_hold_holds_lapsed_total", seen_by=by) for by in seen_by]
+    run()
+    after = [value("tevo_hold_holds_lapsed_total", seen_by=by) for by in seen_by]
+    return {by: a - b for by, a, b in zip(seen_by, after, before, strict=True)}
+
+
+def lapse(service: HoldService, gid: str) -> None:
+    service.hold(remote_id="L1", quantity=1, global_id=gid)
+    time.sleep(0.3)  # past hold_ttl: it lapses
+
+
+def test_a_lapse_the_worker_released_first_counts_once_then_not_at_its_release(
+    by_hand: tuple[HoldService, ReleasesByHand, Worker],
+) -> None:
+    """The worker releases the lapsed hold in the POS (seen_by=worker); TEvo's release of it
+    later turns it expired, and counted the same lapse again (seen_by=release)."""
+    service, _, worker = by_hand
+
+    def run() -> None:
+        lapse(service, "lapse-1")
+        assert worker.run_once() == 1
+        assert service.release(global_id="lapse-1").hold.status == "expired"
+        assert service.release(global_id="lapse-1").replayed
+
+    assert lapses_counted(run) == {"worker": 1, "release": 0}
+
+
+def test_a_lapse_tevo_released_first_counts_once_when_the_worker_retries_its_pos_release(
+    by_hand: tuple[HoldService, ReleasesByHand, Worker],
+) -> None:
+    """TEvo's release finds the hold lapsed (seen_by=release) but the POS release fails; the
+    worker that makes it later counted the lapse again (seen_by=worker)."""
+    service, adapter, worker = by_hand
+
+    def run() -> None:
+        lapse(service, "lapse-2")
+        adapter.failing = True
+        with pytest.raises(errors.PosError):
+            service.release(global_id="lapse-2")
+        adapter.failing = False
+        time.sleep(0.3)  # the release's lease ends: the worker's POS release is due
+        assert worker.run_once() == 1
+
+    assert lapses_counted(run) == {"worker": 0, "release": 1}
+
+
+def test_a_lapse_tevo_releases_during_the_workers_pos_release_counts_once(
+    by_hand: tuple[HoldService, ReleasesByHand, Worker],
+) -> None:
+    """The worker claims the lapsed hold, TEvo's release comes while its POS call runs: the
+    release finds the lapse first, and the worker, seeing it expired, counted it again."""
+    service, adapter, worker = by_hand
+
+    def run() -> None:
+        lapse(service, "lapse-3")
+        adapter.during_release = lambda: service.release(global_id="lapse-3")
+        assert worker.run_once() == 1
+        assert adapter.during_release is None  # it ran
+        assert service.get(global_id="lapse-3").status == "expired"
+
+    assert lapses_counted(run) == {"worker": 0, "release": 1}
+
+
+def test_a_lapse_of_the_reference_inventory_counts_once(
+    make_service: Callable[..., HoldService],
+) -> None:
+    """Its holds lapse by themselves (on the fused and the step-by-step paths): the worker has
+    nothing to release, and the release that finds the hold lapsed counts it, once."""
+    service = make_service(hold_ttl=0.2)
+    service.adapter.set_quantity("L1", 5)  # type: ignore[attr-defined]
+
+    def run() -> None:
+        lapse(service, "lapse-4")
+        assert Worker(service, name="w").run_once() == 0
+        assert service.release(global_id="lapse-4").hold.status == "expired"
+        assert service.release(global_id="lapse-4").replayed
+
+    assert lapses_counted(run) == {"worker": 0, "release": 1}
+
+
 # -- the worker's backlog in /metrics -------------------------------------------------------------
 
 

@@ -33,6 +33,9 @@ class Claim:
     hold: Hold
     changed: bool
     at: int = 0
+    #: The record says the hold was released in the POS (by the worker, after it lapsed, or
+    #: after a release call): a release that finds it lapsed then finds a lapse counted already.
+    pos_released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +193,17 @@ class Ledger:
         track = "1" if track_release else "0"
         return self._call(global_id, actor, "release", self.retention_ms, _ms_of(lease), track)
 
-    def released_in_pos(self, global_id: str, *, since: int, actor: str = "api") -> None:
+    def released_in_pos(self, global_id: str, *, since: int, actor: str = "api") -> bool:
         """The hold was released in the POS, by a call made after the ledger call whose
         :attr:`Claim.at` is ``since`` (the release, or the worker's claim): no POS release is due
         any more. Unless a POS hold that answered late asked for the release again after
         ``since`` (:meth:`lost_hold`): that call may have reached the POS first, and the release
-        stays due."""
-        self._run(global_id, actor, "released_in_pos", since, self.retention_ms)
+        stays due.
+
+        True when this call recorded the hold lapsed: still held past its deadline, released in
+        the POS before any release call (a release that comes later finds
+        :attr:`Claim.pos_released`)."""
+        return int(self._run(global_id, actor, "released_in_pos", since, self.retention_ms)[2]) == 1
 
     # -- invoice ---------------------------------------------------------------------------
     def claim_invoice(
@@ -412,7 +419,8 @@ class Ledger:
         if not fields:
             raise errors.HoldNotFound(f"No hold has global_id {global_id!r}.")
         events = tuple(_event(entry) for entry in reply[4]) if len(reply) > 4 else ()
-        return Claim(_to_hold(global_id, fields, now, events), changed=outcome == "ok", at=now)
+        hold = _to_hold(global_id, fields, now, events)
+        return Claim(hold, changed=outcome == "ok", at=now, pos_released="pr" in fields)
 
 
 def _ms_of(seconds: float) -> int:

@@ -138,8 +138,8 @@ POS_CALLS = Counter(
 )
 LAPSED = Counter(
     "tevo_hold_holds_lapsed_total",
-    "Holds found lapsed (never invoiced in time), by who found it: release (TEvo released a "
-    "lapsed hold), worker (released in the POS at its deadline).",
+    "Holds found lapsed (never invoiced in time), by who found it first: release (TEvo released "
+    "a lapsed hold), worker (released in the POS at its deadline). Each lapsed hold counts once.",
     ["seen_by"],
 )
 INVOICE_FAILURES = Counter(

@@ -227,7 +227,8 @@ class HoldService:
 
     @staticmethod
     def _released(claim: Claim) -> Outcome:
-        if claim.changed and claim.hold.status is HoldStatus.EXPIRED:
+        # A lapse the worker released in the POS first was counted then (seen_by="worker").
+        if claim.changed and claim.hold.status is HoldStatus.EXPIRED and not claim.pos_released:
             metrics.LAPSED.labels("release").inc()
         return Outcome(claim.hold, replayed=not claim.changed)
 

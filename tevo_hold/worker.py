@@ -26,7 +26,6 @@ import uuid
 from . import errors, metrics
 from ._text import printable
 from .ledger import DueItem
-from .models import HoldStatus
 from .service import HoldService, adapter_call, describe_error
 
 __all__ = ["Worker"]
@@ -157,10 +156,9 @@ class Worker:
             return True
         if item.kind == "c":
             ledger.compensated(gid, token, actor=actor)
-        elif item.kind == "l":
-            ledger.released_in_pos(gid, since=claim.at, actor=actor)
-            if hold.status is HoldStatus.EXPIRED:
-                metrics.LAPSED.labels("worker").inc()
+        elif item.kind == "l" and ledger.released_in_pos(gid, since=claim.at, actor=actor):
+            # a lapse, unless a release call found the hold lapsed first (and counted it)
+            metrics.LAPSED.labels("worker").inc()
         log.info("%s: %s of %r done", actor, _WHAT[item.kind], gid)
         return True
 

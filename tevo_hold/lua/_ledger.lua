@@ -6,11 +6,12 @@
 --
 -- Record fields: rid remote_id, qty quantity, st status (pending|held|released|expired|invoicing|
 -- invoiced|invoice_failed), ca created_at, ea expires_at, ra released_at, ia invoiced_at,
--- pr released in the POS after lapsing (ms since the epoch, by this Redis's clock), ok/oj the order
--- id (canonical / JSON), lu lease until and tok the token of the request holding the lease while
--- st is pending or invoicing, na failed invoice attempts, le last error, rq until when a POS
--- release may come before a POS hold that lands late (lost_hold, or a release of a pending hold),
--- nr failed POS releases or compensations (the backoff of their retries); lk the listing's stock
+-- pr released in the POS (ms since the epoch, by this Redis's clock; set after a lapse, or after
+-- a release call: see released_in_pos), ok/oj the order id (canonical / JSON), lu lease until and
+-- tok the token of the request holding the lease while st is pending or invoicing, na failed
+-- invoice attempts, le last error, rq until when a POS release may come before a POS hold that
+-- lands late (lost_hold, or a release of a pending hold), nr failed POS releases or
+-- compensations (the backoff of their retries); lk the listing's stock
 -- key, on holds made by fused.lua (its release and invoice find the listing by it). While st is
 -- pending: uk '1' when an earlier attempt's POS call has no known outcome or held the tickets
 -- after its lease had ended (a claim taken over, or made since: it inherits what that call held),
@@ -467,20 +468,24 @@ end
 -- POS call that began after started (ms, this Redis's clock: the now of the release or claim
 -- that led to it). Unless that call began by rq (a POS hold that landed late, lost_hold, or that
 -- may still land, release), when it may have come too early to undo the hold: the release stays
--- due.
+-- due. The reply's extra is 1 when this call recorded the hold lapsed (the 'lapsed' event: still
+-- held, past its deadline, released in the POS by the worker before any release call), else 0:
+-- the lapse is counted once, here or by the release that finds no pr.
 function ledger.released_in_pos(started, retention)
   local rec = redis.call('HMGET', K.rec, 'st', 'pr', 'rq', 'ea')
   if rec[3] and started <= tonumber(rec[3]) then return {'ok', now, 0, '{}'} end
   done('l')
   if rec[1] then redis.call('HDEL', K.rec, 'nr') end
+  local lapsed = 0
   if rec[1] and not rec[2] then
     redis.call('HSET', K.rec, 'pr', now)
-    event(rec[1] == 'held' and 'lapsed' or 'pos_released', rec[1], 'released in the POS')
+    if rec[1] == 'held' then lapsed = 1 end
+    event(lapsed == 1 and 'lapsed' or 'pos_released', rec[1], 'released in the POS')
   end
   if rec[1] == 'held' or rec[1] == 'released' or rec[1] == 'expired' then
     keep(tonumber(rec[4]), retention) -- no work owed any more
   end
-  return {'ok', now, 0, '{}'}
+  return {'ok', now, lapsed, '{}'}
 end
 
 -- The worker released a hold of unknown outcome in the POS: forget the hold (its history stays
