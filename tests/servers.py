@@ -275,18 +275,19 @@ class Cluster:
 
 @contextmanager
 def redis_cluster(
-    masters: int = 3, replicas: int = 0, *, node_timeout_ms: int = 2000
+    masters: int = 3, replicas: int = 0, *, node_timeout_ms: int = 2000, options: Sequence[str] = ()
 ) -> Iterator[Cluster]:
     """A Redis Cluster on free loopback ports (``redis-cli --cluster create``); yields it.
 
-    Each node has its own cluster bus port (``--cluster-port``), so only free ports are used.
+    Each node has its own cluster bus port (``--cluster-port``), so only free ports are used;
+    ``options`` are every node's further redis-server options.
     """
     count = masters * (1 + replicas)
     with tempfile.TemporaryDirectory(prefix="tevo-hold-cluster-") as workdir, ExitStack() as stack:
         nodes = []
         for _ in range(count):
             port = free_port()
-            options = [
+            node_options = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -299,8 +300,9 @@ def redis_cluster(
                 "no",
                 "--repl-diskless-sync-delay",
                 "0",
+                *options,
             ]
-            node = RedisProcess(Path(workdir), options, port=port)
+            node = RedisProcess(Path(workdir), node_options, port=port)
             stack.callback(node.stop)
             node.start(wait=False)
             nodes.append(node)

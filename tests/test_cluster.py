@@ -8,6 +8,7 @@ over to its replica and the client follows it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import Counter
@@ -29,8 +30,9 @@ from tevo_hold import (
 from tevo_hold import errors as e
 from tevo_hold.adapters.http import HttpPosAdapter
 from tevo_hold.adapters.identity import check_adapter, record_adapter
-from tevo_hold.connection import RedisClient
-from tevo_hold.keys import SHARDS, KeySpace
+from tevo_hold.connection import RedisClient, connect
+from tevo_hold.keys import SHARDS, KeySpace, shard_of
+from tevo_hold.ledger import DueItem
 from tevo_hold.worker import Worker
 
 from .servers import Cluster, redis_cluster, wait_for
@@ -149,6 +151,123 @@ def test_the_worker_finds_due_work_on_every_shard(client: RedisClient) -> None:
     assert {service.get(global_id=g).status for g in to_invoice} == {HoldStatus.INVOICED}
     assert list(ledger.scheduled("i")) == []
     assert worker.run_once() == 0
+
+
+# -- one master lost, no replica: the others' work goes on ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def partial() -> Iterator[Cluster]:
+    """Three masters without replicas that serve on while one is lost
+    (``cluster-require-full-coverage no``, as docs/operations.md advises)."""
+    options = ["--cluster-require-full-coverage", "no"]
+    with redis_cluster(masters=3, node_timeout_ms=1000, options=options) as nodes:
+        yield nodes
+
+
+@contextlib.contextmanager
+def lost(cluster: Cluster, port: int, outage: str) -> Iterator[None]:
+    """The master on ``port`` stalled (SIGSTOP: its port takes connections, nothing answers)
+    or stopped (connections refused) within the block; back after it."""
+    node = next(n for n in cluster.nodes if n.port == port)
+    node.pause() if outage == "stalled" else node.stop()
+    try:
+        yield
+    finally:
+        if outage == "stalled":
+            node.resume()
+        else:
+            node.start()  # it rejoins from its nodes.conf (its data is gone: no persistence)
+            cluster.wait_ok()
+
+
+def lapsed_holds(cluster: Cluster) -> tuple[HoldService, RecordingPos, list[str]]:
+    """A service on ``cluster`` (holds lapse after 0.3 s) and 30 holds of it, lapsed: a POS
+    release is due for each, on whichever master its shard lies."""
+    cluster.flush()
+    pos = RecordingPos()
+    client = connect(Settings(redis_url=cluster.url))
+    service = HoldService(Ledger(client), pos, hold_ttl=0.3, lease=5, retry_base=0.05)
+    gids = [f"lost-{n}" for n in range(30)]
+    for gid in gids:
+        service.hold(remote_id="L", quantity=1, global_id=gid)
+    wait_for(lambda: len(service.ledger.due_items()) == len(gids), 5, what="the holds lapsed")
+    return service, pos, gids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", ["stalled", "stopped"])
+def test_the_worker_does_the_other_masters_work_while_one_master_is_lost(
+    partial: Cluster, outage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/operations.md: a master lost makes its own slots unavailable, the other masters
+    serve on. The worker read the 256 due sets in one cluster pipeline, which failed as a whole
+    (after sending each of the lost master's commands again one by one): no lapsed hold was
+    released in the POS and no failed invoice retried, on any master, until it was back. Now
+    the shards of the lost master are skipped, said once in the log, and read again after."""
+    service, pos, gids = lapsed_holds(partial)
+    client = service.ledger.client
+    assert isinstance(client, RedisCluster)
+    down = client.get_default_node().port  # the default node too: TIME is read per master
+    healthy = [g for g in gids if master_of(client, KEYS.hold(g)[0]) != down]
+    assert 0 < len(healthy) < len(gids)
+    worker = Worker(service, lease=5)
+    caplog.set_level(logging.WARNING, logger="tevo_hold")
+    try:
+        with lost(partial, down, outage):
+            assert worker.run_once() == len(healthy)  # neither raises nor waits for it
+            assert sorted(pos.released) == sorted(healthy)
+            assert worker.run_once() == 0  # a second round: said once only
+            said = [r.getMessage() for r in caplog.records if "could not be read" in r.message]
+            assert len(said) == 1, said
+            assert f"127.0.0.1:{down}" in said[0]
+        wait_for(lambda: worker.run_once() >= 0 and "are read again" in caplog.text, 10)
+        if outage == "stalled":  # back, with its holds: their releases are done now
+            wait_for(lambda: worker.run_once() >= 0 and len(pos.released) == len(gids), 10)
+            assert sorted(pos.released) == sorted(gids)
+    finally:
+        service.close()
+
+
+@pytest.mark.slow
+def test_the_backlog_with_a_master_stalled_is_unavailable_quickly(partial: Cluster) -> None:
+    """The backlog (/metrics' tevo_hold_due_items, `tevo-hold backlog`) leaves no master's
+    shards out: with one stalled it is Unavailable (the gauges are left out), within one
+    attempt's time, where redis-py's cluster pipeline sent each of that master's 86 due sets
+    its commands again one by one (a scrape took some 40 s)."""
+    service, _, _ = lapsed_holds(partial)
+    client = service.ledger.client
+    assert isinstance(client, RedisCluster)
+    try:
+        assert service.ledger.backlog().items == 30
+        with lost(partial, partial.master_ports()[1], "stalled"):
+            started = time.monotonic()
+            with pytest.raises(e.Unavailable):
+                service.ledger.backlog()
+            assert time.monotonic() - started < 1
+        wait_for(lambda: service.ledger.backlog().items == 30, 10)
+    finally:
+        service.close()
+
+
+def test_the_due_sets_are_found_where_a_stale_slot_map_does_not_say(
+    cluster: Cluster, cluster_client: RedisClient
+) -> None:
+    """The due sets are read from the master the client's slot map names; one that names
+    another (a slot moved since it was read) answers MOVED, and the due set is read through the
+    cluster's client, which follows it and mends the map."""
+    cluster.flush()
+    assert isinstance(cluster_client, RedisCluster)
+    pos = RecordingPos()
+    service = HoldService(Ledger(cluster_client), pos, hold_ttl=0.05, lease=5)
+    service.hold(remote_id="L", quantity=1, global_id="moved")
+    due = KEYS.due(shard_of("moved"))
+    right = cluster_client.get_node_from_key(due)
+    wrong = next(n for n in cluster_client.get_primaries() if n.name != right.name)
+    slot = cluster_client.keyslot(due)
+    cluster_client.nodes_manager.slots_cache[slot] = [wrong]
+    wait_for(lambda: service.ledger.due_items() == [DueItem("l", "moved")], 5)
+    assert cluster_client.get_node_from_key(due).name == right.name
 
 
 # -- failover ------------------------------------------------------------------------------------

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+import redis.exceptions
+from redis.cluster import ClusterNode, RedisCluster
 
 from . import errors
-from ._redis import SCRIPT_ERRORS, RedisClient, Script, translate_errors
+from ._redis import SCRIPT_ERRORS, RedisClient, Script, _is_outage, _name, translate_errors
 from .keys import SHARDS, KeySpace
 from .models import Event, Hold, HoldStatus
 
 __all__ = ["Backlog", "Claim", "DueItem", "Ledger"]
+
+log = logging.getLogger("tevo_hold")
 
 #: Kinds of due work: release a lapsed hold, compensate an unknown outcome, retry an invoice.
 DueKind = Literal["l", "c", "i"]
@@ -80,6 +86,10 @@ class Ledger:
         self.keys = keys or KeySpace()
         self.retention_ms = int(retention * 1000)
         self._script = Script(client, "ledger")
+        self._due_keys = [self.keys.due(shard) for shard in range(SHARDS)]
+        #: The masters (of a cluster) whose due sets the last reading could not read.
+        self._unreachable: set[str] = set()
+        self._unreachable_lock = threading.Lock()
 
     # -- hold ------------------------------------------------------------------------------
     def claim_hold(
@@ -283,49 +293,163 @@ class Ledger:
         return int(seconds) * 1000 + int(micros) // 1000
 
     def due_items(self, *, limit: int = 100) -> list[DueItem]:
-        """Due work across every shard, oldest first within a shard (two round trips)."""
-        with translate_errors():
-            now = self._now_ms()
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(SHARDS):
-                pipe.zrangebyscore(self.keys.due(shard), "-inf", now, 0, limit)
-            replies = pipe.execute()
+        """Due work across every shard, oldest first within a shard (two round trips; on a
+        cluster, two per master).
+
+        On a cluster, the shards of a master that does not answer are skipped, and logged once
+        per outage (see :meth:`_read_due_sets`): the other masters' work is done meanwhile.
+        Raises Unavailable when no shard could be read.
+        """
+
+        def queue(pipe: Any, key: str, now: int) -> None:
+            pipe.zrangebyscore(key, "-inf", now, 0, limit)
+
         items = []
-        for members in replies:
-            for member in members:
-                text = member.decode("utf-8") if isinstance(member, bytes) else member
-                items.append(DueItem(text[0], text[1:]))  # type: ignore[arg-type]
+        for _, replies in self._read_due_sets(queue, partial=True):
+            for members in replies:
+                for member in members:
+                    text = member.decode("utf-8") if isinstance(member, bytes) else member
+                    items.append(DueItem(text[0], text[1:]))  # type: ignore[arg-type]
         return items
 
     def backlog(self) -> Backlog:
-        """How much due work waits for a worker, across every shard (two round trips; for
-        monitoring, not the hot path). An item a worker has taken is not due until its lease
-        ends, and one whose POS call failed not until its retry, so a backlog that grows old
-        means no worker is doing the work (none runs, or each is stuck). Raises Unavailable.
+        """How much due work waits for a worker, across every shard (two round trips, two per
+        master on a cluster; for monitoring, not the hot path). An item a worker has taken is
+        not due until its lease ends, and one whose POS call failed not until its retry, so a
+        backlog that grows old means no worker is doing the work (none runs, or each is
+        stuck). Raises Unavailable, also when a single master of a cluster does not answer:
+        a backlog that leaves a master's shards out would hide the work waiting there.
         """
-        with translate_errors():
-            now = self._now_ms()
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(SHARDS):
-                due = self.keys.due(shard)
-                pipe.zcount(due, "-inf", now)
-                pipe.zrangebyscore(due, "-inf", now, 0, 1, withscores=True)
-            replies = pipe.execute()
-        oldest = min((score for first in replies[1::2] for _, score in first), default=now)
-        return Backlog(sum(replies[0::2]), max(now - oldest, 0) / 1000)
+
+        def queue(pipe: Any, key: str, now: int) -> None:
+            pipe.zcount(key, "-inf", now)
+            pipe.zrangebyscore(key, "-inf", now, 0, 1, withscores=True)
+
+        items, waited = 0, 0.0
+        for now, replies in self._read_due_sets(queue, partial=False):
+            items += sum(replies[0::2])
+            oldest = min((score for first in replies[1::2] for _, score in first), default=now)
+            waited = max(waited, now - oldest)
+        return Backlog(items, waited / 1000)
 
     def scheduled(self, kind: DueKind) -> Iterator[str]:
         """The global_ids with work of ``kind`` scheduled, due or not (e.g. failed invoices)."""
+
+        def queue(pipe: Any, key: str, now: int) -> None:
+            pipe.zrange(key, 0, -1)
+
+        for _, replies in self._read_due_sets(queue, partial=False):
+            for members in replies:
+                for member in members:
+                    text = member.decode("utf-8") if isinstance(member, bytes) else member
+                    if text[0] == kind:
+                        yield text[1:]
+
+    def _read_due_sets(
+        self, queue: Callable[[Any, str, int], None], *, partial: bool
+    ) -> list[tuple[int, list[Any]]]:
+        """Read every shard's due set: ``queue(pipe, key, now)`` queues a shard's commands on a
+        pipeline, ``now`` the clock (in ms) of the Redis that holds the shard. Returns a list of
+        (now, the replies of its shards' commands, in order), one per Redis read.
+
+        One Redis: its clock, then one pipeline (two round trips). A cluster: the same for each
+        master, which the shards' due sets are grouped by, so that a master that does not answer
+        fails its own shards only. (redis-py's cluster pipeline fails as a whole, after sending
+        each of the stalled master's commands again one by one: about 86 timeouts.) Each
+        master's clock is its own, as its scripts read it, so no master is needed for the clock
+        of the others. With ``partial`` the shards of a master that does not answer are skipped
+        (logged once per outage, and when it answers again); else, and when no master answers,
+        Unavailable is raised.
+        """
         with translate_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(SHARDS):
-                pipe.zrange(self.keys.due(shard), 0, -1)
-            replies = pipe.execute()
-        for members in replies:
-            for member in members:
-                text = member.decode("utf-8") if isinstance(member, bytes) else member
-                if text[0] == kind:
-                    yield text[1:]
+            if not isinstance(self.client, RedisCluster):
+                now = self._now_ms()
+                pipe = self.client.pipeline(transaction=False)
+                for key in self._due_keys:
+                    queue(pipe, key, now)
+                return [(now, pipe.execute())]
+            return self._read_due_sets_per_master(self.client, queue, partial=partial)
+
+    def _read_due_sets_per_master(
+        self, client: RedisCluster, queue: Callable[[Any, str, int], None], *, partial: bool
+    ) -> list[tuple[int, list[Any]]]:
+        groups: dict[str, tuple[ClusterNode, list[str]]] = {}
+        failed: dict[str, tuple[int, BaseException]] = {}  # node: (shards, error)
+        for key in self._due_keys:
+            try:
+                node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            except redis.exceptions.SlotNotCoveredError as exc:  # no master serves its slot
+                if not partial:
+                    raise
+                shards, _ = failed.get(_NO_MASTER, (0, exc))
+                failed[_NO_MASTER] = (shards + 1, exc)
+                continue
+            groups.setdefault(f"Redis Cluster master {node.name}", (node, []))[1].append(key)
+        found = []
+        for name, (node, keys) in groups.items():
+            try:
+                found.append(self._read_master(client, node, keys, queue))
+            except Exception as exc:
+                if not partial or not _is_outage(exc):
+                    raise
+                failed[name] = (len(keys), exc)
+        if partial:
+            self._note_unreachable(failed)
+            if not found and failed:  # nothing answered: the cluster is down, not a master
+                raise next(iter(failed.values()))[1]
+        return found
+
+    @staticmethod
+    def _read_master(
+        client: RedisCluster,
+        node: ClusterNode,
+        keys: list[str],
+        queue: Callable[[Any, str, int], None],
+    ) -> tuple[int, list[Any]]:
+        """The due sets ``keys``, all on master ``node``, read there: its clock, then one
+        pipeline. A due set whose slot moved since the client last read the topology (MOVED)
+        is read again through the cluster's client, which follows it."""
+        # Through the cluster's client, so that a master that does not answer has the client
+        # read the topology again (in the background), as for any command: a failover is seen.
+        seconds, micros = client.execute_command("TIME", target_nodes=node)  # type: ignore[no-untyped-call]
+        now = int(seconds) * 1000 + int(micros) // 1000
+        pipe = client.get_redis_connection(node).pipeline(transaction=False)
+        for key in keys:
+            queue(pipe, key, now)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        per_key = len(replies) // len(keys)
+        moved = [
+            i
+            for i in range(len(keys))
+            if any(isinstance(r, Exception) for r in replies[i * per_key : (i + 1) * per_key])
+        ]
+        if moved:
+            again = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+            for i in moved:
+                queue(again, keys[i], now)
+            fresh = again.execute()
+            for n, i in enumerate(moved):
+                replies[i * per_key : (i + 1) * per_key] = fresh[n * per_key : (n + 1) * per_key]
+        return now, replies
+
+    def _note_unreachable(self, failed: dict[str, tuple[int, BaseException]]) -> None:
+        """Log the masters whose due sets could not be read, once per outage, and again when
+        their shards are read again (the master is back, or its slots failed over)."""
+        with self._unreachable_lock:
+            before, self._unreachable = self._unreachable, set(failed)
+        for name in sorted(set(failed) - before):
+            shards, exc = failed[name]
+            log.warning(
+                "the due sets of %d of %d shards, on %s, could not be read "
+                "(%s): their work (POS releases, invoice retries) waits until they can; the "
+                "other masters' is done meanwhile",
+                shards,
+                SHARDS,
+                name,
+                _name(exc),
+            )
+        for name in sorted(before - set(failed)):
+            log.warning("the due sets on %s are read again", name)
 
     def claim_due(
         self, item: DueItem, token: str, *, lease: float, actor: str = "worker"
@@ -421,6 +545,10 @@ class Ledger:
         events = tuple(_event(entry) for entry in reply[4]) if len(reply) > 4 else ()
         hold = _to_hold(global_id, fields, now, events)
         return Claim(hold, changed=outcome == "ok", at=now, pos_released="pr" in fields)
+
+
+#: Where the shards whose slot no master serves lie, for the log (see Ledger._note_unreachable).
+_NO_MASTER = "no master (their slots are not covered)"
 
 
 def _ms_of(seconds: float) -> int:
