@@ -12,7 +12,8 @@ URL forms (see the README):
 - ``redis+cluster://[user:pass@]host:port[,host:port...]``, ``rediss+cluster://...`` (TLS): a
   Redis Cluster, any of whose nodes may be given (the others are discovered);
 - ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]``: the master of
-  ``service_name`` as the Sentinels at those addresses know it (credentials are the master's;
+  ``service_name`` as the Sentinels at those addresses know it, asked again every second so
+  that no connection stays with a master that was failed over (credentials are the master's;
   ``?sentinel_password=...`` if the Sentinels want one too).
 
 Query parameters are passed to redis-py as ``redis://`` URLs pass them (``?ssl_ca_certs=...``).
@@ -48,7 +49,7 @@ from redis.connection import (
     parse_url,
 )
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ._redis import NOT_FORMED, RedisClient, _is_outage
 from .adapters.redis_inventory import SAMPLE_INVENTORY, RedisInventoryAdapter, load_inventory
@@ -312,7 +313,53 @@ def _sentinel(url: str, settings: Settings) -> redis.Redis:
     client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
         service, db=db, retry=_retry(), **{**sockets, **master}
     )
+    assert isinstance(client.connection_pool, SentinelConnectionPool)
+    pool = weakref.ref(client.connection_pool)
+    start_daemon(
+        "tevo-hold-sentinel-watch", lambda: _watch_master(pool), alive=lambda: pool() is not None
+    )
     return client
+
+
+#: Seconds between two questions to Sentinel about the master's address (see _watch_master).
+MASTER_CHECK_INTERVAL = 1.0
+
+
+def _watch_master(pool_ref: weakref.ref[SentinelConnectionPool]) -> None:
+    """Ask Sentinel for the master's address every MASTER_CHECK_INTERVAL, until the pool is
+    gone; when it changed, drop the pool's connections to the old master.
+
+    redis-py asks Sentinel only when it opens a connection: after a failover its pooled
+    connections went on writing to the old master, which answers as a master until Sentinel
+    demotes it (seconds later; never, while it is cut off from Sentinel), and whose writes are
+    then thrown away by its resync with the new one, holds and sales that were acknowledged;
+    while connections opened meanwhile wrote to the new master, two masters counting the same
+    stock. Now a process writes to the old master at most about MASTER_CHECK_INTERVAL after
+    Sentinel names the new one: the pool's idle connections are closed at once (redis-py's
+    ``get_master_address`` does that when the address changed), one in use when it is given
+    back. (A Redis that refuses writes without a replica, ``min-replicas-to-write``, closes the
+    rest of the window: see docs/operations.md.)
+    """
+    while True:
+        time.sleep(MASTER_CHECK_INTERVAL)
+        pool = pool_ref()
+        if pool is None:
+            return
+        try:
+            before = pool.master_address
+            if before is not None:  # None: no connection made yet, none to drop
+                after = pool.get_master_address()  # type: ignore[no-untyped-call]
+                if after != before:
+                    log.warning(
+                        "Sentinel names a new master of %r, %s:%s (was %s:%s): the connections "
+                        "to the old one are dropped",
+                        pool.service_name,
+                        *after,
+                        *before,
+                    )
+        except Exception as exc:  # Sentinels unreachable: the connections go on as they are
+            log.debug("asking Sentinel for the master's address failed: %r", exc)
+        del pool
 
 
 class LazyRedisCluster(RedisCluster):
