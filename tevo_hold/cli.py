@@ -505,9 +505,13 @@ def check(
     Runs the flows (hold, invoice, release, their retries), the documented conflicts, not-founds
     and bad input, the API-key checks; on a small listing, whose stock it counts, a hold beyond
     it, concurrent holds and its tickets coming back after releases; and, when holds live at
-    most --max-expiry-wait seconds, a hold lapsing (and its tickets coming back). Prints a table
-    (PASS, FAIL or SKIP per check, with the latency of its calls) and exits 0 only when no check
-    failed; 1 when one did, 2 on bad usage. Every run uses fresh global_ids, so runs never collide.
+    most --max-expiry-wait seconds, a hold lapsing (and its tickets coming back). It counts the
+    flow listing's tickets (by the `available` of a refused hold; SKIP when the server does not
+    give it) around the sale and around a release. A 429 (the key's rate limit) fails the check
+    it came in and stops the run; cleanup releases are retried after Retry-After for up to
+    --timeout. Prints a table (PASS, FAIL or SKIP per check, with the latency of its calls) and
+    exits 0 only when no check failed; 1 when one did, 2 on bad usage. Every run uses fresh
+    global_ids, so runs never collide.
     """
     try:
         base_url_of(url)

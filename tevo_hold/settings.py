@@ -169,7 +169,10 @@ class Settings:
     hold_ttl: float = field(default=900.0, metadata={"help": "seconds a hold lives"})
     lease: float = field(
         default=10.0,
-        metadata={"help": "seconds a request owns its global_id before a retry may take over"},
+        metadata={
+            "help": "seconds a request owns its global_id before a retry may take over; also "
+            "how long after a timed-out POS hold the worker releases it in the POS"
+        },
     )
     retention: float = field(
         default=7 * 24 * 3600.0,
