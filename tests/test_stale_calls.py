@@ -593,7 +593,7 @@ def test_a_worker_round_that_fails_unexpectedly_is_logged_and_the_worker_goes_on
     stop = threading.Event()
     rounds: list[int] = []
 
-    def run_once() -> int:
+    def run_once(stop: threading.Event | None = None) -> int:
         rounds.append(1)
         if len(rounds) == 1:
             raise RuntimeError("a bug")

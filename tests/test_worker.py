@@ -221,6 +221,33 @@ def test_lapsed_holds_are_released_in_the_pos_once_each_with_two_workers_racing(
     assert scheduled(api.service) == NOTHING_SCHEDULED
 
 
+def test_a_stopped_worker_finishes_the_item_in_hand_not_the_whole_round(pos, make_api, make_worker):
+    """``run``'s promise, and the docs' "stop with SIGTERM": the worker stopped only after every
+    item of the round it had fetched (up to 100 per shard, each a POS call): 49 s with a fast
+    POS, minutes with one refusing connections."""
+    api = make_api(hold_ttl=0.2)
+    gids = [f"stop-{i}" for i in range(30)]
+    for gid in gids:
+        assert api.hold(gid, qty=1).status_code == 201
+    wait_until(lambda: api.service.ledger.backlog().items == 30, what="30 lapsed holds due")
+    pos.slow("release", 0.1)
+    worker = make_worker()
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        pos.wait_for("release", timeout=10)
+        stop.set()
+        made = pos.count("release")
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+    # the item in hand is finished (its call may begin just after the count), and no other
+    assert pos.count("release") <= made + 1
+    assert api.service.ledger.backlog().items >= 30 - made - 1
+
+
 # -- a hold whose POS call times out -------------------------------------------------------------
 
 

@@ -56,10 +56,13 @@ class Worker:
         self.batch = batch
         self.name = name
 
-    def run_once(self) -> int:
-        """Process every item due now; return how many needed a POS call."""
+    def run_once(self, stop: threading.Event | None = None) -> int:
+        """Process every item due now, or until ``stop`` is set (the item in hand is finished
+        first); return how many needed a POS call."""
         done = 0
         for item in self.service.ledger.due_items(limit=self.batch):
+            if stop is not None and stop.is_set():
+                break
             if self.process(item):
                 done += 1
         return done
@@ -74,7 +77,7 @@ class Worker:
         log.info("%s started", self.name)
         while not stop.is_set():
             try:
-                busy = self.run_once()
+                busy = self.run_once(stop)
             except errors.Unavailable as exc:
                 log.warning("%s: %s; retrying", self.name, exc)
                 busy = 0
