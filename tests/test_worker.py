@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tevo_hold import HoldService, Settings, build_service, create_app, errors
 from tevo_hold.cli import main
-from tevo_hold.keys import KeySpace
+from tevo_hold.keys import SHARDS, KeySpace, shard_of
 from tevo_hold.web import EXTENSION_KEY
 from tevo_hold.worker import Worker
 
@@ -246,6 +246,65 @@ def test_a_stopped_worker_finishes_the_item_in_hand_not_the_whole_round(pos, mak
     # the item in hand is finished (its call may begin just after the count), and no other
     assert pos.count("release") <= made + 1
     assert api.service.ledger.backlog().items >= 30 - made - 1
+
+
+def _in_shard(shard: int, stem: str) -> str:
+    """A global_id of ``shard``."""
+    return next(f"{stem}-{i}" for i in itertools.count() if shard_of(f"{stem}-{i}") == shard)
+
+
+def test_an_item_whose_claim_fails_is_logged_once_and_the_other_items_are_done(
+    pos, make_api, make_worker, redis_url, caplog
+):
+    """A due item the ledger refuses to claim (``unknown due kind``: left by a newer version in a
+    rolling upgrade, or by a hand-edited due set) ended the whole round, every round: the items
+    of every later shard were never done, and the log had its traceback each second."""
+    api = make_api(hold_ttl=0.2)
+    good = [_in_shard(shard, "good") for shard in (1, 100, SHARDS - 1)]
+    for gid in good:
+        assert api.hold(gid, qty=1).status_code == 201
+    bad = _in_shard(0, "bad")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.zadd(KeySpace().hold(bad)[2], {"x" + bad: 1})
+        wait_until(lambda: api.service.ledger.backlog().items == 4, what="the holds lapsed")
+        worker = make_worker()
+        caplog.set_level(logging.INFO, logger="tevo_hold.worker")
+        assert worker.run_once() == 3
+        assert worker.run_once() == 0
+        assert worker.run_once() == 0
+        assert client.zscore(KeySpace().hold(bad)[2], "x" + bad) == 1  # still due: not lost
+    finally:
+        client.close()
+    assert sorted(c.global_id for c in pos.calls("release")) == sorted(good)
+    for gid in good:
+        assert ("lapsed", "w1") in api.events(gid)
+    [failure] = [r for r in caplog.records if r.levelno >= logging.WARNING]  # once, not per round
+    assert f"due work of kind 'x' of {bad!r} failed: ResponseError: unknown due kind x" in (
+        failure.getMessage()
+    )
+    assert "the other items are done meanwhile" in failure.getMessage()
+    assert failure.exc_info is not None  # its traceback, once
+
+
+def test_redis_unavailable_at_a_claim_still_ends_the_round(pos, make_api, make_worker):
+    """An outage is every item's, not one item's: the round ends (run logs it and waits)."""
+    api = make_api(hold_ttl=0.2)
+    for gid in ("out-1", "out-2"):
+        assert api.hold(gid, qty=1).status_code == 201
+    wait_until(lambda: api.service.ledger.backlog().items == 2, what="the holds lapsed")
+    worker = make_worker()
+    claims: list[str] = []
+
+    def unavailable(item: Any, *args: Any, **kwargs: Any) -> None:
+        claims.append(item.global_id)
+        raise errors.Unavailable("Redis is unavailable: ConnectionError")
+
+    worker.service.ledger.claim_due = unavailable  # type: ignore[method-assign]
+    with pytest.raises(errors.Unavailable):
+        worker.run_once()
+    assert len(claims) == 1
+    assert pos.count("release") == 0
 
 
 # -- a hold whose POS call times out -------------------------------------------------------------

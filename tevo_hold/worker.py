@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 from . import errors, metrics
@@ -31,6 +32,11 @@ from .service import HoldService, adapter_call, describe_error
 __all__ = ["Worker"]
 
 log = logging.getLogger("tevo_hold.worker")
+
+#: Seconds before the failure of one due item is logged again (with how often it failed since):
+#: an item that fails every round (a due kind this version does not know, say) is retried each
+#: round, but is not a traceback each time.
+FAILURE_LOG_EVERY = 600.0
 
 
 class Worker:
@@ -55,24 +61,68 @@ class Worker:
         self.interval = interval
         self.batch = batch
         self.name = name
+        # The items whose work failed with an error of their own: when each was last logged,
+        # and how often it failed since (see FAILURE_LOG_EVERY).
+        self._failing: dict[DueItem, tuple[float, int]] = {}
 
     def run_once(self, stop: threading.Event | None = None) -> int:
         """Process every item due now, or until ``stop`` is set (the item in hand is finished
-        first); return how many needed a POS call."""
+        first); return how many needed a POS call.
+
+        An item whose work fails with an error of its own (one the ledger refuses to claim, say:
+        a due kind this version does not know) is logged and left due, and the others are done;
+        Redis being unavailable, or a configuration it refuses, ends the round (raised).
+        """
         done = 0
         for item in self.service.ledger.due_items(limit=self.batch):
             if stop is not None and stop.is_set():
                 break
-            if self.process(item):
+            try:
+                busy = self.process(item)
+            except (errors.Unavailable, errors.ConfigurationError):
+                raise  # every item's, not this one's
+            except Exception as exc:
+                self._failed(item, exc)
+                continue
+            if self._failing:
+                self._failing.pop(item, None)
+            if busy:
                 done += 1
         return done
+
+    def _failed(self, item: DueItem, exc: Exception) -> None:
+        """Log the failure of ``item``: at once, then at most once per FAILURE_LOG_EVERY."""
+        now = time.monotonic()
+        logged, since = self._failing.get(item, (None, 0))
+        if logged is not None and now - logged < FAILURE_LOG_EVERY:
+            self._failing[item] = (logged, since + 1)
+            return
+        # Bounded: the items logged within two periods (one still failing is logged again
+        # after one, so an older entry is an item gone from the due set).
+        for stale in [
+            k for k, (at, _) in self._failing.items() if now - at > 2 * FAILURE_LOG_EVERY
+        ]:
+            del self._failing[stale]
+        self._failing[item] = (now, 0)
+        log.error(
+            "%s: %s of %r failed%s: %s; it stays due and is tried again (not logged again for "
+            "%g s), the other items are done meanwhile",
+            self.name,
+            _WHAT.get(item.kind, f"due work of kind {item.kind!r}"),
+            item.global_id,
+            f" {since + 1} times since it was last logged" if since else "",
+            printable(f"{type(exc).__name__}: {exc}"),  # Redis's or the POS's own words
+            FAILURE_LOG_EVERY,
+            exc_info=exc,
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Process items until ``stop`` is set; the item in hand is finished first.
 
-        Nothing stops it but ``stop``: Redis being unreachable is logged and waited out, and so
-        is any other error (with its traceback: a bug, or a Redis that refuses a command), so
-        that one bad item never ends the work owed on all the others.
+        Nothing stops it but ``stop``: an item that fails is logged and left due while the others
+        are done (see :meth:`run_once`); Redis being unreachable is logged and waited out, and so
+        is any other error that ends a round (with its traceback: a bug, or a Redis that refuses
+        a command).
         """
         log.info("%s started", self.name)
         while not stop.is_set():
