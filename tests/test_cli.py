@@ -598,6 +598,26 @@ def test_a_metrics_port_the_worker_cannot_listen_on_is_one_error_line(env, where
         assert line.endswith(": Address already in use")
 
 
+@pytest.mark.parametrize("lease", ["3", "2.5"])
+def test_the_worker_refuses_a_lease_not_above_the_pos_budget_as_the_server_does(env, lease):
+    """``worker --lease`` was never compared with the POS budget, while the server refuses
+    TEVO_HOLD_LEASE <= TEVO_HOLD_POS_BUDGET: with a lease shorter than a POS call, a second
+    worker claims the item when the lease ends and calls the POS for it again while the first's
+    call still runs (two workers at --lease 0.3 both released a hold the POS took 1 s over)."""
+    http = {
+        **env,
+        "TEVO_HOLD_ADAPTER": "http",
+        "TEVO_HOLD_POS_URL": "http://127.0.0.1:9",
+        "TEVO_HOLD_POS_BUDGET": "3",
+    }
+    result = run(http, "worker", "--lease", lease)
+    assert result.exit_code == 2, result.output
+    assert f"Error: --lease {lease} must exceed TEVO_HOLD_POS_BUDGET=3 (as TEVO_HOLD_LEASE " in (
+        result.stderr
+    )
+    assert result.stdout == ""
+
+
 CHECK_PREPARE = ["check", "http://127.0.0.1:9", "--api-key", "k", "--prepare"]
 #: Each option in seconds: its command, and the least it takes (as the settings' durations: a
 #: millisecond, or 0 where none means something).

@@ -712,6 +712,25 @@ def test_a_worker_serves_its_metrics_with_the_backlog_of_due_work(pos, env, make
         assert proc.wait(timeout=10) == 0
 
 
+def test_the_worker_command_leases_each_item_for_tevo_hold_lease_by_default(pos, env, make_api):
+    """``tevo-hold worker`` leased each item for a fixed 30 s whatever TEVO_HOLD_LEASE said: with
+    a POS budget of 40 s and a lease of 60 s, settings the server accepts, a second worker took
+    an item over while the first's POS call could still run, and called the POS for it again."""
+    api = make_api(hold_ttl=0.2)
+    assert api.hold("ls-1", qty=1).status_code == 201
+    wait_until(lambda: api.service.ledger.backlog().items == 1, what="the hold lapsed")
+    pos.hang("release")
+    client = api.service.ledger.client
+    with worker_process({**env, "TEVO_HOLD_LEASE": "7"}, "wl", lease=None):
+        pos.wait_for("release", timeout=10)
+        seconds, micros = client.time()
+        score = client.zscore(KeySpace().hold("ls-1")[2], "lls-1")
+        pos.unhang()
+    assert score is not None
+    left = score - (int(seconds) * 1000 + int(micros) // 1000)
+    assert 5000 < left <= 7000, f"claimed for {left} ms more, not TEVO_HOLD_LEASE's 7 s"
+
+
 # -- the CLI ---------------------------------------------------------------------------------------
 
 

@@ -334,9 +334,10 @@ def _when(moment: datetime | None) -> str | None:
 @click.option(
     "--lease",
     type=_Seconds(),
-    default=30.0,
-    show_default=True,
-    help="Seconds per item: a POS call longer than this may be made again by another worker.",
+    default=None,
+    help="Seconds per item: a POS call longer than this may be made again by another worker. "
+    "Default: TEVO_HOLD_LEASE (as the server's requests). With the http adapter it must exceed "
+    "TEVO_HOLD_POS_BUDGET, as TEVO_HOLD_LEASE must.",
 )
 @click.option(
     "--metrics-port",
@@ -350,7 +351,11 @@ def _when(moment: datetime | None) -> str | None:
 )
 @pass_ctx
 def worker(
-    ctx: _Context, name: str | None, lease: float, metrics_port: int | None, metrics_host: str
+    ctx: _Context,
+    name: str | None,
+    lease: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Keep the POS in step: release lapsed holds, compensate, retry failed invoices.
 
@@ -368,10 +373,21 @@ def worker(
 
     # The settings and the service first: a mistake in them is one error line, before anything
     # starts.
+    settings = ctx.settings
+    if lease is None:
+        lease = settings.lease  # above the POS budget: Settings.check makes sure
+    elif settings.adapter == "http" and lease <= settings.pos_budget:
+        # Two workers would call the POS for one item: the second claims it when the first's
+        # lease ends, while the first's call (up to the budget) may still be running.
+        raise click.UsageError(
+            f"--lease {lease:g} must exceed TEVO_HOLD_POS_BUDGET={settings.pos_budget:g} (as "
+            "TEVO_HOLD_LEASE must, its default): a POS call may last that long, and another "
+            "worker takes the item over when the lease ends, calling the POS for it again"
+        )
     runner = Worker(
         ctx.pos_service,
         lease=lease,
-        interval=ctx.settings.worker_interval,
+        interval=settings.worker_interval,
         name=name or f"worker-{os.getpid()}",
     )
     if metrics_port is not None:

@@ -42,22 +42,23 @@ FAILURE_LOG_EVERY = 600.0
 class Worker:
     """Claims due items from the ledger and makes their POS calls.
 
-    ``lease`` (seconds) bounds one POS call: an item claimed by a worker that then dies is due
-    again after it. ``interval`` is how long to sleep when nothing is due; ``batch`` how many
-    items to fetch per shard per round.
+    ``lease`` (seconds; the service's own, TEVO_HOLD_LEASE, when not given) bounds one POS call:
+    an item claimed by a worker that then dies is due again after it, and another worker may
+    call the POS for it again then, so keep it above the POS's slowest call. ``interval`` is how
+    long to sleep when nothing is due; ``batch`` how many items to fetch per shard per round.
     """
 
     def __init__(
         self,
         service: HoldService,
         *,
-        lease: float = 30.0,
+        lease: float | None = None,
         interval: float = 0.25,
         batch: int = 100,
         name: str = "worker",
     ) -> None:
         self.service = service
-        self.lease = lease
+        self.lease = service.lease if lease is None else lease
         self.interval = interval
         self.batch = batch
         self.name = name
