@@ -359,10 +359,11 @@ def worker(
 ) -> None:
     """Keep the POS in step: release lapsed holds, compensate, retry failed invoices.
 
-    Runs until SIGTERM or SIGINT; run one or more beside the server, on any host. Logs are JSON
-    lines on standard error. It needs the server's settings, TEVO_HOLD_ADAPTER included (an
-    adapter plugged in code is named package.module:Class): it refuses to start when the server
-    recorded another adapter.
+    Runs until SIGTERM or SIGINT (it finishes the item in hand first); run one or more beside
+    the server, on any host. Each makes one POS call at a time: run more to drain a backlog
+    faster (they never call the POS twice for one item). Logs are JSON lines on standard error.
+    It needs the server's settings, TEVO_HOLD_ADAPTER included (an adapter plugged in code is
+    named package.module:Class): it refuses to start when the server recorded another adapter.
     """
     import os
     import signal

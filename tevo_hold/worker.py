@@ -14,7 +14,8 @@ The ledger schedules every piece of work that a POS call must complete in a due 
 
 Any number of workers may run at once, on any hosts: each item is claimed atomically for a lease,
 so the POS sees one call per item (at least once: a worker that dies mid-call leaves its item to
-be claimed again when the lease ends, and adapters are idempotent per global_id).
+be claimed again when the lease ends, and adapters are idempotent per global_id). A worker makes
+one POS call at a time: more workers drain a backlog faster.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ FAILURE_LOG_EVERY = 600.0
 
 
 class Worker:
-    """Claims due items from the ledger and makes their POS calls.
+    """Claims due items from the ledger and makes their POS calls, one at a time.
 
     ``lease`` (seconds; the service's own, TEVO_HOLD_LEASE, when not given) bounds one POS call:
     an item claimed by a worker that then dies is due again after it, and another worker may
