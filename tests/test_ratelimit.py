@@ -269,13 +269,49 @@ def test_limits_too_large_to_work_are_refused_at_start_up(text: str) -> None:
 # -- the GCRA itself, on a clock of the test's own ---------------------------------------------
 
 
-def clocked(client: RedisClient, text: str) -> Callable[[int], tuple[int, str | None]]:
-    """Charge one call of key ``k`` under the limits ``text`` at ``now`` (ms): _charge.lua as
-    every script runs it, with the clock given rather than read from Redis. Answers 0 and None
-    if the call passes, else the ms it is told to wait and the limit it names."""
+#: The charge of the version before 96b07cb (fractional ms, '%.3f'), as a process of that version
+#: still runs it against the same Redis during a rolling deploy.
+EARLIER_CHARGE = """
+if ARGV[1] == '!charge' then
+  local n, first = tonumber(ARGV[2]), #KEYS - tonumber(ARGV[2])
+  local tats, steps = {}, {}
+  local refusal = nil
+  for i = 1, n do
+    local amount, period = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+    local step = period / amount
+    local tat = math.max(tonumber(redis.call('GET', KEYS[first + i])) or now, now)
+    local allowed_at = tat + step - period
+    if now < allowed_at and not refusal then
+      refusal = {'rate_limited', now, math.ceil(allowed_at - now), i}
+    end
+    tats[i], steps[i] = tat, step
+  end
+  if refusal then return refusal end
+  for i = 1, n do
+    local tat = tats[i] + steps[i]
+    redis.pcall('SET', KEYS[first + i], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
+  end
+  for _ = 1, n do table.remove(KEYS) end
+  for _ = 1, 2 + 2 * n do table.remove(ARGV, 1) end
+end
+"""
+
+
+def clocked(
+    client: RedisClient, text: str, charge_lua: str | None = None
+) -> Callable[[int], tuple[int, str | None]]:
+    """Charge one call of key ``k`` under the limits ``text`` at ``now`` (ms): _charge.lua (or
+    ``charge_lua``) as every script runs it, with the clock given rather than read from Redis.
+    Answers 0 and None if the call passes, else the ms it is told to wait and the limit it
+    names."""
     lua = importlib.resources.files("tevo_hold").joinpath("lua")
-    script = "local now = tonumber(table.remove(ARGV))\n" + "\n".join(
-        lua.joinpath(name).read_text("utf-8") for name in ("_charge.lua", "charge.lua")
+    charge_text = charge_lua or lua.joinpath("_charge.lua").read_text("utf-8")
+    script = "\n".join(
+        [
+            "local now = tonumber(table.remove(ARGV))",
+            charge_text,
+            lua.joinpath("charge.lua").read_text("utf-8"),
+        ]
     )
     limits = parse(text)
     charge = Limits(limits, KeySpace()).charge("k")
@@ -357,3 +393,19 @@ def test_the_longest_period_charges_every_call(client: RedisClient, amount: int)
     assert charge(T0) == (-(-limit.period_ms // amount), str(limit))
     [key] = Limits((limit,), KeySpace()).charge("k").keys
     assert limit.period_ms - 60_000 < client.pttl(key) <= limit.period_ms
+
+
+@pytest.mark.parametrize("first", ["this version", "the earlier one"])
+def test_in_a_rolling_deploy_both_versions_keep_one_budget(client: RedisClient, first: str) -> None:
+    """Old and new processes share one Redis during a deploy: each reads what the other wrote
+    as the key's budget spent, so a burst spread over both versions gets the amount, not twice
+    it. (The exact 'ms:frac' of 96b07cb read as no call at all by the earlier version.)"""
+    now_ = clocked(client, "10 per minute")
+    then = clocked(client, "10 per minute", EARLIER_CHARGE)
+    order = (now_, then) if first == "this version" else (then, now_)
+    passed = [order[i >= 15](T0 + i)[0] == 0 for i in range(30)]
+    assert sum(passed) == 10, passed
+    # then one call every 6 s, whichever version takes it
+    assert order[1](T0 + 6_010)[0] == 0
+    assert order[0](T0 + 6_020)[0] > 0
+    assert order[0](T0 + 12_010)[0] == 0

@@ -15,9 +15,11 @@
 -- the script goes on. Calls refused this way are not charged.
 --
 -- The arithmetic is exact, in integers: a time is kept as ms + frac / amount (0 <= frac <
--- amount, stored as 'ms:frac'), a step of period / amount ms as q + r / amount. The limits
--- ratelimit.py accepts (a period of at most a year, an amount of at most 10^9) keep every number
--- well within a double's 2^53.
+-- amount), a step of period / amount ms as q + r / amount. The limits ratelimit.py accepts (a
+-- period of at most a year, an amount of at most 10^9) keep every number well within a double's
+-- 2^53. A time is stored as 'ms.ffffffffff', frac in ten digits: still a number in ms, within a
+-- millisecond of the exact time, for an earlier version of this script sharing the Redis in a
+-- rolling deploy (it reads tonumber(value) and writes '%.3f', which this one reads as ms).
 if ARGV[1] == '!charge' then
   local n, first = tonumber(ARGV[2]), #KEYS - tonumber(ARGV[2])
   local tats = {}
@@ -30,9 +32,12 @@ if ARGV[1] == '!charge' then
     local ms, frac = now, 0
     local kept = redis.call('GET', KEYS[first + i])
     if kept then
-      local m, f = string.match(kept, '^(%d+):(%d+)$')
-      m, f = tonumber(m), tonumber(f)
-      if not m then m, f = math.ceil(tonumber(kept) or 0), 0 end -- an earlier version's ms
+      local m, f = string.match(kept, '^(%d+)%.(%d%d%d%d%d%d%d%d%d%d)$')
+      if m then
+        m, f = tonumber(m), tonumber(f)
+      else -- an earlier version's ms, '%.3f'
+        m, f = math.ceil(tonumber(kept) or 0), 0
+      end
       if m > now or (m == now and f > 0) then ms, frac = m, f end
     end
     -- the time after this call: one step later
@@ -51,7 +56,7 @@ if ARGV[1] == '!charge' then
     local ttl = ms - now + ((frac > 0) and 1 or 0) -- at least 1: a step is more than 0
     -- pcall: a full Redis (maxmemory, noeviction) refuses the write; the call goes on uncharged,
     -- and can then only read, as a full Redis allows (the limit never fails a call by itself)
-    redis.pcall('SET', KEYS[first + i], string.format('%.0f:%.0f', ms, frac),
+    redis.pcall('SET', KEYS[first + i], string.format('%.0f.%010.0f', ms, frac),
       'PX', string.format('%.0f', ttl))
   end
   for _ = 1, n do table.remove(KEYS) end
