@@ -234,6 +234,27 @@ def test_a_release_of_a_timed_out_hold_is_made_again_once_the_hold_may_have_land
     assert ledger.get("g", history=True).events[-1].event == "pos_released"
 
 
+def test_a_release_owed_a_lease_after_the_release_outlives_a_shorter_retention(
+    client: RedisClient,
+) -> None:
+    """The POS release owed on a released hold comes due a lease after the release (at once for
+    a timed-out hold, whose POS hold may still land); a lapsed hold's record was kept only for
+    the retention, so with a retention shorter than the lease it was gone when that release
+    came due, and the worker found nothing to release: the late POS hold stayed."""
+    pos = Pos()
+    pos.fail["hold"].append(errors.PosTimeout("no answer"))
+    service = pos_service(client, pos, lease=1, retention=0.3, hold_ttl=0.05)
+    with pytest.raises(errors.PosTimeout):
+        service.hold(remote_id="R", quantity=1, global_id="g")
+    time.sleep(0.1)  # past the hold's deadline: the release finds it lapsed
+    assert service.release(global_id="g").hold.status is HoldStatus.EXPIRED
+    item = DueItem("l", "g")
+    wait_for_due(service, item)
+    assert Worker(service, lease=5).run_once() == 1
+    assert pos.calls[-1] == ("release", "g")
+    assert list(service.ledger.scheduled("l")) == []
+
+
 def test_a_record_owing_a_pos_release_outlives_its_retention_until_the_release_is_made(
     client: RedisClient,
 ) -> None:

@@ -307,6 +307,8 @@ function ledger.release(retention, lease, track)
   if track == '1' then due('l', now + lease) else done('l') end
   event(became, became)
   keep(ea, retention)
+  -- the worker needs the record when that POS release comes due, however short the retention
+  if track == '1' then outlive(lease + retention) end
   return ledger.reply('ok')
 end
 
