@@ -601,11 +601,30 @@ def test_a_refused_base_url_is_named_by_its_scheme_never_with_its_password(url, 
         ("https://posuser:s3cretpw@[::1/api", "an IPv6 address in brackets ([::1]:8080)"),
         ("https://posuser:s3cret/pw@pos.internal/api", "must be percent-encoded: %2F"),
         ("https://posuser:s3cretpw@:8080/api", "it names no host"),
-        ("https://posuser:s3cretpw@pos internal/api", "requests cannot call it (InvalidURL)"),
+        ("https://posuser:s3cretpw@pos internal/api", "holds a blank or a control character"),
         ("https://pos.internal/api?key=s3cretpw", "it has a query or a fragment"),
         ("https://pos.internal/api#s3cretpw", "it has a query or a fragment"),
+        # empty, they read as none, but the calls' paths went after them: /api?/releases
+        ("https://posuser:s3cretpw@pos.internal/api?", "it has a query or a fragment"),
+        ("https://posuser:s3cretpw@pos.internal/api/#", "it has a query or a fragment"),
+        # from an env file: /api%20/releases, /api%09/releases
+        ("https://posuser:s3cretpw@pos.internal/api ", "holds a blank or a control character"),
+        ("https://posuser:s3cretpw@pos.internal/api\t", "holds a blank or a control character"),
     ],
-    ids=["port", "port-0", "ipv6", "slash-in-password", "no-host", "space", "query", "fragment"],
+    ids=[
+        "port",
+        "port-0",
+        "ipv6",
+        "slash-in-password",
+        "no-host",
+        "space",
+        "query",
+        "fragment",
+        "empty-query",
+        "empty-fragment",
+        "trailing-blank",
+        "trailing-tab",
+    ],
 )
 def test_a_base_url_requests_cannot_call_is_refused_at_start_without_its_password(url, named):
     """It was taken; then every call answered 500 internal_error (requests' InvalidURL, which

@@ -281,7 +281,13 @@ def _check_base_url(url: str) -> None:
         raise errors.ConfigurationError(
             f"{PREFIX}POS_URL: it names no host: expected https://host[:port][/path]"
         )
-    if parts.query or parts.fragment:
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_URL: it holds a blank or a control character (one left over from an "
+            "env file, say), which the calls' paths would be appended after: remove it, or "
+            "percent-encode it (%20)"
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
         raise errors.ConfigurationError(
             f"{PREFIX}POS_URL: it has a query or a fragment (?... or #...), which the calls' "
             f"paths would be appended to: drop it; the POS's key goes in {PREFIX}POS_API_KEY "
