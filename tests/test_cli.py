@@ -156,13 +156,13 @@ def test_inventory_show_of_unknown_listing_exits_1_with_an_error_line(env):
 
 def test_inventory_load_stocks_every_listing_of_the_file(env, library, tmp_path: Path):
     path = tmp_path / "inventory.json"
-    listings = [{"remote_id": "A", "quantity": 3}, {"remote_id": "B", "quantity": 0}]
+    listings = [{"remote_id": "A", "quantity": 3}, {"remote_id": 7, "quantity": 0}]
     path.write_text(json.dumps({"listings": listings}), "utf-8")
     result = run(env, "inventory", "load", str(path))
     assert result.exit_code == 0, result.output
     assert "2" in result.stdout
     assert library.stock("A").on_hand == 3
-    assert library.stock("B").on_hand == 0
+    assert library.stock("7").on_hand == 0  # a whole number reads as its digits
 
 
 @pytest.mark.parametrize(
@@ -173,8 +173,12 @@ def test_inventory_load_stocks_every_listing_of_the_file(env, library, tmp_path:
         ({"remote_id": "B", "quantity": True}, f"from 0 to {MAX_STOCK}, not true"),
         ({"remote_id": "B", "quantity": "10"}, f'from 0 to {MAX_STOCK}, not "10"'),
         ({"remote_id": "", "quantity": 1}, "listing 2: remote_id: must not be empty"),
+        # stocked as listings 'None', 'True', "{'id': 'x'}": ids no hold names
+        ({"remote_id": None, "quantity": 1}, "listing 2: remote_id: must be a string"),
+        ({"remote_id": True, "quantity": 1}, "listing 2: remote_id: must be a string"),
+        ({"remote_id": {"id": "x"}, "quantity": 1}, "listing 2: remote_id: must be a string"),
     ],
-    ids=["negative", "fraction", "bool", "string", "empty-id"],
+    ids=["negative", "fraction", "bool", "string", "empty-id", "null-id", "bool-id", "object-id"],
 )
 def test_inventory_load_of_a_file_it_refuses_changes_nothing(
     env, library, tmp_path: Path, listing, says

@@ -264,7 +264,11 @@ def load_inventory(adapter: RedisInventoryAdapter, path: str | Path) -> int:
     pairs = []
     for number, (raw_id, quantity) in enumerate(items, 1):
         try:
-            remote_id = check_id("remote_id", str(raw_id))
+            # a listing's id as the API takes it: a string (a whole number reads as its digits,
+            # as a POS export may write it); null, true, 1.5, objects are no id
+            if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+                raw_id = str(raw_id)
+            remote_id = check_id("remote_id", raw_id)
         except errors.InvalidRequest as exc:
             raise errors.ConfigurationError(f"{where}: listing {number}: {exc.detail}") from None
         on_hand = _integer(quantity)
