@@ -1039,6 +1039,12 @@ def test_usage_errors_exit_2_before_any_call(args: tuple[str, ...], message: str
         ("127.0.0.1:8000", "must start with http:// or https:// and name a host"),
         ("http://", "must start with http:// or https:// and name a host"),
         ("http://127.0.0.1:99999", "cannot be read: Port out of range"),
+        # every path went after the '?': a correct server failed half the checks
+        ("http://127.0.0.1:9?", "has a query, a fragment or a blank"),
+        ("http://127.0.0.1:9/#", "has a query, a fragment or a blank"),
+        ("http://127.0.0.1:9/tevo ", "has a query, a fragment or a blank"),
+        # the password is not shown, here or in CI logs
+        ("http://u:s3cretpw@127.0.0.1:99999", "'http://u:***@127.0.0.1:99999' cannot be read"),
     ],
 )
 def test_a_url_the_checker_cannot_call_is_a_usage_error(url: str, message: str) -> None:
@@ -1046,6 +1052,7 @@ def test_a_url_the_checker_cannot_call_is_a_usage_error(url: str, message: str) 
     result = check(url, "--listing", "a:9")
     assert result.exit_code == 2, result.output
     assert message in result.output
+    assert "s3cretpw" not in result.output
 
 
 def test_the_api_key_is_required() -> None:

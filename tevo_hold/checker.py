@@ -1578,16 +1578,25 @@ class Checker:
 
 def base_url_of(url: str) -> str:
     """``url`` as the base of the checker's calls (no trailing '/'); ValueError unless it is an
-    http:// or https:// URL naming a host (``127.0.0.1:8000`` alone would fail every check)."""
+    http:// or https:// URL naming a host, to which paths can be appended (``127.0.0.1:8000``
+    alone, or a URL ending in '?', would fail every check). The error never shows a password."""
+    from .settings import redact_url  # as prepare_listings imports: only when used
+
+    shown = repr(redact_url(url))
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError as exc:
-        raise ValueError(f"the URL {url!r} cannot be read: {exc}") from None
+        raise ValueError(f"the URL {shown} cannot be read: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"the URL {url!r} must start with http:// or https:// and name a host: "
+            f"the URL {shown} must start with http:// or https:// and name a host: "
             "http://127.0.0.1:8000, say"
+        )
+    if "?" in url or "#" in url or any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ValueError(
+            f"the URL {shown} has a query, a fragment or a blank, which the checks' paths would "
+            "be appended after: give the server's base URL alone"
         )
     return url.rstrip("/")
 
