@@ -11,6 +11,7 @@ flaw breaks, with the line that says why, and make the command exit non-zero.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -873,6 +874,61 @@ def test_the_demo_servers_rate_limit_stops_a_run_that_gives_back_what_it_held(
     finally:
         service.close()
     assert stock.held == 0 and stock.available == 4, stock
+
+
+class _LimitOnce:
+    """WSGI middleware: answers the first request that ``hit(path, body)`` picks 429
+    rate_limited (Retry-After: 1), as a key's limit spent at that moment would; the rest pass."""
+
+    def __init__(self, app: Any, hit: Callable[[str, dict[str, Any]], bool]) -> None:
+        self.app, self.hit, self.done = app, hit, False
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not self.done and environ["REQUEST_METHOD"] == "POST":
+            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(raw)
+            try:
+                body = json.loads(raw)
+            except ValueError:  # a bad body the app is to refuse itself
+                body = None
+            if isinstance(body, dict) and self.hit(environ["PATH_INFO"], body):
+                self.done = True
+                problem = json.dumps({"status": 429, "code": "rate_limited", "title": "limit"})
+                start_response("429 TOO MANY REQUESTS", [
+                    ("Content-Type", PROBLEM), ("Retry-After", "1"),
+                    ("Content-Length", str(len(problem))),
+                ])  # fmt: skip
+                return [problem.encode()]
+        return self.app(environ, start_response)
+
+
+@pytest.mark.parametrize(
+    ("hit", "check_name", "sold"),
+    [
+        (lambda path, body: body.get("quantity") == 10_000, "invoice -> 201 invoiced", 0),
+        (
+            lambda path, body: path == "/v1/releases" and body["global_id"].endswith("-released"),
+            "hold, release -> 200 released",
+            1,  # the flow's sale came before
+        ),
+    ],
+    ids=["before-the-invoice", "at-the-release"],
+)
+def test_a_run_stopped_by_a_429_gives_back_the_flow_holds(
+    hit: Any, check_name: str, sold: int
+) -> None:
+    """A 429 to the ticket count before the invoice left the flow's hold held; one to the
+    release of "hold, release" left its two tickets held: the flow listing short until they
+    lapsed (15 minutes by default)."""
+    stock = naive_stock()
+    app = naive_app(stock)
+    app.wsgi_app = _LimitOnce(app.wsgi_app, hit)  # type: ignore[method-assign]
+    with serve(app) as url:
+        result = check(url, *NAIVE_LISTINGS, "--concurrency", "12")
+    print(result.output)
+    assert result.exit_code == 1, result.output
+    assert failed(result.output) == {check_name}, result.output
+    assert stock == {**naive_stock(), "naive:flows": 10 - sold}, "the flow listing was left short"
 
 
 @pytest.mark.slow

@@ -816,6 +816,7 @@ class Checker:
                 results.append(row.done(Result.SKIP, f"not run: needs {failed_needs[0]!r}"))
                 continue
             results.append(self._run_step(row, step))
+        self._give_back_flow_holds(results)
         # The checks that count the small listing's tickets, in turn: after one failed, the
         # stock is unknown (and the next would only report that again).
         counting: list[tuple[str, _Step]] = [
@@ -845,6 +846,29 @@ class Checker:
             self.small,
             self.concurrency,
         )
+
+    def _give_back_flow_holds(self, results: list[CheckResult]) -> None:
+        """Give back the flow holds that a stopped run left held (a 429, or a call with no
+        answer, before the invoice or the release that was to end them), so that the flow
+        listing is not left short until they lapse. A release that does not get done is
+        reported on the last check that failed (the one that stopped the run)."""
+        row = _Row("cleanup")
+        for made, ended in (("sold", "invoice"), ("released", "release")):
+            held: _Held | None = self._flow.get(made)
+            if held is not None and ended not in self._flow:
+                self._quiet_release(row, held.global_id)
+        failed = [i for i, r in enumerate(results) if r.result is Result.FAIL]
+        if row.stranded and failed:
+            many = len(row.stranded)
+            line = (
+                f"{many} release{'s' if many > 1 else ''} of the flow's holds failed, so what "
+                f"{'they' if many > 1 else 'it'} took stays taken until it lapses: "
+                f"{row.stranded[0]}"
+            )
+            last = results[failed[-1]]
+            results[failed[-1]] = dataclasses.replace(
+                last, reason=self._redact(f"{last.reason}; {line}")
+            )
 
     def _run_step(self, row: _Row, step: _Step) -> CheckResult:
         limited = self._rate_limited
