@@ -32,7 +32,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from tevo_hold import RedisInventoryAdapter, Settings, build_service, create_app
+from tevo_hold import RedisInventoryAdapter, Settings, build_service, checker, create_app
 from tevo_hold.checker import Listing
 from tevo_hold.cli import main
 
@@ -929,6 +929,16 @@ def test_a_run_stopped_by_a_429_gives_back_the_flow_holds(
     assert result.exit_code == 1, result.output
     assert failed(result.output) == {check_name}, result.output
     assert stock == {**naive_stock(), "naive:flows": 10 - sold}, "the flow listing was left short"
+
+
+@pytest.mark.parametrize(("header", "wait"), [("0", 0.2), ("0.05", 0.2), ("3", 3.0), ("x", 1.0)])
+def test_a_retry_waits_what_retry_after_says_but_never_nothing(header: str, wait: float) -> None:
+    """A server answering 429 with Retry-After: 0 had each cleanup release retried in a tight
+    loop, for up to --timeout."""
+    answer = checker._Answer(
+        "POST", "/v1/releases", "", 429, PROBLEM, {"Retry-After": header}, {}, None, 0.0, 0.0
+    )
+    assert checker._retry_after(answer) == wait
 
 
 @pytest.mark.slow

@@ -1681,13 +1681,18 @@ def _header_problem(value: str) -> str | None:
 _AFTER_RATE_LIMIT = "not run: the API key's rate limit was hit (see the check that failed)"
 
 
+#: The least wait between two retries, whatever Retry-After says (0 would retry in a tight loop).
+_MIN_RETRY_WAIT = 0.2
+
+
 def _retry_after(answer: _Answer) -> float:
-    """Seconds to wait before a retry: the answer's Retry-After in seconds, else 1."""
+    """Seconds to wait before a retry: the answer's Retry-After in seconds (at least
+    _MIN_RETRY_WAIT), else 1."""
     try:
         seconds = float(answer.headers.get("Retry-After", ""))
     except ValueError:
         return 1.0
-    return seconds if 0 <= seconds < float("inf") else 1.0
+    return max(seconds, _MIN_RETRY_WAIT) if 0 <= seconds < float("inf") else 1.0
 
 
 def _retry_after_text(answer: _Answer) -> str:
