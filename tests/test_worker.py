@@ -287,6 +287,33 @@ def test_an_item_whose_claim_fails_is_logged_once_and_the_other_items_are_done(
     assert failure.exc_info is not None  # its traceback, once
 
 
+def test_a_due_member_that_names_no_item_is_left_alone_and_the_others_are_done(
+    pos, make_api, make_worker, redis_url, caplog
+):
+    """An empty member in a due set (hand-written) raised IndexError while the round was read,
+    so no work was done at all, round after round."""
+    api = make_api(hold_ttl=0.2)
+    good = [_in_shard(shard, "good") for shard in (0, 100)]
+    for gid in good:
+        assert api.hold(gid, qty=1).status_code == 201
+    due_key = KeySpace().hold(good[0])[2]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.zadd(due_key, {"": 1, "l": 1})
+        wait_until(lambda: api.service.ledger.backlog().items == 4, what="the holds lapsed")
+        caplog.set_level(logging.INFO, logger="tevo_hold")
+        worker = make_worker()
+        assert worker.run_once() == 2
+        assert worker.run_once() == 0
+        assert client.zscore(due_key, "") == 1  # left as it is
+    finally:
+        client.close()
+    assert sorted(c.global_id for c in pos.calls("release")) == sorted(good)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 2, warned  # each once, not per round
+    assert all("which names no work" in line for line in warned), warned
+
+
 def test_redis_unavailable_at_a_claim_still_ends_the_round(pos, make_api, make_worker):
     """An outage is every item's, not one item's: the round ends (run logs it and waits)."""
     api = make_api(hold_ttl=0.2)

@@ -309,8 +309,23 @@ class Ledger:
             for members in replies:
                 for member in members:
                     text = member.decode("utf-8") if isinstance(member, bytes) else member
+                    if len(text) < 2:  # no kind and global_id: no item of ours (hand-written)
+                        self._note_malformed(text)
+                        continue
                     items.append(DueItem(text[0], text[1:]))  # type: ignore[arg-type]
         return items
+
+    def _note_malformed(self, member: str) -> None:
+        """Log, once per process, a due-set member that names no item (it is left as it is)."""
+        if member in _MALFORMED_SEEN:
+            return
+        _MALFORMED_SEEN.add(member)
+        log.warning(
+            "a due set holds %r, which names no work (a kind and a global_id): left alone; "
+            "remove it from the due sets (%s:{h<n>}:due) if it was written by hand",
+            member,
+            self.keys.prefix,
+        )
 
     def backlog(self) -> Backlog:
         """How much due work waits for a worker, across every shard (two round trips, two per
@@ -549,6 +564,8 @@ class Ledger:
 
 #: Where the shards whose slot no master serves lie, for the log (see Ledger._note_unreachable).
 _NO_MASTER = "no master (their slots are not covered)"
+#: The due-set members naming no work that this process has logged (see _note_malformed).
+_MALFORMED_SEEN: set[str] = set()
 
 
 def _ms_of(seconds: float) -> int:
