@@ -314,6 +314,32 @@ def test_a_due_member_that_names_no_item_is_left_alone_and_the_others_are_done(
     assert all("which names no work" in line for line in warned), warned
 
 
+def test_items_that_keep_failing_never_hide_the_later_items_of_their_shard(
+    pos, make_api, make_worker, redis_url, caplog
+):
+    """Items whose claim fails stay due at the front of their shard: a batch of them (100 by
+    default; 3 here) filled every read of the shard, and its later items were never done."""
+    api = make_api(hold_ttl=0.2)
+    good = _in_shard(0, "good")
+    assert api.hold(good, qty=1).status_code == 201
+    due = KeySpace().hold(good)[2]
+    bad = [f"x{_in_shard(0, f'bad{n}')}" for n in range(5)]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.zadd(due, dict.fromkeys(bad, 1))  # due long before the hold lapses
+        wait_until(lambda: api.service.ledger.backlog().items == 6, what="the hold lapsed")
+        worker = make_worker()
+        worker.batch = 3
+        caplog.set_level(logging.ERROR, logger="tevo_hold.worker")
+        rounds = [worker.run_once() for _ in range(3)]
+        assert sorted(client.zrange(due, 0, -1)) == sorted(m.encode() for m in bad)  # still due
+    finally:
+        client.close()
+    assert rounds == [0, 1, 0]  # the first round read only failing items; the next, past them
+    assert [c.global_id for c in pos.calls("release")] == [good]
+    assert len(caplog.records) == len(bad)  # each failing item logged once
+
+
 def test_redis_unavailable_at_a_claim_still_ends_the_round(pos, make_api, make_worker):
     """An outage is every item's, not one item's: the round ends (run logs it and waits)."""
     api = make_api(hold_ttl=0.2)

@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from . import errors
 from ._redis import SCRIPT_ERRORS, RedisClient, Script, _is_outage, _name, translate_errors
-from .keys import SHARDS, KeySpace
+from .keys import SHARDS, KeySpace, shard_of
 from .models import Event, Hold, HoldStatus
 
 __all__ = ["Backlog", "Claim", "DueItem", "Ledger"]
@@ -292,17 +293,22 @@ class Ledger:
         seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
-    def due_items(self, *, limit: int = 100) -> list[DueItem]:
-        """Due work across every shard, oldest first within a shard (two round trips; on a
-        cluster, two per master).
+    def due_items(self, *, limit: int = 100, past: Iterable[DueItem] = ()) -> list[DueItem]:
+        """Due work across every shard, oldest first within a shard, at most ``limit`` per shard
+        beyond the items of ``past`` (two round trips; on a cluster, two per master).
+
+        ``past`` names items the caller knows to stay due (those it could not claim, say): as
+        long as they do, they sit at the front of their shard, and ``limit`` items after them
+        are read too, so that no number of them hides the shard's other work.
 
         On a cluster, the shards of a master that does not answer are skipped, and logged once
         per outage (see :meth:`_read_due_sets`): the other masters' work is done meanwhile.
         Raises Unavailable when no shard could be read.
         """
+        extra = Counter(self.keys.due(shard_of(item.global_id)) for item in past)
 
         def queue(pipe: Any, key: str, now: int) -> None:
-            pipe.zrangebyscore(key, "-inf", now, 0, limit)
+            pipe.zrangebyscore(key, "-inf", now, 0, limit + extra[key])
 
         items = []
         for _, replies in self._read_due_sets(queue, partial=True):

@@ -76,7 +76,9 @@ class Worker:
         Redis being unavailable, or a configuration it refuses, ends the round (raised).
         """
         done = 0
-        for item in self.service.ledger.due_items(limit=self.batch):
+        # Past the items that keep failing: they stay due at the front of their shards, and as
+        # many as a batch of them would hide every later item of the shard for good.
+        for item in self.service.ledger.due_items(limit=self.batch, past=self._failing):
             if stop is not None and stop.is_set():
                 break
             try:
