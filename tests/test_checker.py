@@ -1111,6 +1111,9 @@ def test_usage_errors_exit_2_before_any_call(args: tuple[str, ...], message: str
         ("http://127.0.0.1:9/tevo ", "has a query, a fragment or a blank"),
         # the password is not shown, here or in CI logs
         ("http://u:s3cretpw@127.0.0.1:99999", "'http://u:***@127.0.0.1:99999' cannot be read"),
+        # sent as Basic auth, in place of the Bearer key of the checks that send one
+        ("http://u:s3cretpw@127.0.0.1:9", "'http://u:***@127.0.0.1:9' names a user"),
+        ("http://u@127.0.0.1:9", "names a user (user:password@)"),
     ],
 )
 def test_a_url_the_checker_cannot_call_is_a_usage_error(url: str, message: str) -> None:

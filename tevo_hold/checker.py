@@ -1603,7 +1603,8 @@ class Checker:
 def base_url_of(url: str) -> str:
     """``url`` as the base of the checker's calls (no trailing '/'); ValueError unless it is an
     http:// or https:// URL naming a host, to which paths can be appended (``127.0.0.1:8000``
-    alone, or a URL ending in '?', would fail every check). The error never shows a password."""
+    alone, or a URL ending in '?', would fail every check), with no user in it. The error never
+    shows a password."""
     from .settings import redact_url  # as prepare_listings imports: only when used
 
     shown = repr(redact_url(url))
@@ -1616,6 +1617,14 @@ def base_url_of(url: str) -> str:
         raise ValueError(
             f"the URL {shown} must start with http:// or https:// and name a host: "
             "http://127.0.0.1:8000, say"
+        )
+    if parts.username is not None or parts.password is not None:
+        # requests would send them as Basic auth in the Authorization header, in place of the
+        # Bearer key of the checks that send one: a correct server failed them
+        raise ValueError(
+            f"the URL {shown} names a user (user:password@), which would replace the API key in "
+            "the Authorization header: give the server's URL without it, and the key with "
+            "--api-key"
         )
     if "?" in url or "#" in url or any(ch.isspace() or not ch.isprintable() for ch in url):
         raise ValueError(
