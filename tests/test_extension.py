@@ -30,6 +30,7 @@ from tevo_hold.adapters.redis_inventory import SAMPLE_INVENTORY
 from tevo_hold.errors import ConfigurationError, ListingNotFound
 from tevo_hold.web import EXTENSION_KEY
 
+from .pos_double import pos_double
 from .recording_pos import RecordingPos
 from .servers import ROOT, free_port
 
@@ -505,6 +506,39 @@ def test_the_demo_key_opens_only_the_embedded_store_the_extension_built_itself(c
     )
 
 
+def test_the_demo_key_never_reaches_a_real_pos(caplog):
+    """No Redis URL and no API keys (an environment file that failed to load) with
+    TEVO_HOLD_ADAPTER=http: the server accepted the published demo key, and anyone could hold
+    and invoice in the real POS; only the embedded-mode warning said so. Now every call answers
+    401 (the state is in memory: no managed key can be made), and the start says why."""
+    caplog.set_level(logging.WARNING, logger="tevo_hold")
+    with pos_double(stock={"R": 5}) as pos:
+        app = create_app(
+            {
+                "TEVO_HOLD_ADAPTER": "http",
+                "TEVO_HOLD_POS_URL": pos.url,
+                "TEVO_HOLD_POS_API_KEY": pos.api_key,
+            }
+        )
+        state = app.extensions[EXTENSION_KEY]
+        try:
+            http = app.test_client()
+            demo = {"X-API-Key": "demo-key"}
+            body = {"remote_id": "R", "quantity": 5, "global_id": "attacker-1"}
+            held = http.post("/v1/holds", json=body, headers=demo)
+            invoice = {"global_id": "attacker-1", "tevo_order_id": 1}
+            invoiced = http.post("/v1/invoices", json=invoice, headers=demo)
+            assert (held.status_code, invoiced.status_code) == (401, 401)
+            assert pos.count() == 0 and pos.available("R") == 5
+        finally:
+            assert state.worker_stop is not None
+            state.worker_stop.set()
+            state.service.close()
+    assert "TEVO_HOLD_ADAPTER=http calls a POS" in caplog.text
+    assert "every API call answers 401" in caplog.text
+    assert "Demo API key" not in caplog.text
+
+
 class _LapsePos(RecordingPos):
     """A POS whose holds do not lapse by themselves: each lapse needs a release call."""
 
@@ -518,6 +552,7 @@ def test_memory_mode_with_a_pos_adapter_runs_a_worker_thread_that_releases_lapse
     app = create_app(
         {
             "TEVO_HOLD_ADAPTER": "tests.test_extension:_LapsePos",
+            "TEVO_HOLD_API_KEYS": "vendor-key",  # the demo key opens the reference adapter only
             "TEVO_HOLD_HOLD_TTL": "0.2",
             "TEVO_HOLD_WORKER_INTERVAL": "0.02",
         }
@@ -525,9 +560,8 @@ def test_memory_mode_with_a_pos_adapter_runs_a_worker_thread_that_releases_lapse
     state = app.extensions[EXTENSION_KEY]
     try:
         assert "a worker thread of this process releases lapsed holds" in caplog.text
-        assert "Demo API key: demo-key" in caplog.text
         body = {"remote_id": "demo-1", "quantity": 2, "global_id": "lapses"}
-        resp = app.test_client().post("/v1/holds", json=body, headers={"X-API-Key": "demo-key"})
+        resp = app.test_client().post("/v1/holds", json=body, headers=KEY)
         assert resp.status_code == 201
         deadline = time.monotonic() + 10
         while ("release", "lapses") not in _LapsePos.calls and time.monotonic() < deadline:

@@ -85,6 +85,18 @@ def test_durations_from_a_millisecond_to_100_years_are_taken(name):
         assert getattr(settings, name) == value
 
 
+@pytest.mark.parametrize("adapter", ["http", "tests.recording_pos:RecordingPos"])
+def test_the_demo_key_is_the_reference_adapters_only(adapter):
+    """TEVO_HOLD_REDIS_URL and TEVO_HOLD_API_KEYS unset (an environment file that failed to
+    load) with TEVO_HOLD_ADAPTER naming a real POS: the public demo key was accepted, and its
+    holds and invoices went to the POS. The demo key opens the embedded demo only."""
+    env = {"TEVO_HOLD_ADAPTER": adapter, "TEVO_HOLD_POS_URL": "http://pos"}
+    s = Settings.from_env(env)
+    assert s.accepted_keys == ()
+    assert s.embedded and not s.demo
+    assert Settings.from_env({**env, "TEVO_HOLD_API_KEYS": "k"}).accepted_keys == ("k",)
+
+
 def test_a_real_redis_without_api_keys_accepts_managed_keys_only():
     s = Settings.from_env({"TEVO_HOLD_REDIS_URL": "redis://localhost:6379/0"})
     assert s.api_keys == () and s.accepted_keys == ()

@@ -48,7 +48,8 @@ OTHER_VARIABLES = frozenset(
         "TEVO_HOLD_CHECK_API_KEY",
     }
 )
-#: The API key the embedded default accepts when TEVO_HOLD_API_KEYS is unset. Demo use only.
+#: The API key the embedded demo accepts (no Redis, no TEVO_HOLD_API_KEYS, the reference
+#: adapter: see Settings.demo). Demo use only: it is public.
 DEMO_API_KEY = "demo-key"
 
 
@@ -284,12 +285,20 @@ class Settings:
         return self.redis_url == EMBEDDED_URL
 
     @property
+    def demo(self) -> bool:
+        """True for the embedded demo: no Redis, no API keys, and the reference adapter, whose
+        stock is the in-memory store's own. Only the demo accepts the public demo key."""
+        return not self.api_keys and self.embedded and self.adapter == "reference"
+
+    @property
     def accepted_keys(self) -> tuple[str, ...]:
-        """The API keys of the environment (the demo key in embedded mode with none set).
+        """The API keys of the environment (the demo key for the embedded demo, see
+        :attr:`demo`). With any other adapter none is accepted until TEVO_HOLD_API_KEYS is set:
+        the demo key is printed in the README, and a POS's holds and invoices are real.
 
         Managed keys (``tevo-hold keys create``) live in Redis and are accepted besides these.
         """
-        if not self.api_keys and self.embedded:
+        if self.demo:
             return (DEMO_API_KEY,)
         return self.api_keys
 

@@ -105,7 +105,8 @@ class _State:
         #: Where the state lives: "redis", or "memory" (the embedded mode's in-process store).
         self.store = store
         #: The API keys of the settings: the demo key only where the state is this process's
-        #: own store (a service handed in is the caller's Redis, whatever the settings say).
+        #: own store (a service handed in is the caller's Redis, whatever the settings say) and
+        #: the adapter the reference one (Settings.demo: never a POS's real holds).
         self.accepted_keys = settings.accepted_keys if store == "memory" else settings.api_keys
         self.authenticator = auth.Authenticator(self.accepted_keys, key_store)
         #: The embedded worker and what stops its thread (see _start_embedded_worker); None when
@@ -278,7 +279,15 @@ def _warn_of_gaps(app: Flask, state: _State) -> None:
             "X-Forwarded-For. Wrap its wsgi_app in werkzeug's ProxyFix yourself (x_for and "
             "x_proto only: a signed request's Host is signed as sent)."
         )
-    if not state.accepted_keys and state.in_process:
+    if not state.accepted_keys and state.store == "memory":
+        log.warning(
+            "TEVO_HOLD_API_KEYS is empty and TEVO_HOLD_ADAPTER=%s calls a POS: the public demo "
+            "key opens the embedded demo only (the reference adapter), and tevo-hold keys "
+            "create cannot reach this process's memory: every API call answers 401. Set "
+            "TEVO_HOLD_API_KEYS.",
+            state.settings.adapter,
+        )
+    elif not state.accepted_keys and state.in_process:
         log.warning(
             "TEVO_HOLD_API_KEYS is empty and the service handed in keeps its state in this "
             "process's memory, where tevo-hold keys create cannot reach: every API call "
@@ -296,7 +305,7 @@ def _warn_of_gaps(app: Flask, state: _State) -> None:
         "tevo-hold runs on its embedded default: state lives in this process's memory, is "
         "not shared with other processes and is lost at exit. Set TEVO_HOLD_REDIS_URL to "
         "use Redis.%s",
-        f" Demo API key: {DEMO_API_KEY}" if not state.settings.api_keys else "",
+        f" Demo API key: {DEMO_API_KEY}" if state.settings.demo else "",
     )
 
 
