@@ -506,6 +506,20 @@ def test_the_demo_key_opens_only_the_embedded_store_the_extension_built_itself(c
     )
 
 
+def test_a_key_list_in_flask_config_with_no_key_in_it_is_warned_of(caplog):
+    """``app.config["TEVO_HOLD_API_KEYS"] = [os.environ.get("K", "")]`` with K unset: the key
+    "" refused every call, and the start's warning that there is no key was not logged."""
+    app = Flask("vendor")
+    app.config.update({"TEVO_HOLD_REDIS_URL": "redis://unused", "TEVO_HOLD_API_KEYS": [""]})
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    service = build_service(Settings.from_mapping(app.config), client=client)
+    with caplog.at_level(logging.WARNING, logger="tevo_hold"):
+        TevoHold(app, service=service)
+    assert "TEVO_HOLD_API_KEYS is empty" in caplog.text
+    answer = app.test_client().get("/v1/holds/g", headers={"X-API-Key": ""})
+    assert answer.status_code == 401
+
+
 def test_the_demo_key_never_reaches_a_real_pos(caplog):
     """No Redis URL and no API keys (an environment file that failed to load) with
     TEVO_HOLD_ADAPTER=http: the server accepted the published demo key, and anyone could hold

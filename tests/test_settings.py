@@ -39,6 +39,28 @@ def test_typed_values_from_flask_config():
     assert s.api_keys == ("k1", "k2") and s.hold_ttl == 30
 
 
+def test_a_key_list_from_flask_config_is_read_as_the_variable_is():
+    """Each key stripped and empty ones dropped, as from TEVO_HOLD_API_KEYS: ``[""]`` was the
+    key "", which refused every call, and hid the start's warning that there is no key."""
+    keys = Settings.from_mapping({"TEVO_HOLD_API_KEYS": [" k1 ", "", "  ", "k2"]}).api_keys
+    assert keys == ("k1", "k2")
+    assert Settings.from_mapping({"TEVO_HOLD_API_KEYS": ("",)}).api_keys == ()
+
+
+@pytest.mark.parametrize(
+    ("item", "hint"),
+    [(None, "an environment variable that is unset?"), (b"s3cret", ".decode()"), (7, "int")],
+)
+def test_a_key_list_item_that_is_no_str_is_refused_naming_the_mistake(item, hint):
+    """Each item was str()-ed: ``[os.environ.get("UNSET")]`` accepted the key "None", and
+    ``[b"s3cret"]`` the key "b's3cret'". Refused at start, no key shown."""
+    with pytest.raises(ConfigurationError, match="TEVO_HOLD_API_KEYS") as caught:
+        Settings.from_mapping({"TEVO_HOLD_API_KEYS": ["good-key", item]})
+    message = str(caught.value)
+    assert hint in message
+    assert "s3cret" not in message and "good-key" not in message
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("TEVO_HOLD_HOLD_TTL", "soon"), ("TEVO_HOLD_HOLD_TTL", "-5"), ("TEVO_HOLD_MAX_BODY", "0")],

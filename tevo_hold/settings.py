@@ -393,11 +393,32 @@ def _typed(name: str, value: Any) -> Any:
     """A value given already typed (Flask config): check its type, parse lists of keys."""
     if name == "api_keys":
         if isinstance(value, list | tuple):
-            return tuple(str(v) for v in value)
+            return _key_list(value)
         raise TypeError("must be a list of strings or a comma-separated string")
     if name == "require_signature" and isinstance(value, bool):
         return value
     return _PARSERS[name](str(value))
+
+
+def _key_list(items: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
+    """The keys of a list given in Flask config, read as the environment variable's are: each
+    stripped, empty ones dropped (``[os.environ.get("K", "")]`` is no key, and warned of as
+    none). An item that is no str is refused, never turned into its text: ``[None]`` (from
+    ``os.environ.get`` of an unset variable) accepted the key "None", ``[b"k"]`` the key
+    "b'k'". The error names the item's type only: a key is never shown."""
+    for item in items:
+        if item is None:
+            raise TypeError("it holds None: an environment variable that is unset?")
+        if isinstance(item, bytes | bytearray):
+            raise TypeError(
+                f"it holds {type(item).__name__}: decode each key to a str (.decode()), or the "
+                "key accepted would be its repr, b'...'"
+            )
+        if not isinstance(item, str):
+            raise TypeError(
+                f"it holds an item of type {type(item).__name__}: each key must be a str"
+            )
+    return tuple(k for k in (item.strip() for item in items) if k)
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
