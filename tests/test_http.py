@@ -1280,6 +1280,18 @@ def test_redis_down_is_unavailable_quickly_with_retry_after(redis_down_http, cal
     assert elapsed < 2, f"503 took {elapsed:.2f}s"
 
 
+def test_a_key_of_no_managed_keys_shape_is_refused_with_redis_down_at_once(redis_down_http):
+    """``X-API-Key: th_...`` was looked up in Redis before it was refused: with Redis away,
+    anyone without a key held a thread for the lookup's timeouts and got a 503, not a 401."""
+    for key in ("th_guess", "th_" + "x" * 44):
+        started = time.monotonic()
+        resp = redis_down_http.get("/v1/holds/g1", headers={"X-API-Key": key})
+        assert_problem(resp, 401, "unauthorized")
+        assert time.monotonic() - started < 0.2
+    shaped = redis_down_http.get("/v1/holds/g1", headers={"X-API-Key": "th_" + "x" * 43})
+    assert_problem(shaped, 503, "unavailable")  # a managed key's shape: looked up, as before
+
+
 def test_healthz_answers_without_redis(redis_down_http):
     assert_ok(redis_down_http.get("/healthz"), 200)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 
+import fakeredis
 import pytest
 import redis
 from click.testing import CliRunner, Result
@@ -185,6 +187,35 @@ def test_authenticator_names_environment_keys_by_their_digest(store: KeyStore) -
     for wrong in ("third", "th_" + "y" * 43, plaintext + "x", plaintext[:-1]):
         with pytest.raises(errors.Unauthorized):
             auth.identify(wrong)
+
+
+def test_only_a_key_of_a_managed_keys_exact_shape_is_looked_up_in_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any key starting with th_ was looked up (a script call on the shared Redis) before it
+    was refused: anyone, keyless and unlimited, could make tevo-hold call Redis. Only th_ and
+    43 URL-safe characters, the shape of every key made, is looked up now."""
+    store = KeyStore(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    _, plaintext = store.create("tevo")
+    assert re.fullmatch(r"th_[A-Za-z0-9_-]{43}", plaintext)
+    looked_up: list[str] = []
+    lookup = store.lookup
+    monkeypatch.setattr(store, "lookup", lambda key: looked_up.append(key) or lookup(key))
+    auth = Authenticator(("env-key",), store)
+    for wrong in (
+        "th_",
+        "th_1",
+        plaintext[:-1],
+        plaintext + "x",
+        plaintext[:-1] + "=",
+        plaintext[:-1] + "\xe9",
+        plaintext + "\n",
+        "TH_" + plaintext[3:],
+    ):
+        with pytest.raises(errors.Unauthorized):
+            auth.identify(wrong)
+    assert looked_up == []
+    assert auth.identify(plaintext).managed and looked_up == [plaintext]
 
 
 def test_an_environment_key_keeps_its_name_whatever_keys_are_beside_it() -> None:

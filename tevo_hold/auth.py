@@ -12,10 +12,10 @@ Two kinds of API key are accepted:
   SHA-256 (no salt, no slow hash) is the standard for random high-entropy tokens like these: the
   point of a slow, salted hash is to make guessing a *low-entropy* password expensive, and 256
   random bits cannot be guessed; a fast hash also keeps the lookup one cheap Redis call per
-  request. Each record keeps the key's name, a prefix to recognise it by (``th_AbCd1234``),
-  created and last-used times (last-used is written at most every ``touch_interval`` seconds, not
-  on every request) and its revocation. Nothing is cached: a revocation holds for the next request
-  on every process.
+  request, made only for a key of that exact shape (:data:`MANAGED_PATTERN`). Each record keeps
+  the key's name, a prefix to recognise it by (``th_AbCd1234``), created and last-used times
+  (last-used is written at most every ``touch_interval`` seconds, not on every request) and its
+  revocation. Nothing is cached: a revocation holds for the next request on every process.
 
 Request signing (off unless ``TEVO_HOLD_REQUIRE_SIGNATURE``) follows TEvo's own API:
 ``X-Signature`` is the base64 HMAC-SHA256, under the API key, of :func:`string_to_sign`.
@@ -38,6 +38,7 @@ from ._redis import RedisClient, Script, translate_errors
 from .keys import KeySpace
 
 __all__ = [
+    "MANAGED_PATTERN",
     "MANAGED_PREFIX",
     "ApiKey",
     "Authenticator",
@@ -50,8 +51,15 @@ __all__ = [
     "verify_signature",
 ]
 
-#: How a managed key starts; only keys that do are looked up in Redis.
+#: How a managed key starts.
 MANAGED_PREFIX = "th_"
+#: The random bytes of a managed key: its text is ``th_`` and their URL-safe base64 (no ``=``).
+MANAGED_BYTES = 32
+#: A managed key's exact shape, ``th_`` and 43 URL-safe characters: only a key sent in this
+#: shape is looked up in Redis. Any other is refused at once, with no Redis call: a key starting
+#: with ``th_`` cost anyone without a key a script call on the shared Redis (and, while Redis
+#: was slow, half a second and a 503 rather than a 401).
+MANAGED_PATTERN = re.compile(r"th_[A-Za-z0-9_-]{43}")  # 43: base64 of 32 bytes, unpadded
 #: Characters of a managed key kept (with ``th_``) as its recognisable prefix.
 PREFIX_CHARS = 8
 #: Names of managed keys: letters, digits, ``.``, ``_``, ``-``; ``env-`` is reserved. Matched
@@ -132,7 +140,7 @@ class KeyStore:
                 f"Key name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
                 "letter or digit; names starting with 'env-' are reserved for TEVO_HOLD_API_KEYS."
             )
-        plaintext = MANAGED_PREFIX + secrets.token_urlsafe(32)
+        plaintext = MANAGED_PREFIX + secrets.token_urlsafe(MANAGED_BYTES)
         prefix = plaintext[: len(MANAGED_PREFIX) + PREFIX_CHARS]
         digest = digest_of(plaintext)
         reply = self._script(
@@ -233,7 +241,7 @@ class Authenticator:
                 found = name
         if found is not None:
             return Identity(found, managed=False)
-        if self.store is not None and sent.startswith(MANAGED_PREFIX):
+        if self.store is not None and MANAGED_PATTERN.fullmatch(sent):
             looked_up = self.store.lookup(raw.decode("latin-1"))
             if looked_up is not None:
                 name, revoked = looked_up
