@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,21 @@ def test_no_guide_puts_a_secret_of_tevo_hold_check_in_its_command_line() -> None
         assert "TEVO_HOLD_CHECK_API_KEY" in page.read_text("utf-8"), page.name
 
 
+def test_no_guide_sets_a_short_api_key() -> None:
+    """The guides set ``TEVO_HOLD_API_KEYS=key-for-tevo``, a guessable key copied as it is,
+    which nothing throttles the guessing of. A key they write out is 32 characters or more
+    (the start warns of shorter ones); better, one made on the spot or read from elsewhere."""
+    literal = re.compile(
+        r"""TEVO_HOLD_API_KEYS(?:=|"\]\s*=\s*)(?P<quote>["']?)(?P<key>[^"'\s$][^"'\s]*)(?P=quote)"""
+    )
+    for page in [*DOCS.glob("*.md"), ROOT / "README.md"]:
+        for found in literal.finditer(page.read_text("utf-8")):
+            key = found["key"]
+            if key.startswith("os.environ"):
+                continue
+            assert len(key) >= 32, (page.name, key)
+
+
 def test_the_integration_guide_says_429_is_retried_after_retry_after() -> None:
     """The guide once had Retry-After come with 409 and 503 only, and its Retries table put 429
     under "any other 4xx: do not retry unchanged", though the server sends Retry-After on it
@@ -221,9 +237,13 @@ def test_the_curl_examples_answer_as_the_guide_says() -> None:
 
 
 @pytest.mark.slow
-def test_the_vendor_guide_examples_run_and_serve_through_their_adapter() -> None:
+def test_the_vendor_guide_examples_run_and_serve_through_their_adapter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     code = [text for lang, text in _blocks(DOCS / "pos-vendors.md") if lang == "python"]
     assert len(code) >= 4
+    secret = secrets.token_urlsafe(32)  # the guide reads the key from the environment
+    monkeypatch.setenv("TEVO_HOLD_API_KEYS", secret)
     with redis_server() as url:
         namespace: dict[str, Any] = {"__name__": "pos_vendors_guide"}
         for block in code:
@@ -232,7 +252,7 @@ def test_the_vendor_guide_examples_run_and_serve_through_their_adapter() -> None
         app, adapter = namespace["app"], namespace["adapter"]
         assert type(adapter).__name__ == "DictPos"
         http = app.test_client()
-        key = {"X-API-Key": "key-for-tevo"}
+        key = {"X-API-Key": secret}
         body = {"remote_id": "demo-1", "quantity": 3, "global_id": "guide-1"}
         assert http.post("/tevo/v1/holds", json=body, headers=key).status_code == 201
         assert adapter.holds == {"guide-1": ("demo-1", 3)}

@@ -6,6 +6,7 @@ import fnmatch
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 import tomllib
@@ -27,6 +28,7 @@ from tevo_hold import (
     create_blueprint,
 )
 from tevo_hold.adapters.redis_inventory import SAMPLE_INVENTORY
+from tevo_hold.auth import env_name
 from tevo_hold.errors import ConfigurationError, ListingNotFound
 from tevo_hold.web import EXTENSION_KEY
 
@@ -518,6 +520,33 @@ def test_a_key_list_in_flask_config_with_no_key_in_it_is_warned_of(caplog):
     assert "TEVO_HOLD_API_KEYS is empty" in caplog.text
     answer = app.test_client().get("/v1/holds/g", headers={"X-API-Key": ""})
     assert answer.status_code == 401
+
+
+def test_a_short_key_is_warned_of_once_by_its_fingerprint(caplog):
+    """TEVO_HOLD_API_KEYS took "a", or the docs' own "key-for-tevo", without a word, and
+    nothing throttles failed keys. Each short key is warned of at start, named by its
+    fingerprint only, with how to make a strong one; the embedded demo's demo key is not."""
+    strong = secrets.token_urlsafe(32)
+    service = build_service(
+        Settings(redis_url="redis://unused"),
+        client=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+    )
+    with caplog.at_level(logging.WARNING, logger="tevo_hold"):
+        keys = f"key-for-tevo, {strong}, key-for-tevo"
+        app = create_app({"TEVO_HOLD_API_KEYS": keys}, service=service)
+    warned = [r.getMessage() for r in caplog.records if "shorter than 32" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert env_name("key-for-tevo") in warned[0]
+    assert "secrets.token_urlsafe(32)" in warned[0]
+    assert "key-for-tevo" not in caplog.text and strong not in caplog.text
+    assert env_name(strong) not in caplog.text
+    short = {"X-API-Key": "key-for-tevo"}
+    assert app.test_client().get("/v1/holds/g", headers=short).status_code == 404  # it works
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tevo_hold"):
+        demo = create_app()
+    demo.extensions[EXTENSION_KEY].service.close()
+    assert "Demo API key: demo-key" in caplog.text and "shorter than" not in caplog.text
 
 
 def test_the_demo_key_never_reaches_a_real_pos(caplog):

@@ -40,6 +40,8 @@ from .keys import KeySpace
 __all__ = [
     "MANAGED_PATTERN",
     "MANAGED_PREFIX",
+    "STRONG_KEY_CHARS",
+    "STRONG_KEY_COMMAND",
     "ApiKey",
     "Authenticator",
     "Identity",
@@ -68,6 +70,12 @@ PREFIX_CHARS = 8
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: How an environment key is named: ``env-`` and this many hex digits of its SHA-256.
 ENV_NAME_CHARS = 8
+#: An environment key shorter than this is warned of at start: tevo-hold does not throttle
+#: failed keys (the proxy in front should), so a short key may be guessed. A managed key, or
+#: ``secrets.token_urlsafe(32)``, is 43 characters or more.
+STRONG_KEY_CHARS = 32
+#: How to make a strong key, as the warning and the docs say it.
+STRONG_KEY_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 def digest_of(key: str) -> str:

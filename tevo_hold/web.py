@@ -4,7 +4,7 @@ Usage in an app of your own::
 
     app = Flask(__name__)
     app.config["TEVO_HOLD_REDIS_URL"] = "redis://localhost:6379/0"
-    app.config["TEVO_HOLD_API_KEYS"] = "key-for-tevo"
+    app.config["TEVO_HOLD_API_KEYS"] = os.environ["TEVO_HOLD_API_KEYS"]  # random, 32+ chars
     TevoHold(app, url_prefix="/tevo")          # or: ext = TevoHold(); ext.init_app(app, ...)
 
 Views validate with the schemas of :mod:`tevo_hold.schemas`, call the :class:`HoldService` and
@@ -271,8 +271,9 @@ def _answer_http_errors(app: Flask, state: _State) -> None:
 
 
 def _warn_of_gaps(app: Flask, state: _State) -> None:
-    """Log, once at start, what the settings leave open: no API key, or state in memory; and
-    TEVO_HOLD_PROXY_HOPS set on an app that create_app did not make, where it does nothing."""
+    """Log, once at start, what the settings leave open: no API key, a short one, or state in
+    memory; and TEVO_HOLD_PROXY_HOPS set on an app that create_app did not make, where it does
+    nothing."""
     if state.settings.proxy_hops and not isinstance(app.wsgi_app, ProxyFix):
         log.warning(
             "TEVO_HOLD_PROXY_HOPS applies to the app of create_app only: this app trusts no "
@@ -299,6 +300,7 @@ def _warn_of_gaps(app: Flask, state: _State) -> None:
             "TEVO_HOLD_API_KEYS is empty: only managed keys (tevo-hold keys create NAME) are "
             "accepted; until one is made, every API call answers 401."
         )
+    _warn_of_weak_keys(state.settings.api_keys)
     if state.store != "memory":
         return
     log.warning(
@@ -307,6 +309,22 @@ def _warn_of_gaps(app: Flask, state: _State) -> None:
         "use Redis.%s",
         f" Demo API key: {DEMO_API_KEY}" if state.settings.demo else "",
     )
+
+
+def _warn_of_weak_keys(keys: tuple[str, ...]) -> None:
+    """Log once for each key of TEVO_HOLD_API_KEYS (never the embedded demo's demo key, which
+    is no key of the setting) that is short enough to guess: failed keys are not throttled
+    here. Each is named by its fingerprint, never shown."""
+    for key in dict.fromkeys(keys):
+        if len(key) < auth.STRONG_KEY_CHARS:
+            log.warning(
+                "TEVO_HOLD_API_KEYS: the key %s is shorter than %d characters, and tevo-hold "
+                "does not throttle failed keys: a short key can be guessed. Replace it with a "
+                "strong one, made by %s, or with a managed key (tevo-hold keys create NAME).",
+                auth.env_name(key),
+                auth.STRONG_KEY_CHARS,
+                auth.STRONG_KEY_COMMAND,
+            )
 
 
 def _start_embedded_worker(app: Flask, state: _State) -> None:
