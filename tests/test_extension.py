@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import pytest
 from flask import Blueprint, Flask, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
+from werkzeug.test import TestResponse
 
 from tevo_hold import (
     RedisInventoryAdapter,
@@ -113,6 +115,65 @@ def test_an_http_error_the_vendors_app_raises_keeps_its_status_with_code_http_er
     assert refused.json["type"] == "urn:tevo-hold:problem:http_error"
     description = http.get("/tevo/v1/openapi.json").json["info"]["description"]
     assert "the code `http_error`" in description
+
+
+# -- a vendor's hook that reads the body first -----------------------------------------------
+
+
+def _read_by_the_vendor(how: str) -> None:
+    """What a vendor's app-wide before_request does with the body (request logging, an audit
+    trail, an HMAC check of its own)."""
+    if how == "get_data":
+        request.get_data()
+    elif how == "get_json":
+        request.get_json(silent=True)
+    elif how == "form":
+        request.form  # noqa: B018  # the attribute reads the body where it is a form
+
+
+def _post_hold_after_a_vendors_hook(
+    how: str | None, chunked: bool, hold: dict[str, object]
+) -> tuple[Flask, TestResponse]:
+    """A hold POSTed to a vendor's app whose hook read the body ``how`` (None: no hook), with a
+    Content-Length or chunked (none: the WSGI server ends the stream): the app and its answer."""
+    app = Flask("vendor")
+    if how is not None:
+
+        @app.before_request
+        def audit() -> None:
+            _read_by_the_vendor(how)
+
+    _set_up_tevo_hold(app, url_prefix="/tevo")
+    body = json.dumps(hold).encode()
+    extra = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(len(body))}
+    answer = app.test_client().post(
+        "/tevo/v1/holds",
+        headers={**KEY, "Content-Type": "application/json", **extra},
+        input_stream=io.BytesIO(body),
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    return app, answer
+
+
+@pytest.mark.parametrize("how", [None, "get_data", "get_json", "form"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_hold_is_read_whether_or_not_a_vendors_hook_read_the_body_first(how, chunked):
+    """A hook that read a chunked body (no Content-Length) drained the stream into werkzeug's
+    cache: the API read the empty stream and answered a valid hold 400 malformed_json."""
+    hold = {"remote_id": "L", "quantity": 1, "global_id": "g"}
+    _, resp = _post_hold_after_a_vendors_hook(how, chunked, hold)
+    assert resp.status_code == 201, resp.json
+    assert resp.json["global_id"] == "g"
+
+
+@pytest.mark.parametrize("how", [None, "get_data"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_body_too_large_is_refused_whether_or_not_a_vendors_hook_read_it_first(how, chunked):
+    hold = {"remote_id": "L", "quantity": 1, "global_id": "g", "pad": "x" * 70000}
+    app, resp = _post_hold_after_a_vendors_hook(how, chunked, hold)
+    assert resp.status_code == 413 and resp.json["code"] == "payload_too_large"
+    missing = app.test_client().get("/tevo/v1/holds/g", headers=KEY)
+    assert missing.json["code"] == "hold_not_found"
 
 
 # -- the vendor's own error handlers beside the API's -----------------------------------------

@@ -800,6 +800,14 @@ def _read_body(req: Request, limit: int) -> bytes:
         if length > limit:
             raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
         return req.get_data()  # all of it: the stream ends at the length
+    # A hook of the app's that read the body first (request.get_data() or get_json(), in an
+    # app-wide before_request: request logging, an audit trail) drained the stream into
+    # werkzeug's cache, where the stream has nothing left: the body is that.
+    cached: bytes | None = getattr(req, "_cached_data", None)
+    if cached is not None:
+        if len(cached) > limit:
+            raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        return cached
     # A chunked body has no length up front: read one byte past the limit to see if it is over.
     chunks: list[bytes] = []
     size = 0
