@@ -4,10 +4,12 @@ TLS (``rediss://``, ``rediss+cluster://``); and clients that start while Redis i
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import redis
@@ -19,6 +21,7 @@ from tevo_hold.connection import MASTER_CHECK_INTERVAL, LazyRedisCluster, connec
 from tevo_hold.keys import KeySpace
 from tevo_hold.web import EXTENSION_KEY
 
+from .recording_pos import RecordingPos
 from .servers import (
     Cluster,
     RedisProcess,
@@ -491,3 +494,57 @@ def test_the_embedded_store_drops_finished_holds_after_their_retention(
     while len(store) > before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(store) == before  # the listings alone, as Redis would keep
+
+
+# -- the embedded store says so where it is made ---------------------------------------------
+
+
+class _CountingPos(RecordingPos):
+    """A POS adapter of the vendor's: its calls on the class, those of every instance seen."""
+
+    calls: ClassVar[list[tuple[str, str]]] = []  # type: ignore[misc]
+
+
+def _embedded_store_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "this process's memory" in r.getMessage()
+    ]
+
+
+def test_build_service_on_the_embedded_default_says_so_once_per_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A vendor's script or task queue worker whose environment lacks TEVO_HOLD_REDIS_URL got a
+    store of its own per process, and nothing said so (only TevoHold did)."""
+    caplog.set_level(logging.INFO, logger="tevo_hold")
+    settings = Settings.from_env({})
+    build_service(settings).close()
+    connect(settings).close()
+    said = _embedded_store_records(caplog)
+    assert [r.levelno for r in said] == [logging.WARNING] * 2
+    assert "TEVO_HOLD_REDIS_URL" in said[0].getMessage()
+
+
+def test_build_service_on_the_embedded_default_with_a_pos_adapter_says_what_it_risks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each process's own ledger in front of one real POS: a retry in another process calls
+    the POS's hold again, and no worker releases a lapsed hold in the POS."""
+    caplog.set_level(logging.INFO, logger="tevo_hold")
+    _CountingPos.calls.clear()
+    settings = Settings.from_env({"TEVO_HOLD_ADAPTER": "tests.test_connection:_CountingPos"})
+    first, second = build_service(settings), build_service(settings)  # two processes' worth
+    try:
+        first.hold(remote_id="L", quantity=2, global_id="order-1")
+        assert not second.hold(remote_id="L", quantity=2, global_id="order-1").replayed
+        assert _CountingPos.calls == [("hold", "order-1"), ("hold", "order-1")]  # what it risks
+    finally:
+        first.close()
+        second.close()
+    said = _embedded_store_records(caplog)
+    assert [r.levelno for r in said] == [logging.ERROR] * 2
+    message = said[0].getMessage()
+    assert "TEVO_HOLD_REDIS_URL" in message and "tests.test_connection:_CountingPos" in message
+    assert "calls the POS's hold again" in message and "build_service does not" in message

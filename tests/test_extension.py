@@ -652,7 +652,7 @@ class _LapsePos(RecordingPos):
 def test_memory_mode_with_a_pos_adapter_runs_a_worker_thread_that_releases_lapsed_holds(caplog):
     """tevo-hold worker cannot reach a store in the server's memory: without a thread of the
     server's own, every lapsed hold stayed held in the POS for good."""
-    caplog.set_level(logging.WARNING, logger="tevo_hold")
+    caplog.set_level(logging.INFO, logger="tevo_hold")
     app = create_app(
         {
             "TEVO_HOLD_ADAPTER": "tests.test_extension:_LapsePos",
@@ -664,6 +664,9 @@ def test_memory_mode_with_a_pos_adapter_runs_a_worker_thread_that_releases_lapse
     state = app.extensions[EXTENSION_KEY]
     try:
         assert "a worker thread of this process releases lapsed holds" in caplog.text
+        # what a POS on a store in memory risks, said once (where the store was made)
+        said = [r for r in caplog.records if "this process's memory" in r.getMessage()]
+        assert [r.levelno for r in said] == [logging.ERROR]
         body = {"remote_id": "demo-1", "quantity": 2, "global_id": "lapses"}
         resp = app.test_client().post("/v1/holds", json=body, headers=KEY)
         assert resp.status_code == 201
@@ -677,8 +680,12 @@ def test_memory_mode_with_a_pos_adapter_runs_a_worker_thread_that_releases_lapse
         state.worker_stop.set()
 
 
-def test_no_worker_thread_where_the_reference_adapter_keeps_the_stock_itself():
+def test_no_worker_thread_where_the_reference_adapter_keeps_the_stock_itself(caplog):
+    caplog.set_level(logging.INFO, logger="tevo_hold")
     assert create_app().extensions[EXTENSION_KEY].worker_stop is None
+    # that the state is in memory, said once (where the store was made), not again by TevoHold
+    said = [r for r in caplog.records if "this process's memory" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING]
 
 
 def _threads_in_a_forked_child(names: tuple[str, ...], wait: float = 5.0) -> dict[str, bool]:

@@ -483,6 +483,7 @@ def _embedded(settings: Settings) -> redis.Redis:
             "In production, set TEVO_HOLD_REDIS_URL to your Redis instead."
         ) from exc
     client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    _warn_of_the_embedded_store(settings)
     store = weakref.ref(client)
     start_daemon("tevo-hold-memory-sweep", lambda: _sweep(store), alive=lambda: store() is not None)
     if settings.adapter == "reference":
@@ -493,6 +494,31 @@ def _embedded(settings: Settings) -> redis.Redis:
         )
         load_inventory(inventory, settings.inventory_file or SAMPLE_INVENTORY)
     return client
+
+
+def _warn_of_the_embedded_store(settings: Settings) -> None:
+    """Say, once per store made (here, where every way to it passes: create_app, TevoHold,
+    build_service, connect), that its state is this process's only. A vendor's script or task
+    queue worker whose environment lacks TEVO_HOLD_REDIS_URL got a ledger of its own per
+    process, silently. Louder with a POS adapter of the vendor's: a real POS is then called
+    from a ledger no other process shares."""
+    if settings.adapter == "reference":
+        log.warning(
+            "tevo-hold runs on its embedded default (TEVO_HOLD_REDIS_URL unset, or memory://): "
+            "state lives in this process's memory, is not shared with other processes and is "
+            "lost at exit. For trying it out only: set TEVO_HOLD_REDIS_URL to use Redis."
+        )
+        return
+    log.error(
+        "tevo-hold runs on its embedded default (TEVO_HOLD_REDIS_URL unset, or memory://) with "
+        "TEVO_HOLD_ADAPTER=%s, a POS of your own: the ledger lives in this process's memory, "
+        "so a retry that reaches another process calls the POS's hold again, and lapsed holds "
+        "are released in the POS (failed invoices retried) only by a worker thread of this "
+        "process, which TevoHold runs and build_service does not (tevo-hold worker cannot "
+        "reach this store); what is owed to the POS is lost at exit. For trying it out only: "
+        "set TEVO_HOLD_REDIS_URL and run tevo-hold worker.",
+        settings.adapter,
+    )
 
 
 def start_daemon(name: str, run: Callable[[], object], *, alive: Callable[[], bool]) -> None:

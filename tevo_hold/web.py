@@ -271,8 +271,8 @@ def _answer_http_errors(app: Flask, state: _State) -> None:
 
 
 def _warn_of_gaps(app: Flask, state: _State) -> None:
-    """Log, once at start, what the settings leave open: no API key, a short one, or state in
-    memory; and TEVO_HOLD_PROXY_HOPS set on an app that create_app did not make, where it does
+    """Log, once at start, what the settings leave open: no API key, a short one, or the demo
+    key; and TEVO_HOLD_PROXY_HOPS set on an app that create_app did not make, where it does
     nothing."""
     if state.settings.proxy_hops and not isinstance(app.wsgi_app, ProxyFix):
         log.warning(
@@ -301,14 +301,11 @@ def _warn_of_gaps(app: Flask, state: _State) -> None:
             "accepted; until one is made, every API call answers 401."
         )
     _warn_of_weak_keys(state.settings.api_keys)
-    if state.store != "memory":
-        return
-    log.warning(
-        "tevo-hold runs on its embedded default: state lives in this process's memory, is "
-        "not shared with other processes and is lost at exit. Set TEVO_HOLD_REDIS_URL to "
-        "use Redis.%s",
-        f" Demo API key: {DEMO_API_KEY}" if state.settings.demo else "",
-    )
+    # That the state is in memory, connection.py said where it made the store.
+    if state.store == "memory" and state.settings.demo:
+        log.warning(
+            "TEVO_HOLD_API_KEYS is unset: the embedded demo's Demo API key: %s", DEMO_API_KEY
+        )
 
 
 def _warn_of_weak_keys(keys: tuple[str, ...]) -> None:
@@ -351,11 +348,11 @@ def _start_embedded_worker(app: Flask, state: _State) -> None:
             running.run(stop)
 
     start_daemon(worker.name, run, alive=lambda: not stop.is_set() and held() is not None)
-    log.warning(
-        "TEVO_HOLD_ADAPTER=%s calls a POS from an in-memory store: a worker thread of this "
-        "process releases lapsed holds in the POS and retries failed invoices, and what it owes "
-        "is lost at exit. For trying it out only; set TEVO_HOLD_REDIS_URL and run tevo-hold "
-        "worker for anything else.",
+    # connection.py said, where it made the store, what a POS on it risks: this says only
+    # that the worker it names runs.
+    log.info(
+        "TEVO_HOLD_ADAPTER=%s on the in-memory store: a worker thread of this process "
+        "releases lapsed holds in the POS and retries failed invoices.",
         settings.adapter,
     )
 
