@@ -193,13 +193,18 @@ def _add_vendor_handlers(app: Flask, kind: str) -> None:
         app.register_error_handler(HTTPException, vendors)
 
 
+@pytest.mark.parametrize("trap", [False, True], ids=["", "TRAP_HTTP_EXCEPTIONS"])
 @pytest.mark.parametrize("kind", ["per status", "for HTTPException"])
 @pytest.mark.parametrize("registered", ["before TevoHold", "after TevoHold"])
-def test_the_vendors_error_handlers_answer_its_paths_and_the_api_answers_its_own(kind, registered):
+def test_the_vendors_error_handlers_answer_its_paths_and_the_api_answers_its_own(
+    kind, registered, trap
+):
     """As if tevo-hold were not there, on the vendor's paths; problems under the prefix, in
     either order. (An app-wide 404 handler of the extension's took the vendor's 404s from its
-    HTTPException handler, and replaced or was replaced by its 404 handler.)"""
+    HTTPException handler, and replaced or was replaced by its 404 handler. With
+    TRAP_HTTP_EXCEPTIONS, Flask handed the API's routing errors to the vendor's handlers.)"""
     app = Flask("vendor")
+    app.config["TRAP_HTTP_EXCEPTIONS"] = trap
 
     @app.get("/items/<int:item>")
     def item(item: int) -> str:
@@ -236,6 +241,23 @@ def test_the_vendors_error_handlers_answer_its_paths_and_the_api_answers_its_own
     refused = http.get("/tevo/v1/holds/g", headers={**KEY, "X-Day": "sunday"})
     assert refused.status_code == 403 and refused.json["code"] == "http_error"
     assert http.get("/tevo/v1/holds/g", headers=KEY).json["code"] == "hold_not_found"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/tevo/v1/nope", 404), ("GET", "/tevo/v1/holds", 405), ("PUT", "/tevo", 404)],
+)
+def test_with_trap_http_exceptions_and_no_handler_the_apis_routing_errors_are_problems(
+    method, path, status
+):
+    """Flask finds no handler for a routing error it traps (no route, so no blueprint): the
+    API's unknown paths and wrong methods were a 500 text/html page."""
+    app = Flask("vendor")
+    app.config["TRAP_HTTP_EXCEPTIONS"] = True
+    _set_up_tevo_hold(app, url_prefix="/tevo")
+    ours = app.test_client().open(path, method=method, headers=KEY)
+    assert (ours.status_code, ours.mimetype) == (status, "application/problem+json")
+    assert ours.json["status"] == status and "X-Request-ID" in ours.headers
 
 
 def test_mounted_at_the_root_every_unknown_path_is_a_problem_and_the_vendors_views_its_own():

@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 import orjson
@@ -256,18 +256,34 @@ def _answer_http_errors(app: Flask, state: _State) -> None:
     replaced by it, whichever came last. So this app's handle_http_exception is wrapped
     instead: its errors are the API's where the request is, and go on to Flask's, with the
     vendor's handlers, everywhere else. Routing exceptions that are not errors (a redirect) go
-    on to Flask, which answers them itself."""
+    on to Flask, which answers them itself.
+
+    An error Flask traps (TRAP_HTTP_EXCEPTIONS, or a bad request's in debug mode) skips
+    handle_http_exception for the handlers Flask finds: the blueprint's, for a routed request,
+    but for a routing error only the app's (the vendor's, or none: a 500 page). So
+    handle_user_exception is wrapped too, for the API's requests' trapped errors."""
     handle = app.handle_http_exception
+    handle_user = app.handle_user_exception
+
+    def the_apis(exc: Exception) -> TypeGuard[HTTPException]:
+        """Whether ``exc`` is an HTTP error of one of the API's requests, for a problem."""
+        if not isinstance(exc, HTTPException) or exc.code is None:
+            return False
+        if isinstance(exc, RoutingException):
+            return False
+        return state.serves(request._get_current_object())  # type: ignore[attr-defined]
 
     def handle_http_exception(exc: HTTPException) -> HTTPException | ResponseReturnValue:
-        if exc.code is None or isinstance(exc, RoutingException):
-            return handle(exc)
-        if not state.serves(request._get_current_object()):  # type: ignore[attr-defined]
-            return handle(exc)
-        return _http_problem(exc)
+        return _http_problem(exc) if the_apis(exc) else handle(exc)
 
-    # This app's only (an attribute of the instance), ahead of its class's, which it calls.
+    def handle_user_exception(exc: Exception) -> HTTPException | ResponseReturnValue:
+        if the_apis(exc) and app.trap_http_exception(exc):
+            return _http_problem(exc)
+        return handle_user(exc)
+
+    # This app's only (attributes of the instance), ahead of its class's, which they call.
     app.handle_http_exception = handle_http_exception  # type: ignore[method-assign, assignment]
+    app.handle_user_exception = handle_user_exception  # type: ignore[method-assign, assignment]
 
 
 def _warn_of_gaps(app: Flask, state: _State) -> None:
@@ -379,8 +395,8 @@ def create_blueprint(name: str = EXTENSION_KEY) -> Blueprint:
     bp.before_request(_one_process_only)
     bp.teardown_request(_forget)
     bp.register_error_handler(errors.TevoHoldError, problem_response)
-    # Flask's handle_http_exception answers the API's HTTP errors first (_answer_http_errors);
-    # this one is for those it traps (TRAP_HTTP_EXCEPTIONS), which skip that.
+    # The app's handle_http_exception and handle_user_exception answer the API's HTTP errors
+    # first, trapped ones included (_answer_http_errors); this one is a fallback.
     bp.register_error_handler(HTTPException, _http_problem)
     bp.register_error_handler(Exception, _internal_error)
 
