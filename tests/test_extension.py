@@ -360,6 +360,15 @@ def test_an_adapter_whose_target_fails_stops_the_start_with_its_error_and_nothin
     assert not [n for n in started if n.startswith("embedded-worker-")], started
 
 
+@pytest.mark.parametrize("given", ["class", "instance"])
+def test_an_adapter_class_or_instance_in_app_config_is_refused_saying_what_goes_there(given):
+    app = Flask("vendor")
+    app.config["TEVO_HOLD_ADAPTER"] = RecordingPos if given == "class" else RecordingPos()
+    with pytest.raises(ConfigurationError, match="takes text") as caught:
+        TevoHold(app, url_prefix="/tevo")
+    assert "service=HoldService(" in str(caught.value) and not app.blueprints
+
+
 def test_state_lives_in_app_extensions_and_config_is_read_from_app_config():
     app = Flask("vendor")
     app.config.update(TEVO_HOLD_API_KEYS="k1,k2", TEVO_HOLD_HOLD_TTL="42")

@@ -338,3 +338,22 @@ def test_other_variables_sharing_the_prefix_are_left_alone():
         }
     )
     assert settings.embedded
+
+
+class _Adapter:
+    """Stands for a vendor's adapter class: the setting refuses any class, PosAdapter or not."""
+
+
+@pytest.mark.parametrize("given", ["class", "instance"])
+def test_an_adapter_class_or_instance_instead_of_its_name_is_refused_naming_the_mistake(given):
+    """app.config["TEVO_HOLD_ADAPTER"] = AcmePosAdapter (or an instance) was refused as 'No
+    module named "<class 'tests"': the setting takes text, an instance goes in through a
+    service."""
+    value = _Adapter if given == "class" else _Adapter()
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_mapping({"TEVO_HOLD_ADAPTER": value})
+    message = str(caught.value)
+    assert "No module named" not in message and "TEVO_HOLD_ADAPTER" in message
+    assert '"package.module:Class"' in message
+    assert "TevoHold(app, service=HoldService(ledger, adapter, ...)" in message
+    assert ('"tests.test_settings:_Adapter"' in message) == (given == "class")

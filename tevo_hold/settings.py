@@ -318,6 +318,7 @@ class Settings:
         Redis URL, the embedded in-process store).
         """
         _check_spelling(mapping)
+        _check_adapter(mapping.get(PREFIX + "ADAPTER"))
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             key = PREFIX + f.name.upper()
@@ -465,3 +466,30 @@ def _check_spelling(mapping: Mapping[str, Any]) -> None:
                 f"{key} is not a tevo-hold setting: did you mean {close[0]}? (Unset it, or "
                 "rename it: as it is, the setting it resembles keeps its default.)"
             )
+
+
+def _check_adapter(value: Any) -> None:
+    """ConfigurationError for a TEVO_HOLD_ADAPTER that is not text: an adapter class or instance
+    put in app.config, which str() turned into "<class '...'>" and the import into 'No module
+    named "<class ..."'. The worker and the tevo-hold command read the setting from the
+    environment, as text: one spelling serves them all."""
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, type):
+        given = f"={value!r}, a class"
+        name = f"{value.__module__}:{value.__qualname__}"
+        text = (
+            " (a class of __main__ or of a function has none: move it to a module)"
+            if value.__module__ == "__main__" or "<" in name
+            else f' ("{name}" for this class)'
+        )
+    else:
+        given, text = f" was given an object ({type(value).__name__})", ""
+    raise ConfigurationError(
+        f"{PREFIX}ADAPTER{given}: the setting takes text, reference, http or "
+        f'"package.module:Class"{text}, as the worker and the tevo-hold command read it from '
+        "the environment. An adapter you build yourself goes in through a service: "
+        "TevoHold(app, service=HoldService(ledger, adapter, ...), settings=settings), as in "
+        'docs/pos-vendors.md, "Plug it in" (give the worker and the tevo-hold command '
+        f"{PREFIX}ADAPTER all the same)."
+    )
