@@ -851,3 +851,21 @@ def test_a_reference_inventory_subclass_whose_invoice_keeps_the_contract_still_s
     assert sold.status is HoldStatus.INVOICED and Counting.sold == ["g1"]
     assert inventory.stock("L1").sold == 2
     assert isinstance(sold.expires_at, datetime)
+
+
+def test_a_service_closes_its_adapter_and_clients_as_a_context_manager():
+    """A script or a task builds a service and must close it: ``with`` raised TypeError."""
+
+    class Closing(RedisInventoryAdapter):
+        closed = 0
+
+        def close(self) -> None:
+            Closing.closed += 1
+
+    service = build_service(Settings())
+    service.adapter = Closing(service.ledger.client)
+    with pytest.raises(RuntimeError, match="inside"), service as used:
+        assert used is service
+        assert used.hold(remote_id="demo-1", quantity=1, global_id="g").hold.quantity == 1
+        raise RuntimeError("inside: an error is not swallowed")
+    assert Closing.closed == 1

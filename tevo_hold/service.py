@@ -400,6 +400,13 @@ class HoldService:
         for client in self.owned_clients:
             client.close()
 
+    def __enter__(self) -> HoldService:
+        """``with build_service(settings) as service:`` closes it (:meth:`close`) at the end."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 #: What an adapter signals a failure with (PosAdapter's contract). Anything else it raises,
 #: another TevoHoldError included, is an unexpected error: see :func:`adapter_call`.
