@@ -38,8 +38,13 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def cluster_client(cluster: Cluster) -> Iterator[RedisClient]:
     """A ``redis+cluster://`` client made as the server makes it, kept for the session (a new
-    one reads the cluster's topology and command table first: a tenth of a second)."""
-    client = connect(Settings(redis_url=cluster.url, api_keys=(API_KEY,)))
+    one reads the cluster's topology and command table first: a tenth of a second).
+
+    Its Redis timeout is generous: the default (0.25 s an attempt, two attempts) is a server's
+    budget for answering 503 in time, and a busy test machine stalls a node longer than that
+    now and then (a test then failed with Unavailable: TimeoutError). The tests of timeouts
+    make clients of their own."""
+    client = connect(Settings(redis_url=cluster.url, api_keys=(API_KEY,), redis_timeout=10))
     yield client
     client.close()
 
