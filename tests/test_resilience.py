@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from tevo_hold import HoldService, RedisInventoryAdapter, Settings, build_service, errors
@@ -124,9 +125,13 @@ def http() -> Iterator[requests.Session]:
 
 
 def session() -> requests.Session:
-    """A new session that sends the API key (one per thread: sessions are not thread-safe)."""
+    """A new session that sends the API key (one per thread: sessions are not thread-safe).
+
+    Each request on a connection of its own: one kept alive across a test's waits could reach
+    gunicorn's keepalive (5 s) on a slow machine, and the worker closed it as the next request
+    went out (ConnectionResetError, a failed retry that was never answered)."""
     new = requests.Session()
-    new.headers.update(AUTH)
+    new.headers.update({**AUTH, "Connection": "close"})
     return new
 
 
@@ -372,7 +377,9 @@ def test_a_redis_busy_with_a_long_script_answers_503(redis_up: RedisProcess) -> 
         spinning = threading.Thread(target=spin, daemon=True)
         spinning.start()
         try:
-            time.sleep(0.2)
+            # until the script runs past the threshold (a fixed 0.2 s: on a busy machine the
+            # thread had not sent it yet, and the call below found Redis free)
+            wait_for(lambda: _busy(admin), 10, what="the long script")
             with pytest.raises(errors.Unavailable, match="BUSY"):
                 service.get(global_id="g")
         finally:
@@ -385,6 +392,15 @@ def test_a_redis_busy_with_a_long_script_answers_503(redis_up: RedisProcess) -> 
                 service.get(global_id="g")
         finally:
             service.close()
+
+
+def _busy(admin: Any) -> bool:
+    """Whether Redis answers BUSY: a script runs past busy-reply-threshold."""
+    try:
+        admin.ping()
+    except redis.exceptions.ResponseError as exc:
+        return "BUSY" in str(exc)
+    return False
 
 
 def _killed(admin: Any) -> bool:
