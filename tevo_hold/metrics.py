@@ -287,6 +287,8 @@ class BacklogCollector(Collector):
         self._max_age = BACKLOG_MAX_AGE if max_age is None else max_age
         #: The last reading (None: Redis did not answer) and when it was made.
         self._last: tuple[float, Backlog | None] | None = None
+        #: The clock of the reading's age (tests move one of their own).
+        self.clock: Callable[[], float] = time.monotonic
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return self._families()  # registering reads no Redis
@@ -296,7 +298,7 @@ class BacklogCollector(Collector):
         return [] if backlog is None else self._families(backlog)
 
     def _reading(self) -> Backlog | None:
-        now = time.monotonic()
+        now = self.clock()
         last = self._last
         if last is not None and now - last[0] < self._max_age:
             return last[1]
