@@ -252,8 +252,17 @@ def test_metrics_sum_every_worker(server: Server, cli: CliRunner) -> None:
     latency = sample(
         "tevo_hold_http_request_duration_seconds_count", endpoint="/v1/holds", method="POST"
     )
-    time.sleep(metrics.FLUSH_INTERVAL * 2)  # every worker's earlier counts flushed
+    # Every worker's earlier counts flushed: the sums stay the same over two flush intervals
+    # (a fixed wait of two was not enough for a busy machine's workers, whose late counts
+    # then came into the sums below).
     before = server.metrics()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(metrics.FLUSH_INTERVAL * 2)
+        again = server.metrics()
+        if all(again.get(s, 0) == before.get(s, 0) for s in (healthz, held, latency)):
+            break
+        before = again
     answers = parallel([lambda: requests.get(server.base + "/healthz", timeout=15)] * 40)
     assert {a.status_code for a in answers} == {200}
     key = create_key(cli, server, "tevo-metrics")
