@@ -52,7 +52,13 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def stop_on_signals() -> None:
     """Make SIGTERM and SIGHUP (a timeout, a cancelled CI job, a closed terminal) end a run the
     way Ctrl-C does, through every ``finally`` and ``with``: else the redis-server and gunicorn
-    processes the run started would outlive it (the default action ends Python at once)."""
+    processes the run started would outlive it (the default action ends Python at once).
+
+    Python's own SIGINT handler is installed too, if the run was started with SIGINT ignored
+    (in the background of a script, as CI may run it): tevo-hold lets a KeyboardInterrupt raised
+    in a POS call through only where that handler is installed (else it is the adapter's, an
+    InternalError), so a stop that landed in a hold ended the run with 1, not 128 + signal."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
 
