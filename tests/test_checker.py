@@ -965,17 +965,15 @@ def test_a_server_whose_lapsed_holds_keep_their_tickets_fails() -> None:
     """It lapses its holds on time (status expired) but never gives their tickets back; the
     check waits for them (a POS's worker may take a moment) only so long."""
     with serve(naive_app(naive_stock(), ttl=0.5, flaws=Flaws(lapse_leaks=True))) as url:
-        started = time.monotonic()
         result = check(url, *NAIVE_LISTINGS, "--concurrency", "12", "--max-expiry-wait", "1")
-        elapsed = time.monotonic() - started
     assert result.exit_code == 1, result.output
     assert failed(result.output) == {"expiry: lapsed hold -> expired"}, result.output
     assert re.search(
         r"POST /v1/holds of all 3 tickets after the hold of them all lapsed answered 409 "
         r"insufficient_quantity \(available 0\): tickets were not given back \(for 1 s\)",
         result.output,
-    ), result.output
-    assert elapsed < 0.5 + 1 + 1.5
+    ), result.output  # "for 1 s": it waited --max-expiry-wait less the TTL (at least 1 s), not
+    # the default's 4.5 s (the whole run was timed instead, < 3 s, which a loaded machine broke)
 
 
 @pytest.mark.slow
