@@ -164,7 +164,7 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def redis_client(store_url: str) -> Iterator[RedisClient]:
-    client = connect(Settings(redis_url=store_url, api_keys=(API_KEY,)))
+    client = connect(Settings(redis_url=store_url, api_keys=(API_KEY,), redis_timeout=10))
     yield client
     client.close()
 
@@ -185,6 +185,9 @@ def server(store_url: str, redis_client: RedisClient) -> Iterator[str]:
         "TEVO_HOLD_REDIS_URL": store_url,
         "TEVO_HOLD_API_KEYS": API_KEY,
         "TEVO_HOLD_RATE_LIMIT": "off",
+        # a load test on a machine that may be busy: Redis's answers are waited for (the
+        # default, 0.25 s an attempt, is a production budget and would answer 503)
+        "TEVO_HOLD_REDIS_TIMEOUT": "10",
     }
     with gunicorn_server(env, workers=WORKERS, threads=THREADS) as base:
         yield base

@@ -70,6 +70,9 @@ def env(redis_url: str, pos: PosDouble) -> dict[str, str]:
         "TEVO_HOLD_POS_URL": pos.url,
         "TEVO_HOLD_POS_API_KEY": pos.api_key,
         "TEVO_HOLD_POS_BUDGET": str(BUDGET),
+        # Redis's answers waited for as long as a busy test machine takes (the default, 0.25 s
+        # an attempt, is a production budget; these tests are not about Redis timing out)
+        "TEVO_HOLD_REDIS_TIMEOUT": "10",
         "TEVO_HOLD_RETRY_BASE": "0.2",
         "TEVO_HOLD_WORKER_INTERVAL": "0.05",
     }
