@@ -235,8 +235,16 @@ def test_after_a_sentinel_failover_the_old_master_gets_no_write() -> None:
             assert hold(service, "before") == "held"  # a pooled connection to the master
             with sentinels.master.client() as master:
                 master.wait(1, 5000)
-            sentinels.failover()  # Sentinel names the replica, which answers as a master
-            time.sleep(MASTER_CHECK_INTERVAL + 0.5)  # the bound the client keeps
+            new_port = sentinels.failover()  # Sentinel names the replica, a master now
+            # The process's watcher asks Sentinel every MASTER_CHECK_INTERVAL, from a thread of
+            # its own: waited for until it has seen the new master (a fixed interval + 0.5 s was
+            # not enough where the machine was slow to run the thread or Sentinel to answer).
+            pool = service.ledger.client.connection_pool
+            wait_for(
+                lambda: pool.master_address == ("127.0.0.1", new_port),
+                10 * MASTER_CHECK_INTERVAL,
+                what="the watcher to see the new master",
+            )
             with sentinels.master.client() as old:
                 role = old.info("replication")["role"]  # "master" still, as a rule
             assert hold(service, "after") == "held"  # acknowledged: TEvo got 201
