@@ -275,12 +275,18 @@ class Cluster:
 
 @contextmanager
 def redis_cluster(
-    masters: int = 3, replicas: int = 0, *, node_timeout_ms: int = 2000, options: Sequence[str] = ()
+    masters: int = 3,
+    replicas: int = 0,
+    *,
+    node_timeout_ms: int = 10_000,
+    options: Sequence[str] = (),
 ) -> Iterator[Cluster]:
     """A Redis Cluster on free loopback ports (``redis-cli --cluster create``); yields it.
 
     Each node has its own cluster bus port (``--cluster-port``), so only free ports are used;
-    ``options`` are every node's further redis-server options.
+    ``options`` are every node's further redis-server options. The node timeout is long unless
+    a test wants failovers (it gives 1000): on a loaded machine a node that a busy core let run
+    late for 2 s was taken for failed, and the cluster did not settle within wait_ok's 30 s.
     """
     count = masters * (1 + replicas)
     with tempfile.TemporaryDirectory(prefix="tevo-hold-cluster-") as workdir, ExitStack() as stack:
