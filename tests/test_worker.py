@@ -39,7 +39,7 @@ from .servers import free_port, worker_process
 
 pytestmark = pytest.mark.slow
 
-API_KEY = "k"
+API_KEY = "worker-tests-key-long-enough-not-to-be-warned-of"
 AUTH = {"X-API-Key": API_KEY}
 #: The contract's bound on how much later than its budget a call may answer (not a speed goal).
 SLACK = 0.5
