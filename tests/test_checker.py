@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1025,6 +1026,22 @@ def test_a_key_the_server_refuses_is_named_as_the_likely_mistake() -> None:
     assert table["hold -> 201 held"][1].endswith(hint), result.output
     # the checks that send no key, or a wrong one on purpose, are not told so
     assert hint not in table["healthz -> 200 without a key"][1]
+
+
+def test_a_netrc_entry_for_the_host_does_not_replace_the_bearer_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """requests sends a ~/.netrc entry for the URL's host as Basic auth when the session has no
+    auth of its own, in place of the checker's Bearer header: a correct server failed 'auth:
+    Bearer key accepted', and the operator was told to check --api-key."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1\nlogin ops\npassword s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with serve(naive_app(naive_stock())) as url:
+        result = check(url, *NAIVE_LISTINGS)
+    assert result.exit_code == 0, result.output
+    assert rows(result.output)["auth: Bearer key accepted"][0] == "PASS"
 
 
 @pytest.mark.slow

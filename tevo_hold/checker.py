@@ -572,6 +572,10 @@ class Checker:
         self.run_id = uuid.uuid4().hex[:12]
         self.wrong_key = _wrong_key(api_key)
         self.session = requests.Session()
+        # An auth of its own that adds nothing: without one, requests sends the credentials of a
+        # ~/.netrc entry for the host as Basic auth, in place of the Bearer key of the checks
+        # that send one (a correct server failed them). Proxies from the environment still work.
+        self.session.auth = _no_auth
         pool = HTTPAdapter(pool_connections=1, pool_maxsize=max(10, concurrency), max_retries=0)
         self.session.mount("http://", pool)
         self.session.mount("https://", pool)
@@ -1632,6 +1636,11 @@ def base_url_of(url: str) -> str:
             "be appended after: give the server's base URL alone"
         )
     return url.rstrip("/")
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """The checker's requests as they are: see Checker.__init__."""
+    return request
 
 
 def _sent_key(headers: Mapping[str, str]) -> str | None:
