@@ -45,6 +45,10 @@ def test_a_key_list_from_flask_config_is_read_as_the_variable_is():
     keys = Settings.from_mapping({"TEVO_HOLD_API_KEYS": [" k1 ", "", "  ", "k2"]}).api_keys
     assert keys == ("k1", "k2")
     assert Settings.from_mapping({"TEVO_HOLD_API_KEYS": ("",)}).api_keys == ()
+    # an item is split at commas as the variable is: [os.environ["TEVO_HOLD_API_KEYS"]]
+    # holding "k1,k2" mid-rotation was the one key "k1,k2", and TEvo's k1 and k2 both got 401
+    rotation = Settings.from_mapping({"TEVO_HOLD_API_KEYS": ["k1, k2", "k3"]}).api_keys
+    assert rotation == ("k1", "k2", "k3")
 
 
 @pytest.mark.parametrize(

@@ -402,9 +402,10 @@ def _typed(name: str, value: Any) -> Any:
 
 
 def _key_list(items: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
-    """The keys of a list given in Flask config, read as the environment variable's are: each
-    stripped, empty ones dropped (``[os.environ.get("K", "")]`` is no key, and warned of as
-    none). An item that is no str is refused, never turned into its text: ``[None]`` (from
+    """The keys of a list given in Flask config, each item read as the environment variable is:
+    split at commas (``[os.environ["TEVO_HOLD_API_KEYS"]]`` holding ``k1,k2`` mid-rotation is
+    two keys), stripped, empty ones dropped (``[os.environ.get("K", "")]`` is no key, and warned
+    of as none). An item that is no str is refused, never turned into its text: ``[None]`` (from
     ``os.environ.get`` of an unset variable) accepted the key "None", ``[b"k"]`` the key
     "b'k'". The error names the item's type only: a key is never shown."""
     for item in items:
@@ -419,7 +420,7 @@ def _key_list(items: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
             raise TypeError(
                 f"it holds an item of type {type(item).__name__}: each key must be a str"
             )
-    return tuple(k for k in (item.strip() for item in items) if k)
+    return tuple(key for item in items for key in _keys(item))
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
