@@ -129,6 +129,8 @@ def _read_by_the_vendor(how: str) -> None:
         request.get_json(silent=True)
     elif how == "form":
         request.form  # noqa: B018  # the attribute reads the body where it is a form
+    elif how == "stream":
+        request.stream.read()  # an HMAC check streaming the body: nothing cached
 
 
 def _post_hold_after_a_vendors_hook(
@@ -164,6 +166,19 @@ def test_a_hold_is_read_whether_or_not_a_vendors_hook_read_the_body_first(how, c
     _, resp = _post_hold_after_a_vendors_hook(how, chunked, hold)
     assert resp.status_code == 201, resp.json
     assert resp.json["global_id"] == "g"
+
+
+def test_a_body_a_vendors_hook_read_from_the_stream_is_named_as_gone(caplog):
+    """A hook that reads request.stream itself leaves the API nothing, stream nor cache: a valid
+    hold was answered 400 malformed_json, blaming TEvo, and nothing in the log named the hook.
+    With a Content-Length that is seen (chunked, an empty body looks the same as none)."""
+    hold = {"remote_id": "L", "quantity": 1, "global_id": "g"}
+    app, resp = _post_hold_after_a_vendors_hook("stream", False, hold)
+    assert resp.status_code == 500 and resp.json["code"] == "internal_error", resp.json
+    [line] = [r.getMessage() for r in caplog.records if "was read before" in r.getMessage()]
+    assert "POST /tevo/v1/holds" in line and "request.get_data()" in line
+    missing = app.test_client().get("/tevo/v1/holds/g", headers=KEY)
+    assert missing.json["code"] == "hold_not_found"
 
 
 @pytest.mark.parametrize("how", [None, "get_data"])

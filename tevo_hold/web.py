@@ -812,7 +812,20 @@ def _read_body(req: Request, limit: int) -> bytes:
     if length is not None:
         if length > limit:
             raise errors.PayloadTooLarge(f"The body is larger than {limit} bytes.")
-        return req.get_data()  # all of it: the stream ends at the length
+        data = req.get_data()  # all of it: the stream ends at the length
+        if len(data) < length:
+            # A client that sends less than its length is a 400 (werkzeug's ClientDisconnected,
+            # raised by the read); a stream that simply has less left was read by someone else.
+            log.error(
+                "%s %s: the request's body (%d bytes) was read before tevo-hold could read it: "
+                "a hook of the app's that reads request.stream, or get_data(cache=False), "
+                "leaves the API nothing. Read it with request.get_data() instead (cached).",
+                req.method,
+                observability.printable(req.path),
+                length,
+            )
+            raise errors.InternalError("The request's body could not be read.")
+        return data
     # A hook of the app's that read the body first (request.get_data() or get_json(), in an
     # app-wide before_request: request logging, an audit trail) drained the stream into
     # werkzeug's cache, where the stream has nothing left: the body is that.
