@@ -82,16 +82,17 @@ def record_ttl_ms(service: HoldService, global_id: str) -> int:
 def test_a_stalled_hold_attempt_never_moves_the_hold_s_deadline_back(
     make_service: Callable[..., HoldService],
 ) -> None:
-    """Attempt A claims the hold and stalls past its lease; TEvo's retry B takes the claim over
-    and holds until a later deadline. A's POS hold lands at last, with A's (earlier) deadline:
-    the tickets must stay held until B's, which the ledger answered, or they would go back on
-    sale while the ledger still says held (and the invoice would find them gone)."""
+    """Attempt A claims the hold and stalls past its lease and its (short) deadline; TEvo's
+    retry B takes the claim over and holds until a later deadline. A's POS hold lands at last,
+    with A's (earlier) deadline: the tickets must stay held until B's, which the ledger
+    answered, or they would go back on sale while the ledger still says held (and the invoice
+    would find them gone)."""
     service = make_service(hold_ttl=60, lease=LEASE)
     inventory = service.adapter
     assert isinstance(inventory, RedisInventoryAdapter)
     inventory.set_quantity("L", 1)
-    a = service.ledger.claim_hold("g", "L", 1, ttl=60, lease=LEASE, token="attempt-a")
-    time.sleep(PAST_LEASE)
+    a = service.ledger.claim_hold("g", "L", 1, ttl=LEASE, lease=LEASE, token="attempt-a")
+    time.sleep(PAST_LEASE)  # past A's lease, and A's deadline: B's cannot be A's
     b = service.hold(remote_id="L", quantity=1, global_id="g").hold
     assert b.status is HoldStatus.HELD and b.expires_at > a.hold.expires_at
 
@@ -100,6 +101,40 @@ def test_a_stalled_hold_attempt_never_moves_the_hold_s_deadline_back(
     due = inventory.client.zscore(inventory.keys.listing("L")[2], "g")
     assert due == pytest.approx(b.expires_at.timestamp() * 1000, abs=1)
     assert inventory.stock("L").held == 1
+
+
+class DeadlinePos(Pos):
+    """A POS that keeps each hold call's expires_at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deadlines: list[datetime] = []
+
+    def hold(self, *, global_id: str, remote_id: str, quantity: int, expires_at: datetime) -> None:
+        self.deadlines.append(expires_at)
+        super().hold(
+            global_id=global_id, remote_id=remote_id, quantity=quantity, expires_at=expires_at
+        )
+
+
+def test_a_retry_that_takes_over_a_timed_out_hold_sends_the_pos_the_same_hold(
+    client: RedisClient,
+) -> None:
+    """The first POS hold times out (its outcome unknown) and TEvo's retry takes the claim over:
+    the retry was sent with a new expires_at. A POS that checks an idempotency key's data (the
+    global_id, as the guide says) refused it, and the hold was lost; one that kept the first
+    deadline let the hold lapse before the one TEvo was told. The retry now sends, and answers,
+    the first attempt's deadline."""
+    pos = DeadlinePos()
+    pos.fail["hold"].append(errors.PosTimeout("no answer"))
+    service = pos_service(client, pos, hold_ttl=60)
+    with pytest.raises(errors.PosTimeout):
+        service.hold(remote_id="R", quantity=1, global_id="g")
+    time.sleep(0.01)
+    answered = service.hold(remote_id="R", quantity=1, global_id="g").hold
+    assert answered.status is HoldStatus.HELD
+    assert pos.deadlines == [answered.expires_at, answered.expires_at]
+    assert service.get(global_id="g").expires_at == answered.expires_at
 
 
 def test_a_compensation_that_outlived_its_lease_leaves_the_item_to_the_worker_that_took_it_over(

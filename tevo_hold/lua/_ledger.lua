@@ -155,10 +155,19 @@ end
 -- Write a new hold: 'pending' leased to tok (lease > 0, its compensation scheduled at the
 -- lease's end; unknown: it takes over a claim of unknown outcome), or straight 'held' (lease = 0:
 -- the POS step already happened atomically). lk, if given, is recorded as the listing's stock
--- key. replacing: false when check_hold found no record (nothing to delete first). Answers the
--- 'ok' reply with the record.
+-- key. replacing: false when check_hold found no record (nothing to delete first). A claim
+-- taken over keeps the times of the record it replaces, while its deadline is still ahead: the
+-- POS is sent the same hold again (a POS that checks an idempotency key's data refused a retry
+-- whose expires_at differed, and one that kept the first deadline let the hold lapse before
+-- the one TEvo was told). Answers the 'ok' reply with the record.
 function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk, unknown, replacing)
-  local f = {'rid', rid, 'qty', qty, 'ca', now, 'ea', now + ttl, 'st', 'held'}
+  local ca, ea = now, now + ttl
+  if replacing ~= false then
+    local old = redis.call('HMGET', K.rec, 'ca', 'ea')
+    local old_ea = tonumber(old[2])
+    if old_ea and old_ea > now then ca, ea = tonumber(old[1]) or now, old_ea end
+  end
+  local f = {'rid', rid, 'qty', qty, 'ca', ca, 'ea', ea, 'st', 'held'}
   if lease > 0 then f[10], f[11], f[12], f[13], f[14] = 'pending', 'lu', now + lease, 'tok', tok end
   if lk then
     f[#f + 1] = 'lk'
@@ -177,9 +186,9 @@ function ledger.write_hold(rid, qty, ttl, lease, tok, retention, track_lapse, lk
     event('hold_requested', 'pending')
     owe()
   else
-    if track_lapse == '1' then due('l', now + ttl) end
+    if track_lapse == '1' then due('l', ea) end
     event('held', 'held')
-    keep(now + ttl, retention)
+    keep(ea, retention)
   end
   return written('ok', f)
 end
