@@ -11,11 +11,13 @@ from __future__ import annotations
 import http.server
 import logging
 import os
+import socket
 import ssl
+import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -520,7 +522,9 @@ def test_the_deadline_watchdog_leaves_a_connection_whose_answer_came_whole() -> 
     alone (it used to shut the socket down, cutting whatever call had taken it)."""
     with kept_alive_pos() as (url, calls), requests.Session() as session:
         response = session.post(f"{url}/first", json={}, stream=True)
-        with _Watchdog(response, time.monotonic() + 60) as watchdog:
+        with _Watchdog(time.monotonic() + 60) as watchdog:
+            watchdog.watch(response.raw.fileno())
+            assert watchdog.attach(response)
             assert response.raw.read() == b"{}"  # whole: the connection is the pool's
             second = session.post(f"{url}/second", json={}, stream=True)  # takes it
             watchdog._shut()  # the deadline passes now
@@ -776,6 +780,67 @@ def test_a_body_read_to_its_end_leaves_the_connection_to_be_reused():
         finally:
             adapter.close()
     assert len(calls) == 2 and calls[0][1] == calls[1][1]
+
+
+@contextmanager
+def trickling_pos(answer: bytes, at_once: int, gap: float = 0.2) -> Iterator[tuple[str, list[int]]]:
+    """A POS on loopback that reads a call and sends ``answer``: its first ``at_once`` bytes at
+    once, then the rest a byte every ``gap`` seconds (each in time for any read timeout); yields
+    its base URL and a list that gets one item per call it read."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    calls: list[int] = []
+
+    def one(conn: socket.socket) -> None:
+        with conn:
+            if not conn.recv(65536):
+                return
+            calls.append(1)
+            with suppress(OSError):
+                conn.sendall(answer[:at_once])
+                for i in range(at_once, len(answer)):
+                    time.sleep(gap)
+                    conn.sendall(answer[i : i + 1])
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/api", calls
+    finally:
+        listener.close()
+
+
+STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
+#: An answer whose headers come in 12 s (60 bytes, one every 0.2 s).
+SLOW_HEADERS = STATUS_LINE + b"X-Slow: " + b"y" * 40 + b"\r\nContent-Length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize(
+    "at_once", [0, len(STATUS_LINE)], ids=["status-line-trickles", "headers-trickle"]
+)
+def test_an_answer_whose_head_trickles_is_a_timeout_within_the_budget(at_once):
+    """docs/pos-vendors.md promises TEvo an answer in time "even when the POS hangs or trickles
+    its answer". The deadline used to cover only the body: a status line or headers sent a byte
+    at a time, each in time for the read timeout, held a call with a 0.5 s timeout and a 1 s
+    budget 6 s and more. Now the attempt's socket is shut down at its deadline, whatever it is
+    waiting for, and no status having come whole, the outcome is unknown: a 504."""
+    with trickling_pos(SLOW_HEADERS, at_once) as (url, calls):
+        adapter = HttpPosAdapter(url, timeout=0.5, budget=1.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(errors.PosTimeout) as caught:
+                hold(adapter)
+        finally:
+            adapter.close()
+        assert time.monotonic() - started < 1.0 + SLACK
+    assert caught.value.status == 504
+    assert calls  # the POS got the call: its outcome is unknown
 
 
 def test_a_slow_first_attempt_is_retried_and_the_pos_holds_once(pos, make_adapter):

@@ -35,11 +35,13 @@ with :class:`PosTimeout` (an attempt got no answer) or a :class:`PosError` whose
 (a 5xx). Only a refusal of the first attempt is definite. A release is the exception: a 404 of any
 attempt means no such listing, so nothing to give back, and the release is done.
 
-The deadline counts all of an attempt: connecting, sending, the status line and the body. The
-status line says what the POS did, and the body is read against the deadline (64 KiB of it at
-most): a body that comes a byte at a time, each in time for the read timeout, is cut off there
-and the call goes by its status. What is not bounded but per socket read is a status line and
-headers that themselves come a byte at a time.
+The deadline counts all of an attempt: connecting, the TLS handshake, sending, the status line,
+the headers and the body. A timeout bounds each socket operation only, so at the deadline a
+watchdog shuts the attempt's socket down, whatever it waits for. A status line or headers cut
+off so are no answer (:class:`PosTimeout`); the body is read against the deadline too (64 KiB
+of it at most), but the status line already said what the POS did: a body cut off is left
+there and the call goes by its status. What no deadline bounds is name resolution
+(``getaddrinfo`` has no timeout).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ from typing import Any, NoReturn
 import requests
 import tenacity
 import urllib3
+import urllib3.connection
+import urllib3.poolmanager
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from .. import errors
@@ -121,6 +126,12 @@ class HttpPosAdapter(PosAdapter):
         self.retries = retries
         self.health_path = health_path
         self.session = session or requests.Session()
+        for prefix in ("http://", "https://"):
+            # requests' own transport (a session's default) gives way to one whose sockets the
+            # deadline can shut down; a transport of the caller's own (custom TLS) is kept.
+            if type(self.session.adapters.get(prefix)) is HTTPAdapter:
+                self.session.adapters[prefix].close()
+                self.session.mount(prefix, _DeadlineTransport())
         self.session.headers["Accept"] = "application/json"
         if api_key:
             self.session.headers[auth_header] = api_key
@@ -214,41 +225,49 @@ class HttpPosAdapter(PosAdapter):
     def _attempt(self, operation: str, url: str, body: dict[str, Any], deadline: float) -> None:
         started = time.monotonic()
         per_attempt = max(min(self.timeout, deadline - started), 0.05)
-        try:
-            # A urllib3 Timeout (requests passes it on as it is): its total bounds connecting,
-            # sending and the wait for the status line together, where a number would bound each
-            # alone. The body is read below, against this attempt's deadline.
-            timeout: Any = urllib3.Timeout(total=per_attempt)
-            response = self.session.post(
-                url, json=body, timeout=timeout, stream=True, allow_redirects=False
-            )
-        except requests.ConnectionError as exc:
-            if _never_sent(exc):
-                # The address goes to the log (without a password), never to TEvo.
-                log.warning("The POS at %s is unreachable: %s", redact_url(url), exc)
-                raise _Retryable(errors.Unavailable("The POS is unreachable.")) from exc
-            raise _Retryable(
-                errors.PosTimeout(f"The POS dropped the {operation} call: the outcome is unknown.")
-            ) from exc
-        except requests.Timeout as exc:
-            raise _Retryable(
-                errors.PosTimeout(f"The POS did not answer {operation} in {per_attempt:.1f} s.")
-            ) from exc
-        except requests.RequestException as exc:
-            # requests refused to make the call (an InvalidURL, an InvalidHeader: nothing was
-            # sent). Its message may show the URL with its password, or the key: the log gets
-            # its kind and the URL without the password, and the error keeps no trace of it.
-            log.error(
-                "the %s call to the POS at %s could not be made: %s",
-                operation,
-                redact_url(url),
-                type(exc).__name__,
-            )
-            raise errors.PosError(
-                f"The {operation} call to the POS could not be made: nothing was done."
-            ) from None
-        with response:
-            content = _read_body(response, started + per_attempt)
+        no_answer = f"The POS did not answer {operation} in {per_attempt:.1f} s."
+        # A urllib3 Timeout (requests passes it on as it is): its total bounds connecting,
+        # sending and the wait for the status line together, where a number would bound each
+        # alone; still each socket operation alone. The watchdog bounds the attempt as a whole.
+        timeout: Any = urllib3.Timeout(total=per_attempt)
+        with _Watchdog(started + per_attempt) as watchdog:
+            try:
+                response = self.session.post(
+                    url, json=body, timeout=timeout, stream=True, allow_redirects=False
+                )
+            except requests.ConnectionError as exc:
+                if _never_sent(exc):
+                    # The address goes to the log (without a password), never to TEvo.
+                    log.warning("The POS at %s is unreachable: %s", redact_url(url), exc)
+                    raise _Retryable(errors.Unavailable("The POS is unreachable.")) from exc
+                if watchdog.fired:  # cut off at the deadline, waiting for the answer
+                    raise _Retryable(errors.PosTimeout(no_answer)) from exc
+                raise _Retryable(
+                    errors.PosTimeout(
+                        f"The POS dropped the {operation} call: the outcome is unknown."
+                    )
+                ) from exc
+            except requests.Timeout as exc:
+                raise _Retryable(errors.PosTimeout(no_answer)) from exc
+            except requests.RequestException as exc:
+                # requests refused to make the call (an InvalidURL, an InvalidHeader: nothing
+                # was sent). Its message may show the URL with its password, or the key: the log
+                # gets its kind and the URL without the password, and the error no trace of it.
+                log.error(
+                    "the %s call to the POS at %s could not be made: %s",
+                    operation,
+                    redact_url(url),
+                    type(exc).__name__,
+                )
+                raise errors.PosError(
+                    f"The {operation} call to the POS could not be made: nothing was done."
+                ) from None
+            with response:
+                if not watchdog.attach(response):
+                    # The deadline cut the headers off: what http.client made of the part that
+                    # came (an end of headers, at the end of the stream) is no answer.
+                    raise _Retryable(errors.PosTimeout(no_answer))
+                content = _read_body(response, started + per_attempt, watchdog)
         if 300 <= response.status_code < 400:
             _redirected(operation, url, response)
         _check(operation, response.status_code, content)
@@ -368,77 +387,172 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
     return False
 
 
-def _read_body(response: requests.Response, until: float) -> bytes:
+def _read_body(response: requests.Response, until: float, watchdog: _Watchdog) -> bytes:
     """The body of ``response``, as much of it as comes by ``until`` (``_MAX_BODY`` at most).
 
     The status line has already told what the POS did; the body only adds a detail (a 409's
     ``available``, what the log shows). A read timeout bounds each socket read, not the body: one
     sent a byte at a time would hold the call (and the worker's lease, which assumes a call ends
-    within the budget) as long as the POS likes. So at ``until`` a watchdog shuts the socket
-    down, which ends the read in progress; such a connection is closed, never reused.
+    within the budget) as long as the POS likes. So at ``until`` the attempt's ``watchdog`` shuts
+    the socket down, which ends the read in progress; such a connection is closed, never reused.
     """
     chunks: list[bytes] = []
     size = 0
-    with _Watchdog(response, until) as watchdog:
-        try:
-            for chunk in response.iter_content(_CHUNK):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= _MAX_BODY or time.monotonic() >= until:
-                    break  # the rest unread: closing the response closes the connection
-        except requests.RequestException:
-            pass  # cut off at the deadline, or by the POS: what came is all there is
+    try:
+        for chunk in response.iter_content(_CHUNK):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_BODY or time.monotonic() >= until:
+                break  # the rest unread: closing the response closes the connection
+    except requests.RequestException:
+        pass  # cut off at the deadline, or by the POS: what came is all there is
     if watchdog.fired:
         response.raw.close()
     return b"".join(chunks)
 
 
-class _Watchdog:
-    """While in its ``with`` block, shuts the socket of ``response`` down at ``until``, unless the
-    body has come whole by then.
+#: The watchdog of the attempt the current thread is making, if any (see _Watchdog).
+_current = threading.local()
 
-    It holds a duplicate of the socket's descriptor, so that the socket stays this call's to shut
-    down even when urllib3 closes its own descriptor (whose number another socket may then get).
+
+class _Watchdog:
+    """While in its ``with`` block (one attempt, made by the current thread), shuts the socket of
+    the attempt down at ``until``, unless its answer has come whole by then.
+
+    A timeout bounds each socket operation, never a whole attempt: a POS (or a proxy) that sends
+    its status line, its headers or its body a byte at a time, each in time, would hold the call
+    (and the worker's lease, which assumes a call ends within the budget) as long as it likes.
+    Shutting the socket down ends whatever read or write is in progress on it.
+
+    The socket is handed to it by the connection that the attempt uses (:class:`_Watched`, the
+    connections of the pools of :class:`_DeadlineTransport`): a new one as soon as it is
+    connected (before a TLS handshake), a reused one as the request is sent on it. It holds a
+    duplicate of the socket's descriptor, so that the socket stays this attempt's to shut down
+    even when urllib3 closes its own descriptor (whose number another socket may then get).
     Once the body is whole, urllib3 hands the connection back to the pool, inside the last read,
     for another call to take: the watchdog then leaves it alone (it looks before it shuts; what
     it shuts a moment before that hand-back is a connection the pool finds dead and replaces).
+    Before the answer is handed to it (:meth:`attach`), the connection is the attempt's alone:
+    urllib3 gives it back only once the body has been read.
     """
 
-    def __init__(self, response: requests.Response, until: float) -> None:
-        self._raw = response.raw
-        try:
-            self.fd: int | None = os.dup(response.raw.fileno())
-        except (AttributeError, OSError, ValueError):  # no socket: each read is bounded alone
-            self.fd = None
-        self.fired = False
+    def __init__(self, until: float) -> None:
+        self.fd: int | None = None
+        self._watched: int | None = None  # the descriptor number the duplicate is of
+        self._raw: Any = None  # the answer's urllib3 response, once attached
+        self.fired = False  # the socket was shut down at the deadline
+        self._expired = False  # the deadline has passed
+        self._over = False
         self._lock = threading.Lock()
         self._timer = threading.Timer(max(until - time.monotonic(), 0.0), self._shut)
         self._timer.daemon = True
 
     def __enter__(self) -> _Watchdog:
-        if self.fd is not None:
-            self._timer.start()
+        _current.watchdog = self
+        self._timer.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        _current.watchdog = None
         self._timer.cancel()
         with self._lock:
+            self._over = True
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
 
+    def watch(self, fileno: int) -> bool:
+        """Watch the socket whose descriptor is ``fileno`` (the attempt's connection). False if
+        the deadline has already passed: the socket is shut down at once."""
+        with self._lock:
+            if self._over or self._raw is not None or fileno == self._watched:
+                return not self._expired
+            if self.fd is not None:
+                os.close(self.fd)
+            self.fd, self._watched = os.dup(fileno), fileno
+            if self._expired:
+                self._shutdown()
+            return not self._expired
+
+    def attach(self, response: requests.Response) -> bool:
+        """The answer's headers have come: from now on the socket is shut down only while the
+        body is not whole. False if it was shut down already (the headers were cut off)."""
+        with self._lock:
+            self._raw = response.raw
+            return not self.fired
+
     def _shut(self) -> None:
         with self._lock:
-            original = getattr(self._raw, "_original_response", None)
-            if self.fd is None or original is None or original.isclosed():
-                return  # over, or the body is whole: the connection may be another call's now
-            self.fired = True
-            with contextlib.suppress(OSError):
-                sock = socket.socket(fileno=self.fd)  # borrows the duplicate, never closes it
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # the read in progress on it ends
-                finally:
-                    sock.detach()
+            self._expired = True
+            if self._over or self.fd is None:
+                return  # over, or no socket yet (the name of the POS is being resolved)
+            if self._raw is not None:
+                original = getattr(self._raw, "_original_response", None)
+                if original is None or original.isclosed():
+                    return  # the body is whole: the connection may be another call's now
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):
+            assert self.fd is not None
+            sock = socket.socket(fileno=self.fd)  # borrows the duplicate, never closes it
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the read or write in progress on it ends
+            finally:
+                sock.detach()
+
+
+def _watch(sock: socket.socket) -> bool:
+    """Hand ``sock`` to the watchdog of the current thread's attempt, if any; see _Watchdog."""
+    watchdog: _Watchdog | None = getattr(_current, "watchdog", None)
+    return watchdog is None or watchdog.watch(sock.fileno())
+
+
+class _Watched(urllib3.connection.HTTPConnection):
+    """A connection that hands its socket to the current attempt's watchdog: a new one once
+    connected (before any TLS handshake), a reused one before each request is sent on it."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)
+        return sock
+
+    def send(self, data: Any) -> None:
+        if self.sock is not None:
+            _watch(self.sock)
+        super().send(data)
+
+
+class _WatchedHTTPS(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Watched
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPS
+
+
+class _DeadlineTransport(HTTPAdapter):
+    """requests' transport, its pools making :class:`_Watched` connections (directly or through
+    an HTTP proxy; a SOCKS proxy's pools are left as they are, and bound each read only)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _watched_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _watched_pools(manager)
+        return manager
+
+
+def _watched_pools(manager: urllib3.PoolManager) -> None:
+    if manager.pool_classes_by_scheme == urllib3.poolmanager.pool_classes_by_scheme:
+        manager.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
 
 
 def _redirected(operation: str, url: str, response: requests.Response) -> NoReturn:
