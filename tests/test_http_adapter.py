@@ -843,6 +843,27 @@ def test_an_answer_whose_head_trickles_is_a_timeout_within_the_budget(at_once):
     assert calls  # the POS got the call: its outcome is unknown
 
 
+def test_an_attempt_whose_name_resolution_outlasts_its_deadline_sends_nothing(
+    pos, make_adapter, monkeypatch
+):
+    """Name resolution has no timeout (getaddrinfo), and no deadline cuts it short: a resolver
+    slower than the budget used to be followed by the call all the same, sent past the deadline
+    (a hold the POS made while TEvo was already told 504). The attempt now ends once the name
+    is resolved, before connecting: unavailable, nothing sent. (docs/operations.md says to name
+    the POS by its address, or resolve through a local cache.)"""
+    real = socket.getaddrinfo
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    adapter = make_adapter(pos.url.replace("127.0.0.1", "localhost"), timeout=1.0, budget=1.0)
+    with pytest.raises(errors.Unavailable):
+        hold(adapter)
+    assert pos.count() == 0
+
+
 def test_a_slow_first_attempt_is_retried_and_the_pos_holds_once(pos, make_adapter):
     adapter = make_adapter(timeout=0.3, budget=2.0)
     pos.slow("hold", 0.8, times=1)

@@ -41,7 +41,10 @@ watchdog shuts the attempt's socket down, whatever it waits for. A status line o
 off so are no answer (:class:`PosTimeout`); the body is read against the deadline too (64 KiB
 of it at most), but the status line already said what the POS did: a body cut off is left
 there and the call goes by its status. What no deadline bounds is name resolution
-(``getaddrinfo`` has no timeout).
+(``getaddrinfo`` has no timeout, and cannot be interrupted): an attempt whose deadline passes
+while the POS's name is being resolved ends once it is, before connecting (:class:`Unavailable`:
+nothing was sent), however late; hence a POS named by its address, or names resolved through a
+local cache (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ import urllib3
 import urllib3.connection
 import urllib3.poolmanager
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from .. import errors
 from ..settings import PREFIX, redact_url, url_scheme
@@ -515,7 +518,9 @@ class _Watched(urllib3.connection.HTTPConnection):
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
-        _watch(sock)
+        if not _watch(sock):  # the deadline passed while the POS's name was being resolved
+            sock.close()
+            raise ConnectTimeoutError(self, "the deadline passed before the POS was connected to")
         return sock
 
     def send(self, data: Any) -> None:
