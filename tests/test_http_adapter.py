@@ -642,6 +642,61 @@ def test_a_base_url_requests_cannot_call_is_refused_at_start_without_its_passwor
     assert "s3cret" not in "".join(traceback.format_exception(caught.value))
 
 
+#: A create_app config with the http adapter; the POS is never called.
+HTTP_CONFIG = {
+    "TEVO_HOLD_ADAPTER": "http",
+    "TEVO_HOLD_POS_URL": "http://127.0.0.1:9/api",
+    "TEVO_HOLD_API_KEYS": "k" * 40,
+}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "s3cret-pos-key\r",
+        "s3cret-pos-key\r\n",
+        "s3cret\npos-key",
+        " s3cret-pos-key",
+        "s3cret\x00key",
+        "s3cret-pos-key ",
+        "s3cret-\u20ac-key",
+    ],
+    ids=["cr", "crlf", "lf", "leading-blank", "nul", "trailing-blank", "not-latin-1"],
+)
+def test_a_pos_key_that_cannot_be_sent_in_a_header_is_refused_at_start_unshown(key):
+    """A key with a CR left over from an env file written on Windows started fine, and then
+    every hold, release and invoice answered 502 (requests' InvalidHeader, each call). A blank
+    at either end is sent, but HTTP strips it: the POS sees another key, and refuses every call.
+    The start now stops, naming the setting and never showing the key."""
+    with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_API_KEY") as caught:
+        create_app({**HTTP_CONFIG, "TEVO_HOLD_POS_API_KEY": key})
+    assert "s3cret" not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize("name", ["X API Key", "X-API-Key:", "X-API-Key\r", "", "Ключ"], ids=repr)
+def test_an_auth_header_that_is_no_header_name_is_refused_at_start(name):
+    """A header name is an HTTP token: one with a blank (which requests lets through, and the
+    POS answers 400 to every call), a colon or a line break cannot carry the key."""
+    config = {**HTTP_CONFIG, "TEVO_HOLD_POS_API_KEY": "s3cret", "TEVO_HOLD_POS_AUTH_HEADER": name}
+    with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_AUTH_HEADER") as caught:
+        HttpPosAdapter(config["TEVO_HOLD_POS_URL"], api_key="s3cret", auth_header=name)
+    assert "s3cret" not in str(caught.value)
+    if name:  # empty is unset, the default header
+        with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_AUTH_HEADER"):
+            create_app(config)
+
+
+def test_a_key_with_inner_blanks_and_symbols_is_sent_as_it_is():
+    """What a header can carry is left alone: a Bearer token, say."""
+    with pos_double({"R": 10}, auth_header="Authorization", api_key="Bearer a.b-c_d~e+f/g=") as p:
+        adapter = HttpPosAdapter(p.url, api_key=p.api_key, auth_header="Authorization")
+        try:
+            hold(adapter)
+        finally:
+            adapter.close()
+        assert p.calls()[0].headers["Authorization"] == "Bearer a.b-c_d~e+f/g="
+
+
 @pytest.mark.parametrize(
     "setting",
     [
@@ -681,10 +736,12 @@ def test_a_call_requests_refuses_to_make_is_a_pos_error_logged_without_secrets(
     """A key read from a file with its line break: requests refuses the header on every call
     (InvalidHeader, whose message shows the key), which answered 500 internal_error with the
     key in the log's traceback. Nothing was sent: a refusal, logged without the URL's password
-    or the key."""
+    or the key. (Such a key is refused when the adapter is made; a session given to it may
+    still carry one.)"""
     port = free_port()
     url = f"http://posuser:s3cretpw@127.0.0.1:{port}/api"
-    adapter = make_adapter(url, api_key="s3cret-key\n", retries=0)
+    adapter = make_adapter(url, retries=0)
+    adapter.session.headers["X-API-Key"] = "s3cret-key\n"
     with (
         caplog.at_level(logging.WARNING, logger="tevo_hold"),
         pytest.raises(errors.PosError) as caught,

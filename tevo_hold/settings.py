@@ -209,10 +209,16 @@ class Settings:
         metadata={"help": "http adapter: the POS API's base URL (no query or fragment)"},
     )
     pos_api_key: str | None = field(
-        default=None, repr=False, metadata={"help": "http adapter: the key sent to the POS"}
+        default=None,
+        repr=False,
+        metadata={
+            "help": "http adapter: the key sent to the POS (one a header cannot carry, a line "
+            "break or a blank at either end, stops the start)"
+        },
     )
     pos_auth_header: str = field(
-        default="X-API-Key", metadata={"help": "http adapter: the header that carries the key"}
+        default="X-API-Key",
+        metadata={"help": "http adapter: the header that carries the key (a header name)"},
     )
     pos_hold_path: str = field(
         default="/holds",

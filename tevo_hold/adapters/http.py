@@ -53,6 +53,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
@@ -118,6 +119,7 @@ class HttpPosAdapter(PosAdapter):
         health_path: str | None = None,
     ) -> None:
         _check_base_url(base_url)
+        _check_auth_header(auth_header, api_key)
         self.base_url = base_url.rstrip("/")
         self.paths = {**DEFAULT_PATHS, **(paths or {})}
         for operation, path in self.paths.items():
@@ -322,6 +324,50 @@ def _check_base_url(url: str) -> None:
             f"{PREFIX}POS_URL: requests cannot call it ({type(exc).__name__}): its host is no "
             "host name or address (a space in it, say)"
         ) from None
+
+
+#: A header's name: an HTTP token (RFC 9110, 5.1 and 5.6.2).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_auth_header(name: str, key: str | None) -> None:
+    """ConfigurationError unless ``key`` can be sent in the header ``name``, naming the setting
+    at fault and never showing the key.
+
+    Either was taken as it was, and then every call failed: requests refuses a value with a line
+    break or a blank at its start (InvalidHeader, as http.client does), http.client one outside
+    Latin-1; the POS refuses a name that is no token (a blank in it: requests lets it through)
+    and sees another key than one with a blank at its end (HTTP strips it) or a control
+    character. Every hold, release and invoice answered 502, for a CR at the end of the key
+    that an env file written on Windows leaves there.
+    """
+    if not _TOKEN.fullmatch(name):
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_AUTH_HEADER={name!r}: not a header name (letters, digits and "
+            "!#$%&'*+-.^_`|~ only: no blank, colon or line break), e.g. X-API-Key or "
+            "Authorization"
+        )
+    if not key:
+        return
+    if "\r" in key or "\n" in key:
+        held = "a line break (a CR or LF that an env file written on Windows leaves, say)"
+    elif key != key.strip():
+        held = "a blank at its start or end, which HTTP strips: the POS would see another key"
+    elif any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+        held = "a control character"
+    elif not all(ord(ch) < 0x100 for ch in key):
+        held = "a character outside Latin-1, which a header cannot carry"
+    else:
+        try:
+            requests.utils.check_header_validity((name, key))
+        except requests.exceptions.InvalidHeader:  # what requests refuses, should it refuse more
+            held = "something requests refuses in a header"
+        else:
+            return
+    raise errors.ConfigurationError(
+        f"{PREFIX}POS_API_KEY cannot be sent in the {name} header: it holds {held}; fix the "
+        "value (it is not shown)"
+    )
 
 
 #: Why a URL with a password may not read as meant.
