@@ -516,6 +516,32 @@ def test_a_pos_whose_tls_certificate_is_refused_is_unavailable_not_unknown(
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
 
 
+def test_a_pos_whose_ca_is_private_is_trusted_through_the_ca_file_setting(tmp_path, monkeypatch):
+    """requests trusts certifi's bundle, not the system's: a POS whose certificate a private CA
+    signed failed every call (503), SSL_CERT_FILE and update-ca-certificates being ignored.
+    TEVO_HOLD_POS_CA_FILE names the CA's PEM file; it wins over REQUESTS_CA_BUNDLE, which
+    requests would otherwise put in place of a session's own bundle."""
+    files = make_certificates(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["cert"], files["key"])
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", requests.certs.where())
+    with kept_alive_pos(context) as (url, calls):
+        settings = Settings.from_env(
+            {
+                "TEVO_HOLD_API_KEYS": "k",
+                "TEVO_HOLD_ADAPTER": "http",
+                "TEVO_HOLD_POS_URL": url,
+                "TEVO_HOLD_POS_CA_FILE": str(files["ca"]),
+            }
+        )
+        service = build_service(settings, client=fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+        try:
+            assert service.hold(remote_id="R", quantity=1, global_id="g1").hold.status == "held"
+        finally:
+            service.close()
+    assert [path for path, _ in calls] == ["/holds"]
+
+
 def test_the_deadline_watchdog_leaves_a_connection_whose_answer_came_whole() -> None:
     """urllib3 hands a connection back to the pool inside the read that ends its body: from
     then on it may be another call's. A watchdog whose deadline falls after that must leave it
@@ -826,11 +852,20 @@ def test_a_5xx_whose_body_trickles_is_retried_within_the_budget(pos, make_adapte
     assert pos.count() >= 2
 
 
-def test_a_body_read_to_its_end_leaves_the_connection_to_be_reused():
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_body_read_to_its_end_leaves_the_connection_to_be_reused(tls, tmp_path):
     """The body is read as a stream, and to its end the connection goes back to the pool: the
-    next call is made on it (the POS double closes each connection, this POS keeps it)."""
-    with kept_alive_pos() as (url, calls):
-        adapter = HttpPosAdapter(url, timeout=1.0, budget=2.0)
+    next call is made on it (the POS double closes each connection, this POS keeps it). The
+    deadline's watch over each attempt's socket leaves that alone, over TLS too (where the
+    socket is watched from before the handshake)."""
+    context, ca_file = None, None
+    if tls:
+        files = make_certificates(tmp_path)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(files["cert"], files["key"])
+        ca_file = str(files["ca"])
+    with kept_alive_pos(context) as (url, calls):
+        adapter = HttpPosAdapter(url, timeout=1.0, budget=2.0, ca_file=ca_file)
         try:
             hold(adapter, "g1")
             hold(adapter, "g2")

@@ -361,3 +361,29 @@ def test_an_adapter_class_or_instance_instead_of_its_name_is_refused_naming_the_
     assert '"package.module:Class"' in message
     assert "TevoHold(app, service=HoldService(ledger, adapter, ...)" in message
     assert ('"tests.test_settings:_Adapter"' in message) == (given == "class")
+
+
+def test_a_pos_ca_file_that_cannot_be_used_stops_the_start_naming_the_setting(tmp_path):
+    """TEVO_HOLD_POS_CA_FILE is read when the adapter is made, so a path that is wrong, a
+    directory or a file that holds no certificate stops the server, the worker and the command
+    at start, rather than fail every call to the POS's https:// URL."""
+    from tevo_hold import create_app
+
+    config = {
+        "TEVO_HOLD_ADAPTER": "http",
+        "TEVO_HOLD_POS_URL": "https://127.0.0.1:9/api",
+        "TEVO_HOLD_API_KEYS": "k" * 40,
+    }
+    assert Settings.from_env({**config, "TEVO_HOLD_POS_CA_FILE": "/x/ca.pem"}).pos_ca_file == (
+        "/x/ca.pem"
+    )
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    for path, says in [
+        (tmp_path / "missing.pem", "cannot be read"),
+        (tmp_path, "cannot be read"),
+        (not_pem, "no PEM certificate"),
+    ]:
+        with pytest.raises(ConfigurationError, match="TEVO_HOLD_POS_CA_FILE") as caught:
+            create_app({**config, "TEVO_HOLD_POS_CA_FILE": str(path)})
+        assert says in str(caught.value)

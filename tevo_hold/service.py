@@ -569,6 +569,7 @@ def build_adapter(settings: Settings, *, client: RedisClient, keys: KeySpace) ->
             settings.pos_url,
             api_key=settings.pos_api_key,
             auth_header=settings.pos_auth_header,
+            ca_file=settings.pos_ca_file,
             paths={
                 "hold": settings.pos_hold_path,
                 "release": settings.pos_release_path,

@@ -220,6 +220,13 @@ class Settings:
         default="X-API-Key",
         metadata={"help": "http adapter: the header that carries the key (a header name)"},
     )
+    pos_ca_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "http adapter: a PEM file of the CA certificates that sign the POS's "
+            "certificate, trusted in place of requests' bundle (certifi); read at start-up"
+        },
+    )
     pos_hold_path: str = field(
         default="/holds",
         metadata={"help": "http adapter: hold path (starting with /, appended to the base URL)"},
@@ -443,6 +450,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "pos_url": _optional_str,
     "pos_api_key": _optional_str,
     "pos_auth_header": str,
+    "pos_ca_file": _optional_str,
     "pos_hold_path": str,
     "pos_release_path": str,
     "pos_invoice_path": str,

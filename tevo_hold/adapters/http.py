@@ -101,8 +101,9 @@ class HttpPosAdapter(PosAdapter):
     """Forwards hold, release and invoice to a POS over HTTP, on one pooled ``requests.Session``.
 
     ``timeout`` bounds each attempt (from connecting to the answer's last byte), ``budget`` the
-    whole call with its retries (``retries`` at most). ``session`` may be given (tests, custom
-    TLS, proxies).
+    whole call with its retries (``retries`` at most). ``ca_file``: a PEM file of the CAs to
+    trust for an https:// POS, in place of requests' bundle. ``session`` may be given (tests,
+    custom TLS, proxies).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class HttpPosAdapter(PosAdapter):
         retries: int = 2,
         session: requests.Session | None = None,
         health_path: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         _check_base_url(base_url)
         _check_auth_header(auth_header, api_key)
@@ -130,7 +132,14 @@ class HttpPosAdapter(PosAdapter):
         self.budget = budget
         self.retries = retries
         self.health_path = health_path
+        if ca_file:
+            _check_ca_file(ca_file)
+        #: Passed on each call, not only set on the session: requests puts REQUESTS_CA_BUNDLE
+        #: in place of a session's own ``verify``, but never of a call's.
+        self.verify = ca_file or None
         self.session = session or requests.Session()
+        if ca_file:
+            self.session.verify = ca_file
         for prefix in ("http://", "https://"):
             # requests' own transport (a session's default) gives way to one whose sockets the
             # deadline can shut down; a transport of the caller's own (custom TLS) is kept.
@@ -171,7 +180,10 @@ class HttpPosAdapter(PosAdapter):
             return None
         try:
             response = self.session.get(
-                self.base_url + self.health_path, timeout=self.timeout, allow_redirects=False
+                self.base_url + self.health_path,
+                timeout=self.timeout,
+                allow_redirects=False,
+                verify=self.verify,
             )
         except requests.RequestException:
             return False
@@ -238,7 +250,12 @@ class HttpPosAdapter(PosAdapter):
         with _Watchdog(started + per_attempt) as watchdog:
             try:
                 response = self.session.post(
-                    url, json=body, timeout=timeout, stream=True, allow_redirects=False
+                    url,
+                    json=body,
+                    timeout=timeout,
+                    stream=True,
+                    allow_redirects=False,
+                    verify=self.verify,
                 )
             except requests.ConnectionError as exc:
                 if _never_sent(exc):
@@ -323,6 +340,26 @@ def _check_base_url(url: str) -> None:
         raise errors.ConfigurationError(
             f"{PREFIX}POS_URL: requests cannot call it ({type(exc).__name__}): its host is no "
             "host name or address (a space in it, say)"
+        ) from None
+
+
+def _check_ca_file(path: str) -> None:
+    """ConfigurationError unless ``path`` (TEVO_HOLD_POS_CA_FILE) is a readable file of PEM
+    certificates: else every call to the POS would fail its TLS handshake, one by one."""
+    try:
+        with open(path, "rb"):
+            pass
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:  # before OSError, which it is a kind of
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_CA_FILE={path!r}: it holds no PEM certificate that can be loaded "
+            f"({exc.reason or exc}): expected the POS's CA certificate(s), -----BEGIN "
+            "CERTIFICATE-----"
+        ) from None
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"{PREFIX}POS_CA_FILE={path!r}: it cannot be read ({exc.strerror or exc}): expected "
+            "the path of a PEM file of the POS's CA certificate(s)"
         ) from None
 
 
