@@ -712,6 +712,30 @@ def test_an_auth_header_that_is_no_header_name_is_refused_at_start(name):
             create_app(config)
 
 
+@pytest.mark.parametrize("header", ["Authorization", "authorization"])
+def test_credentials_in_the_url_beside_a_key_in_authorization_are_refused_at_start(header):
+    """requests sends a URL's user:password@ as Basic authorization, replacing the Authorization
+    header that carried TEVO_HOLD_POS_API_KEY: the POS never saw the key, and refused every
+    call. The start stops naming both settings, never showing the password or the key."""
+    config = {
+        **HTTP_CONFIG,
+        "TEVO_HOLD_POS_URL": "https://posuser:s3cretpw@pos.example/api",
+        "TEVO_HOLD_POS_API_KEY": "Bearer s3cret-key",
+        "TEVO_HOLD_POS_AUTH_HEADER": header,
+    }
+    with pytest.raises(errors.ConfigurationError, match="TEVO_HOLD_POS_URL") as caught:
+        create_app(config)
+    assert "TEVO_HOLD_POS_AUTH_HEADER" in str(caught.value)
+    assert "s3cret" not in "".join(traceback.format_exception(caught.value))
+    # Either alone is fine, and so are both with the key in another header.
+    for fine in [
+        {"TEVO_HOLD_POS_API_KEY": ""},
+        {"TEVO_HOLD_POS_URL": "https://pos.example/api"},
+        {"TEVO_HOLD_POS_AUTH_HEADER": "X-API-Key"},
+    ]:
+        create_app({**config, **fine})
+
+
 def test_a_key_with_inner_blanks_and_symbols_is_sent_as_it_is():
     """What a header can carry is left alone: a Bearer token, say."""
     with pos_double({"R": 10}, auth_header="Authorization", api_key="Bearer a.b-c_d~e+f/g=") as p:

@@ -122,6 +122,15 @@ class HttpPosAdapter(PosAdapter):
     ) -> None:
         _check_base_url(base_url)
         _check_auth_header(auth_header, api_key)
+        if api_key and auth_header.lower() == "authorization" and _has_credentials(base_url):
+            # requests sends them as Basic authorization, in place of the key's header
+            raise errors.ConfigurationError(
+                f"{PREFIX}POS_URL carries credentials (user:password@), which would be sent as "
+                f"Basic authorization in place of the Authorization header that "
+                f"{PREFIX}POS_AUTH_HEADER={auth_header!r} gives {PREFIX}POS_API_KEY: the POS "
+                "would never see the key. Drop the credentials from the URL, or send the key "
+                "in another header"
+            )
         self.base_url = base_url.rstrip("/")
         self.paths = {**DEFAULT_PATHS, **(paths or {})}
         for operation, path in self.paths.items():
@@ -341,6 +350,13 @@ def _check_base_url(url: str) -> None:
             f"{PREFIX}POS_URL: requests cannot call it ({type(exc).__name__}): its host is no "
             "host name or address (a space in it, say)"
         ) from None
+
+
+def _has_credentials(url: str) -> bool:
+    """Whether ``url`` (an http(s) URL _check_base_url took) has a user or a password before
+    an ``@``: what requests sends as Basic authorization (as it does, by either alone)."""
+    parts = urllib.parse.urlsplit(url)
+    return bool(parts.username or parts.password)
 
 
 def _check_ca_file(path: str) -> None:
